@@ -1,0 +1,51 @@
+"""Immortal: durable workflows for Python on NATS JetStream.
+
+>>> import immortal
+>>> @immortal.activity
+... async def greet(name: str) -> str:
+...     return f"hello {name}"
+>>> @immortal.workflow
+... async def hello(ctx: immortal.WorkflowContext, name: str) -> str:
+...     return await ctx.activity(greet, name)
+"""
+
+from immortal._client import Client, RunDescription, WorkflowHandle
+from immortal._context import WorkflowContext, WorkflowInfo
+from immortal._definitions import ActivityDecorator, WorkflowDecorator
+from immortal._errors import (
+    ActivityError,
+    ApplicationError,
+    ImmortalError,
+    NonDeterminismError,
+    PayloadError,
+    UnknownWorkflowTypeError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+)
+from immortal._names import Names
+from immortal._wire import EventType, HistoryEvent, RunStatus
+
+workflow = WorkflowDecorator()
+activity = ActivityDecorator()
+
+__all__ = [
+    "ActivityError",
+    "ApplicationError",
+    "Client",
+    "EventType",
+    "HistoryEvent",
+    "ImmortalError",
+    "Names",
+    "NonDeterminismError",
+    "PayloadError",
+    "RunDescription",
+    "RunStatus",
+    "UnknownWorkflowTypeError",
+    "WorkflowContext",
+    "WorkflowFailedError",
+    "WorkflowHandle",
+    "WorkflowInfo",
+    "WorkflowNotFoundError",
+    "activity",
+    "workflow",
+]

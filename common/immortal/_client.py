@@ -1,0 +1,263 @@
+"""The client: start workflows, await their results, read their state and history.
+
+>>> async with Client("nats://127.0.0.1:4222") as client:
+...     handle = await client.start(place_order, order, id="order-42")
+...     receipt = await handle.result()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar, overload
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js.errors import NoStreamResponseError
+from nats.js.errors import NotFoundError as JsNotFound
+from nats.js.kv import KeyValue
+
+from immortal._codec import decode_value, encode_args, unpack
+from immortal._definitions import workflow_definition
+from immortal._errors import (
+    ImmortalError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+    exception_from_failure,
+)
+from immortal._jetstream import last_message, read_subject
+from immortal._names import Names, validate_tenant
+from immortal._wire import (
+    EventType,
+    HistoryEvent,
+    RunState,
+    RunStatus,
+    StartWorkflow,
+    Transition,
+    decode,
+    encode,
+)
+
+__all__ = ["Client", "RunDescription", "WorkflowHandle"]
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class RunDescription:
+    """Where a run stands, read from the snapshot on its newest history message."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    queue: str
+    status: RunStatus
+    started_at: datetime
+    closed_at: datetime | None
+    history_length: int
+    pending_activities: int
+    last_workflow_task_failure: str | None
+
+
+class Client:
+    """A connection to an Immortal deployment for one tenant."""
+
+    def __init__(
+        self,
+        servers: str | list[str] = "nats://127.0.0.1:4222",
+        *,
+        tenant: str = "default",
+        prefix: str = "imm",
+        nc: NATS | None = None,
+    ) -> None:
+        self.servers = servers
+        self.tenant = validate_tenant(tenant)
+        self.names = Names(prefix)
+        self._nc = nc
+        self._own_nc = nc is None
+        self._known_queues: set[str] = set()
+        self._runs_kv: KeyValue | None = None
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        if self._nc is None:
+            self._nc = await nats.connect(self.servers, name="immortal-client")
+
+    async def close(self) -> None:
+        if self._nc is not None and self._own_nc:
+            await self._nc.drain()
+        self._nc = None
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise ImmortalError("client is not connected: use `async with Client(...)`")
+        return self._nc
+
+    @overload
+    async def start(
+        self,
+        workflow: Callable[..., Any],
+        *args: Any,
+        id: str | None = None,
+        queue: str = "default",
+    ) -> WorkflowHandle[Any]: ...
+    @overload
+    async def start(
+        self, workflow: str, *args: Any, id: str | None = None, queue: str = "default"
+    ) -> WorkflowHandle[Any]: ...
+    async def start(
+        self,
+        workflow: Any,
+        *args: Any,
+        id: str | None = None,  # noqa: A002 - the natural name for a workflow id
+        queue: str = "default",
+    ) -> WorkflowHandle[Any]:
+        """Start a run of ``workflow`` (a decorated function or its registered name).
+
+        The start is durable once this returns; the run begins when a hub picks it up.
+        """
+        if isinstance(workflow, str):
+            name, result_type = workflow, None
+        else:
+            defn = workflow_definition(workflow)
+            name, result_type = defn.name, defn.return_type
+        workflow_id = id or str(uuid.uuid4())
+        run_id = uuid.uuid4().hex
+        await self._register_queue(queue)
+        body = StartWorkflow(
+            workflow_id=workflow_id, run_id=run_id, workflow_type=name, input=encode_args(args)
+        )
+        try:
+            await self.nc.jetstream().publish(
+                self.names.input_subject(self.tenant, queue, "start"),
+                encode(body),
+                headers={"Nats-Msg-Id": f"start:{run_id}"},
+            )
+        except NoStreamResponseError as exc:
+            raise ImmortalError(
+                f"no stream {self.names.stream_in} at {self.servers}: start a hub "
+                "(`immortal hub`) once so it creates Immortal's streams"
+            ) from exc
+        return WorkflowHandle(self, workflow_id, run_id, result_type)
+
+    async def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[Any]:
+        """A handle on an existing run: the newest one of ``workflow_id`` if no run id."""
+        if run_id is None:
+            kv = await self._runs()
+            try:
+                entry = await kv.get(self.names.run_key(self.tenant, workflow_id))
+            except JsNotFound as exc:
+                raise WorkflowNotFoundError(f"no workflow {workflow_id!r}") from exc
+            run_id = str(unpack(entry.value or b"")["run_id"])
+        return WorkflowHandle(self, workflow_id, run_id, None)
+
+    async def _runs(self) -> KeyValue:
+        if self._runs_kv is None:
+            self._runs_kv = await self.nc.jetstream().key_value(self.names.bucket_runs)
+        return self._runs_kv
+
+    async def _register_queue(self, queue: str) -> None:
+        # The hub watches this bucket and starts consuming the queue's inputs.
+        if queue in self._known_queues:
+            return
+        kv = await self.nc.jetstream().key_value(self.names.bucket_queues)
+        await kv.put(self.names.queue_key(self.tenant, queue), b"client")
+        self._known_queues.add(queue)
+
+
+class WorkflowHandle(Generic[R]):
+    """A reference to one run."""
+
+    def __init__(
+        self, client: Client, workflow_id: str, run_id: str, result_type: Any = None
+    ) -> None:
+        self.client = client
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self._result_type = result_type
+
+    @property
+    def _subject(self) -> str:
+        return self.client.names.history_subject(self.client.tenant, self.workflow_id, self.run_id)
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r}, run_id={self.run_id!r})"
+
+    async def _last_transition(self) -> Transition | None:
+        msg = await last_message(self.client.nc, self.client.names.stream_history, self._subject)
+        return None if msg is None else decode(Transition, msg.data)
+
+    async def result(self, *, timeout: float | None = None) -> R:
+        """Wait for the run to close; return its result or raise :class:`WorkflowFailedError`."""
+        nc = self.client.nc
+        updates: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_append(msg: Any) -> None:
+            updates.put_nowait(msg.data)
+
+        # Subscribe before reading, so an append between the two cannot be missed.
+        sub = await nc.subscribe(self._subject, cb=on_append)
+        try:
+            async with asyncio.timeout(timeout):
+                transition = await self._last_transition()
+                while transition is None or not transition.state.status.closed:
+                    data = await updates.get()
+                    transition = decode(Transition, data)
+                return self._outcome(transition)
+        finally:
+            await sub.unsubscribe()
+
+    def _outcome(self, transition: Transition) -> R:
+        for event in reversed(transition.events):
+            if event.type is EventType.WORKFLOW_COMPLETED:
+                return decode_value(event.attrs.get("result"), self._result_type)  # type: ignore[no-any-return]
+            if event.type is EventType.WORKFLOW_FAILED:
+                cause = exception_from_failure(event.attrs["failure"])
+                raise WorkflowFailedError(self.workflow_id, self.run_id, cause)
+        raise ImmortalError(f"run {self.run_id} closed without an outcome event")
+
+    async def describe(self) -> RunDescription:
+        transition = await self._last_transition()
+        if transition is None:
+            raise WorkflowNotFoundError(
+                f"run {self.run_id} of {self.workflow_id!r} has no history (yet)"
+            )
+        return _describe(transition.state)
+
+    async def history(self) -> list[HistoryEvent]:
+        """Every event of the run, in order."""
+        events: list[HistoryEvent] = []
+        async for msg in read_subject(
+            self.client.nc, self.client.names.stream_history, self._subject
+        ):
+            events.extend(decode(Transition, msg.data).events)
+        return events
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _describe(state: RunState) -> RunDescription:
+    return RunDescription(
+        workflow_id=state.workflow_id,
+        run_id=state.run_id,
+        workflow_type=state.workflow_type,
+        queue=state.queue,
+        status=state.status,
+        started_at=_ts(state.started_ts),
+        closed_at=_ts(state.closed_ts) if state.closed_ts else None,
+        history_length=state.next_event_id - 1,
+        pending_activities=len(state.activities),
+        last_workflow_task_failure=state.last_wft_failure,
+    )

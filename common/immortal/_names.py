@@ -1,0 +1,187 @@
+"""Subjects, stream and bucket names, and the encoding of user-chosen tokens.
+
+A NATS subject token may not hold ``.``, ``*``, ``>`` or whitespace, and KV keys and
+consumer names are stricter still. Any string a user picks (a workflow id, a queue name)
+is therefore encoded so that it is a valid, distinct token everywhere we use it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Names", "decode_token", "encode_token", "validate_tenant"]
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_ESCAPE = "="
+_TENANT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+InputKind = Literal["start", "wft", "act"]
+TaskKind = Literal["wf", "act"]
+
+
+def encode_token(value: str) -> str:
+    """Encode ``value`` into ``[A-Za-z0-9_-=]+``, injectively.
+
+    Safe characters pass unchanged; every other character becomes ``=XX`` per UTF-8 byte
+    (``=`` itself included). The empty string becomes a lone ``=``, which no other
+    encoding produces because an escape is always followed by two hex digits.
+    """
+    if not value:
+        return _ESCAPE
+    if all(ch in _SAFE for ch in value):
+        return value
+    out: list[str] = []
+    for ch in value:
+        if ch in _SAFE:
+            out.append(ch)
+        else:
+            out.extend(f"{_ESCAPE}{b:02X}" for b in ch.encode())
+    return "".join(out)
+
+
+def decode_token(token: str) -> str:
+    """Invert :func:`encode_token`."""
+    if token == _ESCAPE:
+        return ""
+    if _ESCAPE not in token:
+        return token
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == _ESCAPE:
+            raw.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.extend(token[i].encode())
+            i += 1
+    return raw.decode()
+
+
+def validate_tenant(tenant: str) -> str:
+    """Tenants are admin-chosen identifiers, like namespaces: lowercase, digits, dashes."""
+    if not _TENANT.match(tenant):
+        raise ValueError(
+            f"invalid tenant {tenant!r}: use 1-63 lowercase letters, digits or dashes, "
+            "starting with a letter or digit"
+        )
+    return tenant
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every JetStream name Immortal uses, under one configurable prefix."""
+
+    prefix: str = "imm"
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^[a-z][a-z0-9]{0,15}$", self.prefix):
+            raise ValueError(f"invalid prefix {self.prefix!r}: lowercase letters and digits")
+
+    # streams -------------------------------------------------------------------------
+    @property
+    def stream_in(self) -> str:
+        return f"{self.prefix.upper()}_IN"
+
+    @property
+    def stream_history(self) -> str:
+        return f"{self.prefix.upper()}_HISTORY"
+
+    @property
+    def stream_tasks(self) -> str:
+        return f"{self.prefix.upper()}_TASKS"
+
+    @property
+    def stream_timers(self) -> str:
+        return f"{self.prefix.upper()}_TIMERS"
+
+    @property
+    def stream_logs(self) -> str:
+        return f"{self.prefix.upper()}_LOGS"
+
+    @property
+    def stream_audit(self) -> str:
+        return f"{self.prefix.upper()}_AUDIT"
+
+    @property
+    def stream_dlq(self) -> str:
+        return f"{self.prefix.upper()}_DLQ"
+
+    # buckets -------------------------------------------------------------------------
+    @property
+    def bucket_runs(self) -> str:
+        return f"{self.prefix}-runs"
+
+    @property
+    def bucket_workers(self) -> str:
+        return f"{self.prefix}-workers"
+
+    @property
+    def bucket_idem(self) -> str:
+        return f"{self.prefix}-idem"
+
+    @property
+    def bucket_policy(self) -> str:
+        return f"{self.prefix}-policy"
+
+    @property
+    def bucket_queues(self) -> str:
+        return f"{self.prefix}-queues"
+
+    # subjects ------------------------------------------------------------------------
+    def input_subject(self, tenant: str, queue: str, kind: InputKind) -> str:
+        return f"{self.prefix}.in.{tenant}.{encode_token(queue)}.{kind}"
+
+    def input_filter(self, tenant: str, queue: str) -> str:
+        return f"{self.prefix}.in.{tenant}.{encode_token(queue)}.>"
+
+    def history_subject(self, tenant: str, workflow_id: str, run_id: str) -> str:
+        return f"{self.prefix}.hist.{tenant}.{encode_token(workflow_id)}.{encode_token(run_id)}"
+
+    def task_subject(self, tenant: str, queue: str, kind: TaskKind) -> str:
+        return f"{self.prefix}.task.{tenant}.{encode_token(queue)}.{kind}"
+
+    def dlq_subject(self, tenant: str, queue: str, kind: str) -> str:
+        return f"{self.prefix}.dlq.{tenant}.{encode_token(queue)}.{encode_token(kind)}"
+
+    def timer_subject(self, tenant: str, run_id: str, timer: str) -> str:
+        return f"{self.prefix}.timer.{tenant}.{encode_token(run_id)}.{encode_token(timer)}"
+
+    def fired_subject(self, tenant: str, queue: str) -> str:
+        return f"{self.prefix}.fired.{tenant}.{encode_token(queue)}"
+
+    def log_subject(self, tenant: str, workflow_id: str, run_id: str) -> str:
+        return f"{self.prefix}.log.{tenant}.{encode_token(workflow_id)}.{encode_token(run_id)}"
+
+    def audit_subject(self, tenant: str) -> str:
+        return f"{self.prefix}.audit.{tenant}"
+
+    def done_subject(self, tenant: str, workflow_id: str, run_id: str) -> str:
+        """Core-NATS notice that a run closed (a hint for waiters; history is the truth)."""
+        return f"{self.prefix}.done.{tenant}.{encode_token(workflow_id)}.{encode_token(run_id)}"
+
+    def parse_input_subject(self, subject: str) -> tuple[str, str, str]:
+        """``imm.in.<tenant>.<queue>.<kind>`` → (tenant, queue, kind)."""
+        parts = subject.split(".")
+        if len(parts) != 5 or parts[0] != self.prefix or parts[1] != "in":
+            raise ValueError(f"not an input subject: {subject!r}")
+        return parts[2], decode_token(parts[3]), parts[4]
+
+    # keys and consumers ----------------------------------------------------------------
+    def run_key(self, tenant: str, workflow_id: str) -> str:
+        return f"{tenant}.{encode_token(workflow_id)}"
+
+    def queue_key(self, tenant: str, queue: str) -> str:
+        return f"{tenant}.{encode_token(queue)}"
+
+    def parse_queue_key(self, key: str) -> tuple[str, str]:
+        tenant, _, token = key.partition(".")
+        return tenant, decode_token(token)
+
+    def hub_consumer(self, tenant: str, queue: str) -> str:
+        # Tenants hold no "_", so the first "_" after the kind separates them unambiguously.
+        return f"hub_{tenant}_{encode_token(queue)}"
+
+    def task_consumer(self, tenant: str, queue: str, kind: TaskKind) -> str:
+        return f"{kind}_{tenant}_{encode_token(queue)}"

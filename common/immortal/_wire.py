@@ -1,0 +1,239 @@
+"""Wire and history models: what the hub, workers and clients say to each other.
+
+Every message body is one of these models packed with msgpack. User payloads stay opaque
+``bytes`` here (see ``immortal._codec``) so the hub never decodes user data.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from immortal._codec import pack, unpack
+from immortal._errors import PayloadError
+
+__all__ = [
+    "ActivityResult",
+    "ActivityTask",
+    "Command",
+    "CompleteWorkflow",
+    "EventType",
+    "Failure",
+    "FailWorkflow",
+    "HistoryEvent",
+    "OpenActivity",
+    "RunState",
+    "RunStatus",
+    "ScheduleActivity",
+    "StartWorkflow",
+    "Transition",
+    "WorkflowTask",
+    "WorkflowTaskResult",
+    "decode",
+    "encode",
+    "now_ms",
+]
+
+WIRE_VERSION = 1
+M = TypeVar("M", bound=BaseModel)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+def encode(model: BaseModel) -> bytes:
+    return pack(model.model_dump(exclude_none=True))
+
+
+def decode(model: type[M], data: bytes) -> M:
+    """Decode ``data`` as ``model``; anything malformed is a :class:`PayloadError`."""
+    try:
+        return model.model_validate(unpack(data))
+    except ValidationError as exc:
+        raise PayloadError(f"malformed {model.__name__}: {exc}") from exc
+
+
+class Failure(_Model):
+    """An error as it crosses a process boundary."""
+
+    type: str
+    message: str
+    non_retryable: bool = False
+    details: Any = None
+    traceback: str | None = None
+    cause: Failure | None = None
+
+
+# -- history ---------------------------------------------------------------------------
+
+
+class EventType(StrEnum):
+    WORKFLOW_STARTED = "WorkflowStarted"
+    WORKFLOW_TASK_SCHEDULED = "WorkflowTaskScheduled"
+    WORKFLOW_TASK_COMPLETED = "WorkflowTaskCompleted"
+    WORKFLOW_TASK_FAILED = "WorkflowTaskFailed"
+    ACTIVITY_SCHEDULED = "ActivityScheduled"
+    ACTIVITY_COMPLETED = "ActivityCompleted"
+    ACTIVITY_FAILED = "ActivityFailed"
+    ACTIVITY_RESULT_IGNORED = "ActivityResultIgnored"
+    WORKFLOW_COMPLETED = "WorkflowCompleted"
+    WORKFLOW_FAILED = "WorkflowFailed"
+
+
+# Events that bring news to workflow code (they resolve futures or start it).
+EXTERNAL_EVENTS = frozenset(
+    {EventType.WORKFLOW_STARTED, EventType.ACTIVITY_COMPLETED, EventType.ACTIVITY_FAILED}
+)
+# Events that echo a command the workflow code issued.
+COMMAND_EVENTS = frozenset(
+    {EventType.ACTIVITY_SCHEDULED, EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED}
+)
+
+
+class HistoryEvent(_Model):
+    """One event of a run: contiguous ``id`` from 1, and the event that caused it."""
+
+    id: int
+    type: EventType
+    ts: int  # milliseconds since the epoch, as the hub saw it
+    caused_by: int | None = None
+    attrs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def closed(self) -> bool:
+        return self is not RunStatus.RUNNING
+
+
+class OpenActivity(_Model):
+    seq: int
+    name: str
+    queue: str
+    input: bytes
+    attempt: int = 1
+
+
+class RunState(_Model):
+    """What the hub needs to take the next transition; a snapshot rides on each one.
+
+    Everything here is derivable from the events, but carrying it means a hub that has
+    never seen the run loads it with one direct get of the subject's last message.
+    """
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    queue: str
+    status: RunStatus = RunStatus.RUNNING
+    next_event_id: int = 1
+    started_ts: int = 0
+    closed_ts: int | None = None
+    wft: int | None = None  # scheduled-event id of the open workflow task
+    last_external: int = 0  # id of the newest event workflow code has to see
+    last_wft_failure: str | None = None
+    activities: dict[int, OpenActivity] = Field(default_factory=dict)
+    applied: list[str] = Field(default_factory=list)  # recent input ids, newest last
+
+
+class Transition(_Model):
+    """One history message: the events of one hub step and the state after it."""
+
+    v: int = WIRE_VERSION
+    events: list[HistoryEvent]
+    state: RunState
+
+
+# -- commands (worker -> hub, inside a workflow-task result) ---------------------------
+
+
+class ScheduleActivity(_Model):
+    kind: Literal["schedule_activity"] = "schedule_activity"
+    seq: int
+    name: str
+    queue: str | None = None
+    input: bytes
+
+
+class CompleteWorkflow(_Model):
+    kind: Literal["complete"] = "complete"
+    result: bytes
+
+
+class FailWorkflow(_Model):
+    kind: Literal["fail"] = "fail"
+    failure: Failure
+
+
+Command = Annotated[ScheduleActivity | CompleteWorkflow | FailWorkflow, Field(discriminator="kind")]
+
+
+# -- inputs (to the hub, on IMM_IN) ----------------------------------------------------
+
+
+class StartWorkflow(_Model):
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    input: bytes
+
+
+class WorkflowTaskResult(_Model):
+    workflow_id: str
+    run_id: str
+    wft: int  # the workflow task's scheduled-event id
+    through: int  # the last event id the worker had seen when it ran the code
+    result_id: str
+    worker: str
+    commands: list[Command] = Field(default_factory=list)
+    failure: Failure | None = None
+
+
+class ActivityResult(_Model):
+    workflow_id: str
+    run_id: str
+    scheduled_id: int
+    attempt: int
+    delivery: int
+    result_id: str
+    worker: str
+    started_ts: int
+    ended_ts: int
+    result: bytes | None = None
+    failure: Failure | None = None
+
+
+# -- tasks (hub -> workers, on IMM_TASKS) ----------------------------------------------
+
+
+class WorkflowTask(_Model):
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    queue: str
+    wft: int
+    hist_seq: int  # stream sequence of the transition that scheduled this task
+
+
+class ActivityTask(_Model):
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    workflow_queue: str
+    scheduled_id: int
+    seq: int
+    name: str
+    input: bytes
+    attempt: int = 1

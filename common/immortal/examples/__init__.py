@@ -1,0 +1,1 @@
+"""Example workflows bundled with Immortal (used by `immortal dev`)."""

@@ -1,0 +1,6 @@
+"""The Immortal hub: routes inputs, appends history, emits tasks."""
+
+from immortal_hub._hub import Hub
+from immortal_hub._resources import ResourceSettings, ensure_resources
+
+__all__ = ["Hub", "ResourceSettings", "ensure_resources"]

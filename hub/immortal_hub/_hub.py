@@ -1,0 +1,389 @@
+"""The hub: consumes ``IMM_IN`` per tenant queue and moves runs forward.
+
+Per input: load the run (cache, else one direct get of the history subject's last
+message), apply it (``_transitions``), append one history message guarded by
+``Nats-Expected-Last-Subject-Sequence``, update the runs index, publish the tasks it asks
+for with deterministic ``Nats-Msg-Id``s, and only then ack the input. A crash anywhere
+in between redelivers the input, which then changes nothing twice. The cache is only a
+cache: a hub that lost the optimistic race reloads, so several hubs can share the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError
+
+from immortal._codec import pack
+from immortal._errors import PayloadError
+from immortal._jetstream import is_wrong_last_sequence, last_message
+from immortal._names import Names
+from immortal._wire import (
+    ActivityResult,
+    RunState,
+    StartWorkflow,
+    Transition,
+    WorkflowTaskResult,
+    decode,
+    encode,
+    now_ms,
+)
+from immortal_hub._resources import ResourceSettings, ensure_resources
+from immortal_hub._transitions import (
+    Emission,
+    InvalidInput,
+    Outcome,
+    apply_activity_result,
+    apply_start,
+    apply_workflow_task_result,
+    emissions_for,
+    open_emissions,
+)
+
+__all__ = ["Hub"]
+
+log = logging.getLogger(__name__)
+
+_MAX_RACES = 50
+_POISON_DELIVERIES = 10
+
+
+class Hub:
+    """One hub process. Run as many as you like against the same NATS."""
+
+    def __init__(
+        self,
+        servers: str | list[str] = "nats://127.0.0.1:4222",
+        *,
+        prefix: str = "imm",
+        hub_id: str | None = None,
+        settings: ResourceSettings | None = None,
+        max_in_flight: int = 256,
+        fetch_batch: int = 64,
+        ack_wait: float = 30.0,
+        cache_size: int = 10_000,
+        nc: NATS | None = None,
+    ) -> None:
+        self.servers = servers
+        self.names = Names(prefix)
+        self.hub_id = hub_id or f"hub-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.settings = settings or ResourceSettings()
+        self.fetch_batch = fetch_batch
+        self.ack_wait = ack_wait
+        self._nc = nc
+        self._own_nc = nc is None
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
+        self._cache_size = cache_size
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._queues: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._running = False
+        self.transitions = 0  # appended transitions, for tests and metrics
+
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None, "hub not started"
+        return self._nc
+
+    async def start(self) -> None:
+        if self._nc is None:
+            self._nc = await nats.connect(self.servers, name=self.hub_id, max_reconnect_attempts=-1)
+        self.js = self.nc.jetstream()
+        await ensure_resources(self.js, self.names, self.settings)
+        self._runs_kv = await self.js.key_value(self.names.bucket_runs)
+        self._queues_kv = await self.js.key_value(self.names.bucket_queues)
+        self._running = True
+        self._spawn(self._watch_queues())
+        log.info("hub %s serving %s", self.hub_id, self.servers)
+
+    async def stop(self) -> None:
+        """Stop fetching, finish what is in flight, disconnect."""
+        self._running = False
+        for task in [*self._queues.values(), *self._background]:
+            task.cancel()
+        await asyncio.gather(*self._queues.values(), *self._background, return_exceptions=True)
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=10)
+        if self._nc is not None and self._own_nc:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+        self._nc = None
+
+    async def run(self) -> None:
+        """Start and serve until cancelled."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- tenant queues ------------------------------------------------------------------
+
+    async def _watch_queues(self) -> None:
+        """Serve every queue in the registry; the watch is a hint, the listing the truth."""
+        while self._running:
+            with contextlib.suppress(Exception):
+                for key in await self._queues_kv.keys():
+                    self._serve(key)
+            try:
+                watcher = await self._queues_kv.watchall(ignore_deletes=True)
+                try:
+                    while self._running:
+                        entry = await watcher.updates(timeout=5.0)
+                        if entry is not None:
+                            self._serve(entry.key)
+                finally:
+                    await watcher.stop()
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as exc:  # reconnects, server restarts: list again
+                log.debug("queue watch restarted: %s", exc)
+                await asyncio.sleep(1.0)
+
+    def _serve(self, key: str) -> None:
+        tenant, queue = self.names.parse_queue_key(key)
+        if (tenant, queue) not in self._queues:
+            log.info("hub %s now serves queue %s/%s", self.hub_id, tenant, queue)
+            self._queues[(tenant, queue)] = asyncio.create_task(self._consume(tenant, queue))
+
+    async def _consume(self, tenant: str, queue: str) -> None:
+        durable = self.names.hub_consumer(tenant, queue)
+        while self._running:
+            try:
+                await self._ensure_consumer(tenant, queue, durable)
+                sub = await self.js.pull_subscribe_bind(durable, stream=self.names.stream_in)
+                async for msg in self._fetch(sub):
+                    task = asyncio.create_task(self._handle(msg))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._inflight.discard)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("queue %s/%s: %s; resubscribing", tenant, queue, exc)
+                await asyncio.sleep(1.0)
+
+    async def _ensure_consumer(self, tenant: str, queue: str, durable: str) -> None:
+        config = ConsumerConfig(
+            durable_name=durable,
+            filter_subject=self.names.input_filter(tenant, queue),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=20_000,
+        )
+        with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
+            await self.js.add_consumer(self.names.stream_in, config)
+
+    async def _fetch(self, sub: Any) -> AsyncIterator[Msg]:
+        while self._running:
+            await self._slots.acquire()
+            want = 1
+            while want < self.fetch_batch and not self._slots.locked():
+                await self._slots.acquire()
+                want += 1
+            try:
+                msgs = await sub.fetch(batch=want, timeout=5.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                msgs = []
+            except BaseException:
+                for _ in range(want):
+                    self._slots.release()
+                raise
+            for _ in range(want - len(msgs)):
+                self._slots.release()
+            for msg in msgs:
+                yield msg
+
+    # -- one input ----------------------------------------------------------------------
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            try:
+                tenant, queue, kind = self.names.parse_input_subject(msg.subject)
+                body = self._decode(kind, msg.data)
+            except (PayloadError, ValueError) as exc:
+                await self._dead_letter(msg, f"undecodable input: {exc}")
+                return
+            try:
+                await self._apply(tenant, queue, kind, body)
+            except InvalidInput as exc:
+                await self._dead_letter(msg, str(exc))
+                return
+            await msg.ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            deliveries = msg.metadata.num_delivered or 1
+            if deliveries >= _POISON_DELIVERIES:
+                log.exception("input %s failed %d times", msg.subject, deliveries)
+                await self._dead_letter(msg, f"failed {deliveries} times: {exc!r}")
+            else:
+                log.warning("input %s failed (%r); will retry", msg.subject, exc)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    def _decode(kind: str, data: bytes) -> StartWorkflow | WorkflowTaskResult | ActivityResult:
+        if kind == "start":
+            return decode(StartWorkflow, data)
+        if kind == "wft":
+            return decode(WorkflowTaskResult, data)
+        if kind == "act":
+            return decode(ActivityResult, data)
+        raise PayloadError(f"unknown input kind {kind!r}")
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        """Keep the input, with the reason, on the dead-letter subject; then ack it."""
+        try:
+            tenant, queue, kind = self.names.parse_input_subject(msg.subject)
+        except ValueError:
+            tenant, queue, kind = "unknown", "unknown", "unknown"
+        seq = msg.metadata.sequence.stream if msg.metadata.sequence else 0
+        log.error("dead-lettered input %s (stream seq %s): %s", msg.subject, seq, reason)
+        await self.js.publish(
+            self.names.dlq_subject(tenant, queue, kind),
+            msg.data,
+            headers={
+                "Nats-Msg-Id": f"dlq:{seq}",
+                "Imm-Error": reason[:2000].replace("\r", " ").replace("\n", " "),
+                "Imm-Subject": msg.subject,
+                "Imm-Stream-Seq": str(seq),
+                "Imm-Hub": self.hub_id,
+            },
+        )
+        await msg.ack()
+
+    async def _apply(self, tenant: str, queue: str, kind: str, body: Any) -> None:
+        subject = self.names.history_subject(tenant, body.workflow_id, body.run_id)
+        async with self._lock(subject):
+            for _ in range(_MAX_RACES):
+                state, seq = await self._load(subject)
+                outcome = self._transition(state, queue, body)
+                if outcome.duplicate:
+                    assert state is not None
+                    await self._emit(tenant, open_emissions(state, seq))
+                    return
+                if not outcome.events:
+                    log.info("%s: %s", subject, outcome.note)
+                    return
+                assert outcome.state is not None
+                new_seq = await self._append(subject, outcome, seq)
+                if new_seq is None:
+                    continue  # another hub moved the run: reload and decide again
+                if outcome.starts_run or outcome.closes_run:
+                    await self._index(tenant, outcome.state, new_seq)
+                await self._emit(tenant, emissions_for(outcome.state, outcome.events, new_seq))
+                return
+            raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
+
+    @staticmethod
+    def _transition(state: RunState | None, queue: str, body: Any) -> Outcome:
+        now = now_ms()
+        if isinstance(body, StartWorkflow):
+            return apply_start(state, body, queue, now)
+        if isinstance(body, WorkflowTaskResult):
+            return apply_workflow_task_result(state, body, now)
+        return apply_activity_result(state, body, now)
+
+    async def _load(self, subject: str) -> tuple[RunState | None, int]:
+        cached = self._cache.get(subject)
+        if cached is not None:
+            self._cache.move_to_end(subject)
+            return cached
+        msg = await last_message(self.nc, self.names.stream_history, subject)
+        if msg is None:
+            return None, 0
+        return decode(Transition, msg.data).state, msg.seq
+
+    async def _append(self, subject: str, outcome: Outcome, expected_seq: int) -> int | None:
+        assert outcome.state is not None
+        body = encode(Transition(events=outcome.events, state=outcome.state))
+        try:
+            ack = await self.js.publish(
+                subject,
+                body,
+                headers={"Nats-Expected-Last-Subject-Sequence": str(expected_seq)},
+            )
+        except Exception as exc:
+            self._cache.pop(subject, None)
+            if is_wrong_last_sequence(exc):
+                return None
+            raise
+        self.transitions += 1
+        self._remember(subject, outcome.state, ack.seq)
+        return int(ack.seq)
+
+    def _remember(self, subject: str, state: RunState, seq: int) -> None:
+        if state.status.closed:
+            self._cache.pop(subject, None)
+            return
+        self._cache[subject] = (state, seq)
+        self._cache.move_to_end(subject)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _index(self, tenant: str, state: RunState, seq: int) -> None:
+        value = pack(
+            {
+                "run_id": state.run_id,
+                "status": str(state.status),
+                "workflow_type": state.workflow_type,
+                "queue": state.queue,
+                "started_ts": state.started_ts,
+                "closed_ts": state.closed_ts,
+                "hist_seq": seq,
+            }
+        )
+        await self._runs_kv.put(self.names.run_key(tenant, state.workflow_id), value)
+
+    async def _emit(self, tenant: str, emissions: list[Emission]) -> None:
+        if not emissions:
+            return
+        await asyncio.gather(
+            *(
+                self.js.publish(
+                    self.names.task_subject(tenant, e.queue, e.kind),  # type: ignore[arg-type]
+                    encode(e.body),
+                    headers={"Nats-Msg-Id": e.msg_id},
+                )
+                for e in emissions
+            )
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+

@@ -1,0 +1,140 @@
+"""The streams and buckets Immortal runs on, created idempotently when a hub starts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+
+from immortal._names import Names
+
+__all__ = ["ResourceSettings", "ensure_resources", "stream_configs"]
+
+log = logging.getLogger(__name__)
+
+_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    replicas: int = 1
+    max_payload: int = 1024 * 1024  # bytes per message on the input and task streams
+    duplicate_window: float = 120.0  # seconds; Nats-Msg-Id dedupe horizon
+    log_max_age: float = 7 * _DAY
+    audit_max_age: float = 90 * _DAY
+    dlq_max_age: float = 30 * _DAY
+    idem_max_age: float = 30 * _DAY
+
+
+def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
+    p = names.prefix
+    common = {"storage": StorageType.FILE, "num_replicas": s.replicas}
+    return [
+        StreamConfig(
+            name=names.stream_in,
+            description="Immortal: every input to the hub, one subject space per tenant queue",
+            subjects=[f"{p}.in.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_msg_size=s.max_payload,
+            duplicate_window=s.duplicate_window,
+            **common,
+        ),
+        StreamConfig(
+            name=names.stream_history,
+            description="Immortal: run histories, one message per transition",
+            subjects=[f"{p}.hist.>"],
+            retention=RetentionPolicy.LIMITS,
+            allow_direct=True,
+            duplicate_window=s.duplicate_window,
+            **common,
+        ),
+        StreamConfig(
+            name=names.stream_tasks,
+            description="Immortal: workflow and activity tasks; the consumer ack-wait is the lease",
+            subjects=[f"{p}.task.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_msg_size=s.max_payload,
+            duplicate_window=s.duplicate_window,
+            **common,
+        ),
+        StreamConfig(
+            name=names.stream_timers,
+            description="Immortal: durable timers as scheduled messages, and their firings",
+            subjects=[f"{p}.timer.>", f"{p}.fired.>"],
+            retention=RetentionPolicy.LIMITS,
+            allow_msg_schedules=True,
+            allow_rollup_hdrs=True,
+            discard=DiscardPolicy.OLD,
+            **common,
+        ),
+        StreamConfig(
+            name=names.stream_logs,
+            description="Immortal: log records of workflow and activity code",
+            subjects=[f"{p}.log.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=s.log_max_age,
+            allow_direct=True,
+            **common,
+        ),
+        StreamConfig(
+            name=names.stream_audit,
+            description="Immortal: policy decisions",
+            subjects=[f"{p}.audit.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=s.audit_max_age,
+            **common,
+        ),
+        StreamConfig(
+            name=names.stream_dlq,
+            description="Immortal: inputs that could not be processed, with the reason",
+            subjects=[f"{p}.dlq.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=s.dlq_max_age,
+            **common,
+        ),
+    ]
+
+
+def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
+    common = {"storage": StorageType.FILE, "replicas": s.replicas, "history": 1}
+    return [
+        KeyValueConfig(bucket=names.bucket_runs, description="runs index", direct=True, **common),
+        KeyValueConfig(bucket=names.bucket_workers, description="live workers", ttl=30.0, **common),
+        KeyValueConfig(
+            bucket=names.bucket_idem, description="idempotency keys", ttl=s.idem_max_age, **common
+        ),
+        KeyValueConfig(bucket=names.bucket_policy, description="policy documents", **common),
+        KeyValueConfig(bucket=names.bucket_queues, description="tenant queue registry", **common),
+    ]
+
+
+async def ensure_resources(
+    js: JetStreamContext, names: Names, settings: ResourceSettings | None = None
+) -> None:
+    """Create every stream and bucket; leave existing ones as they are."""
+    s = settings or ResourceSettings()
+    for cfg in stream_configs(names, s):
+        assert cfg.name is not None
+        try:
+            await js.stream_info(cfg.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(cfg)
+                log.info("created stream %s", cfg.name)
+            except BadRequestError as exc:  # another hub created it first
+                log.debug("stream %s: %s", cfg.name, exc)
+    for kv in bucket_configs(names, s):
+        try:
+            await js.key_value(kv.bucket)
+        except (NotFoundError, BadRequestError):
+            await js.create_key_value(kv)
+            log.info("created bucket %s", kv.bucket)

@@ -1,0 +1,269 @@
+"""The run state machine: pure functions from (state, input) to events and a new state.
+
+Nothing here does I/O, so every rule is testable without a server and the hub stays a
+thin loop around it: load state, apply, append, emit, ack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from immortal._wire import (
+    ActivityResult,
+    ActivityTask,
+    CompleteWorkflow,
+    EventType,
+    FailWorkflow,
+    HistoryEvent,
+    OpenActivity,
+    RunState,
+    RunStatus,
+    ScheduleActivity,
+    StartWorkflow,
+    WorkflowTask,
+    WorkflowTaskResult,
+)
+
+__all__ = [
+    "Emission",
+    "InvalidInput",
+    "Outcome",
+    "apply_activity_result",
+    "apply_start",
+    "apply_workflow_task_result",
+    "emissions_for",
+    "open_emissions",
+]
+
+_APPLIED_KEPT = 64
+
+
+class InvalidInput(Exception):
+    """The input cannot apply to any run (it goes to the dead-letter subject)."""
+
+
+@dataclass
+class Outcome:
+    """What one input does to a run."""
+
+    events: list[HistoryEvent] = field(default_factory=list)
+    state: RunState | None = None
+    duplicate: bool = False  # already applied: append nothing, re-emit what is open
+    note: str | None = None  # why nothing happened, for the log
+
+    @property
+    def closes_run(self) -> bool:
+        return any(e.type in (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED) for e in self.events)
+
+    @property
+    def starts_run(self) -> bool:
+        return any(e.type is EventType.WORKFLOW_STARTED for e in self.events)
+
+
+@dataclass(frozen=True)
+class Emission:
+    """A task to publish: ``kind`` is ``wf`` or ``act``; ``msg_id`` dedupes re-emission."""
+
+    kind: str
+    queue: str
+    msg_id: str
+    body: WorkflowTask | ActivityTask
+
+
+class _Builder:
+    def __init__(self, state: RunState, now: int) -> None:
+        self.state = state
+        self.now = now
+        self.events: list[HistoryEvent] = []
+
+    def add(self, type_: EventType, caused_by: int | None = None, **attrs: Any) -> HistoryEvent:
+        event = HistoryEvent(
+            id=self.state.next_event_id, type=type_, ts=self.now, caused_by=caused_by, attrs=attrs
+        )
+        self.state.next_event_id += 1
+        self.events.append(event)
+        return event
+
+    def schedule_workflow_task(self, caused_by: int) -> None:
+        self.state.wft = self.add(EventType.WORKFLOW_TASK_SCHEDULED, caused_by).id
+
+    def close(self, status: RunStatus) -> None:
+        self.state.status = status
+        self.state.closed_ts = self.now
+        self.state.wft = None
+        # Activities still out are abandoned: their late results will be recorded as ignored.
+        self.state.activities = {}
+
+    def outcome(self, input_id: str) -> Outcome:
+        applied = [*self.state.applied, input_id]
+        self.state.applied = applied[-_APPLIED_KEPT:]
+        return Outcome(events=self.events, state=self.state)
+
+
+def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: int) -> Outcome:
+    if state is not None:
+        return Outcome(duplicate=True)
+    new = RunState(
+        workflow_id=start.workflow_id,
+        run_id=start.run_id,
+        workflow_type=start.workflow_type,
+        queue=queue,
+        started_ts=now,
+    )
+    b = _Builder(new, now)
+    started = b.add(
+        EventType.WORKFLOW_STARTED,
+        workflow_type=start.workflow_type,
+        queue=queue,
+        input=start.input,
+    )
+    new.last_external = started.id
+    b.schedule_workflow_task(started.id)
+    return b.outcome(start.run_id)
+
+
+def apply_workflow_task_result(
+    state: RunState | None, result: WorkflowTaskResult, now: int
+) -> Outcome:
+    if state is None:
+        raise InvalidInput(f"workflow task result for unknown run {result.run_id}")
+    if result.result_id in state.applied:
+        return Outcome(duplicate=True)
+    if state.status.closed:
+        return Outcome(note="workflow task result for a closed run")
+    if result.wft != state.wft:
+        return Outcome(note=f"stale workflow task {result.wft} (open: {state.wft})")
+    if result.through >= state.next_event_id:
+        raise InvalidInput(f"workflow task claims to have seen event {result.through}")
+    state = state.model_copy(deep=True)
+    b = _Builder(state, now)
+    if result.failure is not None:
+        # The task stays open; the worker retries it. Repeats of one failure are not re-recorded.
+        if state.last_wft_failure == result.failure.message:
+            return Outcome(note="repeated workflow task failure")
+        b.add(
+            EventType.WORKFLOW_TASK_FAILED,
+            result.wft,
+            worker=result.worker,
+            failure=result.failure.model_dump(exclude_defaults=True),
+        )
+        state.last_wft_failure = result.failure.message
+        return b.outcome(result.result_id)
+    done = b.add(
+        EventType.WORKFLOW_TASK_COMPLETED, result.wft, through=result.through, worker=result.worker
+    )
+    state.wft = None
+    state.last_wft_failure = None
+    for command in result.commands:
+        if isinstance(command, ScheduleActivity):
+            queue = command.queue or state.queue
+            ev = b.add(
+                EventType.ACTIVITY_SCHEDULED,
+                done.id,
+                seq=command.seq,
+                name=command.name,
+                queue=queue,
+                input=command.input,
+            )
+            state.activities[ev.id] = OpenActivity(
+                seq=command.seq, name=command.name, queue=queue, input=command.input
+            )
+        elif isinstance(command, CompleteWorkflow):
+            b.add(EventType.WORKFLOW_COMPLETED, done.id, result=command.result)
+            b.close(RunStatus.COMPLETED)
+            break
+        elif isinstance(command, FailWorkflow):
+            b.add(EventType.WORKFLOW_FAILED, done.id, failure=command.failure.model_dump(exclude_defaults=True))
+            b.close(RunStatus.FAILED)
+            break
+    if not state.status.closed and state.last_external > result.through:
+        b.schedule_workflow_task(done.id)  # news arrived while the worker was busy
+    return b.outcome(result.result_id)
+
+
+def apply_activity_result(state: RunState | None, result: ActivityResult, now: int) -> Outcome:
+    if state is None:
+        raise InvalidInput(f"activity result for unknown run {result.run_id}")
+    if result.result_id in state.applied:
+        return Outcome(duplicate=True)
+    state = state.model_copy(deep=True)
+    b = _Builder(state, now)
+    common = {
+        "attempt": result.attempt,
+        "delivery": result.delivery,
+        "worker": result.worker,
+        "started_ts": result.started_ts,
+        "ended_ts": result.ended_ts,
+    }
+    act = state.activities.get(result.scheduled_id)
+    reason = None
+    if state.status.closed:
+        reason = "run already closed"
+    elif act is None:
+        reason = "activity already closed"
+    elif act.attempt != result.attempt:
+        reason = f"attempt {result.attempt} is not the current attempt {act.attempt}"
+    if reason is not None:
+        b.add(EventType.ACTIVITY_RESULT_IGNORED, result.scheduled_id, reason=reason, **common)
+        return b.outcome(result.result_id)
+    if result.failure is None:
+        ev = b.add(EventType.ACTIVITY_COMPLETED, result.scheduled_id, result=result.result, **common)
+    else:
+        ev = b.add(
+            EventType.ACTIVITY_FAILED,
+            result.scheduled_id,
+            failure=result.failure.model_dump(exclude_defaults=True),
+            **common,
+        )
+    del state.activities[result.scheduled_id]
+    state.last_external = ev.id
+    if state.wft is None:
+        b.schedule_workflow_task(ev.id)
+    return b.outcome(result.result_id)
+
+
+def emissions_for(state: RunState, events: list[HistoryEvent], hist_seq: int) -> list[Emission]:
+    """The tasks that ``events`` (just appended at ``hist_seq``) ask for."""
+    out: list[Emission] = []
+    for ev in events:
+        if ev.type is EventType.WORKFLOW_TASK_SCHEDULED and state.wft == ev.id:
+            out.append(_workflow_task(state, ev.id, hist_seq))
+        elif ev.type is EventType.ACTIVITY_SCHEDULED and ev.id in state.activities:
+            out.append(_activity_task(state, ev.id, state.activities[ev.id]))
+    return out
+
+
+def open_emissions(state: RunState, hist_seq: int) -> list[Emission]:
+    """Every task the run has outstanding: re-emitted (deduped by id) after a hub crash."""
+    out = [_activity_task(state, sid, act) for sid, act in state.activities.items()]
+    if state.wft is not None:
+        out.append(_workflow_task(state, state.wft, hist_seq))
+    return out
+
+
+def _workflow_task(state: RunState, wft: int, hist_seq: int) -> Emission:
+    body = WorkflowTask(
+        workflow_id=state.workflow_id,
+        run_id=state.run_id,
+        workflow_type=state.workflow_type,
+        queue=state.queue,
+        wft=wft,
+        hist_seq=hist_seq,
+    )
+    return Emission("wf", state.queue, f"{state.run_id}:{wft}", body)
+
+
+def _activity_task(state: RunState, scheduled_id: int, act: OpenActivity) -> Emission:
+    body = ActivityTask(
+        workflow_id=state.workflow_id,
+        run_id=state.run_id,
+        workflow_type=state.workflow_type,
+        workflow_queue=state.queue,
+        scheduled_id=scheduled_id,
+        seq=act.seq,
+        name=act.name,
+        input=act.input,
+        attempt=act.attempt,
+    )
+    return Emission("act", act.queue, f"{state.run_id}:{scheduled_id}:{act.attempt}", body)

@@ -1,0 +1,63 @@
+"""Fixtures: a real nats-server per test (or an external one), a hub, workers, a client."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from immortal import Client
+from immortal.testing import NatsServer
+from immortal_hub import Hub
+
+# Point the suite at an already running server: IMMORTAL_TEST_NATS_URL=nats://host:4222
+EXTERNAL = os.environ.get("IMMORTAL_TEST_NATS_URL")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--nats-url", default=EXTERNAL, help="use this NATS instead of starting one")
+
+
+@pytest.fixture
+async def nats_server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NatsServer]:
+    url = request.config.getoption("--nats-url")
+    if url:
+        pytest.skip("this test restarts its own nats-server") if request.node.get_closest_marker(
+            "own_server"
+        ) else None
+    server = NatsServer(store_dir=tmp_path / "nats")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A fresh prefix per test, so tests can share an external server."""
+    return "t" + uuid.uuid4().hex[:8] if request.config.getoption("--nats-url") else "imm"
+
+
+@pytest.fixture
+def nats_url(request: pytest.FixtureRequest, nats_server: NatsServer) -> str:
+    return str(request.config.getoption("--nats-url") or nats_server.url)
+
+
+@pytest.fixture
+async def hub(nats_url: str, prefix: str) -> AsyncIterator[Hub]:
+    h = Hub(nats_url, prefix=prefix)
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.stop()
+
+
+@pytest.fixture
+async def client(nats_url: str, prefix: str, hub: Hub) -> AsyncIterator[Client]:
+    async with Client(nats_url, prefix=prefix) as c:
+        yield c

@@ -1,0 +1,104 @@
+"""A deterministic asyncio event loop for workflow code.
+
+Workflow code runs only when the worker steps this loop, never on a timer or I/O: the
+ready queue is drained in FIFO order, so the same history always produces the same
+interleaving. Anything that would make the code depend on the outside world (real
+timers, sockets, threads) is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
+
+__all__ = ["WorkflowLoop"]
+
+
+class WorkflowLoop(asyncio.AbstractEventLoop):
+    def __init__(self) -> None:
+        self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        self.now_ms = 0
+        self.errors: list[dict[str, Any]] = []
+
+    # what asyncio.Task, Future and gather need ---------------------------------------
+
+    def call_soon(
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(  # type: ignore[override]
+        self,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=self, name=name, context=context)
+
+    def time(self) -> float:
+        return self.now_ms / 1000.0
+
+    def get_debug(self) -> bool:
+        return False
+
+    def is_running(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return False
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        self.errors.append(context)
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        self.errors.append(context)
+
+    # stepping --------------------------------------------------------------------------
+
+    def run_until_idle(self) -> None:
+        """Run every ready callback, and those they schedule, until none is left."""
+        outer = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self)
+        try:
+            while self._ready:
+                handle = self._ready.popleft()
+                if not handle._cancelled:
+                    handle._run()
+        finally:
+            asyncio.events._set_running_loop(outer)
+
+    # refused ---------------------------------------------------------------------------
+
+    def call_later(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+        _refuse("timers (asyncio.sleep, wait_for)", "durable timers are not available yet")
+
+    def call_at(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+        _refuse("timers (asyncio.sleep, wait_for)", "durable timers are not available yet")
+
+    def run_in_executor(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+        _refuse("run_in_executor", "do blocking work in an activity")
+
+    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+        _refuse("network I/O", "do I/O in an activity")
+
+    async def create_connection(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+        _refuse("network I/O", "do I/O in an activity")
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+        _refuse("network I/O", "do I/O in an activity")
+
+
+def _refuse(what: str, hint: str) -> NoReturn:
+    raise RuntimeError(f"workflow code may not use {what}: {hint}")

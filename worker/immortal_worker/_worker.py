@@ -1,0 +1,436 @@
+"""The worker: pulls tasks for its queues, runs workflow and activity code, reports back.
+
+A worker pulls only as many tasks as it has free slots (that is the backpressure), holds
+each under the task consumer's ack-wait (the lease, extended while the work is alive),
+publishes its result to the hub's input stream and acks the task only after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError
+from nats.js.errors import NotFoundError as JsNotFound
+
+from immortal._activity import ActivityInfo, current_activity
+from immortal._codec import decode_args, encode_value
+from immortal._context import WorkflowInfo
+from immortal._definitions import (
+    ActivityDefinition,
+    WorkflowDefinition,
+    activity_definition,
+    workflow_definition,
+)
+from immortal._errors import (
+    ApplicationError,
+    NonDeterminismError,
+    UnknownWorkflowTypeError,
+    failure_from_exception,
+)
+from immortal._jetstream import read_subject
+from immortal._names import Names, TaskKind, validate_tenant
+from immortal._wire import (
+    ActivityResult,
+    ActivityTask,
+    Failure,
+    HistoryEvent,
+    Transition,
+    WorkflowTask,
+    WorkflowTaskResult,
+    decode,
+    encode,
+    now_ms,
+)
+from immortal_worker._instance import CacheStale, WorkflowInstance
+
+__all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Serves workflows and activities on one or more queues of a tenant.
+
+    >>> worker = Worker("nats://127.0.0.1:4222", queues=["orders"],
+    ...                 workflows=[place_order], activities=[charge])
+    >>> await worker.run()
+    """
+
+    def __init__(
+        self,
+        servers: str | list[str] = "nats://127.0.0.1:4222",
+        *,
+        queues: Sequence[str] = ("default",),
+        workflows: Iterable[Callable[..., Any]] = (),
+        activities: Iterable[Callable[..., Any]] = (),
+        tenant: str = "default",
+        prefix: str = "imm",
+        worker_id: str | None = None,
+        workflow_slots: int = 256,
+        activity_slots: int = 64,
+        lease: float = 30.0,
+        max_cached_runs: int = 1000,
+        workflow_task_retry_delay: float = 5.0,
+        nc: NATS | None = None,
+    ) -> None:
+        self.servers = servers
+        self.queues = list(queues)
+        self.tenant = validate_tenant(tenant)
+        self.names = Names(prefix)
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.workflows: dict[str, WorkflowDefinition] = {}
+        for wf in workflows:
+            d = workflow_definition(wf)
+            self.workflows[d.name] = d
+        self.activities: dict[str, ActivityDefinition] = {}
+        for act in activities:
+            a = activity_definition(act)
+            self.activities[a.name] = a
+        self.workflow_slots = workflow_slots
+        self.activity_slots = activity_slots
+        self.lease = lease
+        self.workflow_task_retry_delay = workflow_task_retry_delay
+        self._nc = nc
+        self._own_nc = nc is None
+        self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
+        self._max_cached = max_cached_runs
+        self._run_locks: dict[str, asyncio.Lock] = {}
+        self._executor = ThreadPoolExecutor(max_workers=activity_slots, thread_name_prefix="activity")
+        self._pollers: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._running = False
+        self.evictions = 0
+        self.replays = 0
+
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None, "worker not started"
+        return self._nc
+
+    async def start(self) -> None:
+        if self._nc is None:
+            self._nc = await nats.connect(
+                self.servers, name=f"immortal-worker-{self.worker_id}", max_reconnect_attempts=-1
+            )
+        self.js = self.nc.jetstream()
+        await self._wait_for_streams()
+        self._running = True
+        for queue in self.queues:
+            queues_kv = await self.js.key_value(self.names.bucket_queues)
+            await queues_kv.put(self.names.queue_key(self.tenant, queue), b"worker")
+            if self.workflows:
+                sub = await self._subscribe(queue, "wf")
+                self._pollers.append(
+                    asyncio.create_task(self._poll(sub, self.workflow_slots, self._workflow_task))
+                )
+            if self.activities:
+                sub = await self._subscribe(queue, "act")
+                self._pollers.append(
+                    asyncio.create_task(self._poll(sub, self.activity_slots, self._activity_task))
+                )
+        log.info(
+            "worker %s serving %s/%s: workflows %s, activities %s",
+            self.worker_id, self.tenant, ",".join(self.queues),
+            sorted(self.workflows), sorted(self.activities),
+        )  # fmt: skip
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking work, let in-flight tasks finish within ``grace``, disconnect."""
+        self._running = False
+        for p in self._pollers:
+            p.cancel()
+        await asyncio.gather(*self._pollers, return_exceptions=True)
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=grace)
+        for inst in self._cache.values():
+            inst.close()
+        self._cache.clear()
+        if self._nc is not None and self._own_nc:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+        self._nc = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    async def _wait_for_streams(self) -> None:
+        warned = False
+        while True:
+            try:
+                await self.js.stream_info(self.names.stream_tasks)
+                await self.js.key_value(self.names.bucket_queues)
+                return
+            except (JsNotFound, BadRequestError):
+                if not warned:
+                    log.warning("waiting for a hub to create Immortal's streams at %s", self.servers)
+                    warned = True
+                await asyncio.sleep(0.5)
+
+    async def _subscribe(self, queue: str, kind: TaskKind) -> Any:
+        durable = self.names.task_consumer(self.tenant, queue, kind)
+        config = ConsumerConfig(
+            durable_name=durable,
+            filter_subject=self.names.task_subject(self.tenant, queue, kind),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.lease,
+            max_deliver=-1,
+            max_ack_pending=100_000,
+        )
+        with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
+            await self.js.add_consumer(self.names.stream_tasks, config)
+        return await self.js.pull_subscribe_bind(durable, stream=self.names.stream_tasks)
+
+    async def _poll(self, sub: Any, slots: int, handle: Callable[[Msg], Awaitable[None]]) -> None:
+        free = asyncio.Semaphore(slots)
+        while self._running:
+            try:
+                await free.acquire()
+                want = 1
+                while want < slots and not free.locked():
+                    await free.acquire()
+                    want += 1
+                try:
+                    msgs = await sub.fetch(batch=want, timeout=5.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    msgs = []
+                except BaseException:
+                    for _ in range(want):
+                        free.release()
+                    raise
+                for _ in range(want - len(msgs)):
+                    free.release()
+                for msg in msgs:
+                    task = asyncio.create_task(self._guard(handle, msg, free))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._inflight.discard)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("task poll failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def _guard(
+        self, handle: Callable[[Msg], Awaitable[None]], msg: Msg, free: asyncio.Semaphore
+    ) -> None:
+        try:
+            await handle(msg)
+        except Exception:
+            log.exception("task %s failed in the worker runtime; it will be redelivered", msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+        finally:
+            free.release()
+
+    # -- activities ---------------------------------------------------------------------
+
+    async def _activity_task(self, msg: Msg) -> None:
+        task = decode(ActivityTask, msg.data)
+        delivery = msg.metadata.num_delivered or 1
+        started = now_ms()
+        keeper = asyncio.create_task(self._keep_lease(msg))
+        result: bytes | None = None
+        failure: Failure | None = None
+        try:
+            result = await self._run_activity(task)
+        except Exception as exc:
+            failure = Failure.model_validate(failure_from_exception(exc))
+        finally:
+            keeper.cancel()
+        body = ActivityResult(
+            workflow_id=task.workflow_id,
+            run_id=task.run_id,
+            scheduled_id=task.scheduled_id,
+            attempt=task.attempt,
+            delivery=delivery,
+            result_id=f"{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}",
+            worker=self.worker_id,
+            started_ts=started,
+            ended_ts=now_ms(),
+            result=result,
+            failure=failure,
+        )
+        await self.js.publish(
+            self.names.input_subject(self.tenant, task.workflow_queue, "act"),
+            encode(body),
+            headers={"Nats-Msg-Id": body.result_id},
+        )
+        await msg.ack()
+
+    async def _run_activity(self, task: ActivityTask) -> bytes:
+        defn = self.activities.get(task.name)
+        if defn is None:
+            raise ApplicationError(
+                f"activity {task.name!r} is not registered on worker {self.worker_id} "
+                f"(registered: {', '.join(sorted(self.activities)) or 'none'})",
+                type="UnknownActivityType",
+            )
+        args = decode_args(task.input, defn.arg_types)
+        info = ActivityInfo(
+            tenant=self.tenant,
+            workflow_id=task.workflow_id,
+            run_id=task.run_id,
+            workflow_type=task.workflow_type,
+            activity_id=task.scheduled_id,
+            name=task.name,
+            attempt=task.attempt,
+            worker=self.worker_id,
+        )
+        token = current_activity.set(info)
+        try:
+            if defn.is_async:
+                value = await defn.fn(*args)
+            else:
+                ctx = copy_context()
+                value = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, lambda: ctx.run(defn.fn, *args)
+                )
+        finally:
+            current_activity.reset(token)
+        return encode_value(value)
+
+    async def _keep_lease(self, msg: Msg) -> None:
+        """Extend the lease while the work is alive."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    # -- workflow tasks -----------------------------------------------------------------
+
+    async def _workflow_task(self, msg: Msg) -> None:
+        task = decode(WorkflowTask, msg.data)
+        delivery = msg.metadata.num_delivered or 1
+        lock = self._run_locks.setdefault(task.run_id, asyncio.Lock())
+        try:
+            async with lock:
+                await self._advance(msg, task, delivery)
+        finally:
+            if not lock.locked():
+                self._run_locks.pop(task.run_id, None)
+
+    async def _advance(self, msg: Msg, task: WorkflowTask, delivery: int) -> None:
+        defn = self.workflows.get(task.workflow_type)
+        if defn is None:
+            err = UnknownWorkflowTypeError(
+                f"workflow type {task.workflow_type!r} is not registered on worker "
+                f"{self.worker_id} (registered: {', '.join(sorted(self.workflows)) or 'none'})"
+            )
+            await self._fail_task(msg, task, delivery, err, through=0)
+            return
+        inst = self._cache.pop(task.run_id, None)
+        try:
+            if inst is None:
+                inst = await self._load(defn, task)
+            else:
+                await self._read_new(inst, task)
+            if inst.has_completed(task.wft):
+                await msg.ack()  # a redelivered task some worker already completed
+                self._remember(inst)
+                return
+            try:
+                commands, through = inst.activate([], task.wft)
+            except CacheStale:
+                inst.close()
+                self.evictions += 1
+                inst = await self._load(defn, task)
+                commands, through = inst.activate([], task.wft)
+        except NonDeterminismError as exc:
+            log.error("run %s of %s: %s", task.run_id, task.workflow_id, exc)
+            if inst is not None:
+                inst.close()
+            await self._fail_task(msg, task, delivery, exc, through=0)
+            return
+        body = WorkflowTaskResult(
+            workflow_id=task.workflow_id,
+            run_id=task.run_id,
+            wft=task.wft,
+            through=through,
+            result_id=f"{task.run_id}:{task.wft}:{delivery}:{self.worker_id}",
+            worker=self.worker_id,
+            commands=commands,
+        )
+        await self._report(task, body)
+        await msg.ack()
+        if inst.finished:
+            inst.close()
+        else:
+            self._remember(inst)
+
+    async def _load(self, defn: WorkflowDefinition, task: WorkflowTask) -> WorkflowInstance:
+        info = WorkflowInfo(
+            tenant=self.tenant,
+            workflow_id=task.workflow_id,
+            run_id=task.run_id,
+            workflow_type=task.workflow_type,
+            queue=task.queue,
+        )
+        inst = WorkflowInstance(defn, info, self.worker_id)
+        self.replays += 1
+        await self._read_new(inst, task)
+        return inst
+
+    async def _read_new(self, inst: WorkflowInstance, task: WorkflowTask) -> None:
+        """Read the history past what ``inst`` has seen, at least up to the task's transition."""
+        subject = self.names.history_subject(self.tenant, task.workflow_id, task.run_id)
+        for _ in range(50):
+            new: list[HistoryEvent] = []
+            async for stored in read_subject(
+                self.nc, self.names.stream_history, subject, from_seq=inst.last_seq + 1
+            ):
+                new.extend(decode(Transition, stored.data).events)
+                inst.last_seq = stored.seq
+            inst.events.extend(new)
+            if inst.last_seq >= task.hist_seq:
+                return
+            await asyncio.sleep(0.05)  # a replica behind the leader: give it a moment
+        raise RuntimeError(f"history of {subject} never reached sequence {task.hist_seq}")
+
+    def _remember(self, inst: WorkflowInstance) -> None:
+        self._cache[inst.info.run_id] = inst
+        while len(self._cache) > self._max_cached:
+            _, old = self._cache.popitem(last=False)
+            old.close()
+            self.evictions += 1
+
+    async def _fail_task(
+        self, msg: Msg, task: WorkflowTask, delivery: int, exc: Exception, *, through: int
+    ) -> None:
+        """Record the failure in history and hand the task back for a later retry."""
+        body = WorkflowTaskResult(
+            workflow_id=task.workflow_id,
+            run_id=task.run_id,
+            wft=task.wft,
+            through=through,
+            result_id=f"{task.run_id}:{task.wft}:{delivery}:{self.worker_id}:failed",
+            worker=self.worker_id,
+            failure=Failure.model_validate(failure_from_exception(exc)),
+        )
+        await self._report(task, body)
+        await msg.nak(delay=self.workflow_task_retry_delay)
+
+    async def _report(self, task: WorkflowTask, body: WorkflowTaskResult) -> None:
+        await self.js.publish(
+            self.names.input_subject(self.tenant, task.queue, "wft"),
+            encode(body),
+            headers={"Nats-Msg-Id": body.result_id},
+        )
