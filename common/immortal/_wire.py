@@ -46,7 +46,7 @@ def now_ms() -> int:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", ser_json_bytes="base64", val_json_bytes="base64")
 
 
 def encode(model: BaseModel) -> bytes:

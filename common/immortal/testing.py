@@ -89,6 +89,7 @@ class NatsServer:
             str(self.config_path),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a terminal's Ctrl-C is for our owner, who stops us in order
         )
         assert self.proc.stderr is not None
         seen = b""

@@ -1,0 +1,249 @@
+"""``immortal``: run a hub, a whole dev stack, and talk to workflows.
+
+    immortal dev                        # nats-server + hub + worker + an example run
+    immortal hub --server nats://...    # one hub
+    immortal workflow start place_order '{"id": "o2", "items": ["x"], "cents": 100}'
+    immortal workflow result <workflow-id>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from immortal import Client, WorkflowFailedError
+from immortal._codec import to_wire, unpack
+from immortal._errors import PayloadError
+from immortal.testing import NatsServer
+from immortal_hub._hub import Hub
+
+__all__ = ["main"]
+
+app = typer.Typer(add_completion=False, help="Immortal: durable workflows on NATS JetStream.")
+workflow_app = typer.Typer(add_completion=False, help="Start runs and read their state.")
+app.add_typer(workflow_app, name="workflow")
+
+Server = Annotated[str, typer.Option("--server", "-s", envvar="IMMORTAL_SERVER")]
+Tenant = Annotated[str, typer.Option(envvar="IMMORTAL_TENANT")]
+Prefix = Annotated[str, typer.Option(envvar="IMMORTAL_PREFIX")]
+DEFAULT_SERVER = "nats://127.0.0.1:4222"
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+@app.command()
+def hub(
+    server: Server = DEFAULT_SERVER,
+    prefix: Prefix = "imm",
+    max_in_flight: int = 256,
+    log_level: str = "INFO",
+) -> None:
+    """Run one hub (several may run at once against the same NATS)."""
+    _logging(log_level)
+
+    async def serve() -> None:
+        h = Hub(server, prefix=prefix, max_in_flight=max_in_flight)
+        await h.start()
+        print(f"hub {h.hub_id} ready on {server}", flush=True)
+        await _until_signalled()
+        await h.stop()
+
+    asyncio.run(serve())
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(help="NATS port (0: any free port)")] = 4222,
+    store: Annotated[Path, typer.Option(help="JetStream data directory")] = Path(".immortal-dev"),
+    example: Annotated[bool, typer.Option(help="start one example run")] = True,
+    log_level: str = "WARNING",
+) -> None:
+    """Start nats-server, a hub and a worker with the bundled example, then run it once."""
+    _logging(log_level)
+    asyncio.run(_dev(port if port else -1, store, example))
+
+
+async def _dev(port: int, store: Path, example: bool) -> None:
+    server = NatsServer(store_dir=store.resolve(), port=port)
+    await server.start()
+    url = server.url
+    print(f"nats-server  {url}  (JetStream in {store}/, sync_interval: always)", flush=True)
+    h = Hub(url)
+    await h.start()
+    print(f"hub          {h.hub_id}", flush=True)
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "immortal_worker",
+        "immortal.examples.orders",
+        "--server",
+        url,
+        "--log-level",
+        "WARNING",
+        start_new_session=True,
+    )
+    print(f"worker       pid {worker.pid} serving immortal.examples.orders", flush=True)
+    try:
+        if example:
+            from immortal.examples.orders import Order, place_order
+
+            async with Client(url) as client:
+                handle = await client.start(
+                    place_order, Order(id="first-order", items=["book", "lamp"], cents=4200)
+                )
+                result = await handle.result(timeout=60)
+                print(f"example run  {handle.workflow_id} -> {result.model_dump_json()}", flush=True)
+        print(
+            "\nImmortal is running. In another shell try:\n"
+            f"  uv run immortal workflow start place_order "
+            f"'{{\"id\": \"o2\", \"items\": [\"pen\"], \"cents\": 150}}' --id o2 -s {url}\n"
+            f"  uv run immortal workflow result o2 -s {url}\n"
+            f"  uv run immortal workflow history o2 -s {url}\n"
+            "Ctrl-C stops everything (the data stays in the store directory).",
+            flush=True,
+        )
+        await _until_signalled()
+    finally:
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+            await worker.wait()
+        await h.stop()
+        await server.stop()
+        print("stopped", flush=True)
+
+
+def _json_args(args: list[str]) -> list[Any]:
+    out = []
+    for a in args:
+        try:
+            out.append(json.loads(a))
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"argument {a!r} is not JSON: {exc}") from exc
+    return out
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(to_wire(value), indent=2, default=str))
+
+
+@workflow_app.command("start")
+def workflow_start(
+    workflow_type: Annotated[str, typer.Argument(help="registered workflow name")],
+    args: Annotated[list[str] | None, typer.Argument(help="arguments, one JSON value each")] = None,
+    id: Annotated[str | None, typer.Option("--id", help="workflow id (default: random)")] = None,  # noqa: A002
+    queue: str = "default",
+    wait: Annotated[bool, typer.Option(help="wait for the result")] = False,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Start a run; print its workflow id and run id."""
+
+    async def go() -> None:
+        async with Client(server, tenant=tenant, prefix=prefix) as client:
+            handle = await client.start(workflow_type, *_json_args(args or []), id=id, queue=queue)
+            print(json.dumps({"workflow_id": handle.workflow_id, "run_id": handle.run_id}))
+            if wait:
+                await _result(handle)
+
+    asyncio.run(go())
+
+
+async def _result(handle: Any, timeout: float | None = None) -> None:
+    try:
+        _print_json(await handle.result(timeout=timeout))
+    except WorkflowFailedError as exc:
+        print(f"failed: {exc.cause}", file=sys.stderr)
+        raise typer.Exit(1) from exc
+
+
+@workflow_app.command("result")
+def workflow_result(
+    workflow_id: str,
+    run: Annotated[str | None, typer.Option(help="run id (default: newest)")] = None,
+    timeout: Annotated[float | None, typer.Option(help="seconds to wait")] = None,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Wait for a run to close and print its result."""
+
+    async def go() -> None:
+        async with Client(server, tenant=tenant, prefix=prefix) as client:
+            await _result(await client.get_handle(workflow_id, run), timeout)
+
+    asyncio.run(go())
+
+
+@workflow_app.command("describe")
+def workflow_describe(
+    workflow_id: str,
+    run: Annotated[str | None, typer.Option(help="run id (default: newest)")] = None,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Print where a run stands."""
+
+    async def go() -> None:
+        async with Client(server, tenant=tenant, prefix=prefix) as client:
+            desc = await (await client.get_handle(workflow_id, run)).describe()
+            _print_json(desc.__dict__)
+
+    asyncio.run(go())
+
+
+@workflow_app.command("history")
+def workflow_history(
+    workflow_id: str,
+    run: Annotated[str | None, typer.Option(help="run id (default: newest)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="lossless JSON export")] = False,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Print a run's history, one event a line (or as JSON)."""
+
+    async def go() -> None:
+        async with Client(server, tenant=tenant, prefix=prefix) as client:
+            events = await (await client.get_handle(workflow_id, run)).history()
+            if as_json:
+                print(json.dumps([e.model_dump(mode="json") for e in events], indent=2))
+                return
+            for e in events:
+                cause = f" <- {e.caused_by}" if e.caused_by else ""
+                attrs = {k: _readable(v) for k, v in e.attrs.items()}
+                print(f"{e.id:>4} {e.type.value:<24}{cause:<8} {json.dumps(attrs, default=str)}")
+
+    asyncio.run(go())
+
+
+def _readable(value: Any) -> Any:
+    """Payloads are msgpack bytes on the wire; show them decoded."""
+    if isinstance(value, bytes):
+        try:
+            return to_wire(unpack(value))
+        except PayloadError:
+            return f"<{len(value)} bytes>"
+    return value
+
+
+def main() -> None:
+    app()

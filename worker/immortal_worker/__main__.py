@@ -1,0 +1,3 @@
+from immortal_worker.cli import main
+
+main()

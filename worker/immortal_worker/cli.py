@@ -1,0 +1,121 @@
+"""``immortal-worker``: serve workflows and activities from ``module:attribute`` references.
+
+    immortal-worker app.orders:place_order app.orders:charge --queue orders
+
+A reference may name a decorated function, a list of them, or a module (every decorated
+function in it is served).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from types import ModuleType
+from typing import Annotated, Any
+
+import typer
+
+from immortal._definitions import activity_definition, workflow_definition
+from immortal_worker._worker import Worker
+
+__all__ = ["load_targets", "main"]
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def _is(kind: str, obj: Any) -> bool:
+    try:
+        (workflow_definition if kind == "wf" else activity_definition)(obj)
+        return True
+    except TypeError:
+        return False
+
+
+def load_targets(refs: list[str]) -> tuple[list[Any], list[Any]]:
+    """Resolve ``module:attribute`` references into (workflows, activities)."""
+    workflows: list[Any] = []
+    activities: list[Any] = []
+    for ref in refs:
+        module_name, _, attr = ref.partition(":")
+        if not module_name:
+            raise typer.BadParameter(f"{ref!r} is not a module:attribute reference")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise typer.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
+        if attr:
+            try:
+                obj = getattr(module, attr)
+            except AttributeError as exc:
+                raise typer.BadParameter(f"{module_name!r} has no attribute {attr!r}") from exc
+        else:
+            obj = module
+        items = vars(obj).values() if isinstance(obj, ModuleType) else obj
+        items = items if isinstance(items, (list, tuple, set)) or isinstance(obj, ModuleType) else [obj]
+        found = 0
+        for item in items:
+            if _is("wf", item) and item not in workflows:
+                workflows.append(item)
+                found += 1
+            elif _is("act", item) and item not in activities:
+                activities.append(item)
+                found += 1
+        if not found:
+            raise typer.BadParameter(f"{ref!r} holds no @workflow or @activity function")
+    return workflows, activities
+
+
+@app.command()
+def serve(
+    targets: Annotated[list[str], typer.Argument(help="module:attribute references")],
+    server: Annotated[str, typer.Option("--server", "-s", envvar="IMMORTAL_SERVER")] = (
+        "nats://127.0.0.1:4222"
+    ),
+    queue: Annotated[list[str], typer.Option("--queue", "-q", help="queues to serve")] = [  # noqa: B006
+        "default"
+    ],
+    tenant: Annotated[str, typer.Option(envvar="IMMORTAL_TENANT")] = "default",
+    prefix: Annotated[str, typer.Option(envvar="IMMORTAL_PREFIX")] = "imm",
+    lease: Annotated[float, typer.Option(help="seconds a task is held before redelivery")] = 30.0,
+    workflow_slots: int = 256,
+    activity_slots: int = 64,
+    worker_id: Annotated[str | None, typer.Option("--id")] = None,
+    log_level: str = "INFO",
+) -> None:
+    """Serve workflows and activities until SIGINT or SIGTERM."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    workflows, activities = load_targets(targets)
+    worker = Worker(
+        server,
+        queues=queue,
+        workflows=workflows,
+        activities=activities,
+        tenant=tenant,
+        prefix=prefix,
+        lease=lease,
+        workflow_slots=workflow_slots,
+        activity_slots=activity_slots,
+        worker_id=worker_id,
+    )
+    asyncio.run(_serve(worker))
+
+
+async def _serve(worker: Worker) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.start()
+    print(f"worker {worker.worker_id} ready", flush=True)
+    await stop.wait()
+    await worker.stop()
+
+
+def main() -> None:
+    sys.path.insert(0, "")  # let `module:attr` find modules in the working directory
+    app()
