@@ -8,15 +8,19 @@ API itself: one request returns up to ``batch`` messages of one subject and ends
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.errors import APIError
 
 __all__ = [
     "ERR_WRONG_LAST_SEQUENCE",
+    "Puller",
     "StoredMsg",
     "is_wrong_last_sequence",
     "last_message",
@@ -97,3 +101,90 @@ def _lift(headers: dict[str, str], data: bytes) -> StoredMsg | None:
         data=data,
         headers=headers,
     )
+
+
+class Puller:
+    """Pull from a durable consumer by free slots, handing each message on as it arrives.
+
+    nats-py's ``fetch(batch=n)`` holds the first message until the batch fills or the
+    request expires, which costs seconds under light load. Here one pull request is kept
+    open for as many messages as there are free slots; the server pushes each message the
+    moment it is available, and a new request goes out when the last one is used up or
+    expires. The slots are the backpressure: never more than ``slots`` messages held.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        stream: str,
+        durable: str,
+        slots: int,
+        handler: Callable[[Msg], Awaitable[None]],
+        *,
+        expires: float = 5.0,
+    ) -> None:
+        self._nc = nc
+        self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._slots = slots
+        self._handler = handler
+        self._expires = expires
+        self._inflight = 0
+        self._requested = 0  # messages asked for in the open request, not yet delivered
+        self._deadline = 0.0
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Any = None
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def run(self) -> None:
+        """Pull until cancelled; in-flight handlers keep running (see :meth:`drain`)."""
+        inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(inbox, cb=self._on_msg)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                now = loop.time()
+                if self._requested and now > self._deadline:
+                    self._requested = 0  # the request was lost (reconnect): ask again
+                free = self._slots - self._inflight - self._requested
+                if self._requested == 0 and free > 0:
+                    req = {"batch": free, "expires": int(self._expires * 1e9)}
+                    await self._nc.publish(self._subject, json.dumps(req).encode(), reply=inbox)
+                    self._requested = free
+                    self._deadline = now + self._expires + 2.0
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._expires + 2.5)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for in-flight handlers to finish."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = (msg.headers or {}).get("Status") if not msg.data else None
+        if status is not None:
+            if status in ("408", "409", "404"):  # expired, or the server refused the request
+                self._requested = 0
+                self._wake.set()
+            return  # 100: idle heartbeat
+        self._requested = max(self._requested - 1, 0)
+        self._inflight += 1
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self._requested == 0:
+            self._wake.set()
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self._handler(msg)
+        finally:
+            self._inflight -= 1
+            self._wake.set()

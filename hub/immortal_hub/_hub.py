@@ -28,7 +28,7 @@ from nats.js.errors import BadRequestError
 
 from immortal._codec import pack
 from immortal._errors import PayloadError
-from immortal._jetstream import is_wrong_last_sequence, last_message
+from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._names import Names
 from immortal._wire import (
     ActivityResult,
@@ -71,8 +71,7 @@ class Hub:
         hub_id: str | None = None,
         settings: ResourceSettings | None = None,
         max_in_flight: int = 256,
-        fetch_batch: int = 64,
-        ack_wait: float = 30.0,
+        ack_wait: float = 5.0,
         cache_size: int = 10_000,
         nc: NATS | None = None,
     ) -> None:
@@ -80,17 +79,16 @@ class Hub:
         self.names = Names(prefix)
         self.hub_id = hub_id or f"hub-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.settings = settings or ResourceSettings()
-        self.fetch_batch = fetch_batch
         self.ack_wait = ack_wait
         self._nc = nc
         self._own_nc = nc is None
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self.max_in_flight = max_in_flight
+        self._pullers: set[Puller] = set()
         self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
         self._cache_size = cache_size
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._queues: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        self._inflight: set[asyncio.Task[None]] = set()
         self._running = False
         self.transitions = 0  # appended transitions, for tests and metrics
 
@@ -116,8 +114,7 @@ class Hub:
         for task in [*self._queues.values(), *self._background]:
             task.cancel()
         await asyncio.gather(*self._queues.values(), *self._background, return_exceptions=True)
-        if self._inflight:
-            await asyncio.wait(self._inflight, timeout=10)
+        await asyncio.gather(*(p.drain(10.0) for p in list(self._pullers)))
         if self._nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
@@ -168,18 +165,19 @@ class Hub:
     async def _consume(self, tenant: str, queue: str) -> None:
         durable = self.names.hub_consumer(tenant, queue)
         while self._running:
+            puller = None
             try:
                 await self._ensure_consumer(tenant, queue, durable)
-                sub = await self.js.pull_subscribe_bind(durable, stream=self.names.stream_in)
-                async for msg in self._fetch(sub):
-                    task = asyncio.create_task(self._handle(msg))
-                    self._inflight.add(task)
-                    task.add_done_callback(self._inflight.discard)
+                puller = Puller(self.nc, self.names.stream_in, durable, self.max_in_flight, self._handle)
+                self._pullers.add(puller)
+                await puller.run()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("queue %s/%s: %s; resubscribing", tenant, queue, exc)
                 await asyncio.sleep(1.0)
+            finally:
+                self._pullers.discard(puller)  # type: ignore[arg-type]
 
     async def _ensure_consumer(self, tenant: str, queue: str, durable: str) -> None:
         config = ConsumerConfig(
@@ -193,26 +191,6 @@ class Hub:
         )
         with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
             await self.js.add_consumer(self.names.stream_in, config)
-
-    async def _fetch(self, sub: Any) -> AsyncIterator[Msg]:
-        while self._running:
-            await self._slots.acquire()
-            want = 1
-            while want < self.fetch_batch and not self._slots.locked():
-                await self._slots.acquire()
-                want += 1
-            try:
-                msgs = await sub.fetch(batch=want, timeout=5.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                msgs = []
-            except BaseException:
-                for _ in range(want):
-                    self._slots.release()
-                raise
-            for _ in range(want - len(msgs)):
-                self._slots.release()
-            for msg in msgs:
-                yield msg
 
     # -- one input ----------------------------------------------------------------------
 
@@ -241,8 +219,6 @@ class Hub:
                 log.warning("input %s failed (%r); will retry", msg.subject, exc)
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
-        finally:
-            self._slots.release()
 
     @staticmethod
     def _decode(kind: str, data: bytes) -> StartWorkflow | WorkflowTaskResult | ActivityResult:
@@ -279,8 +255,19 @@ class Hub:
         subject = self.names.history_subject(tenant, body.workflow_id, body.run_id)
         async with self._lock(subject):
             for _ in range(_MAX_RACES):
-                state, seq = await self._load(subject)
-                outcome = self._transition(state, queue, body)
+                state, seq, cached = await self._load(subject)
+                try:
+                    outcome = self._transition(state, queue, body)
+                except InvalidInput:
+                    if cached:  # judge only on fresh state: another hub may have moved on
+                        self._cache.pop(subject, None)
+                        continue
+                    raise
+                if not outcome.events and cached:
+                    # Appends are guarded by the expected sequence; decisions that append
+                    # nothing are not, so they are taken on a fresh read.
+                    self._cache.pop(subject, None)
+                    continue
                 if outcome.duplicate:
                     assert state is not None
                     await self._emit(tenant, open_emissions(state, seq))
@@ -307,15 +294,16 @@ class Hub:
             return apply_workflow_task_result(state, body, now)
         return apply_activity_result(state, body, now)
 
-    async def _load(self, subject: str) -> tuple[RunState | None, int]:
+    async def _load(self, subject: str) -> tuple[RunState | None, int, bool]:
+        """(state, history sequence, whether it came from this hub's cache)."""
         cached = self._cache.get(subject)
         if cached is not None:
             self._cache.move_to_end(subject)
-            return cached
+            return cached[0], cached[1], True
         msg = await last_message(self.nc, self.names.stream_history, subject)
         if msg is None:
-            return None, 0
-        return decode(Transition, msg.data).state, msg.seq
+            return None, 0, False
+        return decode(Transition, msg.data).state, msg.seq, False
 
     async def _append(self, subject: str, outcome: Outcome, expected_seq: int) -> int | None:
         assert outcome.state is not None

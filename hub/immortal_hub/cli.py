@@ -53,13 +53,16 @@ def hub(
     server: Server = DEFAULT_SERVER,
     prefix: Prefix = "imm",
     max_in_flight: int = 256,
+    ack_wait: Annotated[
+        float, typer.Option(help="seconds before a dead hub's inputs go to another hub")
+    ] = 5.0,
     log_level: str = "INFO",
 ) -> None:
     """Run one hub (several may run at once against the same NATS)."""
     _logging(log_level)
 
     async def serve() -> None:
-        h = Hub(server, prefix=prefix, max_in_flight=max_in_flight)
+        h = Hub(server, prefix=prefix, max_in_flight=max_in_flight, ack_wait=ack_wait)
         await h.start()
         print(f"hub {h.hub_id} ready on {server}", flush=True)
         await _until_signalled()

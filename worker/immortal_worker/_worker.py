@@ -41,7 +41,7 @@ from immortal._errors import (
     UnknownWorkflowTypeError,
     failure_from_exception,
 )
-from immortal._jetstream import read_subject
+from immortal._jetstream import Puller, read_subject
 from immortal._names import Names, TaskKind, validate_tenant
 from immortal._wire import (
     ActivityResult,
@@ -110,8 +110,8 @@ class Worker:
         self._max_cached = max_cached_runs
         self._run_locks: dict[str, asyncio.Lock] = {}
         self._executor = ThreadPoolExecutor(max_workers=activity_slots, thread_name_prefix="activity")
-        self._pollers: list[asyncio.Task[None]] = []
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._pullers: list[Puller] = []
+        self._poll_tasks: list[asyncio.Task[None]] = []
         self._running = False
         self.evictions = 0
         self.replays = 0
@@ -133,15 +133,9 @@ class Worker:
             queues_kv = await self.js.key_value(self.names.bucket_queues)
             await queues_kv.put(self.names.queue_key(self.tenant, queue), b"worker")
             if self.workflows:
-                sub = await self._subscribe(queue, "wf")
-                self._pollers.append(
-                    asyncio.create_task(self._poll(sub, self.workflow_slots, self._workflow_task))
-                )
+                await self._serve(queue, "wf")
             if self.activities:
-                sub = await self._subscribe(queue, "act")
-                self._pollers.append(
-                    asyncio.create_task(self._poll(sub, self.activity_slots, self._activity_task))
-                )
+                await self._serve(queue, "act")
         log.info(
             "worker %s serving %s/%s: workflows %s, activities %s",
             self.worker_id, self.tenant, ",".join(self.queues),
@@ -151,11 +145,10 @@ class Worker:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking work, let in-flight tasks finish within ``grace``, disconnect."""
         self._running = False
-        for p in self._pollers:
-            p.cancel()
-        await asyncio.gather(*self._pollers, return_exceptions=True)
-        if self._inflight:
-            await asyncio.wait(self._inflight, timeout=grace)
+        for t in self._poll_tasks:
+            t.cancel()
+        await asyncio.gather(*self._poll_tasks, return_exceptions=True)
+        await asyncio.gather(*(p.drain(grace) for p in self._pullers))
         for inst in self._cache.values():
             inst.close()
         self._cache.clear()
@@ -185,7 +178,7 @@ class Worker:
                     warned = True
                 await asyncio.sleep(0.5)
 
-    async def _subscribe(self, queue: str, kind: TaskKind) -> Any:
+    async def _serve(self, queue: str, kind: TaskKind) -> None:
         durable = self.names.task_consumer(self.tenant, queue, kind)
         config = ConsumerConfig(
             durable_name=durable,
@@ -198,48 +191,25 @@ class Worker:
         )
         with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
             await self.js.add_consumer(self.names.stream_tasks, config)
-        return await self.js.pull_subscribe_bind(durable, stream=self.names.stream_tasks)
+        if kind == "wf":
+            slots, handle = self.workflow_slots, self._workflow_task
+        else:
+            slots, handle = self.activity_slots, self._activity_task
+        puller = Puller(self.nc, self.names.stream_tasks, durable, slots, self._guarded(handle))
+        self._pullers.append(puller)
+        self._poll_tasks.append(asyncio.create_task(puller.run()))
 
-    async def _poll(self, sub: Any, slots: int, handle: Callable[[Msg], Awaitable[None]]) -> None:
-        free = asyncio.Semaphore(slots)
-        while self._running:
+    @staticmethod
+    def _guarded(handle: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+        async def guarded(msg: Msg) -> None:
             try:
-                await free.acquire()
-                want = 1
-                while want < slots and not free.locked():
-                    await free.acquire()
-                    want += 1
-                try:
-                    msgs = await sub.fetch(batch=want, timeout=5.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    msgs = []
-                except BaseException:
-                    for _ in range(want):
-                        free.release()
-                    raise
-                for _ in range(want - len(msgs)):
-                    free.release()
-                for msg in msgs:
-                    task = asyncio.create_task(self._guard(handle, msg, free))
-                    self._inflight.add(task)
-                    task.add_done_callback(self._inflight.discard)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("task poll failed (%s); retrying", exc)
-                await asyncio.sleep(1.0)
+                await handle(msg)
+            except Exception:
+                log.exception("task %s failed in the worker runtime; it will be redelivered", msg.subject)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
 
-    async def _guard(
-        self, handle: Callable[[Msg], Awaitable[None]], msg: Msg, free: asyncio.Semaphore
-    ) -> None:
-        try:
-            await handle(msg)
-        except Exception:
-            log.exception("task %s failed in the worker runtime; it will be redelivered", msg.subject)
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
-        finally:
-            free.release()
+        return guarded
 
     # -- activities ---------------------------------------------------------------------
 

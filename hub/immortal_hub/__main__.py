@@ -1,0 +1,3 @@
+from immortal_hub.cli import main
+
+main()

@@ -1,0 +1,78 @@
+"""Hubs and workers as separate processes, for tests that kill them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Proc:
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        self.proc = proc
+        self.name = name
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except TimeoutError:
+                await self.kill()
+
+
+async def _spawn(name: str, args: list[str], env: dict[str, str], ready: str) -> Proc:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=None,
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(20):
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{name} exited before it was ready")
+            if ready.encode() in line:
+                break
+    return Proc(proc, name)
+
+
+async def start_hub(url: str, prefix: str = "imm") -> Proc:
+    return await _spawn(
+        "hub",
+        [
+            "-m", "immortal_hub", "hub", "--server", url, "--prefix", prefix,
+            "--ack-wait", "2", "--log-level", "WARNING",
+        ],  # fmt: skip
+        {},
+        "ready",
+    )
+
+
+async def start_worker(
+    url: str, test_dir: Path, *, prefix: str = "imm", lease: float = 2.0, worker_id: str | None = None
+) -> Proc:
+    args = [
+        "-m", "immortal_worker", "tests.workflows",
+        "--server", url, "--prefix", prefix, "--lease", str(lease), "--log-level", "WARNING",
+    ]  # fmt: skip
+    if worker_id:
+        args += ["--id", worker_id]
+    return await _spawn("worker", args, {"IMMORTAL_TEST_DIR": str(test_dir)}, "ready")

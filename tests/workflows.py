@@ -1,0 +1,76 @@
+"""Workflows and activities the tests run, in workers in this process or in others."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import immortal
+from immortal import WorkflowContext
+
+
+def _dir() -> Path:
+    return Path(os.environ["IMMORTAL_TEST_DIR"])
+
+
+@immortal.activity
+async def double(x: int) -> int:
+    return 2 * x
+
+
+@immortal.activity
+def square(x: int) -> int:  # sync: runs in a thread
+    return x * x
+
+
+@immortal.activity
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+@immortal.workflow
+async def three_step(ctx: WorkflowContext, x: int) -> int:
+    d, s = await asyncio.gather(ctx.activity(double, x), ctx.activity(square, x))
+    return await ctx.activity(add, d, s)
+
+
+@immortal.workflow
+async def chain(ctx: WorkflowContext, n: int) -> list[int]:
+    out = []
+    for i in range(n):
+        out.append(await ctx.activity(double, i))
+    return out
+
+
+@immortal.activity
+def gated(tag: str) -> str:
+    """Announce that it runs (a file per process), then wait for the gate file."""
+    d = _dir()
+    (d / f"started-{tag}-{os.getpid()}").touch()
+    while not (d / f"gate-{tag}").exists():
+        time.sleep(0.02)
+    return f"{tag} done by {os.getpid()}"
+
+
+@immortal.workflow
+async def gated_flow(ctx: WorkflowContext, tag: str) -> str:
+    first = await ctx.activity(gated, tag)
+    return await ctx.activity(add_suffix, first)
+
+
+@immortal.activity
+async def add_suffix(s: str) -> str:
+    return s + "!"
+
+
+@immortal.workflow
+async def deterministic_values(ctx: WorkflowContext) -> list[str]:
+    before = [str(ctx.now()), str(ctx.random().random()), str(ctx.uuid4())]
+    await ctx.activity(double, 1)
+    return [*before, str(ctx.now())]
+
+
+workflows = [three_step, chain, gated_flow, deterministic_values]
+activities = [double, square, add, gated, add_suffix]
