@@ -55,19 +55,17 @@ async def _spawn(name: str, args: list[str], env: dict[str, str], ready: str) ->
 
 
 async def start_hub(url: str, prefix: str = "imm") -> Proc:
-    return await _spawn(
-        "hub",
-        [
-            "-m", "immortal_hub", "hub", "--server", url, "--prefix", prefix,
-            "--ack-wait", "2", "--log-level", "WARNING",
-        ],  # fmt: skip
-        {},
-        "ready",
-    )
+    args = ["-m", "immortal_hub", "hub", "--server", url, "--prefix", prefix]
+    return await _spawn("hub", [*args, "--ack-wait", "2", "--log-level", "WARNING"], {}, "ready")
 
 
 async def start_worker(
-    url: str, test_dir: Path, *, prefix: str = "imm", lease: float = 2.0, worker_id: str | None = None
+    url: str,
+    test_dir: Path,
+    *,
+    prefix: str = "imm",
+    lease: float = 2.0,
+    worker_id: str | None = None,
 ) -> Proc:
     args = [
         "-m", "immortal_worker", "tests.workflows",

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
+from tests.helpers import assert_well_formed, running_worker, wait_for_history
+from tests.workflows import add, double, three_step
 
 import immortal
 from immortal import Client, EventType, RunStatus, WorkflowContext
 from immortal_hub import Hub
 from immortal_worker import Worker
-from tests.helpers import assert_well_formed, running_worker, wait_for_history
-from tests.workflows import add, double, three_step
 
 
 async def test_three_activities_two_in_parallel(nats_url: str, prefix: str, client: Client) -> None:
@@ -38,7 +38,9 @@ async def test_three_activities_two_in_parallel(nats_url: str, prefix: str, clie
     assert completed == {e.id for e in scheduled}
     # `add` is scheduled only after both parallel activities completed.
     both_done = max(
-        e.id for e in history if e.type is EventType.ACTIVITY_COMPLETED and e.caused_by != scheduled[2].id
+        e.id
+        for e in history
+        if e.type is EventType.ACTIVITY_COMPLETED and e.caused_by != scheduled[2].id
     )
     assert scheduled[2].id > both_done
 
@@ -76,7 +78,13 @@ async def test_now_random_uuid_are_deterministic_on_replay(
     # would have issued a different command; and the result carries the first task's values.
     history = await handle.history()
     started = history[0].ts
-    assert result[0].startswith(str(__import__("datetime").datetime.fromtimestamp(started / 1000, tz=__import__("datetime").UTC).date()))
+    assert result[0].startswith(
+        str(
+            __import__("datetime")
+            .datetime.fromtimestamp(started / 1000, tz=__import__("datetime").UTC)
+            .date()
+        )
+    )
     assert result[3] >= result[0]
     assert not any(e.type is EventType.WORKFLOW_TASK_FAILED for e in history)
 
@@ -161,7 +169,9 @@ async def test_malformed_input_is_dead_lettered_and_others_go_on(
     nc = client.nc
     js = nc.jetstream()
     await js.publish(f"{prefix}.in.default.default.act", b"\xc1 definitely not msgpack")
-    await js.publish(f"{prefix}.in.default.default.start", b"\x81\xa1x\x01")  # valid msgpack, wrong shape
+    await js.publish(
+        f"{prefix}.in.default.default.start", b"\x81\xa1x\x01"
+    )  # valid msgpack, wrong shape
     async with running_worker(nats_url, prefix):
         assert await (await client.start(three_step, 3)).result(timeout=20) == 15
 
@@ -247,5 +257,5 @@ async def test_worker_waits_for_streams_and_the_hub_picks_up_old_starts(
 
 
 def test_worker_refuses_undecorated_functions() -> None:
-    with pytest.raises(TypeError, match="not decorated with @immortal.workflow"):
+    with pytest.raises(TypeError, match=r"not decorated with @immortal\.workflow"):
         Worker(workflows=[lambda ctx: None])

@@ -6,11 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
-from immortal import Client, EventType
 from tests.helpers import assert_well_formed, wait_for_history
 from tests.procs import start_hub, start_worker
 from tests.workflows import chain, gated_flow
+
+from immortal import Client, EventType
 
 
 async def _wait_for_file(pattern: str, directory: Path, timeout: float = 20.0) -> Path:
@@ -67,7 +67,10 @@ async def test_hub_killed_between_transitions_run_completes_once(
             handles = [await client.start(chain, 12, id=f"chain-{i}") for i in range(5)]
             for kill_at in (4, 12, 20):  # history lengths at which the hub dies
                 await wait_for_history(
-                    client, handles[0].workflow_id, handles[0].run_id, lambda h, n=kill_at: len(h) >= n
+                    client,
+                    handles[0].workflow_id,
+                    handles[0].run_id,
+                    lambda h, n=kill_at: len(h) >= n,
                 )
                 await hub.kill()
                 await asyncio.sleep(0.3)  # results pile up in IMM_IN while no hub runs

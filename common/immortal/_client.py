@@ -119,7 +119,7 @@ class Client:
         self,
         workflow: Any,
         *args: Any,
-        id: str | None = None,  # noqa: A002 - the natural name for a workflow id
+        id: str | None = None,
         queue: str = "default",
     ) -> WorkflowHandle[Any]:
         """Start a run of ``workflow`` (a decorated function or its registered name).

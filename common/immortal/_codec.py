@@ -16,7 +16,15 @@ from pydantic_core import to_jsonable_python
 
 from immortal._errors import PayloadError
 
-__all__ = ["decode_args", "decode_value", "encode_args", "encode_value", "pack", "to_wire", "unpack"]
+__all__ = [
+    "decode_args",
+    "decode_value",
+    "encode_args",
+    "encode_value",
+    "pack",
+    "to_wire",
+    "unpack",
+]
 
 
 def pack(obj: Any) -> bytes:

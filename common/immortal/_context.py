@@ -37,7 +37,9 @@ class WorkflowRuntime(abc.ABC):
     """What the worker provides to a running workflow."""
 
     @abc.abstractmethod
-    def schedule_activity(self, name: str, queue: str | None, payload: bytes) -> asyncio.Future[bytes]:
+    def schedule_activity(
+        self, name: str, queue: str | None, payload: bytes
+    ) -> asyncio.Future[bytes]:
         """Issue a schedule-activity command; the future resolves with its encoded result."""
 
     @abc.abstractmethod
@@ -92,7 +94,9 @@ class WorkflowContext:
         else:
             defn = activity_definition(fn)
             name, hint, default_queue = defn.name, result_type or defn.return_type, defn.queue
-        data = await self._runtime.schedule_activity(name, queue or default_queue, encode_args(args))
+        data = await self._runtime.schedule_activity(
+            name, queue or default_queue, encode_args(args)
+        )
         return decode_value(data, hint)
 
     def now(self) -> datetime:

@@ -50,7 +50,9 @@ def _hints(fn: Callable[..., Any], skip: int) -> tuple[tuple[Any, ...], Any]:
     params = list(inspect.signature(fn).parameters.values())[skip:]
     for p in params:
         if p.kind in (p.VAR_KEYWORD, p.KEYWORD_ONLY):
-            raise TypeError(f"{fn.__qualname__}: keyword-only and **kwargs parameters are not supported")
+            raise TypeError(
+                f"{fn.__qualname__}: keyword-only and **kwargs parameters are not supported"
+            )
     args = tuple(hints.get(p.name, Any) for p in params if p.kind != p.VAR_POSITIONAL)
     return args, hints.get("return", Any)
 
@@ -82,8 +84,8 @@ class WorkflowDecorator:
     @overload
     def __call__(self, fn: F, /) -> F: ...
     @overload
-    def __call__(self, *, name: str | None = None) -> Callable[[F], F]: ...
-    def __call__(self, fn: F | None = None, /, *, name: str | None = None) -> Any:
+    def __call__(self, fn: None = None, /, *, name: str | None = None) -> Callable[[F], F]: ...
+    def __call__(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
         if fn is not None:
             return _make_workflow(fn, name)
         return lambda f: _make_workflow(f, name)
@@ -99,9 +101,16 @@ class ActivityDecorator:
     @overload
     def __call__(self, fn: F, /) -> F: ...
     @overload
-    def __call__(self, *, name: str | None = None, queue: str | None = None) -> Callable[[F], F]: ...
     def __call__(
-        self, fn: F | None = None, /, *, name: str | None = None, queue: str | None = None
+        self, fn: None = None, /, *, name: str | None = None, queue: str | None = None
+    ) -> Callable[[F], F]: ...
+    def __call__(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
     ) -> Any:
         if fn is not None:
             return _make_activity(fn, name, queue)

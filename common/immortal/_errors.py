@@ -31,7 +31,7 @@ class ApplicationError(ImmortalError):
         self,
         message: str,
         *,
-        type: str | None = None,  # noqa: A002 - mirrors the wire field
+        type: str | None = None,
         non_retryable: bool = False,
         details: Any = None,
     ) -> None:

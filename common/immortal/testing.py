@@ -105,7 +105,9 @@ class NatsServer:
                         self.port = int(m.group(1))
         except TimeoutError:
             self.proc.kill()
-            raise RuntimeError(f"nats-server did not become ready: {seen.decode(errors='replace')}")
+            raise RuntimeError(
+                f"nats-server did not become ready: {seen.decode(errors='replace')}"
+            ) from None
         self._drain = asyncio.create_task(self._drain_stderr())
 
     async def _drain_stderr(self) -> None:

@@ -145,11 +145,11 @@ class Hub:
                 watcher = await self._queues_kv.watchall(ignore_deletes=True)
                 try:
                     while self._running:
-                        entry = await watcher.updates(timeout=5.0)
+                        entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
                         if entry is not None:
                             self._serve(entry.key)
                 finally:
-                    await watcher.stop()
+                    await watcher.stop()  # type: ignore[no-untyped-call]
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except Exception as exc:  # reconnects, server restarts: list again
@@ -168,7 +168,9 @@ class Hub:
             puller = None
             try:
                 await self._ensure_consumer(tenant, queue, durable)
-                puller = Puller(self.nc, self.names.stream_in, durable, self.max_in_flight, self._handle)
+                puller = Puller(
+                    self.nc, self.names.stream_in, durable, self.max_in_flight, self._handle
+                )
                 self._pullers.add(puller)
                 await puller.run()
             except asyncio.CancelledError:
@@ -177,7 +179,8 @@ class Hub:
                 log.warning("queue %s/%s: %s; resubscribing", tenant, queue, exc)
                 await asyncio.sleep(1.0)
             finally:
-                self._pullers.discard(puller)  # type: ignore[arg-type]
+                if puller is not None:
+                    self._pullers.discard(puller)
 
     async def _ensure_consumer(self, tenant: str, queue: str, durable: str) -> None:
         config = ConsumerConfig(
@@ -352,7 +355,7 @@ class Hub:
         await asyncio.gather(
             *(
                 self.js.publish(
-                    self.names.task_subject(tenant, e.queue, e.kind),  # type: ignore[arg-type]
+                    self.names.task_subject(tenant, e.queue, e.kind),
                     encode(e.body),
                     headers={"Nats-Msg-Id": e.msg_id},
                 )
@@ -373,5 +376,3 @@ class Hub:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
-
-

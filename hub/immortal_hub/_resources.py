@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js.api import (
     DiscardPolicy,
@@ -37,7 +38,7 @@ class ResourceSettings:
 
 def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
     p = names.prefix
-    common = {"storage": StorageType.FILE, "num_replicas": s.replicas}
+    common: dict[str, Any] = {"storage": StorageType.FILE, "num_replicas": s.replicas}
     return [
         StreamConfig(
             name=names.stream_in,
@@ -105,7 +106,7 @@ def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
 
 
 def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
-    common = {"storage": StorageType.FILE, "replicas": s.replicas, "history": 1}
+    common: dict[str, Any] = {"storage": StorageType.FILE, "replicas": s.replicas, "history": 1}
     return [
         KeyValueConfig(bucket=names.bucket_runs, description="runs index", direct=True, **common),
         KeyValueConfig(bucket=names.bucket_workers, description="live workers", ttl=30.0, **common),

@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from immortal._names import TaskKind
 from immortal._wire import (
     ActivityResult,
     ActivityTask,
+    Command,
     CompleteWorkflow,
     EventType,
     FailWorkflow,
@@ -54,7 +56,9 @@ class Outcome:
 
     @property
     def closes_run(self) -> bool:
-        return any(e.type in (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED) for e in self.events)
+        return any(
+            e.type in (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED) for e in self.events
+        )
 
     @property
     def starts_run(self) -> bool:
@@ -65,7 +69,7 @@ class Outcome:
 class Emission:
     """A task to publish: ``kind`` is ``wf`` or ``act``; ``msg_id`` dedupes re-emission."""
 
-    kind: str
+    kind: TaskKind
     queue: str
     msg_id: str
     body: WorkflowTask | ActivityTask
@@ -155,12 +159,20 @@ def apply_workflow_task_result(
     )
     state.wft = None
     state.last_wft_failure = None
-    for command in result.commands:
+    _apply_commands(b, done.id, result.commands)
+    if not state.status.closed and state.last_external > result.through:
+        b.schedule_workflow_task(done.id)  # news arrived while the worker was busy
+    return b.outcome(result.result_id)
+
+
+def _apply_commands(b: _Builder, done_id: int, commands: list[Command]) -> None:
+    state = b.state
+    for command in commands:
         if isinstance(command, ScheduleActivity):
             queue = command.queue or state.queue
             ev = b.add(
                 EventType.ACTIVITY_SCHEDULED,
-                done.id,
+                done_id,
                 seq=command.seq,
                 name=command.name,
                 queue=queue,
@@ -170,16 +182,14 @@ def apply_workflow_task_result(
                 seq=command.seq, name=command.name, queue=queue, input=command.input
             )
         elif isinstance(command, CompleteWorkflow):
-            b.add(EventType.WORKFLOW_COMPLETED, done.id, result=command.result)
+            b.add(EventType.WORKFLOW_COMPLETED, done_id, result=command.result)
             b.close(RunStatus.COMPLETED)
-            break
+            return
         elif isinstance(command, FailWorkflow):
-            b.add(EventType.WORKFLOW_FAILED, done.id, failure=command.failure.model_dump(exclude_defaults=True))
+            failure = command.failure.model_dump(exclude_defaults=True)
+            b.add(EventType.WORKFLOW_FAILED, done_id, failure=failure)
             b.close(RunStatus.FAILED)
-            break
-    if not state.status.closed and state.last_external > result.through:
-        b.schedule_workflow_task(done.id)  # news arrived while the worker was busy
-    return b.outcome(result.result_id)
+            return
 
 
 def apply_activity_result(state: RunState | None, result: ActivityResult, now: int) -> Outcome:
@@ -208,7 +218,9 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
         b.add(EventType.ACTIVITY_RESULT_IGNORED, result.scheduled_id, reason=reason, **common)
         return b.outcome(result.result_id)
     if result.failure is None:
-        ev = b.add(EventType.ACTIVITY_COMPLETED, result.scheduled_id, result=result.result, **common)
+        ev = b.add(
+            EventType.ACTIVITY_COMPLETED, result.scheduled_id, result=result.result, **common
+        )
     else:
         ev = b.add(
             EventType.ACTIVITY_FAILED,

@@ -1,9 +1,9 @@
 """``immortal``: run a hub, a whole dev stack, and talk to workflows.
 
-    immortal dev                        # nats-server + hub + worker + an example run
-    immortal hub --server nats://...    # one hub
-    immortal workflow start place_order '{"id": "o2", "items": ["x"], "cents": 100}'
-    immortal workflow result <workflow-id>
+immortal dev                        # nats-server + hub + worker + an example run
+immortal hub --server nats://...    # one hub
+immortal workflow start place_order '{"id": "o2", "items": ["x"], "cents": 100}'
+immortal workflow result <workflow-id>
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ DEFAULT_SERVER = "nats://127.0.0.1:4222"
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 async def _until_signalled() -> None:
@@ -80,11 +82,11 @@ def dev(
 ) -> None:
     """Start nats-server, a hub and a worker with the bundled example, then run it once."""
     _logging(log_level)
-    asyncio.run(_dev(port if port else -1, store, example))
+    asyncio.run(_dev(port if port else -1, store.resolve(), example))
 
 
 async def _dev(port: int, store: Path, example: bool) -> None:
-    server = NatsServer(store_dir=store.resolve(), port=port)
+    server = NatsServer(store_dir=store, port=port)
     await server.start()
     url = server.url
     print(f"nats-server  {url}  (JetStream in {store}/, sync_interval: always)", flush=True)
@@ -112,11 +114,13 @@ async def _dev(port: int, store: Path, example: bool) -> None:
                     place_order, Order(id="first-order", items=["book", "lamp"], cents=4200)
                 )
                 result = await handle.result(timeout=60)
-                print(f"example run  {handle.workflow_id} -> {result.model_dump_json()}", flush=True)
+                print(
+                    f"example run  {handle.workflow_id} -> {result.model_dump_json()}", flush=True
+                )
         print(
             "\nImmortal is running. In another shell try:\n"
             f"  uv run immortal workflow start place_order "
-            f"'{{\"id\": \"o2\", \"items\": [\"pen\"], \"cents\": 150}}' --id o2 -s {url}\n"
+            f'\'{{"id": "o2", "items": ["pen"], "cents": 150}}\' --id o2 -s {url}\n'
             f"  uv run immortal workflow result o2 -s {url}\n"
             f"  uv run immortal workflow history o2 -s {url}\n"
             "Ctrl-C stops everything (the data stays in the store directory).",
@@ -150,7 +154,7 @@ def _print_json(value: Any) -> None:
 def workflow_start(
     workflow_type: Annotated[str, typer.Argument(help="registered workflow name")],
     args: Annotated[list[str] | None, typer.Argument(help="arguments, one JSON value each")] = None,
-    id: Annotated[str | None, typer.Option("--id", help="workflow id (default: random)")] = None,  # noqa: A002
+    id: Annotated[str | None, typer.Option("--id", help="workflow id (default: random)")] = None,
     queue: str = "default",
     wait: Annotated[bool, typer.Option(help="wait for the result")] = False,
     server: Server = DEFAULT_SERVER,

@@ -55,7 +55,7 @@ class WorkflowInstance(WorkflowRuntime):
         self.defn = defn
         self.info = info
         self.worker_id = worker_id
-        self.loop = WorkflowLoop()
+        self.loop = WorkflowLoop()  # type: ignore[abstract]  # the unused I/O half is refused
         self.ctx = WorkflowContext(info, self)
         self.events: list[HistoryEvent] = []
         self.last_seq = 0  # history stream sequence read so far
@@ -73,13 +73,17 @@ class WorkflowInstance(WorkflowRuntime):
 
     # WorkflowRuntime -------------------------------------------------------------------
 
-    def schedule_activity(self, name: str, queue: str | None, payload: bytes) -> asyncio.Future[bytes]:
+    def schedule_activity(
+        self, name: str, queue: str | None, payload: bytes
+    ) -> asyncio.Future[bytes]:
         self._seq += 1
         fut: asyncio.Future[bytes] = self.loop.create_future()
         self._by_seq[self._seq] = fut
         self._names[self._seq] = name
         if not self._finished:
-            self._pending.append(ScheduleActivity(seq=self._seq, name=name, queue=queue, input=payload))
+            self._pending.append(
+                ScheduleActivity(seq=self._seq, name=name, queue=queue, input=payload)
+            )
         return fut
 
     def now_ms(self) -> int:
@@ -172,7 +176,9 @@ class WorkflowInstance(WorkflowRuntime):
     @staticmethod
     def _outcome(main: asyncio.Task[Any]) -> _Command:
         if main.cancelled():
-            return FailWorkflow(failure=Failure(type="CancelledError", message="workflow cancelled"))
+            return FailWorkflow(
+                failure=Failure(type="CancelledError", message="workflow cancelled")
+            )
         exc = main.exception()
         if exc is not None:
             return FailWorkflow(failure=Failure.model_validate(failure_from_exception(exc)))

@@ -25,7 +25,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     # what asyncio.Task, Future and gather need ---------------------------------------
 
-    def call_soon(
+    def call_soon(  # type: ignore[override]
         self,
         callback: Callable[..., object],
         *args: Any,
@@ -90,13 +90,13 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     def run_in_executor(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         _refuse("run_in_executor", "do blocking work in an activity")
 
-    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> NoReturn:
         _refuse("network I/O", "do I/O in an activity")
 
-    async def create_connection(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    async def create_connection(self, *args: Any, **kwargs: Any) -> NoReturn:
         _refuse("network I/O", "do I/O in an activity")
 
-    async def create_server(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    async def create_server(self, *args: Any, **kwargs: Any) -> NoReturn:
         _refuse("network I/O", "do I/O in an activity")
 
 

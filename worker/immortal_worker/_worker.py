@@ -109,7 +109,9 @@ class Worker:
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self._max_cached = max_cached_runs
         self._run_locks: dict[str, asyncio.Lock] = {}
-        self._executor = ThreadPoolExecutor(max_workers=activity_slots, thread_name_prefix="activity")
+        self._executor = ThreadPoolExecutor(
+            max_workers=activity_slots, thread_name_prefix="activity"
+        )
         self._pullers: list[Puller] = []
         self._poll_tasks: list[asyncio.Task[None]] = []
         self._running = False
@@ -174,7 +176,9 @@ class Worker:
                 return
             except (JsNotFound, BadRequestError):
                 if not warned:
-                    log.warning("waiting for a hub to create Immortal's streams at %s", self.servers)
+                    log.warning(
+                        "waiting for a hub to create Immortal's streams at %s", self.servers
+                    )
                     warned = True
                 await asyncio.sleep(0.5)
 
@@ -205,7 +209,9 @@ class Worker:
             try:
                 await handle(msg)
             except Exception:
-                log.exception("task %s failed in the worker runtime; it will be redelivered", msg.subject)
+                log.exception(
+                    "task %s failed in the worker runtime; it will be redelivered", msg.subject
+                )
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=1.0)
 

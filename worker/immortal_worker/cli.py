@@ -54,7 +54,9 @@ def load_targets(refs: list[str]) -> tuple[list[Any], list[Any]]:
         else:
             obj = module
         items = vars(obj).values() if isinstance(obj, ModuleType) else obj
-        items = items if isinstance(items, (list, tuple, set)) or isinstance(obj, ModuleType) else [obj]
+        items = (
+            items if isinstance(items, (list, tuple, set)) or isinstance(obj, ModuleType) else [obj]
+        )
         found = 0
         for item in items:
             if _is("wf", item) and item not in workflows:

@@ -56,7 +56,9 @@ async def place_order(ctx: WorkflowContext, order: Order) -> Receipt:
     charged = await ctx.activity(charge, order.id, order.cents)
     tracking = await ctx.activity(ship, order.id)
     ctx.log.info("order %s shipped as %s", order.id, tracking)
-    return Receipt(order_id=order.id, charged_cents=charged, tracking=tracking, checked=[stock, fraud])
+    return Receipt(
+        order_id=order.id, charged_cents=charged, tracking=tracking, checked=[stock, fraud]
+    )
 
 
 workflows = [place_order]

@@ -1,0 +1,90 @@
+"""The commands a newcomer types, run as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from tests.helpers import running_worker
+
+from immortal_worker.cli import load_targets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_immortal_dev_runs_the_example_and_stops_cleanly(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "immortal_hub", "dev", "--port", "0", "--store", str(tmp_path / "dev"),
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(40):
+            while not any("Ctrl-C stops everything" in line for line in lines):
+                line = (await proc.stdout.readline()).decode()
+                assert line, "immortal dev exited early:\n" + "".join(lines)
+                lines.append(line)
+        out = "".join(lines)
+        assert '"tracking":"TRACK-FIRST-ORDER"' in out
+        url = next(w for w in out.split() if w.startswith("nats://"))
+        started = subprocess.run(
+            [sys.executable, "-m", "immortal_hub", "workflow", "start", "place_order",
+             '{"id": "o2", "items": ["pen"], "cents": 150}', "--id", "o2", "--wait", "-s", url],
+            capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        assert json.loads(started.stdout.split("\n", 1)[1])["tracking"] == "TRACK-O2"
+        history = subprocess.run(
+            [sys.executable, "-m", "immortal_hub", "workflow", "history", "o2", "-s", url],
+            capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        )  # fmt: skip
+        assert "WorkflowCompleted" in history.stdout and "check_stock" in history.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    assert "stopped" in rest[0].decode()
+
+
+def test_worker_targets_resolve_modules_lists_and_functions() -> None:
+    wfs, acts = load_targets(["immortal.examples.orders"])
+    assert {w.__name__ for w in wfs} == {"place_order"}
+    assert {a.__name__ for a in acts} == {"check_stock", "check_fraud", "charge", "ship"}
+    wfs2, acts2 = load_targets(
+        ["immortal.examples.orders:workflows", "immortal.examples.orders:charge"]
+    )
+    assert [w.__name__ for w in wfs2] == ["place_order"] and [a.__name__ for a in acts2] == [
+        "charge"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("no_such_module_xyz", "cannot import"),
+        ("immortal.examples.orders:nope", "has no attribute 'nope'"),
+        ("immortal.examples.orders:Order", "holds no @workflow or @activity"),
+    ],
+)
+def test_worker_targets_report_bad_references(ref: str, message: str) -> None:
+    with pytest.raises(typer.BadParameter, match=message):
+        load_targets([ref])
+
+
+async def test_workflow_failure_exit_code(nats_url: str, prefix: str, client: object) -> None:
+    async with running_worker(nats_url, prefix):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "immortal_hub", "workflow", "start", "three_step", '"not an int"',
+             "--wait", "-s", nats_url, "--prefix", prefix],
+            capture_output=True, text=True, timeout=30, cwd=ROOT,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert "failed:" in done.stderr and "PayloadError" in done.stderr

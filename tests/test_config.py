@@ -1,0 +1,38 @@
+"""Every nats-server config Immortal ships fsyncs before it acknowledges."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import urllib.request
+from pathlib import Path
+
+from immortal.testing import NatsServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _shipped_configs() -> list[Path]:
+    return [ROOT / "nats.conf", *sorted((ROOT / "deploy").rglob("*.conf"))]
+
+
+def test_every_shipped_config_sets_sync_interval_always() -> None:
+    for conf in _shipped_configs():
+        text = conf.read_text()
+        if "jetstream" in text:
+            assert re.search(r"^\s*sync_interval:\s*always\s*$", text, re.M), conf
+
+
+async def test_the_running_test_server_reports_sync_always(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        http_port = s.getsockname()[1]
+    async with NatsServer(
+        store_dir=tmp_path, extra_config=f"http: 127.0.0.1:{http_port}"
+    ) as server:
+        assert server.proc is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/varz", timeout=5) as resp:
+            varz = json.load(resp)
+    js = varz["jetstream"]["config"]
+    assert js.get("sync_always") is True or js.get("sync_interval") in ("always",), js

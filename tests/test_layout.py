@@ -1,0 +1,58 @@
+"""The package layout the project promises: dependency direction and the public API."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import immortal
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = {"immortal": ROOT / "common" / "immortal", "immortal_hub": ROOT / "hub" / "immortal_hub",
+           "immortal_worker": ROOT / "worker" / "immortal_worker"}  # fmt: skip
+FORBIDDEN = {
+    "immortal": {"immortal_hub", "immortal_worker"},
+    "immortal_hub": {"immortal_worker"},
+    "immortal_worker": {"immortal_hub"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_dependencies_flow_one_way() -> None:
+    for package, root in SOURCES.items():
+        for path in root.rglob("*.py"):
+            bad = _imports(path) & FORBIDDEN[package]
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(immortal.__all__) == [
+        "ActivityError", "ApplicationError", "Client", "EventType", "HistoryEvent",
+        "ImmortalError", "Names", "NonDeterminismError", "PayloadError", "RunDescription",
+        "RunStatus", "UnknownWorkflowTypeError", "WorkflowContext", "WorkflowFailedError",
+        "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError", "activity", "workflow",
+    ]  # fmt: skip
+    for name in immortal.__all__:
+        assert getattr(immortal, name) is not None
+
+
+def test_errors_share_one_root() -> None:
+    for name in immortal.__all__:
+        obj = getattr(immortal, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, immortal.ImmortalError), name
+
+
+def test_modules_stay_small() -> None:
+    for root in SOURCES.values():
+        for path in root.rglob("*.py"):
+            assert len(path.read_text().splitlines()) < 800, path

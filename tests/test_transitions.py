@@ -1,0 +1,145 @@
+"""The hub's state machine, pure: no server needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from immortal._codec import encode_args, encode_value
+from immortal._wire import (
+    ActivityResult,
+    CompleteWorkflow,
+    EventType,
+    Failure,
+    RunStatus,
+    ScheduleActivity,
+    StartWorkflow,
+    WorkflowTaskResult,
+)
+from immortal_hub._transitions import (
+    InvalidInput,
+    apply_activity_result,
+    apply_start,
+    apply_workflow_task_result,
+    emissions_for,
+    open_emissions,
+)
+
+
+def _start():  # type: ignore[no-untyped-def]
+    return apply_start(
+        None,
+        StartWorkflow(workflow_id="w", run_id="r", workflow_type="t", input=encode_args([1])),
+        "q",
+        1000,
+    )
+
+
+def _wft(state, through, *commands, rid="x", wft=None, failure=None):  # type: ignore[no-untyped-def]
+    body = WorkflowTaskResult(
+        workflow_id="w", run_id="r", wft=wft or state.wft, through=through, result_id=rid,
+        worker="wk", commands=list(commands), failure=failure,
+    )  # fmt: skip
+    return apply_workflow_task_result(state, body, 2000)
+
+
+def _act(state, scheduled_id, rid="a", value=5, attempt=1):  # type: ignore[no-untyped-def]
+    body = ActivityResult(
+        workflow_id="w", run_id="r", scheduled_id=scheduled_id, attempt=attempt, delivery=1,
+        result_id=rid, worker="wk", started_ts=1, ended_ts=2, result=encode_value(value),
+    )  # fmt: skip
+    return apply_activity_result(state, body, 3000)
+
+
+def test_start_appends_started_and_a_workflow_task() -> None:
+    out = _start()
+    assert [e.type for e in out.events] == [
+        EventType.WORKFLOW_STARTED,
+        EventType.WORKFLOW_TASK_SCHEDULED,
+    ]
+    assert out.state is not None and out.state.wft == 2
+    tasks = emissions_for(out.state, out.events, hist_seq=7)
+    assert [(t.kind, t.msg_id) for t in tasks] == [("wf", "r:2")]
+    assert _start().state == out.state  # deterministic
+    assert apply_start(
+        out.state, StartWorkflow(workflow_id="w", run_id="r", workflow_type="t", input=b""), "q", 1
+    ).duplicate
+
+
+def test_commands_become_events_and_tasks() -> None:
+    s = _start().state
+    out = _wft(
+        s,
+        2,
+        ScheduleActivity(seq=1, name="a", input=b"\x90"),
+        ScheduleActivity(seq=2, name="b", queue="other", input=b"\x90"),
+    )
+    types = [e.type for e in out.events]
+    assert types == [
+        EventType.WORKFLOW_TASK_COMPLETED,
+        EventType.ACTIVITY_SCHEDULED,
+        EventType.ACTIVITY_SCHEDULED,
+    ]
+    assert out.state is not None and out.state.wft is None and set(out.state.activities) == {4, 5}
+    tasks = emissions_for(out.state, out.events, 9)
+    assert [(t.kind, t.queue) for t in tasks] == [("act", "q"), ("act", "other")]
+
+
+def test_activity_result_schedules_one_workflow_task_then_piggybacks() -> None:
+    s = _wft(
+        _start().state,
+        2,
+        ScheduleActivity(seq=1, name="a", input=b""),
+        ScheduleActivity(seq=2, name="b", input=b""),
+    ).state
+    first = _act(s, 4, rid="r1")
+    assert [e.type for e in first.events] == [
+        EventType.ACTIVITY_COMPLETED,
+        EventType.WORKFLOW_TASK_SCHEDULED,
+    ]
+    second = _act(first.state, 5, rid="r2")
+    assert [e.type for e in second.events] == [
+        EventType.ACTIVITY_COMPLETED
+    ]  # a task is already open
+    # The worker saw only up to the first completion: a new task follows for the second.
+    done = _wft(second.state, 7, rid="second-task")
+    assert [e.type for e in done.events] == [
+        EventType.WORKFLOW_TASK_COMPLETED,
+        EventType.WORKFLOW_TASK_SCHEDULED,
+    ]
+
+
+def test_redelivered_and_late_inputs_change_nothing_twice() -> None:
+    s = _wft(_start().state, 2, ScheduleActivity(seq=1, name="a", input=b"")).state
+    once = _act(s, 4, rid="same")
+    assert _act(once.state, 4, rid="same").duplicate
+    late = _act(once.state, 4, rid="another-delivery")
+    assert [e.type for e in late.events] == [EventType.ACTIVITY_RESULT_IGNORED]
+    assert late.events[0].attrs["reason"] == "activity already closed"
+    assert open_emissions(once.state, 3)[0].msg_id == "r:6"
+
+
+def test_stale_workflow_task_results_are_ignored() -> None:
+    s = _start().state
+    out = _wft(s, 2, wft=99)
+    assert out.events == [] and "stale" in (out.note or "")
+    with pytest.raises(InvalidInput):
+        _wft(s, 50)
+
+
+def test_workflow_task_failures_are_recorded_once_and_the_task_stays_open() -> None:
+    s = _start().state
+    f = Failure(type="NonDeterminismError", message="m")
+    first = _wft(s, 0, failure=f, rid="f1")
+    assert [e.type for e in first.events] == [EventType.WORKFLOW_TASK_FAILED]
+    assert first.state is not None and first.state.wft == 2
+    assert _wft(first.state, 0, failure=f, rid="f2").events == []
+
+
+def test_completion_closes_the_run_and_abandons_activities() -> None:
+    s = _wft(_start().state, 2, ScheduleActivity(seq=1, name="a", input=b"")).state
+    s = _act(s, 4).state
+    out = _wft(s, 6, CompleteWorkflow(result=encode_value(1)), rid="final-task")
+    assert out.closes_run and out.state is not None and out.state.status is RunStatus.COMPLETED
+    assert [e.type for e in _act(out.state, 4, rid="zz").events] == [
+        EventType.ACTIVITY_RESULT_IGNORED
+    ]
