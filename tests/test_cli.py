@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import typer
-from tests.helpers import running_worker
 
 from immortal_worker.cli import load_targets
+from tests.helpers import running_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 

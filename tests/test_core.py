@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
-from tests.helpers import assert_well_formed, running_worker, wait_for_history
-from tests.workflows import add, double, three_step
 
 import immortal
 from immortal import Client, EventType, RunStatus, WorkflowContext
 from immortal_hub import Hub
 from immortal_worker import Worker
+from tests.helpers import assert_well_formed, running_worker, wait_for_history
+from tests.workflows import add, double, three_step
 
 
 async def test_three_activities_two_in_parallel(nats_url: str, prefix: str, client: Client) -> None:
@@ -259,3 +259,22 @@ async def test_worker_waits_for_streams_and_the_hub_picks_up_old_starts(
 def test_worker_refuses_undecorated_functions() -> None:
     with pytest.raises(TypeError, match=r"not decorated with @immortal\.workflow"):
         Worker(workflows=[lambda ctx: None])
+
+
+async def test_inputs_by_request_reply_are_applied_or_rejected_visibly(
+    nats_url: str, prefix: str, client: Client, hub: Hub
+) -> None:
+    from immortal import Names, PayloadError
+    from immortal._inputs import send_input
+
+    names = Names(prefix)
+    in_stream = f"{prefix.upper()}_IN"
+    before = (await client.nc.jetstream().stream_info(in_stream)).state.last_seq
+    async with running_worker(nats_url, prefix):
+        assert await (await client.start(three_step, 5)).result(timeout=20) == 35
+    # With a hub answering, no input needed a durable copy in IMM_IN.
+    assert (await client.nc.jetstream().stream_info(in_stream)).state.last_seq == before
+    with pytest.raises(PayloadError, match="not valid msgpack"):
+        await send_input(client.nc, names, "default", "default", "act", b"\xc1", msg_id="x")
+    dlq = await _dead_letters(client.nc, prefix, expect=1)
+    assert dlq[0].headers["Imm-Subject"] == f"{prefix}.rpc.default.default.act"

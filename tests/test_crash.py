@@ -6,11 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+
+from immortal import Client, EventType
 from tests.helpers import assert_well_formed, wait_for_history
 from tests.procs import start_hub, start_worker
 from tests.workflows import chain, gated_flow
-
-from immortal import Client, EventType
 
 
 async def _wait_for_file(pattern: str, directory: Path, timeout: float = 20.0) -> Path:

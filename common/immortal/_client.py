@@ -16,7 +16,6 @@ from typing import Any, Generic, TypeVar, overload
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.js.errors import NoStreamResponseError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
@@ -28,6 +27,7 @@ from immortal._errors import (
     WorkflowNotFoundError,
     exception_from_failure,
 )
+from immortal._inputs import send_input
 from immortal._jetstream import last_message, read_subject
 from immortal._names import Names, validate_tenant
 from immortal._wire import (
@@ -137,17 +137,9 @@ class Client:
         body = StartWorkflow(
             workflow_id=workflow_id, run_id=run_id, workflow_type=name, input=encode_args(args)
         )
-        try:
-            await self.nc.jetstream().publish(
-                self.names.input_subject(self.tenant, queue, "start"),
-                encode(body),
-                headers={"Nats-Msg-Id": f"start:{run_id}"},
-            )
-        except NoStreamResponseError as exc:
-            raise ImmortalError(
-                f"no stream {self.names.stream_in} at {self.servers}: start a hub "
-                "(`immortal hub`) once so it creates Immortal's streams"
-            ) from exc
+        await send_input(
+            self.nc, self.names, self.tenant, queue, "start", encode(body), msg_id=f"start:{run_id}"
+        )
         return WorkflowHandle(self, workflow_id, run_id, result_type)
 
     async def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[Any]:

@@ -133,6 +133,10 @@ class Names:
     def input_subject(self, tenant: str, queue: str, kind: InputKind) -> str:
         return f"{self.prefix}.in.{tenant}.{encode_token(queue)}.{kind}"
 
+    def rpc_subject(self, tenant: str, queue: str, kind: InputKind) -> str:
+        """Core request-reply path to the hubs for the same inputs (see ``_inputs``)."""
+        return f"{self.prefix}.rpc.{tenant}.{encode_token(queue)}.{kind}"
+
     def input_filter(self, tenant: str, queue: str) -> str:
         return f"{self.prefix}.in.{tenant}.{encode_token(queue)}.>"
 
@@ -162,9 +166,9 @@ class Names:
         return f"{self.prefix}.done.{tenant}.{encode_token(workflow_id)}.{encode_token(run_id)}"
 
     def parse_input_subject(self, subject: str) -> tuple[str, str, str]:
-        """``imm.in.<tenant>.<queue>.<kind>`` → (tenant, queue, kind)."""
+        """``imm.{in,rpc}.<tenant>.<queue>.<kind>`` → (tenant, queue, kind)."""
         parts = subject.split(".")
-        if len(parts) != 5 or parts[0] != self.prefix or parts[1] != "in":
+        if len(parts) != 5 or parts[0] != self.prefix or parts[1] not in ("in", "rpc"):
             raise ValueError(f"not an input subject: {subject!r}")
         return parts[2], decode_token(parts[3]), parts[4]
 

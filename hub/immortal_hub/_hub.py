@@ -28,6 +28,7 @@ from nats.js.errors import BadRequestError
 
 from immortal._codec import pack
 from immortal._errors import PayloadError
+from immortal._inputs import BUSY, OK, REJECTED
 from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._names import Names
 from immortal._wire import (
@@ -83,6 +84,7 @@ class Hub:
         self._nc = nc
         self._own_nc = nc is None
         self.max_in_flight = max_in_flight
+        self._rpc_tasks: set[asyncio.Task[None]] = set()
         self._pullers: set[Puller] = set()
         self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
         self._cache_size = cache_size
@@ -105,12 +107,19 @@ class Hub:
         self._runs_kv = await self.js.key_value(self.names.bucket_runs)
         self._queues_kv = await self.js.key_value(self.names.bucket_queues)
         self._running = True
+        self._rpc_sub = await self.nc.subscribe(
+            f"{self.names.prefix}.rpc.>", queue=f"{self.names.prefix}-hubs", cb=self._on_rpc
+        )
         self._spawn(self._watch_queues())
         log.info("hub %s serving %s", self.hub_id, self.servers)
 
     async def stop(self) -> None:
         """Stop fetching, finish what is in flight, disconnect."""
         self._running = False
+        with contextlib.suppress(Exception):
+            await self._rpc_sub.unsubscribe()
+        if self._rpc_tasks:
+            await asyncio.wait(self._rpc_tasks, timeout=10)
         for task in [*self._queues.values(), *self._background]:
             task.cancel()
         await asyncio.gather(*self._queues.values(), *self._background, return_exceptions=True)
@@ -223,6 +232,36 @@ class Hub:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
 
+    async def _on_rpc(self, msg: Msg) -> None:
+        """An input by request-reply: apply it, then reply; busy hubs send it durable."""
+        if len(self._rpc_tasks) >= self.max_in_flight or not self._running:
+            with contextlib.suppress(Exception):
+                await msg.respond(BUSY)
+            return
+        task = asyncio.create_task(self._serve_rpc(msg))
+        self._rpc_tasks.add(task)
+        task.add_done_callback(self._rpc_tasks.discard)
+
+    async def _serve_rpc(self, msg: Msg) -> None:
+        reply = OK
+        try:
+            tenant, queue, kind = self.names.parse_input_subject(msg.subject)
+            body = self._decode(kind, msg.data)
+            await self._apply(tenant, queue, kind, body)
+        except (PayloadError, ValueError, InvalidInput) as exc:
+            reason = f"undecodable input: {exc}" if not isinstance(exc, InvalidInput) else str(exc)
+            await self._keep_dead_letter(
+                msg.subject, msg.data, reason, ref=f"rpc:{uuid.uuid4().hex}"
+            )
+            reply = REJECTED + b" " + reason.encode()
+        except Exception as exc:
+            log.warning(
+                "rpc input %s failed (%r); the sender falls back to IMM_IN", msg.subject, exc
+            )
+            reply = b"retry"
+        with contextlib.suppress(Exception):
+            await msg.respond(reply)
+
     @staticmethod
     def _decode(kind: str, data: bytes) -> StartWorkflow | WorkflowTaskResult | ActivityResult:
         if kind == "start":
@@ -235,24 +274,27 @@ class Hub:
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         """Keep the input, with the reason, on the dead-letter subject; then ack it."""
+        seq = msg.metadata.sequence.stream if msg.metadata.sequence else 0
+        await self._keep_dead_letter(msg.subject, msg.data, reason, ref=str(seq))
+        await msg.ack()
+
+    async def _keep_dead_letter(self, subject: str, data: bytes, reason: str, *, ref: str) -> None:
         try:
-            tenant, queue, kind = self.names.parse_input_subject(msg.subject)
+            tenant, queue, kind = self.names.parse_input_subject(subject)
         except ValueError:
             tenant, queue, kind = "unknown", "unknown", "unknown"
-        seq = msg.metadata.sequence.stream if msg.metadata.sequence else 0
-        log.error("dead-lettered input %s (stream seq %s): %s", msg.subject, seq, reason)
+        log.error("dead-lettered input %s (%s): %s", subject, ref, reason)
         await self.js.publish(
             self.names.dlq_subject(tenant, queue, kind),
-            msg.data,
+            data,
             headers={
-                "Nats-Msg-Id": f"dlq:{seq}",
+                "Nats-Msg-Id": f"dlq:{ref}",
                 "Imm-Error": reason[:2000].replace("\r", " ").replace("\n", " "),
-                "Imm-Subject": msg.subject,
-                "Imm-Stream-Seq": str(seq),
+                "Imm-Subject": subject,
+                "Imm-Ref": ref,
                 "Imm-Hub": self.hub_id,
             },
         )
-        await msg.ack()
 
     async def _apply(self, tenant: str, queue: str, kind: str, body: Any) -> None:
         subject = self.names.history_subject(tenant, body.workflow_id, body.run_id)

@@ -38,11 +38,13 @@ from immortal._definitions import (
 from immortal._errors import (
     ApplicationError,
     NonDeterminismError,
+    PayloadError,
     UnknownWorkflowTypeError,
     failure_from_exception,
 )
+from immortal._inputs import send_input
 from immortal._jetstream import Puller, read_subject
-from immortal._names import Names, TaskKind, validate_tenant
+from immortal._names import InputKind, Names, TaskKind, validate_tenant
 from immortal._wire import (
     ActivityResult,
     ActivityTask,
@@ -245,11 +247,7 @@ class Worker:
             result=result,
             failure=failure,
         )
-        await self.js.publish(
-            self.names.input_subject(self.tenant, task.workflow_queue, "act"),
-            encode(body),
-            headers={"Nats-Msg-Id": body.result_id},
-        )
+        await self._send(task.workflow_queue, "act", encode(body), body.result_id)
         await msg.ack()
 
     async def _run_activity(self, task: ActivityTask) -> bytes:
@@ -405,8 +403,10 @@ class Worker:
         await msg.nak(delay=self.workflow_task_retry_delay)
 
     async def _report(self, task: WorkflowTask, body: WorkflowTaskResult) -> None:
-        await self.js.publish(
-            self.names.input_subject(self.tenant, task.queue, "wft"),
-            encode(body),
-            headers={"Nats-Msg-Id": body.result_id},
-        )
+        await self._send(task.queue, "wft", encode(body), body.result_id)
+
+    async def _send(self, queue: str, kind: InputKind, data: bytes, msg_id: str) -> None:
+        try:
+            await send_input(self.nc, self.names, self.tenant, queue, kind, data, msg_id=msg_id)
+        except PayloadError as exc:  # the hub dead-lettered it, with the reason: nothing to retry
+            log.error("hub rejected %s result %s: %s", kind, msg_id, exc)

@@ -1,0 +1,1 @@
+"""Immortal's benchmarks: ``python -m bench`` (or ``just bench``)."""

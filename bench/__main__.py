@@ -1,0 +1,276 @@
+"""``python -m bench``: Immortal against the physical limit of JetStream on this machine.
+
+Starts its own nats-server (JetStream, ``sync_interval: always``), hubs and workers as
+separate processes, runs each workload for several trials, prints a table (median, min,
+max) and writes the figures to ``bench/results/<time>.json``.
+
+    python -m bench                         # everything, 1 hub x 1 worker
+    python -m bench --hubs 2 --workers 2    # scale-out
+    python -m bench -w throughput -n 5000   # one workload
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import StorageType, StreamConfig
+
+from bench._harness import (
+    Completions,
+    Metric,
+    Proc,
+    cpu_seconds,
+    pct,
+    peak_rss_mb,
+    rss_mb,
+    start_hub,
+    start_worker,
+    table,
+)
+from immortal import Client
+from immortal.testing import NatsServer
+
+WORKLOADS = ["jetstream", "throughput", "sequential5", "fanout10", "latency", "dead_worker"]
+STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "KV_imm-runs"]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.metrics: dict[str, Metric] = {}
+        self.extra: dict[str, Any] = {}
+
+    def metric(self, name: str, unit: str, target: str = "") -> Metric:
+        return self.metrics.setdefault(name, Metric(name, unit, target=target))
+
+    async def run(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="immortal-bench-") as tmp:
+            async with NatsServer(store_dir=Path(tmp) / "nats") as server:
+                self.url = server.url
+                self.server = server
+                self.tmp = Path(tmp)
+                for name in self.args.workload or WORKLOADS:
+                    await getattr(self, f"w_{name}")()
+
+    # -- the broker's own limit --------------------------------------------------------
+
+    async def w_jetstream(self) -> None:
+        nc = await nats.connect(self.url)
+        js = nc.jetstream()
+        seq_m = self.metric("jetstream publish, sequential", "msg/s")
+        pipe_m = self.metric("jetstream publish, pipelined", "msg/s")
+        payload = b"x" * 100
+        for trial in range(self.args.trials):
+            name = f"BENCH_LIMIT_{trial}"
+            await js.add_stream(
+                StreamConfig(name=name, subjects=[f"limit.{trial}"], storage=StorageType.FILE)
+            )
+            n = 1000
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await js.publish(f"limit.{trial}", payload)
+            seq_m.values.append(n / (time.perf_counter() - t0))
+            n = 10_000
+            t0 = time.perf_counter()
+            futs = [await js.publish_async(f"limit.{trial}", payload) for _ in range(n)]
+            await asyncio.gather(*futs)
+            pipe_m.values.append(n / (time.perf_counter() - t0))
+            await js.delete_stream(name)
+        await nc.close()
+
+    # -- Immortal workloads ------------------------------------------------------------
+
+    async def _cluster(
+        self, workers: int | None = None, **worker_kw: Any
+    ) -> tuple[list[Proc], list[Proc]]:
+        hubs = [await start_hub(self.url, i) for i in range(self.args.hubs)]
+        ws = [
+            await start_worker(self.url, i, **worker_kw)
+            for i in range(workers or self.args.workers)
+        ]
+        return hubs, ws
+
+    async def _stop(self, procs: list[Proc]) -> None:
+        await asyncio.gather(*(p.stop() for p in procs))
+
+    async def _stream_counts(self, nc: Any) -> dict[str, int]:
+        js = nc.jetstream()
+        out = {}
+        for s in STREAMS:
+            info = await js.stream_info(s)
+            out[s] = info.state.last_seq
+        return out
+
+    async def _many(self, workflow: str, n: int, label: str, *, resources: bool = False) -> None:
+        wfs = self.metric(f"{label}: completed", "wf/s")
+        p50 = self.metric(f"{label}: start-to-result p50", "ms")
+        p99 = self.metric(f"{label}: start-to-result p99", "ms")
+        for _ in range(self.args.trials):
+            hubs, workers = await self._cluster()
+            try:
+                async with Client(self.url) as client, Completions(client.nc) as done:
+                    await client.start(workflow, 0)  # warm up: queue registered, consumers exist
+                    await asyncio.sleep(0.5)
+                    before = await self._stream_counts(client.nc)
+                    cpu0 = {p.name: p.cpu_seconds() for p in [*hubs, *workers]}
+                    cpu0["client"] = cpu_seconds(os.getpid())
+                    cpu0["nats-server"] = cpu_seconds(self.server.proc.pid)  # type: ignore[union-attr]
+                    gate = asyncio.Semaphore(self.args.in_flight)
+                    latencies: list[float] = []
+
+                    async def one(
+                        i: int, gate: asyncio.Semaphore = gate, latencies: list[float] = latencies
+                    ) -> None:
+                        async with gate:
+                            t0 = time.perf_counter()
+                            handle = await client.start(workflow, i)
+                            t1 = await done.wait(handle.run_id)
+                            latencies.append((t1 - t0) * 1000)
+
+                    t0 = time.perf_counter()
+                    await asyncio.wait_for(
+                        asyncio.gather(*(one(i) for i in range(n))), self.args.timeout
+                    )
+                    elapsed = time.perf_counter() - t0
+                    wfs.values.append(n / elapsed)
+                    p50.values.append(pct(latencies, 50))
+                    p99.values.append(pct(latencies, 99))
+                    after = await self._stream_counts(client.nc)
+                    ops = {k: (after[k] - before[k]) / n for k in STREAMS}
+                    self.extra.setdefault(f"{label}: writes per workflow", []).append(ops)
+                    if resources:
+                        self._resources(hubs, workers, cpu0, elapsed)
+            finally:
+                await self._stop([*workers, *hubs])
+
+    def _resources(
+        self, hubs: list[Proc], workers: list[Proc], cpu0: dict[str, float], elapsed: float
+    ) -> None:
+        procs = {p.name: p.pid for p in [*hubs, *workers]}
+        procs["client"] = os.getpid()
+        procs["nats-server"] = self.server.proc.pid  # type: ignore[union-attr]
+        for name, pid in procs.items():
+            kind = name.rstrip("0123456789")
+            self.metric(f"cpu {kind} ({name})", "s").values.append(cpu_seconds(pid) - cpu0[name])
+            self.metric(f"peak rss {kind} ({name})", "MB").values.append(peak_rss_mb(pid))
+        self.metric("throughput run wall time", "s").values.append(elapsed)
+
+    async def w_throughput(self) -> None:
+        await self._many("one_activity", self.args.n, "1 activity", resources=True)
+        self.metrics["1 activity: completed"].target = ">= 500"
+
+    async def w_sequential5(self) -> None:
+        await self._many("five_sequential", max(self.args.n // 4, 100), "5 sequential activities")
+
+    async def w_fanout10(self) -> None:
+        await self._many("fan_out_ten", max(self.args.n // 8, 100), "fan-out of 10 activities")
+
+    async def w_latency(self) -> None:
+        p50 = self.metric("unloaded latency p50", "ms", target="<= 5")
+        p99 = self.metric("unloaded latency p99", "ms")
+        for _ in range(self.args.trials):
+            hubs, workers = await self._cluster()
+            try:
+                async with Client(self.url) as client, Completions(client.nc) as done:
+                    lat = []
+                    for i in range(self.args.latency_n + 10):
+                        t0 = time.perf_counter()
+                        handle = await client.start("one_activity", i)
+                        t1 = await asyncio.wait_for(done.wait(handle.run_id), 30)
+                        if i >= 10:  # the first few warm up caches and consumers
+                            lat.append((t1 - t0) * 1000)
+                    p50.values.append(pct(lat, 50))
+                    p99.values.append(pct(lat, 99))
+            finally:
+                await self._stop([*workers, *hubs])
+
+    async def w_dead_worker(self) -> None:
+        m = self.metric("dead worker: activity restarted elsewhere after", "s", target="< 3")
+        lease = self.args.lease
+        self.extra["dead worker lease (s)"] = lease
+        for trial in range(self.args.dead_trials):
+            marks = self.tmp / f"marks-{trial}"
+            marks.mkdir()
+            hubs, workers = await self._cluster(
+                workers=2, lease=lease, env={"IMMORTAL_BENCH_DIR": str(marks)}
+            )
+            try:
+                async with Client(self.url) as client:
+                    await client.start("held", f"t{trial}")
+                    first = await _wait_marks(marks, 1)
+                    victim = next(w for w in workers if w.pid == int(first[0].suffix[1:]))
+                    await victim.kill()
+                    killed = time.time()
+                    second = await _wait_marks(marks, 2, timeout=lease * 3 + 30)
+                    m.values.append(float(second[-1].read_text()) - killed)
+            finally:
+                await self._stop([*workers, *hubs])
+
+
+async def _wait_marks(d: Path, n: int, timeout: float = 30) -> list[Path]:
+    """Poll for marker files that activities in other processes write."""
+    async with asyncio.timeout(timeout):
+        while True:
+            found = sorted(d.iterdir(), key=lambda p: p.stat().st_mtime)  # noqa: ASYNC240
+            if len(found) >= n:
+                return found
+            await asyncio.sleep(0.01)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("-w", "--workload", action="append", choices=WORKLOADS, help="run only these")
+    ap.add_argument("--hubs", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("-n", type=int, default=2000, help="workflows per throughput trial")
+    ap.add_argument(
+        "--in-flight", type=int, default=1000, help="workflows started but not finished"
+    )
+    ap.add_argument("--latency-n", type=int, default=200)
+    ap.add_argument("--lease", type=float, default=30.0, help="worker lease in the dead-worker run")
+    ap.add_argument("--dead-trials", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    bench = Bench(args)
+    asyncio.run(bench.run())
+    print(f"\nImmortal bench: {args.hubs} hub(s) x {args.workers} worker(s), {args.trials} trials, "
+          f"{os.cpu_count()} cores, nats-server with sync_interval: always\n")  # fmt: skip
+    metrics = list(bench.metrics.values())
+    print(table(metrics))
+    limit = bench.metrics.get("jetstream publish, pipelined")
+    for key, samples in bench.extra.items():
+        if key.endswith("writes per workflow"):
+            total = [sum(s.values()) for s in samples]
+            print(f"\n{key}: {samples[0]}  (total {sum(total) / len(total):.1f})")
+            if limit and limit.values and "1 activity" in key:
+                ceiling = sorted(limit.values)[len(limit.values) // 2] / (sum(total) / len(total))
+                print(
+                    f"  => the broker allows ~{ceiling:,.0f} wf/s at this many writes (acks aside)"
+                )
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / time.strftime("%Y%m%d-%H%M%S.json")
+    out.write_text(json.dumps({
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+        "metrics": {m.name: {"unit": m.unit, "values": m.values} for m in metrics},
+        "extra": bench.extra,
+    }, indent=2))  # fmt: skip
+    print(f"\nwritten: {out}")
+    _ = rss_mb
+
+
+if __name__ == "__main__":
+    main()

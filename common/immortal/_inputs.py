@@ -1,0 +1,60 @@
+"""Sending an input to the hub: by request-reply when a hub answers, durably otherwise.
+
+A worker's result needs no durable copy of its own: the task it answers stays unacked in
+``IMM_TASKS`` until the hub has appended the result to history and replied. So results (and
+starts) go to the hubs by core request-reply first, which spares ``IMM_IN`` one persisted
+write and one ack each and a hop of latency. If no hub answers in time, or the hubs are
+busy, the input is published to ``IMM_IN`` and waits there durably. Either way the hub
+applies it once: inputs are idempotent by their id.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError
+
+from immortal._errors import ImmortalError, PayloadError
+from immortal._names import InputKind, Names
+
+__all__ = ["BUSY", "OK", "REJECTED", "send_input"]
+
+log = logging.getLogger(__name__)
+
+OK = b"ok"
+BUSY = b"busy"
+REJECTED = b"rejected:"
+
+
+async def send_input(
+    nc: NATS,
+    names: Names,
+    tenant: str,
+    queue: str,
+    kind: InputKind,
+    data: bytes,
+    *,
+    msg_id: str,
+    rpc_timeout: float = 5.0,
+) -> None:
+    """Hand ``data`` to a hub; returns once it is applied or durably queued."""
+    try:
+        reply = await nc.request(names.rpc_subject(tenant, queue, kind), data, timeout=rpc_timeout)
+        if reply.data == OK:
+            return
+        if reply.data.startswith(REJECTED):
+            raise PayloadError(reply.data[len(REJECTED) :].decode(errors="replace").strip())
+    except (NoRespondersError, NatsTimeout, TimeoutError):
+        pass
+    try:
+        await nc.jetstream().publish(
+            names.input_subject(tenant, queue, kind), data, headers={"Nats-Msg-Id": msg_id}
+        )
+    except NoStreamResponseError as exc:
+        raise ImmortalError(
+            f"no stream {names.stream_in}: start a hub (`immortal hub`) once so it creates "
+            "Immortal's streams"
+        ) from exc
