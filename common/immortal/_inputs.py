@@ -39,12 +39,17 @@ async def send_input(
     *,
     msg_id: str,
     rpc_timeout: float = 5.0,
-) -> None:
-    """Hand ``data`` to a hub; returns once it is applied or durably queued."""
+) -> bytes | None:
+    """Hand ``data`` to a hub; returns once it is applied or durably queued.
+
+    Returns what a hub attached to its reply (see ``AppliedTransition``), if anything.
+    """
     try:
         reply = await nc.request(names.rpc_subject(tenant, queue, kind), data, timeout=rpc_timeout)
         if reply.data == OK:
-            return
+            return None
+        if reply.data.startswith(OK + b":"):
+            return reply.data[len(OK) + 1 :]
         if reply.data.startswith(REJECTED):
             raise PayloadError(reply.data[len(REJECTED) :].decode(errors="replace").strip())
     except (NoRespondersError, NatsTimeout, TimeoutError):
@@ -53,6 +58,7 @@ async def send_input(
         await nc.jetstream().publish(
             names.input_subject(tenant, queue, kind), data, headers={"Nats-Msg-Id": msg_id}
         )
+        return None
     except NoStreamResponseError as exc:
         raise ImmortalError(
             f"no stream {names.stream_in}: start a hub (`immortal hub`) once so it creates "

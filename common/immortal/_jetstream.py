@@ -80,7 +80,8 @@ async def _direct_batch(
         req = {"seq": seq, "next_by_subj": subject, "batch": _BATCH}
         await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(req).encode(), reply=inbox)
         while True:
-            headers, data = await asyncio.wait_for(queue.get(), timeout)
+            async with asyncio.timeout(timeout):
+                headers, data = await queue.get()
             msg = _lift(headers, data)
             if msg is None:
                 return
@@ -156,8 +157,11 @@ class Puller:
                     self._requested = free
                     self._deadline = now + self._expires + 2.0
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that lands as the wait completes, and stop() would then wait forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._expires + 2.5)
+                    async with asyncio.timeout(self._expires + 2.5):
+                        await self._wake.wait()
         finally:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

@@ -18,6 +18,7 @@ from immortal._errors import PayloadError
 __all__ = [
     "ActivityResult",
     "ActivityTask",
+    "AppliedTransition",
     "Command",
     "CompleteWorkflow",
     "EventType",
@@ -225,6 +226,18 @@ class WorkflowTask(_Model):
     queue: str
     wft: int
     hist_seq: int  # stream sequence of the transition that scheduled this task
+    # The events of that transition and the sequence before it: a worker whose cache is at
+    # ``prev_seq`` needs no read. Empty on re-emission; the worker then reads history.
+    prev_seq: int = 0
+    events: list[HistoryEvent] = Field(default_factory=list)
+
+
+class AppliedTransition(_Model):
+    """The hub's reply to an input sent by request: what it appended, if anything."""
+
+    prev_seq: int
+    seq: int
+    events: list[HistoryEvent]
 
 
 class ActivityTask(_Model):

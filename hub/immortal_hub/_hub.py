@@ -17,7 +17,6 @@ import os
 import socket
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
@@ -30,9 +29,11 @@ from immortal._codec import pack
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED
 from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
+from immortal._locks import KeyedLocks
 from immortal._names import Names
 from immortal._wire import (
     ActivityResult,
+    AppliedTransition,
     RunState,
     StartWorkflow,
     Transition,
@@ -88,7 +89,7 @@ class Hub:
         self._pullers: set[Puller] = set()
         self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
         self._cache_size = cache_size
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks = KeyedLocks()
         self._queues: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._running = False
@@ -247,7 +248,9 @@ class Hub:
         try:
             tenant, queue, kind = self.names.parse_input_subject(msg.subject)
             body = self._decode(kind, msg.data)
-            await self._apply(tenant, queue, kind, body)
+            applied = await self._apply(tenant, queue, kind, body)
+            if applied is not None and kind == "wft":
+                reply = OK + b":" + encode(applied)  # the worker's cache skips a read
         except (PayloadError, ValueError, InvalidInput) as exc:
             reason = f"undecodable input: {exc}" if not isinstance(exc, InvalidInput) else str(exc)
             await self._keep_dead_letter(
@@ -296,9 +299,12 @@ class Hub:
             },
         )
 
-    async def _apply(self, tenant: str, queue: str, kind: str, body: Any) -> None:
+    async def _apply(
+        self, tenant: str, queue: str, kind: str, body: Any
+    ) -> AppliedTransition | None:
+        """Apply one input; return what was appended (None when nothing was)."""
         subject = self.names.history_subject(tenant, body.workflow_id, body.run_id)
-        async with self._lock(subject):
+        async with self._locks.hold(subject):
             for _ in range(_MAX_RACES):
                 state, seq, cached = await self._load(subject)
                 try:
@@ -316,18 +322,18 @@ class Hub:
                 if outcome.duplicate:
                     assert state is not None
                     await self._emit(tenant, open_emissions(state, seq))
-                    return
+                    return None
                 if not outcome.events:
                     log.info("%s: %s", subject, outcome.note)
-                    return
+                    return None
                 assert outcome.state is not None
                 new_seq = await self._append(subject, outcome, seq)
                 if new_seq is None:
                     continue  # another hub moved the run: reload and decide again
                 if outcome.starts_run or outcome.closes_run:
                     await self._index(tenant, outcome.state, new_seq)
-                await self._emit(tenant, emissions_for(outcome.state, outcome.events, new_seq))
-                return
+                await self._emit(tenant, emissions_for(outcome.state, outcome.events, new_seq, seq))
+                return AppliedTransition(prev_seq=seq, seq=new_seq, events=outcome.events)
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
 
     @staticmethod
@@ -404,17 +410,3 @@ class Hub:
                 for e in emissions
             )
         )
-
-    @contextlib.asynccontextmanager
-    async def _lock(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)

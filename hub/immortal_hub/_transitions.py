@@ -235,12 +235,18 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
     return b.outcome(result.result_id)
 
 
-def emissions_for(state: RunState, events: list[HistoryEvent], hist_seq: int) -> list[Emission]:
-    """The tasks that ``events`` (just appended at ``hist_seq``) ask for."""
+def emissions_for(
+    state: RunState, events: list[HistoryEvent], hist_seq: int, prev_seq: int
+) -> list[Emission]:
+    """The tasks that ``events`` (just appended at ``hist_seq``, after ``prev_seq``) ask for."""
     out: list[Emission] = []
     for ev in events:
         if ev.type is EventType.WORKFLOW_TASK_SCHEDULED and state.wft == ev.id:
-            out.append(_workflow_task(state, ev.id, hist_seq))
+            task = _workflow_task(state, ev.id, hist_seq)
+            assert isinstance(task.body, WorkflowTask)
+            task.body.prev_seq = prev_seq
+            task.body.events = events
+            out.append(task)
         elif ev.type is EventType.ACTIVITY_SCHEDULED and ev.id in state.activities:
             out.append(_activity_task(state, ev.id, state.activities[ev.id]))
     return out

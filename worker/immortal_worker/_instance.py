@@ -128,7 +128,9 @@ class WorkflowInstance(WorkflowRuntime):
     def close(self) -> None:
         """Unwind the code's pending coroutines (on eviction) without issuing commands."""
         self._finished = True
-        for task in asyncio.all_tasks(self.loop):
+        if not self.loop.tasks:
+            return
+        for task in list(self.loop.tasks):
             task.cancel()
         with contextlib.suppress(BaseException):
             self.loop.run_until_idle()

@@ -22,6 +22,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
         self.now_ms = 0
         self.errors: list[dict[str, Any]] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
 
     # what asyncio.Task, Future and gather need ---------------------------------------
 
@@ -45,7 +46,10 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[Any]:
-        return asyncio.Task(coro, loop=self, name=name, context=context)
+        task = asyncio.Task(coro, loop=self, name=name, context=context)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     def time(self) -> float:
         return self.now_ms / 1000.0

@@ -44,10 +44,12 @@ from immortal._errors import (
 )
 from immortal._inputs import send_input
 from immortal._jetstream import Puller, read_subject
+from immortal._locks import KeyedLocks
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
 from immortal._wire import (
     ActivityResult,
     ActivityTask,
+    AppliedTransition,
     Failure,
     HistoryEvent,
     Transition,
@@ -110,7 +112,7 @@ class Worker:
         self._own_nc = nc is None
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self._max_cached = max_cached_runs
-        self._run_locks: dict[str, asyncio.Lock] = {}
+        self._run_locks = KeyedLocks()
         self._executor = ThreadPoolExecutor(
             max_workers=activity_slots, thread_name_prefix="activity"
         )
@@ -294,13 +296,8 @@ class Worker:
     async def _workflow_task(self, msg: Msg) -> None:
         task = decode(WorkflowTask, msg.data)
         delivery = msg.metadata.num_delivered or 1
-        lock = self._run_locks.setdefault(task.run_id, asyncio.Lock())
-        try:
-            async with lock:
-                await self._advance(msg, task, delivery)
-        finally:
-            if not lock.locked():
-                self._run_locks.pop(task.run_id, None)
+        async with self._run_locks.hold(task.run_id):
+            await self._advance(msg, task, delivery)
 
     async def _advance(self, msg: Msg, task: WorkflowTask, delivery: int) -> None:
         defn = self.workflows.get(task.workflow_type)
@@ -343,8 +340,11 @@ class Worker:
             worker=self.worker_id,
             commands=commands,
         )
-        await self._report(task, body)
+        applied = await self._report(task, body)
         await msg.ack()
+        if applied is not None and applied.prev_seq == inst.last_seq:
+            inst.events.extend(applied.events)  # what the hub appended: no read next time
+            inst.last_seq = applied.seq
         if inst.finished:
             inst.close()
         else:
@@ -365,6 +365,10 @@ class Worker:
 
     async def _read_new(self, inst: WorkflowInstance, task: WorkflowTask) -> None:
         """Read the history past what ``inst`` has seen, at least up to the task's transition."""
+        if task.events and task.prev_seq == inst.last_seq:
+            inst.events.extend(task.events)  # the task carries exactly what is new
+            inst.last_seq = task.hist_seq
+            return
         subject = self.names.history_subject(self.tenant, task.workflow_id, task.run_id)
         for _ in range(50):
             new: list[HistoryEvent] = []
@@ -402,11 +406,17 @@ class Worker:
         await self._report(task, body)
         await msg.nak(delay=self.workflow_task_retry_delay)
 
-    async def _report(self, task: WorkflowTask, body: WorkflowTaskResult) -> None:
-        await self._send(task.queue, "wft", encode(body), body.result_id)
+    async def _report(
+        self, task: WorkflowTask, body: WorkflowTaskResult
+    ) -> AppliedTransition | None:
+        reply = await self._send(task.queue, "wft", encode(body), body.result_id)
+        return decode(AppliedTransition, reply) if reply else None
 
-    async def _send(self, queue: str, kind: InputKind, data: bytes, msg_id: str) -> None:
+    async def _send(self, queue: str, kind: InputKind, data: bytes, msg_id: str) -> bytes | None:
         try:
-            await send_input(self.nc, self.names, self.tenant, queue, kind, data, msg_id=msg_id)
+            return await send_input(
+                self.nc, self.names, self.tenant, queue, kind, data, msg_id=msg_id
+            )
         except PayloadError as exc:  # the hub dead-lettered it, with the reason: nothing to retry
             log.error("hub rejected %s result %s: %s", kind, msg_id, exc)
+            return None
