@@ -57,7 +57,8 @@ def test_start_appends_started_and_a_workflow_task() -> None:
         EventType.WORKFLOW_TASK_SCHEDULED,
     ]
     assert out.state is not None and out.state.wft == 2
-    tasks = emissions_for(out.state, out.events, hist_seq=7)
+    tasks = emissions_for(out.state, out.events, hist_seq=7, prev_seq=0)
+    assert tasks[0].body.events == out.events  # a fresh worker needs no read
     assert [(t.kind, t.msg_id) for t in tasks] == [("wf", "r:2")]
     assert _start().state == out.state  # deterministic
     assert apply_start(
@@ -80,7 +81,7 @@ def test_commands_become_events_and_tasks() -> None:
         EventType.ACTIVITY_SCHEDULED,
     ]
     assert out.state is not None and out.state.wft is None and set(out.state.activities) == {4, 5}
-    tasks = emissions_for(out.state, out.events, 9)
+    tasks = emissions_for(out.state, out.events, 9, 8)
     assert [(t.kind, t.queue) for t in tasks] == [("act", "q"), ("act", "other")]
 
 
