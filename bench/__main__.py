@@ -40,6 +40,7 @@ from immortal import Client
 from immortal.testing import NatsServer
 
 WORKLOADS = ["jetstream", "throughput", "sequential5", "fanout10", "latency", "dead_worker"]
+OPTIONAL = ["soak"]  # long: run with -w soak
 STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "KV_imm-runs"]
 
 
@@ -193,6 +194,36 @@ class Bench:
             finally:
                 await self._stop([*workers, *hubs])
 
+    async def w_soak(self) -> None:
+        """Hub memory across many completed workflows: it must stay flat."""
+        n, step = self.args.soak_n, max(self.args.soak_n // 10, 1)
+        hubs, workers = await self._cluster()
+        samples: list[tuple[int, float]] = []
+        try:
+            async with Client(self.url) as client, Completions(client.nc) as done:
+                gate = asyncio.Semaphore(self.args.in_flight)
+
+                async def one(i: int) -> None:
+                    async with gate:
+                        handle = await client.start("one_activity", i)
+                        await done.wait(handle.run_id)
+                        done.done.pop(handle.run_id, None)
+
+                for start in range(0, n, step):
+                    await asyncio.gather(*(one(i) for i in range(start, min(start + step, n))))
+                    samples.append((start + step, rss_mb(hubs[0].pid)))
+                    print(
+                        f"  soak: {start + step:>7} done, hub rss {samples[-1][1]:.1f} MB",
+                        flush=True,
+                    )
+        finally:
+            await self._stop([*workers, *hubs])
+        self.extra["soak: hub rss MB by workflows done"] = samples
+        first = samples[min(1, len(samples) - 1)][1]  # after warm-up
+        self.metric("soak: hub rss growth after warm-up", "MB", target="flat").values.append(
+            samples[-1][1] - first
+        )
+
     async def w_dead_worker(self) -> None:
         m = self.metric("dead worker: activity restarted elsewhere after", "s", target="< 3")
         lease = self.args.lease
@@ -230,7 +261,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("-w", "--workload", action="append", choices=WORKLOADS, help="run only these")
+    ap.add_argument(
+        "-w", "--workload", action="append", choices=WORKLOADS + OPTIONAL, help="run only these"
+    )
+    ap.add_argument("--soak-n", type=int, default=100_000, help="workflows in the soak run")
     ap.add_argument("--hubs", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--trials", type=int, default=3)
@@ -269,7 +303,6 @@ def main() -> None:
         "extra": bench.extra,
     }, indent=2))  # fmt: skip
     print(f"\nwritten: {out}")
-    _ = rss_mb
 
 
 if __name__ == "__main__":

@@ -235,7 +235,9 @@ class Hub:
 
     async def _on_rpc(self, msg: Msg) -> None:
         """An input by request-reply: apply it, then reply; busy hubs send it durable."""
-        if len(self._rpc_tasks) >= self.max_in_flight or not self._running:
+        # Requests are small and their senders wait, so more may queue here than the
+        # durable path pulls; past that the sender queues its input durably in IMM_IN.
+        if len(self._rpc_tasks) >= 4 * self.max_in_flight or not self._running:
             with contextlib.suppress(Exception):
                 await msg.respond(BUSY)
             return
