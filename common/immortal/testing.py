@@ -23,6 +23,15 @@ _LISTEN = re.compile(rb"Listening for client connections on [^\s]*?:(\d+)")
 _READY = b"Server is ready"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, get SIGTERM when the owner dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def find_nats_server() -> str:
     """The nats-server binary: ``$IMMORTAL_NATS_SERVER``, beside Python, or on PATH."""
     explicit = os.environ.get("IMMORTAL_NATS_SERVER")
@@ -90,6 +99,7 @@ class NatsServer:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # a terminal's Ctrl-C is for our owner, who stops us in order
+            preexec_fn=_die_with_parent,
         )
         assert self.proc.stderr is not None
         seen = b""

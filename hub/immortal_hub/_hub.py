@@ -332,9 +332,12 @@ class Hub:
                 new_seq = await self._append(subject, outcome, seq)
                 if new_seq is None:
                     continue  # another hub moved the run: reload and decide again
+                # Tasks first, so the index write is off the run's critical path; it still
+                # happens before the ack, and under the run lock, so this hub cannot index
+                # the run's close before its start.
+                await self._emit(tenant, emissions_for(outcome.state, outcome.events, new_seq, seq))
                 if outcome.starts_run or outcome.closes_run:
                     await self._index(tenant, outcome.state, new_seq)
-                await self._emit(tenant, emissions_for(outcome.state, outcome.events, new_seq, seq))
                 return AppliedTransition(prev_seq=seq, seq=new_seq, events=outcome.events)
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
 
