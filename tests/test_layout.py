@@ -37,7 +37,7 @@ def test_dependencies_flow_one_way() -> None:
 def test_public_api_is_pinned() -> None:
     assert sorted(immortal.__all__) == [
         "ActivityError", "ApplicationError", "Client", "EventType", "HistoryEvent",
-        "ImmortalError", "Names", "NonDeterminismError", "PayloadError", "RunDescription",
+        "ImmortalError", "Names", "NonDeterminismError", "PayloadError", "RetryPolicy", "RunDescription",
         "RunStatus", "UnknownWorkflowTypeError", "WorkflowContext", "WorkflowFailedError",
         "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError", "activity", "workflow",
     ]  # fmt: skip

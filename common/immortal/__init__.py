@@ -23,6 +23,7 @@ from immortal._errors import (
     WorkflowNotFoundError,
 )
 from immortal._names import Names
+from immortal._retry import RetryPolicy
 from immortal._wire import EventType, HistoryEvent, RunStatus
 
 workflow = WorkflowDecorator()
@@ -38,6 +39,7 @@ __all__ = [
     "Names",
     "NonDeterminismError",
     "PayloadError",
+    "RetryPolicy",
     "RunDescription",
     "RunStatus",
     "UnknownWorkflowTypeError",

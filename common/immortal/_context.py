@@ -18,6 +18,7 @@ from typing import Any, TypeVar, overload
 
 from immortal._codec import decode_value, encode_args
 from immortal._definitions import activity_definition
+from immortal._retry import RetryPolicy
 
 __all__ = ["WorkflowContext", "WorkflowInfo", "WorkflowRuntime"]
 
@@ -38,7 +39,7 @@ class WorkflowRuntime(abc.ABC):
 
     @abc.abstractmethod
     def schedule_activity(
-        self, name: str, queue: str | None, payload: bytes
+        self, name: str, queue: str | None, payload: bytes, retry: RetryPolicy | None
     ) -> asyncio.Future[bytes]:
         """Issue a schedule-activity command; the future resolves with its encoded result."""
 
@@ -75,27 +76,49 @@ class WorkflowContext:
         )
 
     @overload
-    async def activity(self, fn: Callable[..., R], *args: Any, queue: str | None = None) -> R: ...
-    @overload
     async def activity(
-        self, fn: str, *args: Any, queue: str | None = None, result_type: type[R]
+        self,
+        fn: Callable[..., R],
+        *args: Any,
+        queue: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> R: ...
     @overload
-    async def activity(self, fn: str, *args: Any, queue: str | None = None) -> Any: ...
     async def activity(
-        self, fn: Any, *args: Any, queue: str | None = None, result_type: Any = None
+        self,
+        fn: str,
+        *args: Any,
+        queue: str | None = None,
+        retry: RetryPolicy | None = None,
+        result_type: type[R],
+    ) -> R: ...
+    @overload
+    async def activity(
+        self, fn: str, *args: Any, queue: str | None = None, retry: RetryPolicy | None = None
+    ) -> Any: ...
+    async def activity(
+        self,
+        fn: Any,
+        *args: Any,
+        queue: str | None = None,
+        retry: RetryPolicy | None = None,
+        result_type: Any = None,
     ) -> Any:
         """Run an activity and return its result (durably, exactly once in history).
+
+        ``retry`` overrides the activity's declared policy for this call. If every attempt
+        fails, an :class:`ActivityError` carrying the last error is raised here.
 
         >>> receipt = await ctx.activity(charge, order.id, order.cents)
         """
         if isinstance(fn, str):
-            name, hint, default_queue = fn, result_type, None
+            name, hint, default_queue, default_retry = fn, result_type, None, None
         else:
             defn = activity_definition(fn)
-            name, hint, default_queue = defn.name, result_type or defn.return_type, defn.queue
+            name, hint = defn.name, result_type or defn.return_type
+            default_queue, default_retry = defn.queue, defn.retry
         data = await self._runtime.schedule_activity(
-            name, queue or default_queue, encode_args(args)
+            name, queue or default_queue, encode_args(args), retry or default_retry
         )
         return decode_value(data, hint)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from immortal._activity import ActivityInfo, current_activity
+from immortal._retry import RetryPolicy
 
 __all__ = ["ActivityDefinition", "WorkflowDefinition", "activity_definition", "workflow_definition"]
 
@@ -40,6 +41,7 @@ class ActivityDefinition:
     arg_types: tuple[Any, ...]
     return_type: Any
     queue: str | None = None
+    retry: RetryPolicy | None = None
 
 
 def _hints(fn: Callable[..., Any], skip: int) -> tuple[tuple[Any, ...], Any]:
@@ -67,12 +69,14 @@ def _make_workflow(fn: F, name: str | None) -> F:
     return fn
 
 
-def _make_activity(fn: F, name: str | None, queue: str | None) -> F:
+def _make_activity(
+    fn: F, name: str | None, queue: str | None, retry: RetryPolicy | None = None
+) -> F:
     if not callable(fn):
         raise TypeError(f"@activity needs a function, got {fn!r}")
     args, ret = _hints(fn, skip=0)
     defn = ActivityDefinition(
-        name or fn.__name__, fn, inspect.iscoroutinefunction(fn), args, ret, queue
+        name or fn.__name__, fn, inspect.iscoroutinefunction(fn), args, ret, queue, retry
     )
     setattr(fn, _ACT_ATTR, defn)
     return fn
@@ -102,7 +106,13 @@ class ActivityDecorator:
     def __call__(self, fn: F, /) -> F: ...
     @overload
     def __call__(
-        self, fn: None = None, /, *, name: str | None = None, queue: str | None = None
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Callable[[F], F]: ...
     def __call__(
         self,
@@ -111,10 +121,11 @@ class ActivityDecorator:
         *,
         name: str | None = None,
         queue: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Any:
         if fn is not None:
-            return _make_activity(fn, name, queue)
-        return lambda f: _make_activity(f, name, queue)
+            return _make_activity(fn, name, queue, retry)
+        return lambda f: _make_activity(f, name, queue, retry)
 
     @staticmethod
     def info() -> ActivityInfo:

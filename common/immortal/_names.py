@@ -166,8 +166,13 @@ class Names:
         return f"{self.prefix}.done.{tenant}.{encode_token(workflow_id)}.{encode_token(run_id)}"
 
     def parse_input_subject(self, subject: str) -> tuple[str, str, str]:
-        """``imm.{in,rpc}.<tenant>.<queue>.<kind>`` → (tenant, queue, kind)."""
+        """``imm.{in,rpc}.<tenant>.<queue>.<kind>`` → (tenant, queue, kind).
+
+        A fired timer, ``imm.fired.<tenant>.<queue>``, is an input of kind ``timer``.
+        """
         parts = subject.split(".")
+        if len(parts) == 4 and parts[0] == self.prefix and parts[1] == "fired":
+            return parts[2], decode_token(parts[3]), "timer"
         if len(parts) != 5 or parts[0] != self.prefix or parts[1] not in ("in", "rpc"):
             raise ValueError(f"not an input subject: {subject!r}")
         return parts[2], decode_token(parts[3]), parts[4]
@@ -186,6 +191,9 @@ class Names:
     def hub_consumer(self, tenant: str, queue: str) -> str:
         # Tenants hold no "_", so the first "_" after the kind separates them unambiguously.
         return f"hub_{tenant}_{encode_token(queue)}"
+
+    def timer_consumer(self, tenant: str, queue: str) -> str:
+        return f"timer_{tenant}_{encode_token(queue)}"
 
     def task_consumer(self, tenant: str, queue: str, kind: TaskKind) -> str:
         return f"{kind}_{tenant}_{encode_token(queue)}"

@@ -30,6 +30,7 @@ __all__ = [
     "RunStatus",
     "ScheduleActivity",
     "StartWorkflow",
+    "TimerFired",
     "Transition",
     "WorkflowTask",
     "WorkflowTaskResult",
@@ -82,6 +83,8 @@ class EventType(StrEnum):
     WORKFLOW_TASK_COMPLETED = "WorkflowTaskCompleted"
     WORKFLOW_TASK_FAILED = "WorkflowTaskFailed"
     ACTIVITY_SCHEDULED = "ActivityScheduled"
+    ACTIVITY_ATTEMPT_FAILED = "ActivityAttemptFailed"
+    ACTIVITY_ATTEMPT_SCHEDULED = "ActivityAttemptScheduled"
     ACTIVITY_COMPLETED = "ActivityCompleted"
     ACTIVITY_FAILED = "ActivityFailed"
     ACTIVITY_RESULT_IGNORED = "ActivityResultIgnored"
@@ -125,6 +128,8 @@ class OpenActivity(_Model):
     queue: str
     input: bytes
     attempt: int = 1
+    retry: dict[str, Any] | None = None  # RetryPolicy.to_wire(); None: the default policy
+    retry_at: int | None = None  # set while waiting out a backoff (ms since the epoch)
 
 
 class RunState(_Model):
@@ -166,6 +171,7 @@ class ScheduleActivity(_Model):
     name: str
     queue: str | None = None
     input: bytes
+    retry: dict[str, Any] | None = None
 
 
 class CompleteWorkflow(_Model):
@@ -214,6 +220,16 @@ class ActivityResult(_Model):
     ended_ts: int
     result: bytes | None = None
     failure: Failure | None = None
+
+
+class TimerFired(_Model):
+    """The body of a durable timer; it comes back to the hub on ``imm.fired.<t>.<q>``."""
+
+    workflow_id: str
+    run_id: str
+    timer: str
+    scheduled_id: int = 0  # for a retry backoff: the activity...
+    attempt: int = 0  # ...and the attempt it releases
 
 
 # -- tasks (hub -> workers, on IMM_TASKS) ----------------------------------------------

@@ -17,6 +17,7 @@ import os
 import socket
 import uuid
 from collections import OrderedDict
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
@@ -36,6 +37,7 @@ from immortal._wire import (
     AppliedTransition,
     RunState,
     StartWorkflow,
+    TimerFired,
     Transition,
     WorkflowTaskResult,
     decode,
@@ -49,6 +51,7 @@ from immortal_hub._transitions import (
     Outcome,
     apply_activity_result,
     apply_start,
+    apply_timer_fired,
     apply_workflow_task_result,
     emissions_for,
     open_emissions,
@@ -173,29 +176,47 @@ class Hub:
             self._queues[(tenant, queue)] = asyncio.create_task(self._consume(tenant, queue))
 
     async def _consume(self, tenant: str, queue: str) -> None:
-        durable = self.names.hub_consumer(tenant, queue)
+        """Serve one tenant queue: its durable inputs and its fired timers."""
+        await asyncio.gather(
+            self._consume_stream(
+                tenant,
+                queue,
+                self.names.stream_in,
+                self.names.hub_consumer(tenant, queue),
+                self.names.input_filter(tenant, queue),
+            ),
+            self._consume_stream(
+                tenant,
+                queue,
+                self.names.stream_timers,
+                self.names.timer_consumer(tenant, queue),
+                self.names.fired_subject(tenant, queue),
+            ),
+        )
+
+    async def _consume_stream(
+        self, tenant: str, queue: str, stream: str, durable: str, subject_filter: str
+    ) -> None:
         while self._running:
             puller = None
             try:
-                await self._ensure_consumer(tenant, queue, durable)
-                puller = Puller(
-                    self.nc, self.names.stream_in, durable, self.max_in_flight, self._handle
-                )
+                await self._ensure_consumer(stream, durable, subject_filter)
+                puller = Puller(self.nc, stream, durable, self.max_in_flight, self._handle)
                 self._pullers.add(puller)
                 await puller.run()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("queue %s/%s: %s; resubscribing", tenant, queue, exc)
+                log.warning("queue %s/%s (%s): %s; resubscribing", tenant, queue, stream, exc)
                 await asyncio.sleep(1.0)
             finally:
                 if puller is not None:
                     self._pullers.discard(puller)
 
-    async def _ensure_consumer(self, tenant: str, queue: str, durable: str) -> None:
+    async def _ensure_consumer(self, stream: str, durable: str, subject_filter: str) -> None:
         config = ConsumerConfig(
             durable_name=durable,
-            filter_subject=self.names.input_filter(tenant, queue),
+            filter_subject=subject_filter,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self.ack_wait,
@@ -203,7 +224,7 @@ class Hub:
             max_ack_pending=20_000,
         )
         with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
-            await self.js.add_consumer(self.names.stream_in, config)
+            await self.js.add_consumer(stream, config)
 
     # -- one input ----------------------------------------------------------------------
 
@@ -268,13 +289,15 @@ class Hub:
             await msg.respond(reply)
 
     @staticmethod
-    def _decode(kind: str, data: bytes) -> StartWorkflow | WorkflowTaskResult | ActivityResult:
+    def _decode(kind: str, data: bytes) -> Any:
         if kind == "start":
             return decode(StartWorkflow, data)
         if kind == "wft":
             return decode(WorkflowTaskResult, data)
         if kind == "act":
             return decode(ActivityResult, data)
+        if kind == "timer":
+            return decode(TimerFired, data)
         raise PayloadError(f"unknown input kind {kind!r}")
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
@@ -348,6 +371,8 @@ class Hub:
             return apply_start(state, body, queue, now)
         if isinstance(body, WorkflowTaskResult):
             return apply_workflow_task_result(state, body, now)
+        if isinstance(body, TimerFired):
+            return apply_timer_fired(state, body, now)
         return apply_activity_result(state, body, now)
 
     async def _load(self, subject: str) -> tuple[RunState | None, int, bool]:
@@ -403,15 +428,32 @@ class Hub:
         await self._runs_kv.put(self.names.run_key(tenant, state.workflow_id), value)
 
     async def _emit(self, tenant: str, emissions: list[Emission]) -> None:
-        if not emissions:
-            return
-        await asyncio.gather(
-            *(
-                self.js.publish(
-                    self.names.task_subject(tenant, e.queue, e.kind),
-                    encode(e.body),
-                    headers={"Nats-Msg-Id": e.msg_id},
-                )
-                for e in emissions
+        if emissions:
+            await asyncio.gather(*(self._publish_emission(tenant, e) for e in emissions))
+
+    async def _publish_emission(self, tenant: str, e: Emission) -> None:
+        if e.kind == "timer":
+            assert e.due_ms is not None and isinstance(e.body, TimerFired)
+            # One schedule per subject; it fires into the same stream, where the hub's
+            # timer consumer for this queue picks it up (also after a restart).
+            await self.js.publish(
+                self.names.timer_subject(tenant, e.body.run_id, e.body.timer),
+                encode(e.body),
+                headers={
+                    "Nats-Msg-Id": e.msg_id,
+                    "Nats-Schedule": f"@at {_rfc3339_ms(e.due_ms)}",
+                    "Nats-Schedule-Target": self.names.fired_subject(tenant, e.queue),
+                },
             )
+            return
+        await self.js.publish(
+            self.names.task_subject(tenant, e.queue, e.kind),
+            encode(e.body),
+            headers={"Nats-Msg-Id": e.msg_id},
         )
+
+
+def _rfc3339_ms(ms: int) -> str:
+    """``2026-11-24T06:38:46.788Z``: the millisecond form ``@at`` accepts."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"

@@ -7,9 +7,10 @@ thin loop around it: load state, apply, append, emit, ack.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from immortal._names import TaskKind
+from immortal._retry import RetryPolicy
 from immortal._wire import (
     ActivityResult,
     ActivityTask,
@@ -23,6 +24,7 @@ from immortal._wire import (
     RunStatus,
     ScheduleActivity,
     StartWorkflow,
+    TimerFired,
     WorkflowTask,
     WorkflowTaskResult,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "Outcome",
     "apply_activity_result",
     "apply_start",
+    "apply_timer_fired",
     "apply_workflow_task_result",
     "emissions_for",
     "open_emissions",
@@ -67,12 +70,16 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Emission:
-    """A task to publish: ``kind`` is ``wf`` or ``act``; ``msg_id`` dedupes re-emission."""
+    """A task (``wf``, ``act``) or a durable timer (``timer``) to publish.
 
-    kind: TaskKind
+    ``msg_id`` dedupes re-emission; a timer fires at ``due_ms`` onto the queue's fired subject.
+    """
+
+    kind: TaskKind | Literal["timer"]
     queue: str
     msg_id: str
-    body: WorkflowTask | ActivityTask
+    body: WorkflowTask | ActivityTask | TimerFired
+    due_ms: int | None = None
 
 
 class _Builder:
@@ -179,7 +186,11 @@ def _apply_commands(b: _Builder, done_id: int, commands: list[Command]) -> None:
                 input=command.input,
             )
             state.activities[ev.id] = OpenActivity(
-                seq=command.seq, name=command.name, queue=queue, input=command.input
+                seq=command.seq,
+                name=command.name,
+                queue=queue,
+                input=command.input,
+                retry=command.retry,
             )
         elif isinstance(command, CompleteWorkflow):
             b.add(EventType.WORKFLOW_COMPLETED, done_id, result=command.result)
@@ -217,15 +228,36 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
     if reason is not None:
         b.add(EventType.ACTIVITY_RESULT_IGNORED, result.scheduled_id, reason=reason, **common)
         return b.outcome(result.result_id)
+    assert act is not None
     if result.failure is None:
         ev = b.add(
             EventType.ACTIVITY_COMPLETED, result.scheduled_id, result=result.result, **common
         )
     else:
+        failure = result.failure.model_dump(exclude_defaults=True)
+        policy = RetryPolicy.from_wire(act.retry)
+        if policy.retries(result.attempt, result.failure.type, result.failure.non_retryable):
+            backoff_ms = round(policy.delay(result.attempt) * 1000)
+            act.attempt += 1
+            act.retry_at = now + backoff_ms
+            b.add(
+                EventType.ACTIVITY_ATTEMPT_FAILED,
+                result.scheduled_id,
+                failure=failure,
+                next_attempt=act.attempt,
+                backoff_ms=backoff_ms,
+                retry_at=act.retry_at,
+                **common,
+            )
+            return b.outcome(result.result_id)
+        non_retryable = result.failure.non_retryable or (
+            result.failure.type in policy.non_retryable_error_types
+        )
         ev = b.add(
             EventType.ACTIVITY_FAILED,
             result.scheduled_id,
-            failure=result.failure.model_dump(exclude_defaults=True),
+            failure=failure,
+            reason="non-retryable error" if non_retryable else f"{result.attempt} attempts used",
             **common,
         )
     del state.activities[result.scheduled_id]
@@ -233,6 +265,30 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
     if state.wft is None:
         b.schedule_workflow_task(ev.id)
     return b.outcome(result.result_id)
+
+
+def apply_timer_fired(state: RunState | None, fired: TimerFired, now: int) -> Outcome:
+    """A retry backoff ran out: the activity's next attempt goes out now."""
+    if state is None:
+        raise InvalidInput(f"timer {fired.timer} for unknown run {fired.run_id}")
+    input_id = f"timer:{fired.timer}"
+    if input_id in state.applied:
+        return Outcome(duplicate=True)
+    act = state.activities.get(fired.scheduled_id)
+    if state.status.closed or act is None or act.attempt != fired.attempt or act.retry_at is None:
+        return Outcome(note=f"timer {fired.timer} no longer needed")
+    state = state.model_copy(deep=True)
+    act = state.activities[fired.scheduled_id]
+    b = _Builder(state, now)
+    b.add(
+        EventType.ACTIVITY_ATTEMPT_SCHEDULED,
+        fired.scheduled_id,
+        attempt=act.attempt,
+        due=act.retry_at,
+        late_ms=now - (act.retry_at or now),
+    )
+    act.retry_at = None
+    return b.outcome(input_id)
 
 
 def emissions_for(
@@ -249,12 +305,17 @@ def emissions_for(
             out.append(task)
         elif ev.type is EventType.ACTIVITY_SCHEDULED and ev.id in state.activities:
             out.append(_activity_task(state, ev.id, state.activities[ev.id]))
+        elif ev.type in _RETRY_EVENTS and ev.caused_by in state.activities:
+            out.append(_activity_emission(state, ev.caused_by, state.activities[ev.caused_by]))
     return out
+
+
+_RETRY_EVENTS = (EventType.ACTIVITY_ATTEMPT_FAILED, EventType.ACTIVITY_ATTEMPT_SCHEDULED)
 
 
 def open_emissions(state: RunState, hist_seq: int) -> list[Emission]:
     """Every task the run has outstanding: re-emitted (deduped by id) after a hub crash."""
-    out = [_activity_task(state, sid, act) for sid, act in state.activities.items()]
+    out = [_activity_emission(state, sid, act) for sid, act in state.activities.items()]
     if state.wft is not None:
         out.append(_workflow_task(state, state.wft, hist_seq))
     return out
@@ -270,6 +331,21 @@ def _workflow_task(state: RunState, wft: int, hist_seq: int) -> Emission:
         hist_seq=hist_seq,
     )
     return Emission("wf", state.queue, f"{state.run_id}:{wft}", body)
+
+
+def _activity_emission(state: RunState, scheduled_id: int, act: OpenActivity) -> Emission:
+    """The activity's task, or while it waits out a backoff, the timer that ends the wait."""
+    if act.retry_at is None:
+        return _activity_task(state, scheduled_id, act)
+    timer = f"retry-{scheduled_id}-{act.attempt}"
+    body = TimerFired(
+        workflow_id=state.workflow_id,
+        run_id=state.run_id,
+        timer=timer,
+        scheduled_id=scheduled_id,
+        attempt=act.attempt,
+    )
+    return Emission("timer", state.queue, f"{state.run_id}:{timer}", body, due_ms=act.retry_at)
 
 
 def _activity_task(state: RunState, scheduled_id: int, act: OpenActivity) -> Emission:

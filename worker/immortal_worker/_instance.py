@@ -17,13 +17,14 @@ from typing import Any
 
 from immortal._codec import decode_args, encode_value
 from immortal._context import WorkflowContext, WorkflowInfo, WorkflowRuntime
-from immortal._definitions import WorkflowDefinition
+from immortal._definitions import ActivityDefinition, WorkflowDefinition
 from immortal._errors import (
     ActivityError,
     NonDeterminismError,
     exception_from_failure,
     failure_from_exception,
 )
+from immortal._retry import RetryPolicy
 from immortal._wire import (
     COMMAND_EVENTS,
     CompleteWorkflow,
@@ -51,10 +52,18 @@ class _Live:
 
 
 class WorkflowInstance(WorkflowRuntime):
-    def __init__(self, defn: WorkflowDefinition, info: WorkflowInfo, worker_id: str) -> None:
+    def __init__(
+        self,
+        defn: WorkflowDefinition,
+        info: WorkflowInfo,
+        worker_id: str,
+        activities: dict[str, ActivityDefinition] | None = None,
+    ) -> None:
         self.defn = defn
         self.info = info
         self.worker_id = worker_id
+        # Activities scheduled by name take the declared options of one registered here.
+        self._activities = activities or {}
         self.loop = WorkflowLoop()  # type: ignore[abstract]  # the unused I/O half is refused
         self.ctx = WorkflowContext(info, self)
         self.events: list[HistoryEvent] = []
@@ -74,16 +83,25 @@ class WorkflowInstance(WorkflowRuntime):
     # WorkflowRuntime -------------------------------------------------------------------
 
     def schedule_activity(
-        self, name: str, queue: str | None, payload: bytes
+        self, name: str, queue: str | None, payload: bytes, retry: RetryPolicy | None
     ) -> asyncio.Future[bytes]:
         self._seq += 1
         fut: asyncio.Future[bytes] = self.loop.create_future()
         self._by_seq[self._seq] = fut
         self._names[self._seq] = name
+        declared = self._activities.get(name)
+        if declared is not None:
+            queue = queue or declared.queue
+            retry = retry or declared.retry
         if not self._finished:
-            self._pending.append(
-                ScheduleActivity(seq=self._seq, name=name, queue=queue, input=payload)
+            command = ScheduleActivity(
+                seq=self._seq,
+                name=name,
+                queue=queue,
+                input=payload,
+                retry=retry.to_wire() if retry else None,
             )
+            self._pending.append(command)
         return fut
 
     def now_ms(self) -> int:

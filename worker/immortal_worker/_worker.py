@@ -358,7 +358,7 @@ class Worker:
             workflow_type=task.workflow_type,
             queue=task.queue,
         )
-        inst = WorkflowInstance(defn, info, self.worker_id)
+        inst = WorkflowInstance(defn, info, self.worker_id, self.activities)
         self.replays += 1
         await self._read_new(inst, task)
         return inst
