@@ -205,12 +205,16 @@ class WorkflowHandle(Generic[R]):
                 while transition is None or not transition.state.status.closed:
                     data = await updates.get()
                     transition = decode(Transition, data)
-                return self._outcome(transition)
+                events = transition.events
+                if not any(e.type in _OUTCOMES for e in events):
+                    # Late results may be recorded (as ignored) after the close.
+                    events = await self.history()
+                return self._outcome(events)
         finally:
             await sub.unsubscribe()
 
-    def _outcome(self, transition: Transition) -> R:
-        for event in reversed(transition.events):
+    def _outcome(self, events: list[HistoryEvent]) -> R:
+        for event in reversed(events):
             if event.type is EventType.WORKFLOW_COMPLETED:
                 return decode_value(event.attrs.get("result"), self._result_type)  # type: ignore[no-any-return]
             if event.type is EventType.WORKFLOW_FAILED:
@@ -234,6 +238,9 @@ class WorkflowHandle(Generic[R]):
         ):
             events.extend(decode(Transition, msg.data).events)
         return events
+
+
+_OUTCOMES = (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED)
 
 
 def _ts(ms: int) -> datetime:

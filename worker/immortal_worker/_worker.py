@@ -14,7 +14,7 @@ import os
 import socket
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from typing import Any
@@ -227,29 +227,29 @@ class Worker:
         task = decode(ActivityTask, msg.data)
         delivery = msg.metadata.num_delivered or 1
         started = now_ms()
-        keeper = asyncio.create_task(self._keep_lease(msg))
-        result: bytes | None = None
-        failure: Failure | None = None
-        try:
-            result = await self._run_activity(task)
-        except Exception as exc:
-            failure = Failure.model_validate(failure_from_exception(exc))
-        finally:
-            keeper.cancel()
-        body = ActivityResult(
-            workflow_id=task.workflow_id,
-            run_id=task.run_id,
-            scheduled_id=task.scheduled_id,
-            attempt=task.attempt,
-            delivery=delivery,
-            result_id=f"{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}",
-            worker=self.worker_id,
-            started_ts=started,
-            ended_ts=now_ms(),
-            result=result,
-            failure=failure,
-        )
-        await self._send(task.workflow_queue, "act", encode(body), body.result_id)
+        # The lease is held until the result is delivered, not just while the code runs:
+        # a hub that is slow to answer must not cost the task to another worker.
+        async with self._lease(msg):
+            result: bytes | None = None
+            failure: Failure | None = None
+            try:
+                result = await self._run_activity(task)
+            except Exception as exc:
+                failure = Failure.model_validate(failure_from_exception(exc))
+            body = ActivityResult(
+                workflow_id=task.workflow_id,
+                run_id=task.run_id,
+                scheduled_id=task.scheduled_id,
+                attempt=task.attempt,
+                delivery=delivery,
+                result_id=f"{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}",
+                worker=self.worker_id,
+                started_ts=started,
+                ended_ts=now_ms(),
+                result=result,
+                failure=failure,
+            )
+            await self._send(task.workflow_queue, "act", encode(body), body.result_id)
         await msg.ack()
 
     async def _run_activity(self, task: ActivityTask) -> bytes:
@@ -284,19 +284,28 @@ class Worker:
             current_activity.reset(token)
         return encode_value(value)
 
-    async def _keep_lease(self, msg: Msg) -> None:
-        """Extend the lease while the work is alive."""
-        while True:
-            await asyncio.sleep(self.lease / 3)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+    @contextlib.asynccontextmanager
+    async def _lease(self, msg: Msg) -> AsyncIterator[None]:
+        """Extend the task's lease (``in_progress``) for as long as the block runs."""
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(self.lease / 3)
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+
+        keeper = asyncio.create_task(keep())
+        try:
+            yield
+        finally:
+            keeper.cancel()
 
     # -- workflow tasks -----------------------------------------------------------------
 
     async def _workflow_task(self, msg: Msg) -> None:
         task = decode(WorkflowTask, msg.data)
         delivery = msg.metadata.num_delivered or 1
-        async with self._run_locks.hold(task.run_id):
+        async with self._run_locks.hold(task.run_id), self._lease(msg):
             await self._advance(msg, task, delivery)
 
     async def _advance(self, msg: Msg, task: WorkflowTask, delivery: int) -> None:
