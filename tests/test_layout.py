@@ -36,9 +36,9 @@ def test_dependencies_flow_one_way() -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(immortal.__all__) == [
-        "ActivityError", "ApplicationError", "Client", "EventType", "HistoryEvent",
+        "ActivityError", "ApplicationError", "Client", "EventType", "HistoryEvent", "IdReusePolicy",
         "ImmortalError", "Names", "NonDeterminismError", "PayloadError", "RetryPolicy", "RunDescription",
-        "RunStatus", "UnknownWorkflowTypeError", "WorkflowContext", "WorkflowFailedError",
+        "RunStatus", "UnknownWorkflowTypeError", "WorkflowAlreadyStartedError", "WorkflowContext", "WorkflowFailedError",
         "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError", "activity", "workflow",
     ]  # fmt: skip
     for name in immortal.__all__:

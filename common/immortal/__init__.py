@@ -9,7 +9,7 @@
 ...     return await ctx.activity(greet, name)
 """
 
-from immortal._client import Client, RunDescription, WorkflowHandle
+from immortal._client import Client, IdReusePolicy, RunDescription, WorkflowHandle
 from immortal._context import WorkflowContext, WorkflowInfo
 from immortal._definitions import ActivityDecorator, WorkflowDecorator
 from immortal._errors import (
@@ -19,6 +19,7 @@ from immortal._errors import (
     NonDeterminismError,
     PayloadError,
     UnknownWorkflowTypeError,
+    WorkflowAlreadyStartedError,
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Client",
     "EventType",
     "HistoryEvent",
+    "IdReusePolicy",
     "ImmortalError",
     "Names",
     "NonDeterminismError",
@@ -43,6 +45,7 @@ __all__ = [
     "RunDescription",
     "RunStatus",
     "UnknownWorkflowTypeError",
+    "WorkflowAlreadyStartedError",
     "WorkflowContext",
     "WorkflowFailedError",
     "WorkflowHandle",

@@ -9,27 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar, overload
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
-from immortal._codec import decode_value, encode_args, unpack
+from immortal._codec import decode_value, encode_args, pack, unpack
 from immortal._definitions import workflow_definition
 from immortal._errors import (
     ImmortalError,
+    WorkflowAlreadyStartedError,
     WorkflowFailedError,
     WorkflowNotFoundError,
     exception_from_failure,
 )
 from immortal._inputs import send_input
 from immortal._jetstream import last_message, read_subject
-from immortal._names import Names, validate_tenant
+from immortal._names import Names, encode_token, validate_tenant
 from immortal._wire import (
     EventType,
     HistoryEvent,
@@ -39,11 +41,23 @@ from immortal._wire import (
     Transition,
     decode,
     encode,
+    now_ms,
 )
 
-__all__ = ["Client", "RunDescription", "WorkflowHandle"]
+__all__ = ["Client", "IdReusePolicy", "RunDescription", "WorkflowHandle"]
 
 R = TypeVar("R")
+
+
+class IdReusePolicy(StrEnum):
+    """What a start does when its workflow id already has a run."""
+
+    ALLOW_AFTER_CLOSE = "allow_after_close"  # a new run once the previous one closed
+    REJECT_DUPLICATE = "reject_duplicate"  # never reuse a workflow id
+    RETURN_EXISTING = "return_existing"  # hand back the existing run
+
+
+_ABANDONED_CLAIM_MS = 30_000  # a claim whose start never reached history
 
 
 @dataclass(frozen=True)
@@ -103,28 +117,21 @@ class Client:
             raise ImmortalError("client is not connected: use `async with Client(...)`")
         return self._nc
 
-    @overload
-    async def start(
-        self,
-        workflow: Callable[..., Any],
-        *args: Any,
-        id: str | None = None,
-        queue: str = "default",
-    ) -> WorkflowHandle[Any]: ...
-    @overload
-    async def start(
-        self, workflow: str, *args: Any, id: str | None = None, queue: str = "default"
-    ) -> WorkflowHandle[Any]: ...
     async def start(
         self,
         workflow: Any,
         *args: Any,
         id: str | None = None,
         queue: str = "default",
+        idempotency_key: str | None = None,
+        id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_AFTER_CLOSE,
     ) -> WorkflowHandle[Any]:
         """Start a run of ``workflow`` (a decorated function or its registered name).
 
         The start is durable once this returns; the run begins when a hub picks it up.
+        Starting again with the same ``idempotency_key`` returns the first run, however much
+        later. A caller-chosen ``id`` is guarded by ``id_reuse_policy``; by default a second
+        start while the first run is open raises :class:`WorkflowAlreadyStartedError`.
         """
         if isinstance(workflow, str):
             name, result_type = workflow, None
@@ -133,6 +140,13 @@ class Client:
             name, result_type = defn.name, defn.return_type
         workflow_id = id or str(uuid.uuid4())
         run_id = uuid.uuid4().hex
+        claim = f"key:{idempotency_key}" if idempotency_key else (f"id:{id}" if id else None)
+        if claim is not None:
+            existing = await self._claim(
+                claim, workflow_id, run_id, id_reuse_policy, idempotency_key
+            )
+            if existing is not None:
+                return WorkflowHandle(self, existing[0], existing[1], result_type)
         await self._register_queue(queue)
         body = StartWorkflow(
             workflow_id=workflow_id, run_id=run_id, workflow_type=name, input=encode_args(args)
@@ -141,6 +155,52 @@ class Client:
             self.nc, self.names, self.tenant, queue, "start", encode(body), msg_id=f"start:{run_id}"
         )
         return WorkflowHandle(self, workflow_id, run_id, result_type)
+
+    async def _claim(
+        self,
+        claim: str,
+        workflow_id: str,
+        run_id: str,
+        policy: IdReusePolicy,
+        idempotency_key: str | None,
+    ) -> tuple[str, str] | None:
+        """Take ``claim`` in ``imm-idem`` for this run, or name the run that holds it.
+
+        A KV create (expected last sequence 0) is atomic and, unlike ``Nats-Msg-Id``, lasts
+        beyond JetStream's duplicate window: the bucket keeps claims for 30 days.
+        """
+        kv = await self.nc.jetstream().key_value(self.names.bucket_idem)
+        key = f"{self.tenant}.{encode_token(claim)}"
+        value = pack({"workflow_id": workflow_id, "run_id": run_id, "ts": now_ms()})
+        for _ in range(10):
+            try:
+                await kv.create(key, value)
+                return None
+            except KeyWrongLastSequenceError:
+                pass
+            entry = await kv.get(key)
+            prev = unpack(entry.value or b"")
+            prev_run = (str(prev["workflow_id"]), str(prev["run_id"]))
+            state = await self._closed_or_missing(*prev_run)
+            abandoned = state is None and now_ms() - int(prev["ts"]) > _ABANDONED_CLAIM_MS
+            if not abandoned:
+                if idempotency_key is not None or policy is IdReusePolicy.RETURN_EXISTING:
+                    return prev_run
+                if policy is IdReusePolicy.REJECT_DUPLICATE or not state:
+                    raise WorkflowAlreadyStartedError(*prev_run)
+            try:
+                await kv.update(key, value, last=entry.revision)
+                return None
+            except KeyWrongLastSequenceError:
+                continue  # another start took it meanwhile: look again
+        raise ImmortalError(f"could not claim {claim!r}: too much contention")
+
+    async def _closed_or_missing(self, workflow_id: str, run_id: str) -> bool | None:
+        """True if the run closed, False if it runs, None if it has no history."""
+        try:
+            return (await WorkflowHandle(self, workflow_id, run_id).describe()).status.closed
+        except WorkflowNotFoundError:
+            return None
 
     async def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[Any]:
         """A handle on an existing run: the newest one of ``workflow_id`` if no run id."""

@@ -12,6 +12,7 @@ __all__ = [
     "NonDeterminismError",
     "PayloadError",
     "UnknownWorkflowTypeError",
+    "WorkflowAlreadyStartedError",
     "WorkflowFailedError",
     "WorkflowNotFoundError",
 ]
@@ -63,6 +64,15 @@ class WorkflowFailedError(ImmortalError):
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.cause = cause
+
+
+class WorkflowAlreadyStartedError(ImmortalError):
+    """A start was refused by the workflow-id reuse policy: the id is taken."""
+
+    def __init__(self, workflow_id: str, run_id: str) -> None:
+        super().__init__(f"workflow {workflow_id!r} already has run {run_id}")
+        self.workflow_id = workflow_id
+        self.run_id = run_id
 
 
 class NonDeterminismError(ImmortalError):

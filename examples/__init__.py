@@ -1,0 +1,1 @@
+"""Runnable examples (each exercised by a test)."""
