@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -125,6 +125,7 @@ class Client:
         queue: str = "default",
         idempotency_key: str | None = None,
         id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_AFTER_CLOSE,
+        execution_timeout: float | timedelta | None = None,
     ) -> WorkflowHandle[Any]:
         """Start a run of ``workflow`` (a decorated function or its registered name).
 
@@ -132,6 +133,7 @@ class Client:
         Starting again with the same ``idempotency_key`` returns the first run, however much
         later. A caller-chosen ``id`` is guarded by ``id_reuse_policy``; by default a second
         start while the first run is open raises :class:`WorkflowAlreadyStartedError`.
+        ``execution_timeout`` fails the run (``WorkflowTimeout``) if it is still open by then.
         """
         if isinstance(workflow, str):
             name, result_type = workflow, None
@@ -148,8 +150,14 @@ class Client:
             if existing is not None:
                 return WorkflowHandle(self, existing[0], existing[1], result_type)
         await self._register_queue(queue)
+        if isinstance(execution_timeout, timedelta):
+            execution_timeout = execution_timeout.total_seconds()
         body = StartWorkflow(
-            workflow_id=workflow_id, run_id=run_id, workflow_type=name, input=encode_args(args)
+            workflow_id=workflow_id,
+            run_id=run_id,
+            workflow_type=name,
+            input=encode_args(args),
+            execution_timeout=execution_timeout,
         )
         await send_input(
             self.nc, self.names, self.tenant, queue, "start", encode(body), msg_id=f"start:{run_id}"

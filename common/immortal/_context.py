@@ -13,11 +13,11 @@ import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
 
 from immortal._codec import decode_value, encode_args
-from immortal._definitions import activity_definition
+from immortal._definitions import ActivityOptions, activity_definition
 from immortal._retry import RetryPolicy
 
 __all__ = ["WorkflowContext", "WorkflowInfo", "WorkflowRuntime"]
@@ -39,7 +39,7 @@ class WorkflowRuntime(abc.ABC):
 
     @abc.abstractmethod
     def schedule_activity(
-        self, name: str, queue: str | None, payload: bytes, retry: RetryPolicy | None
+        self, name: str, payload: bytes, options: ActivityOptions
     ) -> asyncio.Future[bytes]:
         """Issue a schedule-activity command; the future resolves with its encoded result."""
 
@@ -82,6 +82,8 @@ class WorkflowContext:
         *args: Any,
         queue: str | None = None,
         retry: RetryPolicy | None = None,
+        start_to_close: float | timedelta | None = None,
+        schedule_to_close: float | timedelta | None = None,
     ) -> R: ...
     @overload
     async def activity(
@@ -90,11 +92,19 @@ class WorkflowContext:
         *args: Any,
         queue: str | None = None,
         retry: RetryPolicy | None = None,
+        start_to_close: float | timedelta | None = None,
+        schedule_to_close: float | timedelta | None = None,
         result_type: type[R],
     ) -> R: ...
     @overload
     async def activity(
-        self, fn: str, *args: Any, queue: str | None = None, retry: RetryPolicy | None = None
+        self,
+        fn: str,
+        *args: Any,
+        queue: str | None = None,
+        retry: RetryPolicy | None = None,
+        start_to_close: float | timedelta | None = None,
+        schedule_to_close: float | timedelta | None = None,
     ) -> Any: ...
     async def activity(
         self,
@@ -102,24 +112,26 @@ class WorkflowContext:
         *args: Any,
         queue: str | None = None,
         retry: RetryPolicy | None = None,
+        start_to_close: float | timedelta | None = None,
+        schedule_to_close: float | timedelta | None = None,
         result_type: Any = None,
     ) -> Any:
         """Run an activity and return its result (durably, exactly once in history).
 
-        ``retry`` overrides the activity's declared policy for this call. If every attempt
-        fails, an :class:`ActivityError` carrying the last error is raised here.
+        Options given here override the activity's declared ones for this call. If the
+        activity fails for good (its retry policy used up, a non-retryable error, or a
+        timeout), an :class:`ActivityError` carrying the last error is raised here.
 
-        >>> receipt = await ctx.activity(charge, order.id, order.cents)
+        >>> receipt = await ctx.activity(charge, order.id, order.cents, start_to_close=30)
         """
+        call = ActivityOptions(queue, retry, start_to_close, schedule_to_close)
         if isinstance(fn, str):
-            name, hint, default_queue, default_retry = fn, result_type, None, None
+            name, hint, options = fn, result_type, call
         else:
             defn = activity_definition(fn)
             name, hint = defn.name, result_type or defn.return_type
-            default_queue, default_retry = defn.queue, defn.retry
-        data = await self._runtime.schedule_activity(
-            name, queue or default_queue, encode_args(args), retry or default_retry
-        )
+            options = defn.options.merged(call)
+        data = await self._runtime.schedule_activity(name, encode_args(args), options)
         return decode_value(data, hint)
 
     def now(self) -> datetime:

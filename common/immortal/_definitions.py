@@ -10,12 +10,19 @@ import inspect
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from immortal._activity import ActivityInfo, current_activity
 from immortal._retry import RetryPolicy
 
-__all__ = ["ActivityDefinition", "WorkflowDefinition", "activity_definition", "workflow_definition"]
+__all__ = [
+    "ActivityDefinition",
+    "ActivityOptions",
+    "WorkflowDefinition",
+    "activity_definition",
+    "workflow_definition",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,6 +40,40 @@ class WorkflowDefinition:
     return_type: Any
 
 
+def _seconds(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+@dataclass(frozen=True)
+class ActivityOptions:
+    """How an activity is scheduled: set at declaration, overridden per call.
+
+    ``start_to_close`` bounds one attempt (a timed-out attempt is retried by policy);
+    ``schedule_to_close`` bounds all attempts together.
+    """
+
+    queue: str | None = None
+    retry: RetryPolicy | None = None
+    start_to_close: float | timedelta | None = None
+    schedule_to_close: float | timedelta | None = None
+
+    def merged(self, override: ActivityOptions) -> ActivityOptions:
+        return ActivityOptions(
+            queue=override.queue or self.queue,
+            retry=override.retry or self.retry,
+            start_to_close=override.start_to_close or self.start_to_close,
+            schedule_to_close=override.schedule_to_close or self.schedule_to_close,
+        )
+
+    @property
+    def start_to_close_s(self) -> float | None:
+        return _seconds(self.start_to_close)
+
+    @property
+    def schedule_to_close_s(self) -> float | None:
+        return _seconds(self.schedule_to_close)
+
+
 @dataclass(frozen=True)
 class ActivityDefinition:
     name: str
@@ -40,8 +81,15 @@ class ActivityDefinition:
     is_async: bool
     arg_types: tuple[Any, ...]
     return_type: Any
-    queue: str | None = None
-    retry: RetryPolicy | None = None
+    options: ActivityOptions = ActivityOptions()
+
+    @property
+    def queue(self) -> str | None:
+        return self.options.queue
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        return self.options.retry
 
 
 def _hints(fn: Callable[..., Any], skip: int) -> tuple[tuple[Any, ...], Any]:
@@ -69,14 +117,12 @@ def _make_workflow(fn: F, name: str | None) -> F:
     return fn
 
 
-def _make_activity(
-    fn: F, name: str | None, queue: str | None, retry: RetryPolicy | None = None
-) -> F:
+def _make_activity(fn: F, name: str | None, options: ActivityOptions) -> F:
     if not callable(fn):
         raise TypeError(f"@activity needs a function, got {fn!r}")
     args, ret = _hints(fn, skip=0)
     defn = ActivityDefinition(
-        name or fn.__name__, fn, inspect.iscoroutinefunction(fn), args, ret, queue, retry
+        name or fn.__name__, fn, inspect.iscoroutinefunction(fn), args, ret, options
     )
     setattr(fn, _ACT_ATTR, defn)
     return fn
@@ -113,6 +159,8 @@ class ActivityDecorator:
         name: str | None = None,
         queue: str | None = None,
         retry: RetryPolicy | None = None,
+        start_to_close: float | timedelta | None = None,
+        schedule_to_close: float | timedelta | None = None,
     ) -> Callable[[F], F]: ...
     def __call__(
         self,
@@ -122,10 +170,13 @@ class ActivityDecorator:
         name: str | None = None,
         queue: str | None = None,
         retry: RetryPolicy | None = None,
+        start_to_close: float | timedelta | None = None,
+        schedule_to_close: float | timedelta | None = None,
     ) -> Any:
+        options = ActivityOptions(queue, retry, start_to_close, schedule_to_close)
         if fn is not None:
-            return _make_activity(fn, name, queue, retry)
-        return lambda f: _make_activity(f, name, queue, retry)
+            return _make_activity(fn, name, options)
+        return lambda f: _make_activity(f, name, options)
 
     @staticmethod
     def info() -> ActivityInfo:

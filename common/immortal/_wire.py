@@ -130,6 +130,9 @@ class OpenActivity(_Model):
     attempt: int = 1
     retry: dict[str, Any] | None = None  # RetryPolicy.to_wire(); None: the default policy
     retry_at: int | None = None  # set while waiting out a backoff (ms since the epoch)
+    start_to_close: float | None = None  # seconds per attempt
+    schedule_to_close: float | None = None  # seconds for all attempts together
+    scheduled_ts: int = 0
 
 
 class RunState(_Model):
@@ -147,6 +150,7 @@ class RunState(_Model):
     next_event_id: int = 1
     started_ts: int = 0
     closed_ts: int | None = None
+    execution_timeout: float | None = None
     wft: int | None = None  # scheduled-event id of the open workflow task
     last_external: int = 0  # id of the newest event workflow code has to see
     last_wft_failure: str | None = None
@@ -172,6 +176,8 @@ class ScheduleActivity(_Model):
     queue: str | None = None
     input: bytes
     retry: dict[str, Any] | None = None
+    start_to_close: float | None = None
+    schedule_to_close: float | None = None
 
 
 class CompleteWorkflow(_Model):
@@ -195,6 +201,7 @@ class StartWorkflow(_Model):
     run_id: str
     workflow_type: str
     input: bytes
+    execution_timeout: float | None = None  # seconds until the run is failed if still open
 
 
 class WorkflowTaskResult(_Model):
@@ -228,8 +235,9 @@ class TimerFired(_Model):
     workflow_id: str
     run_id: str
     timer: str
-    scheduled_id: int = 0  # for a retry backoff: the activity...
-    attempt: int = 0  # ...and the attempt it releases
+    kind: Literal["retry", "start_to_close", "schedule_to_close", "execution_timeout"] = "retry"
+    scheduled_id: int = 0  # the activity it concerns...
+    attempt: int = 0  # ...and the attempt
 
 
 # -- tasks (hub -> workers, on IMM_TASKS) ----------------------------------------------
@@ -266,3 +274,4 @@ class ActivityTask(_Model):
     name: str
     input: bytes
     attempt: int = 1
+    start_to_close: float | None = None  # the worker arms this timer when the attempt starts

@@ -17,7 +17,6 @@ import os
 import socket
 import uuid
 from collections import OrderedDict
-from datetime import UTC, datetime
 from typing import Any
 
 import nats
@@ -32,6 +31,7 @@ from immortal._inputs import BUSY, OK, REJECTED
 from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
 from immortal._names import Names
+from immortal._timers import schedule_headers
 from immortal._wire import (
     ActivityResult,
     AppliedTransition,
@@ -439,11 +439,9 @@ class Hub:
             await self.js.publish(
                 self.names.timer_subject(tenant, e.body.run_id, e.body.timer),
                 encode(e.body),
-                headers={
-                    "Nats-Msg-Id": e.msg_id,
-                    "Nats-Schedule": f"@at {_rfc3339_ms(e.due_ms)}",
-                    "Nats-Schedule-Target": self.names.fired_subject(tenant, e.queue),
-                },
+                headers=schedule_headers(
+                    e.due_ms, self.names.fired_subject(tenant, e.queue), e.msg_id
+                ),
             )
             return
         await self.js.publish(
@@ -451,9 +449,3 @@ class Hub:
             encode(e.body),
             headers={"Nats-Msg-Id": e.msg_id},
         )
-
-
-def _rfc3339_ms(ms: int) -> str:
-    """``2026-11-24T06:38:46.788Z``: the millisecond form ``@at`` accepts."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"

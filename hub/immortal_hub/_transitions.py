@@ -17,6 +17,7 @@ from immortal._wire import (
     Command,
     CompleteWorkflow,
     EventType,
+    Failure,
     FailWorkflow,
     HistoryEvent,
     OpenActivity,
@@ -121,6 +122,7 @@ def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: i
         workflow_type=start.workflow_type,
         queue=queue,
         started_ts=now,
+        execution_timeout=start.execution_timeout,
     )
     b = _Builder(new, now)
     started = b.add(
@@ -191,6 +193,9 @@ def _apply_commands(b: _Builder, done_id: int, commands: list[Command]) -> None:
                 queue=queue,
                 input=command.input,
                 retry=command.retry,
+                start_to_close=command.start_to_close,
+                schedule_to_close=command.schedule_to_close,
+                scheduled_ts=ev.ts,
             )
         elif isinstance(command, CompleteWorkflow):
             b.add(EventType.WORKFLOW_COMPLETED, done_id, result=command.result)
@@ -223,72 +228,107 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
         reason = "run already closed"
     elif act is None:
         reason = "activity already closed"
-    elif act.attempt != result.attempt:
-        reason = f"attempt {result.attempt} is not the current attempt {act.attempt}"
+    elif act.attempt != result.attempt or act.retry_at is not None:
+        reason = f"attempt {result.attempt} is no longer current (timed out or retried)"
     if reason is not None:
         b.add(EventType.ACTIVITY_RESULT_IGNORED, result.scheduled_id, reason=reason, **common)
         return b.outcome(result.result_id)
-    assert act is not None
-    if result.failure is None:
-        ev = b.add(
-            EventType.ACTIVITY_COMPLETED, result.scheduled_id, result=result.result, **common
-        )
-    else:
-        failure = result.failure.model_dump(exclude_defaults=True)
-        policy = RetryPolicy.from_wire(act.retry)
-        if policy.retries(result.attempt, result.failure.type, result.failure.non_retryable):
-            backoff_ms = round(policy.delay(result.attempt) * 1000)
+    if result.failure is not None:
+        _fail_attempt(b, result.scheduled_id, result.failure, common)
+        return b.outcome(result.result_id)
+    ev = b.add(EventType.ACTIVITY_COMPLETED, result.scheduled_id, result=result.result, **common)
+    _close_activity(b, result.scheduled_id, ev)
+    return b.outcome(result.result_id)
+
+
+def _fail_attempt(b: _Builder, sid: int, failure: Failure, common: dict[str, Any]) -> None:
+    """Retry the activity by its policy (after a durable backoff), or fail it for good."""
+    act = b.state.activities[sid]
+    policy = RetryPolicy.from_wire(act.retry)
+    wire = failure.model_dump(exclude_defaults=True)
+    retries = policy.retries(act.attempt, failure.type, failure.non_retryable)
+    non_retryable = failure.non_retryable or failure.type in policy.non_retryable_error_types
+    reason = "non-retryable error" if non_retryable else f"{act.attempt} attempts used"
+    if retries:
+        backoff_ms = round(policy.delay(act.attempt) * 1000)
+        deadline = None
+        if act.schedule_to_close is not None:
+            deadline = _scheduled_ts(b.state, act) + round(act.schedule_to_close * 1000)
+        if deadline is None or b.now + backoff_ms < deadline:
             act.attempt += 1
-            act.retry_at = now + backoff_ms
+            act.retry_at = b.now + backoff_ms
             b.add(
                 EventType.ACTIVITY_ATTEMPT_FAILED,
-                result.scheduled_id,
-                failure=failure,
+                sid,
+                failure=wire,
                 next_attempt=act.attempt,
                 backoff_ms=backoff_ms,
                 retry_at=act.retry_at,
                 **common,
             )
-            return b.outcome(result.result_id)
-        non_retryable = result.failure.non_retryable or (
-            result.failure.type in policy.non_retryable_error_types
-        )
-        ev = b.add(
-            EventType.ACTIVITY_FAILED,
-            result.scheduled_id,
-            failure=failure,
-            reason="non-retryable error" if non_retryable else f"{result.attempt} attempts used",
-            **common,
-        )
-    del state.activities[result.scheduled_id]
-    state.last_external = ev.id
-    if state.wft is None:
+            return
+        reason = "no time left before the schedule-to-close deadline"
+    if failure.type == "ScheduleToCloseTimeout":
+        reason = "schedule-to-close timeout"
+    ev = b.add(EventType.ACTIVITY_FAILED, sid, failure=wire, reason=reason, **common)
+    _close_activity(b, sid, ev)
+
+
+def _close_activity(b: _Builder, sid: int, ev: HistoryEvent) -> None:
+    del b.state.activities[sid]
+    b.state.last_external = ev.id
+    if b.state.wft is None:
         b.schedule_workflow_task(ev.id)
-    return b.outcome(result.result_id)
+
+
+def _scheduled_ts(state: RunState, act: OpenActivity) -> int:
+    return act.scheduled_ts or state.started_ts
 
 
 def apply_timer_fired(state: RunState | None, fired: TimerFired, now: int) -> Outcome:
-    """A retry backoff ran out: the activity's next attempt goes out now."""
+    """A durable timer came due: a retry backoff ended, or a timeout ran out."""
     if state is None:
         raise InvalidInput(f"timer {fired.timer} for unknown run {fired.run_id}")
     input_id = f"timer:{fired.timer}"
     if input_id in state.applied:
         return Outcome(duplicate=True)
-    act = state.activities.get(fired.scheduled_id)
-    if state.status.closed or act is None or act.attempt != fired.attempt or act.retry_at is None:
-        return Outcome(note=f"timer {fired.timer} no longer needed")
+    stale = Outcome(note=f"timer {fired.timer} no longer needed")
+    if state.status.closed:
+        return stale
     state = state.model_copy(deep=True)
-    act = state.activities[fired.scheduled_id]
     b = _Builder(state, now)
-    b.add(
-        EventType.ACTIVITY_ATTEMPT_SCHEDULED,
-        fired.scheduled_id,
-        attempt=act.attempt,
-        due=act.retry_at,
-        late_ms=now - (act.retry_at or now),
-    )
-    act.retry_at = None
-    return b.outcome(input_id)
+    if fired.kind == "execution_timeout":
+        after = f"{state.execution_timeout:g}s"
+        failure = Failure(type="WorkflowTimeout", message=f"run did not finish within {after}")
+        b.add(EventType.WORKFLOW_FAILED, None, failure=failure.model_dump(exclude_defaults=True))
+        b.close(RunStatus.FAILED)
+        return b.outcome(input_id)
+    act = state.activities.get(fired.scheduled_id)
+    if act is None:
+        return stale
+    if fired.kind == "schedule_to_close":
+        message = f"activity {act.name!r} did not finish within {act.schedule_to_close:g}s"
+        failure = Failure(type="ScheduleToCloseTimeout", message=message, non_retryable=True)
+        _fail_attempt(b, fired.scheduled_id, failure, {"attempt": act.attempt})
+        return b.outcome(input_id)
+    if act.attempt != fired.attempt:
+        return stale
+    if fired.kind == "start_to_close" and act.retry_at is None:
+        message = f"attempt {act.attempt} did not finish within {act.start_to_close:g}s"
+        failure = Failure(type="StartToCloseTimeout", message=message)
+        _fail_attempt(b, fired.scheduled_id, failure, {"attempt": act.attempt})
+        return b.outcome(input_id)
+    if fired.kind == "retry" and act.retry_at is not None:
+        b.add(
+            EventType.ACTIVITY_ATTEMPT_SCHEDULED,
+            fired.scheduled_id,
+            attempt=act.attempt,
+            due=act.retry_at,
+            late_ms=now - act.retry_at,
+        )
+        act.retry_at = None
+        return b.outcome(input_id)
+    return stale
 
 
 def emissions_for(
@@ -304,7 +344,14 @@ def emissions_for(
             task.body.events = events
             out.append(task)
         elif ev.type is EventType.ACTIVITY_SCHEDULED and ev.id in state.activities:
-            out.append(_activity_task(state, ev.id, state.activities[ev.id]))
+            act = state.activities[ev.id]
+            out.append(_activity_task(state, ev.id, act))
+            if act.schedule_to_close is not None:
+                due = ev.ts + round(act.schedule_to_close * 1000)
+                out.append(_timer(state, f"s2c-{ev.id}", "schedule_to_close", due, ev.id))
+        elif ev.type is EventType.WORKFLOW_STARTED and state.execution_timeout is not None:
+            due = ev.ts + round(state.execution_timeout * 1000)
+            out.append(_timer(state, "execution-timeout", "execution_timeout", due))
         elif ev.type in _RETRY_EVENTS and ev.caused_by in state.activities:
             out.append(_activity_emission(state, ev.caused_by, state.activities[ev.caused_by]))
     return out
@@ -338,14 +385,26 @@ def _activity_emission(state: RunState, scheduled_id: int, act: OpenActivity) ->
     if act.retry_at is None:
         return _activity_task(state, scheduled_id, act)
     timer = f"retry-{scheduled_id}-{act.attempt}"
+    return _timer(state, timer, "retry", act.retry_at, scheduled_id, act.attempt)
+
+
+def _timer(
+    state: RunState,
+    timer: str,
+    kind: Any,
+    due_ms: int,
+    scheduled_id: int = 0,
+    attempt: int = 0,
+) -> Emission:
     body = TimerFired(
         workflow_id=state.workflow_id,
         run_id=state.run_id,
         timer=timer,
+        kind=kind,
         scheduled_id=scheduled_id,
-        attempt=act.attempt,
+        attempt=attempt,
     )
-    return Emission("timer", state.queue, f"{state.run_id}:{timer}", body, due_ms=act.retry_at)
+    return Emission("timer", state.queue, f"{state.run_id}:{timer}", body, due_ms=due_ms)
 
 
 def _activity_task(state: RunState, scheduled_id: int, act: OpenActivity) -> Emission:
@@ -359,5 +418,6 @@ def _activity_task(state: RunState, scheduled_id: int, act: OpenActivity) -> Emi
         name=act.name,
         input=act.input,
         attempt=act.attempt,
+        start_to_close=act.start_to_close,
     )
     return Emission("act", act.queue, f"{state.run_id}:{scheduled_id}:{act.attempt}", body)

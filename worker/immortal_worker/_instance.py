@@ -17,14 +17,13 @@ from typing import Any
 
 from immortal._codec import decode_args, encode_value
 from immortal._context import WorkflowContext, WorkflowInfo, WorkflowRuntime
-from immortal._definitions import ActivityDefinition, WorkflowDefinition
+from immortal._definitions import ActivityDefinition, ActivityOptions, WorkflowDefinition
 from immortal._errors import (
     ActivityError,
     NonDeterminismError,
     exception_from_failure,
     failure_from_exception,
 )
-from immortal._retry import RetryPolicy
 from immortal._wire import (
     COMMAND_EVENTS,
     CompleteWorkflow,
@@ -83,7 +82,7 @@ class WorkflowInstance(WorkflowRuntime):
     # WorkflowRuntime -------------------------------------------------------------------
 
     def schedule_activity(
-        self, name: str, queue: str | None, payload: bytes, retry: RetryPolicy | None
+        self, name: str, payload: bytes, options: ActivityOptions
     ) -> asyncio.Future[bytes]:
         self._seq += 1
         fut: asyncio.Future[bytes] = self.loop.create_future()
@@ -91,15 +90,16 @@ class WorkflowInstance(WorkflowRuntime):
         self._names[self._seq] = name
         declared = self._activities.get(name)
         if declared is not None:
-            queue = queue or declared.queue
-            retry = retry or declared.retry
+            options = declared.options.merged(options)
         if not self._finished:
             command = ScheduleActivity(
                 seq=self._seq,
                 name=name,
-                queue=queue,
+                queue=options.queue,
                 input=payload,
-                retry=retry.to_wire() if retry else None,
+                retry=options.retry.to_wire() if options.retry else None,
+                start_to_close=options.start_to_close_s,
+                schedule_to_close=options.schedule_to_close_s,
             )
             self._pending.append(command)
         return fut

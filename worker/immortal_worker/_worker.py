@@ -46,12 +46,14 @@ from immortal._inputs import send_input
 from immortal._jetstream import Puller, read_subject
 from immortal._locks import KeyedLocks
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
+from immortal._timers import schedule_headers
 from immortal._wire import (
     ActivityResult,
     ActivityTask,
     AppliedTransition,
     Failure,
     HistoryEvent,
+    TimerFired,
     Transition,
     WorkflowTask,
     WorkflowTaskResult,
@@ -230,6 +232,8 @@ class Worker:
         # The lease is held until the result is delivered, not just while the code runs:
         # a hub that is slow to answer must not cost the task to another worker.
         async with self._lease(msg):
+            if task.start_to_close is not None:
+                await self._arm_start_to_close(task, started)
             result: bytes | None = None
             failure: Failure | None = None
             try:
@@ -251,6 +255,26 @@ class Worker:
             )
             await self._send(task.workflow_queue, "act", encode(body), body.result_id)
         await msg.ack()
+
+    async def _arm_start_to_close(self, task: ActivityTask, started: int) -> None:
+        """The attempt's clock starts now, where it runs: a durable timer tells the hub."""
+        assert task.start_to_close is not None
+        timer = f"stc-{task.scheduled_id}-{task.attempt}"
+        body = TimerFired(
+            workflow_id=task.workflow_id,
+            run_id=task.run_id,
+            timer=timer,
+            kind="start_to_close",
+            scheduled_id=task.scheduled_id,
+            attempt=task.attempt,
+        )
+        due = started + round(task.start_to_close * 1000)
+        target = self.names.fired_subject(self.tenant, task.workflow_queue)
+        await self.js.publish(
+            self.names.timer_subject(self.tenant, task.run_id, timer),
+            encode(body),
+            headers=schedule_headers(due, target, f"{task.run_id}:{timer}"),
+        )
 
     async def _run_activity(self, task: ActivityTask) -> bytes:
         defn = self.activities.get(task.name)
