@@ -220,7 +220,7 @@ async def test_unregistered_workflow_type_is_recorded(
 async def test_failed_activity_fails_the_workflow_with_its_cause(
     nats_url: str, prefix: str, client: Client
 ) -> None:
-    @immortal.activity
+    @immortal.activity(retry=immortal.RetryPolicy(maximum_attempts=1))
     async def explode(x: int) -> int:
         raise immortal.ApplicationError("boom", type="Kaboom", details={"x": x})
 
@@ -234,7 +234,11 @@ async def test_failed_activity_fails_the_workflow_with_its_cause(
             await handle.result(timeout=20)
     cause = info.value.cause
     assert cause.type == "ActivityError"
-    assert "boom" in str(cause.__cause__) and "Kaboom" in str(cause.__cause__)
+    original = cause.__cause__
+    assert isinstance(original, immortal.ApplicationError)
+    # ApplicationError crosses two process boundaries intact.
+    assert (original.type, original.message, original.details) == ("Kaboom", "boom", {"x": 4})
+    assert original.non_retryable is False and "explode" in (original.remote_traceback or "")
     assert (await handle.describe()).status is RunStatus.FAILED
 
 

@@ -86,3 +86,38 @@ async def test_workflow_execution_timeout(nats_url: str, prefix: str, client: Cl
     history = await handle.history()
     assert [e.type for e in history].count(EventType.WORKFLOW_FAILED) == 1
     assert (await handle.describe()).status.closed
+
+
+@immortal.activity(
+    schedule_to_start=0.5, retry=RetryPolicy(initial_interval=0.1, maximum_attempts=2)
+)
+async def prompt(x: int) -> str:
+    return "started in time"
+
+
+@immortal.workflow(name="waits_for_a_worker")
+async def waits_for_a_worker(ctx: WorkflowContext, queue: str) -> str:
+    return await ctx.activity(prompt, 1, queue=queue)
+
+
+async def test_schedule_to_start_is_recorded_or_times_out(
+    nats_url: str, prefix: str, client: Client
+) -> None:
+    async with running_worker(
+        nats_url, prefix, workflows=[waits_for_a_worker], activities=[prompt]
+    ):
+        served = await client.start(waits_for_a_worker, "default")
+        assert await served.result(timeout=20) == "started in time"
+        unserved = await client.start(waits_for_a_worker, "nobody-serves-this")
+        with pytest.raises(WorkflowFailedError) as info:
+            await unserved.result(timeout=20)
+    started = [e for e in await served.history() if e.type is EventType.ACTIVITY_ATTEMPT_STARTED]
+    assert len(started) == 1 and started[0].attrs["attempt"] == 1
+    history = await unserved.history()
+    timeouts = [
+        e.attrs["failure"]["type"]
+        for e in history
+        if e.type in (EventType.ACTIVITY_ATTEMPT_FAILED, EventType.ACTIVITY_FAILED)
+    ]
+    assert timeouts == ["ScheduleToStartTimeout", "ScheduleToStartTimeout"]  # 2 attempts
+    assert "ScheduleToStartTimeout" in str(info.value.cause.__cause__)

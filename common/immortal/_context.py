@@ -84,6 +84,7 @@ class WorkflowContext:
         retry: RetryPolicy | None = None,
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
+        schedule_to_start: float | timedelta | None = None,
     ) -> R: ...
     @overload
     async def activity(
@@ -94,6 +95,7 @@ class WorkflowContext:
         retry: RetryPolicy | None = None,
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
+        schedule_to_start: float | timedelta | None = None,
         result_type: type[R],
     ) -> R: ...
     @overload
@@ -105,6 +107,7 @@ class WorkflowContext:
         retry: RetryPolicy | None = None,
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
+        schedule_to_start: float | timedelta | None = None,
     ) -> Any: ...
     async def activity(
         self,
@@ -114,6 +117,7 @@ class WorkflowContext:
         retry: RetryPolicy | None = None,
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
+        schedule_to_start: float | timedelta | None = None,
         result_type: Any = None,
     ) -> Any:
         """Run an activity and return its result (durably, exactly once in history).
@@ -124,7 +128,7 @@ class WorkflowContext:
 
         >>> receipt = await ctx.activity(charge, order.id, order.cents, start_to_close=30)
         """
-        call = ActivityOptions(queue, retry, start_to_close, schedule_to_close)
+        call = ActivityOptions(queue, retry, start_to_close, schedule_to_close, schedule_to_start)
         if isinstance(fn, str):
             name, hint, options = fn, result_type, call
         else:

@@ -56,6 +56,7 @@ class ActivityOptions:
     retry: RetryPolicy | None = None
     start_to_close: float | timedelta | None = None
     schedule_to_close: float | timedelta | None = None
+    schedule_to_start: float | timedelta | None = None
 
     def merged(self, override: ActivityOptions) -> ActivityOptions:
         return ActivityOptions(
@@ -63,6 +64,7 @@ class ActivityOptions:
             retry=override.retry or self.retry,
             start_to_close=override.start_to_close or self.start_to_close,
             schedule_to_close=override.schedule_to_close or self.schedule_to_close,
+            schedule_to_start=override.schedule_to_start or self.schedule_to_start,
         )
 
     @property
@@ -72,6 +74,10 @@ class ActivityOptions:
     @property
     def schedule_to_close_s(self) -> float | None:
         return _seconds(self.schedule_to_close)
+
+    @property
+    def schedule_to_start_s(self) -> float | None:
+        return _seconds(self.schedule_to_start)
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,7 @@ class ActivityDecorator:
         retry: RetryPolicy | None = None,
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
+        schedule_to_start: float | timedelta | None = None,
     ) -> Callable[[F], F]: ...
     def __call__(
         self,
@@ -172,8 +179,11 @@ class ActivityDecorator:
         retry: RetryPolicy | None = None,
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
+        schedule_to_start: float | timedelta | None = None,
     ) -> Any:
-        options = ActivityOptions(queue, retry, start_to_close, schedule_to_close)
+        options = ActivityOptions(
+            queue, retry, start_to_close, schedule_to_close, schedule_to_start
+        )
         if fn is not None:
             return _make_activity(fn, name, options)
         return lambda f: _make_activity(f, name, options)

@@ -17,6 +17,7 @@ from immortal._errors import PayloadError
 
 __all__ = [
     "ActivityResult",
+    "ActivityStarted",
     "ActivityTask",
     "AppliedTransition",
     "Command",
@@ -85,6 +86,7 @@ class EventType(StrEnum):
     ACTIVITY_SCHEDULED = "ActivityScheduled"
     ACTIVITY_ATTEMPT_FAILED = "ActivityAttemptFailed"
     ACTIVITY_ATTEMPT_SCHEDULED = "ActivityAttemptScheduled"
+    ACTIVITY_ATTEMPT_STARTED = "ActivityAttemptStarted"
     ACTIVITY_COMPLETED = "ActivityCompleted"
     ACTIVITY_FAILED = "ActivityFailed"
     ACTIVITY_RESULT_IGNORED = "ActivityResultIgnored"
@@ -132,6 +134,8 @@ class OpenActivity(_Model):
     retry_at: int | None = None  # set while waiting out a backoff (ms since the epoch)
     start_to_close: float | None = None  # seconds per attempt
     schedule_to_close: float | None = None  # seconds for all attempts together
+    schedule_to_start: float | None = None  # seconds an attempt may wait for a worker
+    started: bool = False  # only tracked when schedule_to_start is set
     scheduled_ts: int = 0
 
 
@@ -178,6 +182,7 @@ class ScheduleActivity(_Model):
     retry: dict[str, Any] | None = None
     start_to_close: float | None = None
     schedule_to_close: float | None = None
+    schedule_to_start: float | None = None
 
 
 class CompleteWorkflow(_Model):
@@ -235,9 +240,23 @@ class TimerFired(_Model):
     workflow_id: str
     run_id: str
     timer: str
-    kind: Literal["retry", "start_to_close", "schedule_to_close", "execution_timeout"] = "retry"
+    kind: Literal[
+        "retry", "start_to_close", "schedule_to_close", "schedule_to_start", "execution_timeout"
+    ] = "retry"
     scheduled_id: int = 0  # the activity it concerns...
     attempt: int = 0  # ...and the attempt
+
+
+class ActivityStarted(_Model):
+    """A worker began an attempt whose activity has a schedule-to-start timeout."""
+
+    workflow_id: str
+    run_id: str
+    scheduled_id: int
+    attempt: int
+    delivery: int
+    worker: str
+    result_id: str
 
 
 # -- tasks (hub -> workers, on IMM_TASKS) ----------------------------------------------
@@ -275,3 +294,4 @@ class ActivityTask(_Model):
     input: bytes
     attempt: int = 1
     start_to_close: float | None = None  # the worker arms this timer when the attempt starts
+    schedule_to_start: float | None = None  # the worker reports the start to the hub

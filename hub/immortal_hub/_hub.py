@@ -34,6 +34,7 @@ from immortal._names import Names
 from immortal._timers import schedule_headers
 from immortal._wire import (
     ActivityResult,
+    ActivityStarted,
     AppliedTransition,
     RunState,
     StartWorkflow,
@@ -50,6 +51,7 @@ from immortal_hub._transitions import (
     InvalidInput,
     Outcome,
     apply_activity_result,
+    apply_activity_started,
     apply_start,
     apply_timer_fired,
     apply_workflow_task_result,
@@ -298,6 +300,8 @@ class Hub:
             return decode(ActivityResult, data)
         if kind == "timer":
             return decode(TimerFired, data)
+        if kind == "started":
+            return decode(ActivityStarted, data)
         raise PayloadError(f"unknown input kind {kind!r}")
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
@@ -373,6 +377,8 @@ class Hub:
             return apply_workflow_task_result(state, body, now)
         if isinstance(body, TimerFired):
             return apply_timer_fired(state, body, now)
+        if isinstance(body, ActivityStarted):
+            return apply_activity_started(state, body, now)
         return apply_activity_result(state, body, now)
 
     async def _load(self, subject: str) -> tuple[RunState | None, int, bool]:

@@ -13,6 +13,7 @@ from immortal._names import TaskKind
 from immortal._retry import RetryPolicy
 from immortal._wire import (
     ActivityResult,
+    ActivityStarted,
     ActivityTask,
     Command,
     CompleteWorkflow,
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidInput",
     "Outcome",
     "apply_activity_result",
+    "apply_activity_started",
     "apply_start",
     "apply_timer_fired",
     "apply_workflow_task_result",
@@ -195,6 +197,7 @@ def _apply_commands(b: _Builder, done_id: int, commands: list[Command]) -> None:
                 retry=command.retry,
                 start_to_close=command.start_to_close,
                 schedule_to_close=command.schedule_to_close,
+                schedule_to_start=command.schedule_to_start,
                 scheduled_ts=ev.ts,
             )
         elif isinstance(command, CompleteWorkflow):
@@ -256,6 +259,7 @@ def _fail_attempt(b: _Builder, sid: int, failure: Failure, common: dict[str, Any
             deadline = _scheduled_ts(b.state, act) + round(act.schedule_to_close * 1000)
         if deadline is None or b.now + backoff_ms < deadline:
             act.attempt += 1
+            act.started = False
             act.retry_at = b.now + backoff_ms
             b.add(
                 EventType.ACTIVITY_ATTEMPT_FAILED,
@@ -313,6 +317,11 @@ def apply_timer_fired(state: RunState | None, fired: TimerFired, now: int) -> Ou
         return b.outcome(input_id)
     if act.attempt != fired.attempt:
         return stale
+    if fired.kind == "schedule_to_start" and act.retry_at is None and not act.started:
+        message = f"no worker started attempt {act.attempt} within {act.schedule_to_start:g}s"
+        failure = Failure(type="ScheduleToStartTimeout", message=message)
+        _fail_attempt(b, fired.scheduled_id, failure, {"attempt": act.attempt})
+        return b.outcome(input_id)
     if fired.kind == "start_to_close" and act.retry_at is None:
         message = f"attempt {act.attempt} did not finish within {act.start_to_close:g}s"
         failure = Failure(type="StartToCloseTimeout", message=message)
@@ -331,6 +340,28 @@ def apply_timer_fired(state: RunState | None, fired: TimerFired, now: int) -> Ou
     return stale
 
 
+def apply_activity_started(state: RunState | None, started: ActivityStarted, now: int) -> Outcome:
+    """Recorded only for activities with a schedule-to-start timeout, which it disarms."""
+    if state is None:
+        raise InvalidInput(f"activity start for unknown run {started.run_id}")
+    if started.result_id in state.applied:
+        return Outcome(duplicate=True)
+    act = state.activities.get(started.scheduled_id)
+    if state.status.closed or act is None or act.attempt != started.attempt or act.started:
+        return Outcome(note=f"start of attempt {started.attempt} is not news")
+    state = state.model_copy(deep=True)
+    state.activities[started.scheduled_id].started = True
+    b = _Builder(state, now)
+    b.add(
+        EventType.ACTIVITY_ATTEMPT_STARTED,
+        started.scheduled_id,
+        attempt=started.attempt,
+        delivery=started.delivery,
+        worker=started.worker,
+    )
+    return b.outcome(started.result_id)
+
+
 def emissions_for(
     state: RunState, events: list[HistoryEvent], hist_seq: int, prev_seq: int
 ) -> list[Emission]:
@@ -345,7 +376,7 @@ def emissions_for(
             out.append(task)
         elif ev.type is EventType.ACTIVITY_SCHEDULED and ev.id in state.activities:
             act = state.activities[ev.id]
-            out.append(_activity_task(state, ev.id, act))
+            out.extend(_dispatch(state, ev.id, act, ev.ts))
             if act.schedule_to_close is not None:
                 due = ev.ts + round(act.schedule_to_close * 1000)
                 out.append(_timer(state, f"s2c-{ev.id}", "schedule_to_close", due, ev.id))
@@ -353,7 +384,11 @@ def emissions_for(
             due = ev.ts + round(state.execution_timeout * 1000)
             out.append(_timer(state, "execution-timeout", "execution_timeout", due))
         elif ev.type in _RETRY_EVENTS and ev.caused_by in state.activities:
-            out.append(_activity_emission(state, ev.caused_by, state.activities[ev.caused_by]))
+            act = state.activities[ev.caused_by]
+            if act.retry_at is None:
+                out.extend(_dispatch(state, ev.caused_by, act, ev.ts))
+            else:
+                out.append(_activity_emission(state, ev.caused_by, act))
     return out
 
 
@@ -378,6 +413,16 @@ def _workflow_task(state: RunState, wft: int, hist_seq: int) -> Emission:
         hist_seq=hist_seq,
     )
     return Emission("wf", state.queue, f"{state.run_id}:{wft}", body)
+
+
+def _dispatch(state: RunState, sid: int, act: OpenActivity, now: int) -> list[Emission]:
+    """An attempt's task, and its schedule-to-start timer if it has one."""
+    out = [_activity_task(state, sid, act)]
+    if act.schedule_to_start is not None:
+        due = now + round(act.schedule_to_start * 1000)
+        timer = f"s2s-{sid}-{act.attempt}"
+        out.append(_timer(state, timer, "schedule_to_start", due, sid, act.attempt))
+    return out
 
 
 def _activity_emission(state: RunState, scheduled_id: int, act: OpenActivity) -> Emission:
@@ -419,5 +464,6 @@ def _activity_task(state: RunState, scheduled_id: int, act: OpenActivity) -> Emi
         input=act.input,
         attempt=act.attempt,
         start_to_close=act.start_to_close,
+        schedule_to_start=act.schedule_to_start,
     )
     return Emission("act", act.queue, f"{state.run_id}:{scheduled_id}:{act.attempt}", body)

@@ -100,6 +100,7 @@ class WorkflowInstance(WorkflowRuntime):
                 retry=options.retry.to_wire() if options.retry else None,
                 start_to_close=options.start_to_close_s,
                 schedule_to_close=options.schedule_to_close_s,
+                schedule_to_start=options.schedule_to_start_s,
             )
             self._pending.append(command)
         return fut

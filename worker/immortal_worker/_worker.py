@@ -49,6 +49,7 @@ from immortal._names import InputKind, Names, TaskKind, validate_tenant
 from immortal._timers import schedule_headers
 from immortal._wire import (
     ActivityResult,
+    ActivityStarted,
     ActivityTask,
     AppliedTransition,
     Failure,
@@ -232,6 +233,8 @@ class Worker:
         # The lease is held until the result is delivered, not just while the code runs:
         # a hub that is slow to answer must not cost the task to another worker.
         async with self._lease(msg):
+            if task.schedule_to_start is not None:
+                await self._report_start(task, delivery)
             if task.start_to_close is not None:
                 await self._arm_start_to_close(task, started)
             result: bytes | None = None
@@ -255,6 +258,19 @@ class Worker:
             )
             await self._send(task.workflow_queue, "act", encode(body), body.result_id)
         await msg.ack()
+
+    async def _report_start(self, task: ActivityTask, delivery: int) -> None:
+        """Tell the hub this attempt started, which disarms its schedule-to-start timer."""
+        body = ActivityStarted(
+            workflow_id=task.workflow_id,
+            run_id=task.run_id,
+            scheduled_id=task.scheduled_id,
+            attempt=task.attempt,
+            delivery=delivery,
+            worker=self.worker_id,
+            result_id=f"started:{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}",
+        )
+        await self._send(task.workflow_queue, "started", encode(body), body.result_id)
 
     async def _arm_start_to_close(self, task: ActivityTask, started: int) -> None:
         """The attempt's clock starts now, where it runs: a durable timer tells the hub."""
