@@ -77,12 +77,18 @@ async def test_schedule_to_close_fails_the_activity(
     assert failed.attrs["reason"] == "schedule-to-close timeout"
 
 
-async def test_workflow_execution_timeout(nats_url: str, prefix: str, client: Client) -> None:
+@pytest.mark.parametrize(
+    ("option", "error"),
+    [("execution_timeout", "WorkflowTimeout"), ("run_timeout", "WorkflowRunTimeout")],
+)
+async def test_workflow_timeouts(
+    nats_url: str, prefix: str, client: Client, option: str, error: str
+) -> None:
     async with running_worker(nats_url, prefix, workflows=[timeouts], activities=ACTS):
-        handle = await client.start(timeouts, "hangs", execution_timeout=1.0)
+        handle = await client.start(timeouts, "hangs", **{option: 1.0})
         with pytest.raises(WorkflowFailedError) as info:
             await handle.result(timeout=20)
-    assert info.value.cause.type == "WorkflowTimeout"
+    assert info.value.cause.type == error
     history = await handle.history()
     assert [e.type for e in history].count(EventType.WORKFLOW_FAILED) == 1
     assert (await handle.describe()).status.closed

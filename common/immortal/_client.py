@@ -126,6 +126,7 @@ class Client:
         idempotency_key: str | None = None,
         id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_AFTER_CLOSE,
         execution_timeout: float | timedelta | None = None,
+        run_timeout: float | timedelta | None = None,
     ) -> WorkflowHandle[Any]:
         """Start a run of ``workflow`` (a decorated function or its registered name).
 
@@ -133,7 +134,9 @@ class Client:
         Starting again with the same ``idempotency_key`` returns the first run, however much
         later. A caller-chosen ``id`` is guarded by ``id_reuse_policy``; by default a second
         start while the first run is open raises :class:`WorkflowAlreadyStartedError`.
-        ``execution_timeout`` fails the run (``WorkflowTimeout``) if it is still open by then.
+        ``execution_timeout`` fails the run (``WorkflowTimeout``) if it is still open by then;
+        ``run_timeout`` bounds one run (``WorkflowRunTimeout``): the same thing until a
+        workflow continues as new, which starts a new run with its own clock.
         """
         if isinstance(workflow, str):
             name, result_type = workflow, None
@@ -152,12 +155,15 @@ class Client:
         await self._register_queue(queue)
         if isinstance(execution_timeout, timedelta):
             execution_timeout = execution_timeout.total_seconds()
+        if isinstance(run_timeout, timedelta):
+            run_timeout = run_timeout.total_seconds()
         body = StartWorkflow(
             workflow_id=workflow_id,
             run_id=run_id,
             workflow_type=name,
             input=encode_args(args),
             execution_timeout=execution_timeout,
+            run_timeout=run_timeout,
         )
         await send_input(
             self.nc, self.names, self.tenant, queue, "start", encode(body), msg_id=f"start:{run_id}"

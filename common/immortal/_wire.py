@@ -155,6 +155,7 @@ class RunState(_Model):
     started_ts: int = 0
     closed_ts: int | None = None
     execution_timeout: float | None = None
+    run_timeout: float | None = None
     wft: int | None = None  # scheduled-event id of the open workflow task
     last_external: int = 0  # id of the newest event workflow code has to see
     last_wft_failure: str | None = None
@@ -206,7 +207,8 @@ class StartWorkflow(_Model):
     run_id: str
     workflow_type: str
     input: bytes
-    execution_timeout: float | None = None  # seconds until the run is failed if still open
+    execution_timeout: float | None = None  # seconds for the whole execution
+    run_timeout: float | None = None  # seconds for this run (continue-as-new starts a new one)
 
 
 class WorkflowTaskResult(_Model):
@@ -241,7 +243,12 @@ class TimerFired(_Model):
     run_id: str
     timer: str
     kind: Literal[
-        "retry", "start_to_close", "schedule_to_close", "schedule_to_start", "execution_timeout"
+        "retry",
+        "start_to_close",
+        "schedule_to_close",
+        "schedule_to_start",
+        "execution_timeout",
+        "run_timeout",
     ] = "retry"
     scheduled_id: int = 0  # the activity it concerns...
     attempt: int = 0  # ...and the attempt

@@ -125,6 +125,7 @@ def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: i
         queue=queue,
         started_ts=now,
         execution_timeout=start.execution_timeout,
+        run_timeout=start.run_timeout,
     )
     b = _Builder(new, now)
     started = b.add(
@@ -301,9 +302,12 @@ def apply_timer_fired(state: RunState | None, fired: TimerFired, now: int) -> Ou
         return stale
     state = state.model_copy(deep=True)
     b = _Builder(state, now)
-    if fired.kind == "execution_timeout":
-        after = f"{state.execution_timeout:g}s"
-        failure = Failure(type="WorkflowTimeout", message=f"run did not finish within {after}")
+    if fired.kind in ("execution_timeout", "run_timeout"):
+        if fired.kind == "execution_timeout":
+            after, kind = state.execution_timeout, "WorkflowTimeout"
+        else:
+            after, kind = state.run_timeout, "WorkflowRunTimeout"
+        failure = Failure(type=kind, message=f"{fired.kind.replace('_', ' ')} of {after:g}s")
         b.add(EventType.WORKFLOW_FAILED, None, failure=failure.model_dump(exclude_defaults=True))
         b.close(RunStatus.FAILED)
         return b.outcome(input_id)
@@ -380,9 +384,14 @@ def emissions_for(
             if act.schedule_to_close is not None:
                 due = ev.ts + round(act.schedule_to_close * 1000)
                 out.append(_timer(state, f"s2c-{ev.id}", "schedule_to_close", due, ev.id))
-        elif ev.type is EventType.WORKFLOW_STARTED and state.execution_timeout is not None:
-            due = ev.ts + round(state.execution_timeout * 1000)
-            out.append(_timer(state, "execution-timeout", "execution_timeout", due))
+        elif ev.type is EventType.WORKFLOW_STARTED:
+            for kind, seconds in (
+                ("execution_timeout", state.execution_timeout),
+                ("run_timeout", state.run_timeout),
+            ):
+                if seconds is not None:
+                    due = ev.ts + round(seconds * 1000)
+                    out.append(_timer(state, kind.replace("_", "-"), kind, due))
         elif ev.type in _RETRY_EVENTS and ev.caused_by in state.activities:
             act = state.activities[ev.caused_by]
             if act.retry_at is None:

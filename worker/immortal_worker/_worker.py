@@ -121,6 +121,7 @@ class Worker:
         )
         self._pullers: list[Puller] = []
         self._poll_tasks: list[asyncio.Task[None]] = []
+        self._held: dict[int, Msg] = {}
         self._running = False
         self.evictions = 0
         self.replays = 0
@@ -138,6 +139,7 @@ class Worker:
         self.js = self.nc.jetstream()
         await self._wait_for_streams()
         self._running = True
+        self._lease_ticker = asyncio.create_task(self._extend_leases())
         for queue in self.queues:
             queues_kv = await self.js.key_value(self.names.bucket_queues)
             await queues_kv.put(self.names.queue_key(self.tenant, queue), b"worker")
@@ -158,6 +160,7 @@ class Worker:
             t.cancel()
         await asyncio.gather(*self._poll_tasks, return_exceptions=True)
         await asyncio.gather(*(p.drain(grace) for p in self._pullers))
+        self._lease_ticker.cancel()  # only now: leases stay held while in-flight work drains
         for inst in self._cache.values():
             inst.close()
         self._cache.clear()
@@ -326,19 +329,21 @@ class Worker:
 
     @contextlib.asynccontextmanager
     async def _lease(self, msg: Msg) -> AsyncIterator[None]:
-        """Extend the task's lease (``in_progress``) for as long as the block runs."""
-
-        async def keep() -> None:
-            while True:
-                await asyncio.sleep(self.lease / 3)
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
-
-        keeper = asyncio.create_task(keep())
+        """Hold the task's lease for as long as the block runs (see ``_extend_leases``)."""
+        key = id(msg)
+        self._held[key] = msg
         try:
             yield
         finally:
-            keeper.cancel()
+            self._held.pop(key, None)
+
+    async def _extend_leases(self) -> None:
+        """One ticker for every held task: ``in_progress`` each third of the lease."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            for msg in list(self._held.values()):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
     # -- workflow tasks -----------------------------------------------------------------
 
