@@ -225,7 +225,11 @@ class Bench:
         )
 
     async def w_dead_worker(self) -> None:
-        m = self.metric("dead worker: activity restarted elsewhere after", "s", target="< 3")
+        m = self.metric(
+            "dead worker (SIGKILL 0.5 s into the activity): restarted elsewhere after",
+            "s",
+            target="< 3",
+        )
         lease = self.args.lease
         self.extra["dead worker lease (s)"] = lease
         for trial in range(self.args.dead_trials):
@@ -236,22 +240,27 @@ class Bench:
             )
             try:
                 async with Client(self.url) as client:
-                    await client.start("held", f"t{trial}")
-                    first = await _wait_marks(marks, 1)
+                    await client.start("held", f"t{trial}")  # marks files "t<trial>.<pid>"
+                    tag = f"t{trial}"  # earlier trials' activities may still be redelivered
+                    first = await _wait_marks(marks, 1, tag)
                     victim = next(w for w in workers if w.pid == int(first[0].suffix[1:]))
+                    # Mid-activity: 0.5 s after it started. A worker lists the tasks it holds
+                    # in imm-workers within ~0.1 s of taking them; one killed sooner than that
+                    # is only found when the task's lease (--lease) runs out.
+                    await asyncio.sleep(0.5)
                     await victim.kill()
                     killed = time.time()
-                    second = await _wait_marks(marks, 2, timeout=lease * 3 + 30)
+                    second = await _wait_marks(marks, 2, tag, timeout=lease * 3 + 30)
                     m.values.append(float(second[-1].read_text()) - killed)
             finally:
                 await self._stop([*workers, *hubs])
 
 
-async def _wait_marks(d: Path, n: int, timeout: float = 30) -> list[Path]:
-    """Poll for marker files that activities in other processes write."""
+async def _wait_marks(d: Path, n: int, tag: str, timeout: float = 30) -> list[Path]:
+    """Poll for the marker files that this trial's activity writes in other processes."""
     async with asyncio.timeout(timeout):
         while True:
-            found = sorted(d.iterdir(), key=lambda p: p.stat().st_mtime)  # noqa: ASYNC240
+            found = sorted(d.glob(f"{tag}.*"), key=lambda p: p.stat().st_mtime)  # noqa: ASYNC240
             if len(found) >= n:
                 return found
             await asyncio.sleep(0.01)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from immortal import Client, EventType
+from immortal._codec import unpack
+from immortal_hub import Hub
 from tests.helpers import assert_well_formed, wait_for_history
 from tests.procs import start_hub, start_worker
 from tests.workflows import chain, gated_flow
@@ -22,6 +24,16 @@ async def _wait_for_file(pattern: str, directory: Path, timeout: float = 20.0) -
             await asyncio.sleep(0.02)
 
 
+async def _wait_until_registered_holding(client: Client, prefix: str, worker: str) -> None:
+    kv = await client.nc.jetstream().key_value(f"{prefix}-workers")
+    async with asyncio.timeout(10):
+        while True:
+            entry = await kv.get(f"default.default.{worker}")
+            if entry.value and unpack(entry.value)["held"]:
+                return
+            await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 def test_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "work"
@@ -31,17 +43,20 @@ def test_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 async def test_worker_killed_mid_activity_another_finishes(
-    nats_url: str, prefix: str, client: Client, test_dir: Path
+    nats_url: str, prefix: str, client: Client, hub: Hub, test_dir: Path
 ) -> None:
-    first = await start_worker(nats_url, test_dir, prefix=prefix, lease=2.0, worker_id="doomed")
+    # A 60 s lease: the run can finish within the 30 s below only if the hub hands the dead
+    # worker's task back when its liveness key expires, instead of waiting out the lease.
+    first = await start_worker(nats_url, test_dir, prefix=prefix, lease=60.0, worker_id="doomed")
     try:
         handle = await client.start(gated_flow, "k1")
         await _wait_for_file(f"started-k1-{first.pid}", test_dir)
+        await _wait_until_registered_holding(client, prefix, "doomed")
         await first.kill()  # SIGKILL while the activity runs
     finally:
         await first.kill()
     (test_dir / "gate-k1").touch()
-    second = await start_worker(nats_url, test_dir, prefix=prefix, lease=2.0, worker_id="heir")
+    second = await start_worker(nats_url, test_dir, prefix=prefix, lease=60.0, worker_id="heir")
     try:
         result = await handle.result(timeout=30)
     finally:
@@ -55,6 +70,7 @@ async def test_worker_killed_mid_activity_another_finishes(
     assert gated_done.attrs["worker"] == "heir"
     assert gated_done.attrs["delivery"] >= 2  # the dead worker's delivery was not the one recorded
     assert not any(e.type is EventType.ACTIVITY_RESULT_IGNORED for e in history)
+    assert hub.handed_back >= 1
 
 
 async def test_hub_killed_between_transitions_run_completes_once(

@@ -181,6 +181,9 @@ class Names:
     def run_key(self, tenant: str, workflow_id: str) -> str:
         return f"{tenant}.{encode_token(workflow_id)}"
 
+    def worker_key(self, tenant: str, queue: str, worker_id: str) -> str:
+        return f"{tenant}.{encode_token(queue)}.{encode_token(worker_id)}"
+
     def queue_key(self, tenant: str, queue: str) -> str:
         return f"{tenant}.{encode_token(queue)}"
 

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
-from immortal._codec import pack
+from immortal._codec import pack, unpack
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED
 from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
@@ -99,6 +99,8 @@ class Hub:
         self._background: set[asyncio.Task[Any]] = set()
         self._running = False
         self.transitions = 0  # appended transitions, for tests and metrics
+        self._held_by: dict[str, list[str]] = {}  # worker key -> ack subjects it holds
+        self.handed_back = 0  # tasks of dead workers handed back, for tests and metrics
 
     @property
     def nc(self) -> NATS:
@@ -117,6 +119,8 @@ class Hub:
             f"{self.names.prefix}.rpc.>", queue=f"{self.names.prefix}-hubs", cb=self._on_rpc
         )
         self._spawn(self._watch_queues())
+        self._workers_kv = await self.js.key_value(self.names.bucket_workers)
+        self._spawn(self._watch_workers())
         log.info("hub %s serving %s", self.hub_id, self.servers)
 
     async def stop(self) -> None:
@@ -170,6 +174,47 @@ class Hub:
             except Exception as exc:  # reconnects, server restarts: list again
                 log.debug("queue watch restarted: %s", exc)
                 await asyncio.sleep(1.0)
+
+    async def _watch_workers(self) -> None:
+        """Hand a dead worker's tasks back at once, instead of after their whole lease.
+
+        Workers renew a short-TTL key in ``imm-workers`` listing the tasks they hold; when a
+        key expires (the server leaves a marker that the watch sees) or is deleted, each held
+        task is NAKed so that another worker gets it now. Redelivered work is fenced as usual.
+        """
+        while self._running:
+            try:
+                watcher = await self._workers_kv.watchall()
+                try:
+                    while self._running:
+                        try:
+                            entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
+                        except (TimeoutError, nats.errors.TimeoutError):
+                            continue
+                        if entry is not None:
+                            await self._worker_update(entry)
+                finally:
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnects, server restarts: watch again
+                log.debug("worker watch restarted: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _worker_update(self, entry: Any) -> None:
+        if entry.operation in (None, "PUT") and entry.value:
+            try:
+                self._held_by[entry.key] = list(unpack(entry.value).get("held", []))
+            except (PayloadError, AttributeError):
+                log.warning("unreadable worker registration %s", entry.key)
+            return
+        held = self._held_by.pop(entry.key, [])
+        if held:
+            log.warning("worker %s is gone; handing back %d task(s)", entry.key, len(held))
+        for ack_subject in held:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(ack_subject, b"-NAK")
+            self.handed_back += 1
 
     def _serve(self, key: str) -> None:
         tenant, queue = self.names.parse_queue_key(key)

@@ -34,6 +34,7 @@ class ResourceSettings:
     audit_max_age: float = 90 * _DAY
     dlq_max_age: float = 30 * _DAY
     idem_max_age: float = 30 * _DAY
+    worker_marker_ttl: float = 60.0  # how long an expired worker's marker stays
 
 
 def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
@@ -109,7 +110,13 @@ def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
     common: dict[str, Any] = {"storage": StorageType.FILE, "replicas": s.replicas, "history": 1}
     return [
         KeyValueConfig(bucket=names.bucket_runs, description="runs index", direct=True, **common),
-        KeyValueConfig(bucket=names.bucket_workers, description="live workers", ttl=30.0, **common),
+        # Keys carry their own short TTL; an expired key leaves a marker that watchers see.
+        KeyValueConfig(
+            bucket=names.bucket_workers,
+            description="live workers",
+            limit_marker_ttl=s.worker_marker_ttl,
+            **common,
+        ),
         KeyValueConfig(
             bucket=names.bucket_idem, description="idempotency keys", ttl=s.idem_max_age, **common
         ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import socket
@@ -27,7 +28,7 @@ from nats.js.errors import BadRequestError
 from nats.js.errors import NotFoundError as JsNotFound
 
 from immortal._activity import ActivityInfo, current_activity
-from immortal._codec import decode_args, encode_value
+from immortal._codec import decode_args, encode_value, pack
 from immortal._context import WorkflowInfo
 from immortal._definitions import (
     ActivityDefinition,
@@ -66,6 +67,14 @@ from immortal_worker._instance import CacheStale, WorkflowInstance
 
 __all__ = ["Worker"]
 
+
+def immortal_version() -> str:
+    try:
+        return importlib.metadata.version("immortal")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 log = logging.getLogger(__name__)
 
 
@@ -92,6 +101,7 @@ class Worker:
         lease: float = 30.0,
         max_cached_runs: int = 1000,
         workflow_task_retry_delay: float = 5.0,
+        liveness_ttl: float = 2.0,
         nc: NATS | None = None,
     ) -> None:
         self.servers = servers
@@ -111,6 +121,9 @@ class Worker:
         self.activity_slots = activity_slots
         self.lease = lease
         self.workflow_task_retry_delay = workflow_task_retry_delay
+        # A dead worker is detected when its key in imm-workers expires: within this many
+        # seconds of its last renewal (renewed 4 times per TTL). Whole seconds (Nats-TTL).
+        self.liveness_ttl = max(1.0, float(round(liveness_ttl)))
         self._nc = nc
         self._own_nc = nc is None
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
@@ -122,6 +135,7 @@ class Worker:
         self._pullers: list[Puller] = []
         self._poll_tasks: list[asyncio.Task[None]] = []
         self._held: dict[int, Msg] = {}
+        self._held_changed = asyncio.Event()
         self._running = False
         self.evictions = 0
         self.replays = 0
@@ -140,6 +154,9 @@ class Worker:
         await self._wait_for_streams()
         self._running = True
         self._lease_ticker = asyncio.create_task(self._extend_leases())
+        self._workers_kv = await self.js.key_value(self.names.bucket_workers)
+        await self._register()
+        self._liveness = asyncio.create_task(self._stay_registered())
         for queue in self.queues:
             queues_kv = await self.js.key_value(self.names.bucket_queues)
             await queues_kv.put(self.names.queue_key(self.tenant, queue), b"worker")
@@ -161,6 +178,8 @@ class Worker:
         await asyncio.gather(*self._poll_tasks, return_exceptions=True)
         await asyncio.gather(*(p.drain(grace) for p in self._pullers))
         self._lease_ticker.cancel()  # only now: leases stay held while in-flight work drains
+        self._liveness.cancel()
+        await self._deregister()
         for inst in self._cache.values():
             inst.close()
         self._cache.clear()
@@ -332,10 +351,58 @@ class Worker:
         """Hold the task's lease for as long as the block runs (see ``_extend_leases``)."""
         key = id(msg)
         self._held[key] = msg
+        self._held_changed.set()
         try:
             yield
         finally:
             self._held.pop(key, None)
+            self._held_changed.set()
+
+    def registration(self) -> dict[str, Any]:
+        """What ``imm-workers`` says about this worker (discovery and liveness)."""
+        return {
+            "worker": self.worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": immortal_version(),
+            "tenant": self.tenant,
+            "queues": self.queues,
+            "workflows": sorted(self.workflows),
+            "activities": sorted(self.activities),
+            "slots": {"workflow": self.workflow_slots, "activity": self.activity_slots},
+            "held": [m.reply for m in self._held.values() if m.reply],
+            "ts": now_ms(),
+        }
+
+    async def _register(self) -> None:
+        data = pack(self.registration())
+        for queue in self.queues:
+            key = self.names.worker_key(self.tenant, queue, self.worker_id)
+            # A KV put with a per-message TTL (nats-py's put has no TTL parameter).
+            await self.js.publish(
+                f"$KV.{self.names.bucket_workers}.{key}", data, msg_ttl=self.liveness_ttl
+            )
+
+    async def _stay_registered(self) -> None:
+        """Renew 4 times per TTL, and soon after the held tasks change (at most 10 times/s),
+        so that a hub knows which tasks to hand back if this worker dies."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.liveness_ttl / 4):
+                    await self._held_changed.wait()
+                await asyncio.sleep(0.1)  # coalesce a burst of changes into one write
+            self._held_changed.clear()
+            try:
+                await self._register()
+            except Exception as exc:  # a reconnect: the next renewal will do
+                log.warning("worker %s could not renew its registration: %s", self.worker_id, exc)
+
+    async def _deregister(self) -> None:
+        for queue in self.queues:
+            with contextlib.suppress(Exception):
+                await self._workers_kv.delete(
+                    self.names.worker_key(self.tenant, queue, self.worker_id)
+                )
 
     async def _extend_leases(self) -> None:
         """One ticker for every held task: ``in_progress`` each third of the lease."""
