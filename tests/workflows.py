@@ -65,12 +65,5 @@ async def add_suffix(s: str) -> str:
     return s + "!"
 
 
-@immortal.workflow
-async def deterministic_values(ctx: WorkflowContext) -> list[str]:
-    before = [str(ctx.now()), str(ctx.random().random()), str(ctx.uuid4())]
-    await ctx.activity(double, 1)
-    return [*before, str(ctx.now())]
-
-
-workflows = [three_step, chain, gated_flow, deterministic_values]
+workflows = [three_step, chain, gated_flow]
 activities = [double, square, add, gated, add_suffix]
