@@ -38,7 +38,7 @@ def test_public_api_is_pinned() -> None:
     assert sorted(immortal.__all__) == [
         "ActivityError", "ApplicationError", "Client", "EventType", "HistoryEvent", "IdReusePolicy",
         "ImmortalError", "Names", "NonDeterminismError", "PayloadError", "RetryPolicy", "RunDescription",
-        "RunStatus", "UnknownWorkflowTypeError", "WorkflowAlreadyStartedError", "WorkflowContext", "WorkflowFailedError",
+        "RunStatus", "UnknownWorkflowTypeError", "WorkerInfo", "WorkflowAlreadyStartedError", "WorkflowContext", "WorkflowFailedError",
         "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError", "activity", "workflow",
     ]  # fmt: skip
     for name in immortal.__all__:

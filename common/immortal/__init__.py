@@ -9,7 +9,7 @@
 ...     return await ctx.activity(greet, name)
 """
 
-from immortal._client import Client, IdReusePolicy, RunDescription, WorkflowHandle
+from immortal._client import Client, IdReusePolicy, RunDescription, WorkerInfo, WorkflowHandle
 from immortal._context import WorkflowContext, WorkflowInfo
 from immortal._definitions import ActivityDecorator, WorkflowDecorator
 from immortal._errors import (
@@ -45,6 +45,7 @@ __all__ = [
     "RunDescription",
     "RunStatus",
     "UnknownWorkflowTypeError",
+    "WorkerInfo",
     "WorkflowAlreadyStartedError",
     "WorkflowContext",
     "WorkflowFailedError",

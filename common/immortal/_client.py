@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,7 +46,10 @@ from immortal._wire import (
     now_ms,
 )
 
-__all__ = ["Client", "IdReusePolicy", "RunDescription", "WorkflowHandle"]
+__all__ = ["Client", "IdReusePolicy", "RunDescription", "WorkerInfo", "WorkflowHandle"]
+
+log = logging.getLogger(__name__)
+_WORKERS_FRESH_S = 2.0  # how long start() trusts its last look at the live workers
 
 R = TypeVar("R")
 
@@ -58,6 +63,22 @@ class IdReusePolicy(StrEnum):
 
 
 _ABANDONED_CLAIM_MS = 30_000  # a claim whose start never reached history
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A live worker, as it registered itself in ``imm-workers``."""
+
+    worker: str
+    host: str
+    pid: int
+    version: str
+    queues: list[str]
+    workflows: list[str]
+    activities: list[str]
+    slots: dict[str, int]
+    tasks_held: int
+    last_seen: datetime
 
 
 @dataclass(frozen=True)
@@ -94,6 +115,7 @@ class Client:
         self._own_nc = nc is None
         self._known_queues: set[str] = set()
         self._runs_kv: KeyValue | None = None
+        self._workers_seen: dict[str, tuple[float, list[WorkerInfo]]] = {}
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -153,6 +175,7 @@ class Client:
             if existing is not None:
                 return WorkflowHandle(self, existing[0], existing[1], result_type)
         await self._register_queue(queue)
+        await self._warn_if_unserved(name, queue)
         if isinstance(execution_timeout, timedelta):
             execution_timeout = execution_timeout.total_seconds()
         if isinstance(run_timeout, timedelta):
@@ -215,6 +238,37 @@ class Client:
             return (await WorkflowHandle(self, workflow_id, run_id).describe()).status.closed
         except WorkflowNotFoundError:
             return None
+
+    async def workers(self, queue: str | None = None) -> list[WorkerInfo]:
+        """The live workers of this tenant (of one queue, if given), with their capabilities."""
+        kv = await self.nc.jetstream().key_value(self.names.bucket_workers)
+        pattern = f"{self.tenant}.{encode_token(queue)}.*" if queue else f"{self.tenant}.>"
+        watcher = await kv.watch(pattern, ignore_deletes=True)
+        found: dict[str, WorkerInfo] = {}
+        try:
+            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
+                if entry.value and entry.operation in (None, "PUT"):
+                    info = _worker_info(unpack(entry.value))
+                    found[info.worker] = info
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return sorted(found.values(), key=lambda w: w.worker)
+
+    async def _warn_if_unserved(self, workflow_type: str, queue: str) -> None:
+        """Say so when no live worker serves this type (the run still waits durably)."""
+        seen_at, live = self._workers_seen.get(queue, (0.0, []))
+        if time.monotonic() - seen_at > _WORKERS_FRESH_S:
+            try:
+                live = await self.workers(queue)
+            except Exception:  # discovery is advice; never let it block a start
+                return
+            self._workers_seen[queue] = (time.monotonic(), live)
+        if not any(workflow_type in w.workflows for w in live):
+            log.warning(
+                "no live worker on queue %r serves workflow %r: the run waits until one does",
+                queue,
+                workflow_type,
+            )
 
     async def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[Any]:
         """A handle on an existing run: the newest one of ``workflow_id`` if no run id."""
@@ -315,6 +369,21 @@ class WorkflowHandle(Generic[R]):
 
 
 _OUTCOMES = (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED)
+
+
+def _worker_info(raw: dict[str, Any]) -> WorkerInfo:
+    return WorkerInfo(
+        worker=str(raw.get("worker", "?")),
+        host=str(raw.get("host", "?")),
+        pid=int(raw.get("pid", 0)),
+        version=str(raw.get("version", "?")),
+        queues=list(raw.get("queues", [])),
+        workflows=list(raw.get("workflows", [])),
+        activities=list(raw.get("activities", [])),
+        slots=dict(raw.get("slots", {})),
+        tasks_held=len(raw.get("held", [])),
+        last_seen=_ts(int(raw.get("ts", 0))),
+    )
 
 
 def _ts(ms: int) -> datetime:

@@ -136,6 +136,36 @@ async def _dev(port: int, store: Path, example: bool) -> None:
         print("stopped", flush=True)
 
 
+@app.command()
+def workers(
+    queue: Annotated[str | None, typer.Option(help="only this queue")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """List the live workers of a tenant and what they serve."""
+
+    async def go() -> None:
+        async with Client(server, tenant=tenant, prefix=prefix) as client:
+            live = await client.workers(queue)
+        if as_json:
+            _print_json([w.__dict__ for w in live])
+            return
+        if not live:
+            where = f" on queue {queue!r}" if queue else ""
+            print(f"no live workers for tenant {tenant!r}{where}")
+        for w in live:
+            print(
+                f"{w.worker}  {w.host}:{w.pid}  v{w.version}  queues={','.join(w.queues)}  "
+                f"slots={w.slots}  holding={w.tasks_held}\n"
+                f"    workflows: {', '.join(w.workflows) or '-'}\n"
+                f"    activities: {', '.join(w.activities) or '-'}"
+            )
+
+    asyncio.run(go())
+
+
 def _json_args(args: list[str]) -> list[Any]:
     out = []
     for a in args:
