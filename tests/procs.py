@@ -66,6 +66,7 @@ async def start_worker(
     prefix: str = "imm",
     lease: float = 2.0,
     worker_id: str | None = None,
+    grace: float = 10.0,
 ) -> Proc:
     args = [
         "-m", "immortal_worker", "tests.workflows",
@@ -73,4 +74,5 @@ async def start_worker(
     ]  # fmt: skip
     if worker_id:
         args += ["--id", worker_id]
+    args += ["--grace", str(grace)]
     return await _spawn("worker", args, {"IMMORTAL_TEST_DIR": str(test_dir)}, "ready")

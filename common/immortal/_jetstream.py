@@ -171,6 +171,13 @@ class Puller:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout)
 
+    async def cancel(self) -> None:
+        """Cancel the handlers still running (after a drain that ran out of time)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+
     async def _on_msg(self, msg: Msg) -> None:
         status = (msg.headers or {}).get("Status") if not msg.data else None
         if status is not None:

@@ -171,12 +171,23 @@ class Worker:
         )  # fmt: skip
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop taking work, let in-flight tasks finish within ``grace``, disconnect."""
+        """Stop taking work, let in-flight tasks finish within ``grace``, hand the rest back
+        (NAK: another worker gets them at once), deregister, disconnect."""
         self._running = False
         for t in self._poll_tasks:
             t.cancel()
         await asyncio.gather(*self._poll_tasks, return_exceptions=True)
         await asyncio.gather(*(p.drain(grace) for p in self._pullers))
+        unfinished = list(self._held.values())
+        for msg in unfinished:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        for puller in self._pullers:
+            await puller.cancel()  # their results, if any came now, would be late and fenced
+        if unfinished:
+            log.warning(
+                "worker %s handed back %d unfinished task(s)", self.worker_id, len(unfinished)
+            )
         self._lease_ticker.cancel()  # only now: leases stay held while in-flight work drains
         self._liveness.cancel()
         await self._deregister()

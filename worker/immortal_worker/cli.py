@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
+import threading
 from types import ModuleType
 from typing import Annotated, Any
 
@@ -85,6 +87,9 @@ def serve(
     workflow_slots: int = 256,
     activity_slots: int = 64,
     worker_id: Annotated[str | None, typer.Option("--id")] = None,
+    grace: Annotated[
+        float, typer.Option(help="seconds in-flight tasks get to finish on SIGTERM")
+    ] = 10.0,
     log_level: str = "INFO",
 ) -> None:
     """Serve workflows and activities until SIGINT or SIGTERM."""
@@ -104,10 +109,10 @@ def serve(
         activity_slots=activity_slots,
         worker_id=worker_id,
     )
-    asyncio.run(_serve(worker))
+    asyncio.run(_serve(worker, grace))
 
 
-async def _serve(worker: Worker) -> None:
+async def _serve(worker: Worker, grace: float) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -115,7 +120,18 @@ async def _serve(worker: Worker) -> None:
     await worker.start()
     print(f"worker {worker.worker_id} ready", flush=True)
     await stop.wait()
-    await worker.stop()
+    await worker.stop(grace=grace)
+    stuck = [t for t in threading.enumerate() if t.name.startswith("activity")]
+    if stuck:
+        # Their tasks were handed back; a thread cannot be stopped, so leave without it
+        # (interpreter exit would join it and wait for the code to return on its own).
+        logging.getLogger(__name__).warning(
+            "leaving %d sync activity thread(s) still running; their tasks were handed back",
+            len(stuck),
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main() -> None:
