@@ -13,12 +13,13 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from immortal import Client, WorkflowFailedError
+from immortal import Client, WorkflowFailedError, WorkflowHandle
 from immortal._codec import to_wire, unpack
 from immortal._errors import PayloadError
 from immortal.testing import NatsServer
@@ -211,46 +212,59 @@ async def _result(handle: Any, timeout: float | None = None) -> None:
         raise typer.Exit(1) from exc
 
 
+RunId = Annotated[str | None, typer.Option("--run", help="run id (default: newest)")]
+
+
+def _on_run(
+    server: str,
+    tenant: str,
+    prefix: str,
+    workflow_id: str,
+    run: str | None,
+    action: Callable[[WorkflowHandle[Any]], Awaitable[None]],
+) -> None:
+    """Connect, find the run (the newest of the workflow id unless given), act on it."""
+
+    async def go() -> None:
+        async with Client(server, tenant=tenant, prefix=prefix) as client:
+            await action(await client.get_handle(workflow_id, run))
+
+    asyncio.run(go())
+
+
 @workflow_app.command("result")
 def workflow_result(
     workflow_id: str,
-    run: Annotated[str | None, typer.Option(help="run id (default: newest)")] = None,
+    run: RunId = None,
     timeout: Annotated[float | None, typer.Option(help="seconds to wait")] = None,
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
 ) -> None:
     """Wait for a run to close and print its result."""
-
-    async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
-            await _result(await client.get_handle(workflow_id, run), timeout)
-
-    asyncio.run(go())
+    _on_run(server, tenant, prefix, workflow_id, run, lambda h: _result(h, timeout))
 
 
 @workflow_app.command("describe")
 def workflow_describe(
     workflow_id: str,
-    run: Annotated[str | None, typer.Option(help="run id (default: newest)")] = None,
+    run: RunId = None,
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
 ) -> None:
     """Print where a run stands."""
 
-    async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
-            desc = await (await client.get_handle(workflow_id, run)).describe()
-            _print_json(desc.__dict__)
+    async def describe(handle: WorkflowHandle[Any]) -> None:
+        _print_json((await handle.describe()).__dict__)
 
-    asyncio.run(go())
+    _on_run(server, tenant, prefix, workflow_id, run, describe)
 
 
 @workflow_app.command("history")
 def workflow_history(
     workflow_id: str,
-    run: Annotated[str | None, typer.Option(help="run id (default: newest)")] = None,
+    run: RunId = None,
     as_json: Annotated[bool, typer.Option("--json", help="lossless JSON export")] = False,
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
@@ -258,18 +272,17 @@ def workflow_history(
 ) -> None:
     """Print a run's history, one event a line (or as JSON)."""
 
-    async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
-            events = await (await client.get_handle(workflow_id, run)).history()
-            if as_json:
-                print(json.dumps([e.model_dump(mode="json") for e in events], indent=2))
-                return
-            for e in events:
-                cause = f" <- {e.caused_by}" if e.caused_by else ""
-                attrs = {k: _readable(v) for k, v in e.attrs.items()}
-                print(f"{e.id:>4} {e.type.value:<24}{cause:<8} {json.dumps(attrs, default=str)}")
+    async def history(handle: WorkflowHandle[Any]) -> None:
+        events = await handle.history()
+        if as_json:
+            print(json.dumps([e.model_dump(mode="json") for e in events], indent=2))
+            return
+        for e in events:
+            cause = f" <- {e.caused_by}" if e.caused_by else ""
+            attrs = {k: _readable(v) for k, v in e.attrs.items()}
+            print(f"{e.id:>4} {e.type.value:<24}{cause:<8} {json.dumps(attrs, default=str)}")
 
-    asyncio.run(go())
+    _on_run(server, tenant, prefix, workflow_id, run, history)
 
 
 def _readable(value: Any) -> Any:
