@@ -9,7 +9,14 @@
 ...     return await ctx.activity(greet, name)
 """
 
-from immortal._client import Client, IdReusePolicy, RunDescription, WorkerInfo, WorkflowHandle
+from immortal._client import (
+    Client,
+    IdReusePolicy,
+    QueueStats,
+    RunDescription,
+    WorkerInfo,
+    WorkflowHandle,
+)
 from immortal._context import WorkflowContext, WorkflowInfo
 from immortal._definitions import ActivityDecorator, WorkflowDecorator
 from immortal._errors import (
@@ -41,6 +48,7 @@ __all__ = [
     "Names",
     "NonDeterminismError",
     "PayloadError",
+    "QueueStats",
     "RetryPolicy",
     "RunDescription",
     "RunStatus",

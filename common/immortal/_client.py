@@ -46,7 +46,14 @@ from immortal._wire import (
     now_ms,
 )
 
-__all__ = ["Client", "IdReusePolicy", "RunDescription", "WorkerInfo", "WorkflowHandle"]
+__all__ = [
+    "Client",
+    "IdReusePolicy",
+    "QueueStats",
+    "RunDescription",
+    "WorkerInfo",
+    "WorkflowHandle",
+]
 
 log = logging.getLogger(__name__)
 _WORKERS_FRESH_S = 2.0  # how long start() trusts its last look at the live workers
@@ -79,6 +86,23 @@ class WorkerInfo:
     slots: dict[str, int]
     tasks_held: int
     last_seen: datetime
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Backlog and in-flight work of one tenant queue: the autoscaling signal.
+
+    ``*_backlog`` is what no worker has taken yet (consumer pending); ``*_in_flight`` is
+    what workers hold under lease (ack pending).
+    """
+
+    queue: str
+    workflow_backlog: int
+    workflow_in_flight: int
+    activity_backlog: int
+    activity_in_flight: int
+    redelivered: int
+    input_backlog: int  # inputs queued durably for the hubs
 
 
 @dataclass(frozen=True)
@@ -253,6 +277,42 @@ class Client:
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
         return sorted(found.values(), key=lambda w: w.worker)
+
+    async def queues(self) -> list[QueueStats]:
+        """Backlog and in-flight work of every queue of this tenant."""
+        kv = await self.nc.jetstream().key_value(self.names.bucket_queues)
+        watcher = await kv.watch(f"{self.tenant}.*", ignore_deletes=True, meta_only=True)
+        names: set[str] = set()
+        try:
+            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
+                names.add(self.names.parse_queue_key(entry.key)[1])
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return [await self._queue_stats(q) for q in sorted(names)]
+
+    async def _queue_stats(self, queue: str) -> QueueStats:
+        js = self.nc.jetstream()
+        n = self.names
+
+        async def consumer(stream: str, name: str) -> tuple[int, int, int]:
+            try:
+                info = await js.consumer_info(stream, name)
+            except JsNotFound:  # nobody has served it yet: its backlog sits in the stream
+                return 0, 0, 0
+            return info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0
+
+        wf = await consumer(n.stream_tasks, n.task_consumer(self.tenant, queue, "wf"))
+        act = await consumer(n.stream_tasks, n.task_consumer(self.tenant, queue, "act"))
+        hub = await consumer(n.stream_in, n.hub_consumer(self.tenant, queue))
+        return QueueStats(
+            queue=queue,
+            workflow_backlog=wf[0],
+            workflow_in_flight=wf[1],
+            activity_backlog=act[0],
+            activity_in_flight=act[1],
+            redelivered=wf[2] + act[2],
+            input_backlog=hub[0] + hub[1],
+        )
 
     async def _warn_if_unserved(self, workflow_type: str, queue: str) -> None:
         """Say so when no live worker serves this type (the run still waits durably)."""

@@ -138,6 +138,33 @@ async def _dev(port: int, store: Path, example: bool) -> None:
 
 
 @app.command()
+def queues(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Backlog and in-flight work per queue (what an autoscaler watches)."""
+
+    async def go() -> None:
+        async with Client(server, tenant=tenant, prefix=prefix) as client:
+            stats = await client.queues()
+        if as_json:
+            _print_json([q.__dict__ for q in stats])
+            return
+        print(
+            f"{'queue':<24} {'wf backlog':>10} {'wf held':>8} {'act backlog':>11} {'act held':>9}"
+        )
+        for q in stats:
+            print(
+                f"{q.queue:<24} {q.workflow_backlog:>10} {q.workflow_in_flight:>8} "
+                f"{q.activity_backlog:>11} {q.activity_in_flight:>9}"
+            )
+
+    asyncio.run(go())
+
+
+@app.command()
 def workers(
     queue: Annotated[str | None, typer.Option(help="only this queue")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
