@@ -36,7 +36,7 @@ def test_dependencies_flow_one_way() -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(immortal.__all__) == [
-        "ActivityError", "ApplicationError", "Client", "EventType", "HistoryEvent", "IdReusePolicy",
+        "ActivityCancelledError", "ActivityError", "ApplicationError", "Client", "EventType", "HistoryEvent", "IdReusePolicy",
         "ImmortalError", "Names", "NonDeterminismError", "PayloadError", "QueueStats", "RetryPolicy", "RunDescription",
         "RunStatus", "UnknownWorkflowTypeError", "WorkerInfo", "WorkflowAlreadyStartedError", "WorkflowContext", "WorkflowFailedError",
         "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError", "activity", "workflow",

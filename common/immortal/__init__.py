@@ -20,6 +20,7 @@ from immortal._client import (
 from immortal._context import WorkflowContext, WorkflowInfo
 from immortal._definitions import ActivityDecorator, WorkflowDecorator
 from immortal._errors import (
+    ActivityCancelledError,
     ActivityError,
     ApplicationError,
     ImmortalError,
@@ -38,6 +39,7 @@ workflow = WorkflowDecorator()
 activity = ActivityDecorator()
 
 __all__ = [
+    "ActivityCancelledError",
     "ActivityError",
     "ApplicationError",
     "Client",

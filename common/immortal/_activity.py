@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["ActivityInfo", "current_activity"]
+from immortal._errors import ActivityCancelledError
+
+__all__ = ["ActivityInfo", "Heartbeats", "current_activity", "current_heartbeats"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,7 @@ class ActivityInfo:
     name: str
     attempt: int
     worker: str
+    heartbeat_details: Any = None  # the last details an earlier attempt heartbeated
 
     @property
     def idempotency_key(self) -> str:
@@ -29,3 +34,23 @@ class ActivityInfo:
 
 
 current_activity: ContextVar[ActivityInfo | None] = ContextVar("immortal_activity", default=None)
+
+
+@dataclass
+class Heartbeats:
+    """The running attempt's heartbeat state; thread-safe, since sync activities run in threads."""
+
+    details: Any = None
+    beats: int = 0
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    reason: str = ""
+
+    def beat(self, details: Any) -> None:
+        if self.cancelled.is_set():
+            raise ActivityCancelledError(self.reason or "the attempt was cancelled")
+        if details is not None:
+            self.details = details
+        self.beats += 1
+
+
+current_heartbeats: ContextVar[Heartbeats | None] = ContextVar("immortal_heartbeats", default=None)

@@ -85,6 +85,7 @@ class WorkflowContext:
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
         schedule_to_start: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
     ) -> R: ...
     @overload
     async def activity(
@@ -96,6 +97,7 @@ class WorkflowContext:
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
         schedule_to_start: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
         result_type: type[R],
     ) -> R: ...
     @overload
@@ -108,6 +110,7 @@ class WorkflowContext:
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
         schedule_to_start: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
     ) -> Any: ...
     async def activity(
         self,
@@ -118,6 +121,7 @@ class WorkflowContext:
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
         schedule_to_start: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
         result_type: Any = None,
     ) -> Any:
         """Run an activity and return its result (durably, exactly once in history).
@@ -128,7 +132,9 @@ class WorkflowContext:
 
         >>> receipt = await ctx.activity(charge, order.id, order.cents, start_to_close=30)
         """
-        call = ActivityOptions(queue, retry, start_to_close, schedule_to_close, schedule_to_start)
+        call = ActivityOptions(
+            queue, retry, start_to_close, schedule_to_close, schedule_to_start, heartbeat_timeout
+        )
         if isinstance(fn, str):
             name, hint, options = fn, result_type, call
         else:

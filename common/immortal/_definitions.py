@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from immortal._activity import ActivityInfo, current_activity
+from immortal._activity import ActivityInfo, current_activity, current_heartbeats
 from immortal._retry import RetryPolicy
 
 __all__ = [
@@ -57,6 +57,7 @@ class ActivityOptions:
     start_to_close: float | timedelta | None = None
     schedule_to_close: float | timedelta | None = None
     schedule_to_start: float | timedelta | None = None
+    heartbeat_timeout: float | timedelta | None = None
 
     def merged(self, override: ActivityOptions) -> ActivityOptions:
         return ActivityOptions(
@@ -65,6 +66,7 @@ class ActivityOptions:
             start_to_close=override.start_to_close or self.start_to_close,
             schedule_to_close=override.schedule_to_close or self.schedule_to_close,
             schedule_to_start=override.schedule_to_start or self.schedule_to_start,
+            heartbeat_timeout=override.heartbeat_timeout or self.heartbeat_timeout,
         )
 
     @property
@@ -78,6 +80,10 @@ class ActivityOptions:
     @property
     def schedule_to_start_s(self) -> float | None:
         return _seconds(self.schedule_to_start)
+
+    @property
+    def heartbeat_timeout_s(self) -> float | None:
+        return _seconds(self.heartbeat_timeout)
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,7 @@ class ActivityDecorator:
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
         schedule_to_start: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
     ) -> Callable[[F], F]: ...
     def __call__(
         self,
@@ -180,13 +187,27 @@ class ActivityDecorator:
         start_to_close: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
         schedule_to_start: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
     ) -> Any:
         options = ActivityOptions(
-            queue, retry, start_to_close, schedule_to_close, schedule_to_start
+            queue, retry, start_to_close, schedule_to_close, schedule_to_start, heartbeat_timeout
         )
         if fn is not None:
             return _make_activity(fn, name, options)
         return lambda f: _make_activity(f, name, options)
+
+    @staticmethod
+    def heartbeat(details: Any = None) -> None:
+        """Report progress; ``details`` (any encodable value) reach the next attempt.
+
+        With a ``heartbeat_timeout``, an attempt that stops heartbeating for that long is
+        timed out and retried. Raises :class:`ActivityCancelledError` once the attempt no
+        longer counts; sync activities should let it propagate.
+        """
+        beats = current_heartbeats.get()
+        if beats is None:
+            raise RuntimeError("immortal.activity.heartbeat() called outside an activity")
+        beats.beat(details)
 
     @staticmethod
     def info() -> ActivityInfo:

@@ -6,6 +6,7 @@ import traceback as _tb
 from typing import Any
 
 __all__ = [
+    "ActivityCancelledError",
     "ActivityError",
     "ApplicationError",
     "ImmortalError",
@@ -73,6 +74,11 @@ class WorkflowAlreadyStartedError(ImmortalError):
         super().__init__(f"workflow {workflow_id!r} already has run {run_id}")
         self.workflow_id = workflow_id
         self.run_id = run_id
+
+
+class ActivityCancelledError(ImmortalError):
+    """Raised in activity code (from ``heartbeat()``) once its attempt no longer counts:
+    timed out, or its lease handed to another worker. Stop and let it propagate."""
 
 
 class NonDeterminismError(ImmortalError):

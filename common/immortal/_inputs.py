@@ -20,13 +20,14 @@ from nats.js.errors import NoStreamResponseError
 from immortal._errors import ImmortalError, PayloadError
 from immortal._names import InputKind, Names
 
-__all__ = ["BUSY", "OK", "REJECTED", "send_input"]
+__all__ = ["BUSY", "OK", "REJECTED", "STALE", "send_input"]
 
 log = logging.getLogger(__name__)
 
 OK = b"ok"
 BUSY = b"busy"
 REJECTED = b"rejected:"
+STALE = b"stale:"  # a heartbeat's attempt no longer counts
 
 
 async def send_input(

@@ -17,7 +17,7 @@ _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 _ESCAPE = "="
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
-InputKind = Literal["start", "wft", "act", "started"]
+InputKind = Literal["start", "wft", "act", "started", "heartbeat"]
 TaskKind = Literal["wf", "act"]
 
 

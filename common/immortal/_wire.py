@@ -16,6 +16,7 @@ from immortal._codec import pack, unpack
 from immortal._errors import PayloadError
 
 __all__ = [
+    "ActivityHeartbeat",
     "ActivityResult",
     "ActivityStarted",
     "ActivityTask",
@@ -87,6 +88,7 @@ class EventType(StrEnum):
     ACTIVITY_ATTEMPT_FAILED = "ActivityAttemptFailed"
     ACTIVITY_ATTEMPT_SCHEDULED = "ActivityAttemptScheduled"
     ACTIVITY_ATTEMPT_STARTED = "ActivityAttemptStarted"
+    ACTIVITY_HEARTBEAT = "ActivityHeartbeat"
     ACTIVITY_COMPLETED = "ActivityCompleted"
     ACTIVITY_FAILED = "ActivityFailed"
     ACTIVITY_RESULT_IGNORED = "ActivityResultIgnored"
@@ -136,6 +138,9 @@ class OpenActivity(_Model):
     schedule_to_close: float | None = None  # seconds for all attempts together
     schedule_to_start: float | None = None  # seconds an attempt may wait for a worker
     started: bool = False  # only tracked when schedule_to_start is set
+    heartbeat_timeout: float | None = None
+    heartbeat_details: bytes | None = None  # the latest, handed to the next attempt
+    last_heartbeat_ts: int = 0
     scheduled_ts: int = 0
 
 
@@ -184,6 +189,7 @@ class ScheduleActivity(_Model):
     start_to_close: float | None = None
     schedule_to_close: float | None = None
     schedule_to_start: float | None = None
+    heartbeat_timeout: float | None = None
 
 
 class CompleteWorkflow(_Model):
@@ -249,6 +255,7 @@ class TimerFired(_Model):
         "schedule_to_start",
         "execution_timeout",
         "run_timeout",
+        "heartbeat_timeout",
     ] = "retry"
     scheduled_id: int = 0  # the activity it concerns...
     attempt: int = 0  # ...and the attempt
@@ -264,6 +271,18 @@ class ActivityStarted(_Model):
     delivery: int
     worker: str
     result_id: str
+
+
+class ActivityHeartbeat(_Model):
+    """Progress of a running attempt; the hub's reply says whether the attempt still counts."""
+
+    workflow_id: str
+    run_id: str
+    scheduled_id: int
+    attempt: int
+    worker: str
+    result_id: str
+    details: bytes | None = None
 
 
 # -- tasks (hub -> workers, on IMM_TASKS) ----------------------------------------------
@@ -302,3 +321,5 @@ class ActivityTask(_Model):
     attempt: int = 1
     start_to_close: float | None = None  # the worker arms this timer when the attempt starts
     schedule_to_start: float | None = None  # the worker reports the start to the hub
+    heartbeat_timeout: float | None = None
+    heartbeat_details: bytes | None = None

@@ -27,12 +27,13 @@ from nats.js.errors import BadRequestError
 
 from immortal._codec import pack, unpack
 from immortal._errors import PayloadError
-from immortal._inputs import BUSY, OK, REJECTED
+from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
 from immortal._names import Names
 from immortal._timers import schedule_headers
 from immortal._wire import (
+    ActivityHeartbeat,
     ActivityResult,
     ActivityStarted,
     AppliedTransition,
@@ -50,6 +51,8 @@ from immortal_hub._transitions import (
     Emission,
     InvalidInput,
     Outcome,
+    StaleAttempt,
+    apply_activity_heartbeat,
     apply_activity_result,
     apply_activity_started,
     apply_start,
@@ -288,6 +291,8 @@ class Hub:
             except InvalidInput as exc:
                 await self._dead_letter(msg, str(exc))
                 return
+            except StaleAttempt as exc:
+                log.info("%s: %s", msg.subject, exc)  # a late heartbeat: nothing to do
             await msg.ack()
         except asyncio.CancelledError:
             raise
@@ -321,6 +326,8 @@ class Hub:
             applied = await self._apply(tenant, queue, kind, body)
             if applied is not None and kind == "wft":
                 reply = OK + b":" + encode(applied)  # the worker's cache skips a read
+        except StaleAttempt as exc:
+            reply = STALE + b" " + str(exc).encode()
         except (PayloadError, ValueError, InvalidInput) as exc:
             reason = f"undecodable input: {exc}" if not isinstance(exc, InvalidInput) else str(exc)
             await self._keep_dead_letter(
@@ -347,6 +354,8 @@ class Hub:
             return decode(TimerFired, data)
         if kind == "started":
             return decode(ActivityStarted, data)
+        if kind == "heartbeat":
+            return decode(ActivityHeartbeat, data)
         raise PayloadError(f"unknown input kind {kind!r}")
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
@@ -383,7 +392,7 @@ class Hub:
                 state, seq, cached = await self._load(subject)
                 try:
                     outcome = self._transition(state, queue, body)
-                except InvalidInput:
+                except (InvalidInput, StaleAttempt):
                     if cached:  # judge only on fresh state: another hub may have moved on
                         self._cache.pop(subject, None)
                         continue
@@ -424,6 +433,8 @@ class Hub:
             return apply_timer_fired(state, body, now)
         if isinstance(body, ActivityStarted):
             return apply_activity_started(state, body, now)
+        if isinstance(body, ActivityHeartbeat):
+            return apply_activity_heartbeat(state, body, now)
         return apply_activity_result(state, body, now)
 
     async def _load(self, subject: str) -> tuple[RunState | None, int, bool]:

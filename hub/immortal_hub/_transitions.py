@@ -12,6 +12,7 @@ from typing import Any, Literal
 from immortal._names import TaskKind
 from immortal._retry import RetryPolicy
 from immortal._wire import (
+    ActivityHeartbeat,
     ActivityResult,
     ActivityStarted,
     ActivityTask,
@@ -35,6 +36,8 @@ __all__ = [
     "Emission",
     "InvalidInput",
     "Outcome",
+    "StaleAttempt",
+    "apply_activity_heartbeat",
     "apply_activity_result",
     "apply_activity_started",
     "apply_start",
@@ -49,6 +52,10 @@ _APPLIED_KEPT = 64
 
 class InvalidInput(Exception):
     """The input cannot apply to any run (it goes to the dead-letter subject)."""
+
+
+class StaleAttempt(Exception):
+    """A heartbeat from an attempt that no longer counts: its worker should stop."""
 
 
 @dataclass
@@ -199,6 +206,7 @@ def _apply_commands(b: _Builder, done_id: int, commands: list[Command]) -> None:
                 start_to_close=command.start_to_close,
                 schedule_to_close=command.schedule_to_close,
                 schedule_to_start=command.schedule_to_start,
+                heartbeat_timeout=command.heartbeat_timeout,
                 scheduled_ts=ev.ts,
             )
         elif isinstance(command, CompleteWorkflow):
@@ -319,29 +327,68 @@ def apply_timer_fired(state: RunState | None, fired: TimerFired, now: int) -> Ou
         failure = Failure(type="ScheduleToCloseTimeout", message=message, non_retryable=True)
         _fail_attempt(b, fired.scheduled_id, failure, {"attempt": act.attempt})
         return b.outcome(input_id)
-    if act.attempt != fired.attempt:
+    if act.attempt != fired.attempt or not _attempt_timer(b, act, fired):
         return stale
-    if fired.kind == "schedule_to_start" and act.retry_at is None and not act.started:
-        message = f"no worker started attempt {act.attempt} within {act.schedule_to_start:g}s"
-        failure = Failure(type="ScheduleToStartTimeout", message=message)
-        _fail_attempt(b, fired.scheduled_id, failure, {"attempt": act.attempt})
-        return b.outcome(input_id)
-    if fired.kind == "start_to_close" and act.retry_at is None:
-        message = f"attempt {act.attempt} did not finish within {act.start_to_close:g}s"
-        failure = Failure(type="StartToCloseTimeout", message=message)
-        _fail_attempt(b, fired.scheduled_id, failure, {"attempt": act.attempt})
-        return b.outcome(input_id)
-    if fired.kind == "retry" and act.retry_at is not None:
+    return b.outcome(input_id)
+
+
+def _attempt_timer(b: _Builder, act: OpenActivity, fired: TimerFired) -> bool:
+    """Apply a timer that concerns the current attempt; False if it changes nothing."""
+    sid, now = fired.scheduled_id, b.now
+    if fired.kind == "retry":
+        if act.retry_at is None:
+            return False
         b.add(
             EventType.ACTIVITY_ATTEMPT_SCHEDULED,
-            fired.scheduled_id,
+            sid,
             attempt=act.attempt,
             due=act.retry_at,
             late_ms=now - act.retry_at,
         )
         act.retry_at = None
-        return b.outcome(input_id)
-    return stale
+        return True
+    if act.retry_at is not None:
+        return False  # the attempt already failed; its next one waits for its backoff
+    if fired.kind == "schedule_to_start" and not act.started:
+        message = f"no worker started attempt {act.attempt} within {act.schedule_to_start:g}s"
+        failure = Failure(type="ScheduleToStartTimeout", message=message)
+    elif fired.kind == "heartbeat_timeout":
+        timeout_ms = round((act.heartbeat_timeout or 0) * 1000)
+        if act.last_heartbeat_ts and now < act.last_heartbeat_ts + timeout_ms:
+            return False  # a heartbeat re-armed it while this firing was on its way
+        message = f"attempt {act.attempt} sent no heartbeat for {act.heartbeat_timeout:g}s"
+        failure = Failure(type="HeartbeatTimeout", message=message)
+    elif fired.kind == "start_to_close":
+        message = f"attempt {act.attempt} did not finish within {act.start_to_close:g}s"
+        failure = Failure(type="StartToCloseTimeout", message=message)
+    else:
+        return False
+    _fail_attempt(b, sid, failure, {"attempt": act.attempt})
+    return True
+
+
+def apply_activity_heartbeat(state: RunState | None, beat: ActivityHeartbeat, now: int) -> Outcome:
+    """Record progress and push the heartbeat deadline out; refuse a stale attempt."""
+    if state is None:
+        raise InvalidInput(f"heartbeat for unknown run {beat.run_id}")
+    if beat.result_id in state.applied:
+        return Outcome(duplicate=True)
+    act = state.activities.get(beat.scheduled_id)
+    if state.status.closed or act is None or act.attempt != beat.attempt or act.retry_at:
+        raise StaleAttempt(f"attempt {beat.attempt} no longer counts (timed out or closed)")
+    state = state.model_copy(deep=True)
+    act = state.activities[beat.scheduled_id]
+    act.heartbeat_details = beat.details
+    act.last_heartbeat_ts = now
+    b = _Builder(state, now)
+    b.add(
+        EventType.ACTIVITY_HEARTBEAT,
+        beat.scheduled_id,
+        attempt=beat.attempt,
+        worker=beat.worker,
+        details=beat.details,
+    )
+    return b.outcome(beat.result_id)
 
 
 def apply_activity_started(state: RunState | None, started: ActivityStarted, now: int) -> Outcome:
@@ -384,6 +431,14 @@ def emissions_for(
             if act.schedule_to_close is not None:
                 due = ev.ts + round(act.schedule_to_close * 1000)
                 out.append(_timer(state, f"s2c-{ev.id}", "schedule_to_close", due, ev.id))
+        elif ev.type is EventType.ACTIVITY_HEARTBEAT and ev.caused_by in state.activities:
+            act = state.activities[ev.caused_by]
+            if act.heartbeat_timeout is not None:
+                due = ev.ts + round(act.heartbeat_timeout * 1000)
+                timer = f"hb-{ev.caused_by}-{act.attempt}"
+                out.append(
+                    _timer(state, timer, "heartbeat_timeout", due, ev.caused_by, act.attempt)
+                )
         elif ev.type is EventType.WORKFLOW_STARTED:
             for kind, seconds in (
                 ("execution_timeout", state.execution_timeout),
@@ -458,7 +513,10 @@ def _timer(
         scheduled_id=scheduled_id,
         attempt=attempt,
     )
-    return Emission("timer", state.queue, f"{state.run_id}:{timer}", body, due_ms=due_ms)
+    # The due time is part of the id: re-emitting the same timer dedupes, re-arming it
+    # (a heartbeat pushing its deadline out) must not.
+    msg_id = f"{state.run_id}:{timer}:{due_ms}"
+    return Emission("timer", state.queue, msg_id, body, due_ms=due_ms)
 
 
 def _activity_task(state: RunState, scheduled_id: int, act: OpenActivity) -> Emission:
@@ -474,5 +532,7 @@ def _activity_task(state: RunState, scheduled_id: int, act: OpenActivity) -> Emi
         attempt=act.attempt,
         start_to_close=act.start_to_close,
         schedule_to_start=act.schedule_to_start,
+        heartbeat_timeout=act.heartbeat_timeout,
+        heartbeat_details=act.heartbeat_details,
     )
     return Emission("act", act.queue, f"{state.run_id}:{scheduled_id}:{act.attempt}", body)

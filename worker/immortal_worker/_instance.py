@@ -101,6 +101,7 @@ class WorkflowInstance(WorkflowRuntime):
                 start_to_close=options.start_to_close_s,
                 schedule_to_close=options.schedule_to_close_s,
                 schedule_to_start=options.schedule_to_start_s,
+                heartbeat_timeout=options.heartbeat_timeout_s,
             )
             self._pending.append(command)
         return fut

@@ -23,12 +23,14 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 from nats.js.errors import NotFoundError as JsNotFound
 
-from immortal._activity import ActivityInfo, current_activity
-from immortal._codec import decode_args, encode_value, pack
+from immortal._activity import ActivityInfo, Heartbeats, current_activity, current_heartbeats
+from immortal._codec import decode_args, decode_value, encode_value, pack
 from immortal._context import WorkflowInfo
 from immortal._definitions import (
     ActivityDefinition,
@@ -43,12 +45,13 @@ from immortal._errors import (
     UnknownWorkflowTypeError,
     failure_from_exception,
 )
-from immortal._inputs import send_input
+from immortal._inputs import STALE, send_input
 from immortal._jetstream import Puller, read_subject
 from immortal._locks import KeyedLocks
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
 from immortal._timers import schedule_headers
 from immortal._wire import (
+    ActivityHeartbeat,
     ActivityResult,
     ActivityStarted,
     ActivityTask,
@@ -269,13 +272,33 @@ class Worker:
             if task.schedule_to_start is not None:
                 await self._report_start(task, delivery)
             if task.start_to_close is not None:
-                await self._arm_start_to_close(task, started)
+                await self._arm_timer(task, "start_to_close", task.start_to_close, started)
+            if task.heartbeat_timeout is not None:
+                await self._arm_timer(task, "heartbeat_timeout", task.heartbeat_timeout, started)
+            beats = Heartbeats()
+            runner = asyncio.create_task(self._run_activity(task, beats))
+            sender = None
+            if task.heartbeat_timeout is not None:
+                sender = asyncio.create_task(self._send_heartbeats(task, delivery, beats, runner))
             result: bytes | None = None
             failure: Failure | None = None
             try:
-                result = await self._run_activity(task)
+                result = await runner
+            except asyncio.CancelledError:
+                if not beats.cancelled.is_set():
+                    raise
             except Exception as exc:
                 failure = Failure.model_validate(failure_from_exception(exc))
+            finally:
+                if sender is not None:
+                    sender.cancel()
+            if beats.cancelled.is_set():
+                # The attempt no longer counts (timed out, or retried elsewhere): stop here.
+                log.warning(
+                    "activity %s attempt %d cancelled: %s", task.name, task.attempt, beats.reason
+                )
+                await msg.ack()
+                return
             body = ActivityResult(
                 workflow_id=task.workflow_id,
                 run_id=task.run_id,
@@ -305,27 +328,62 @@ class Worker:
         )
         await self._send(task.workflow_queue, "started", encode(body), body.result_id)
 
-    async def _arm_start_to_close(self, task: ActivityTask, started: int) -> None:
+    async def _send_heartbeats(
+        self, task: ActivityTask, delivery: int, beats: Heartbeats, runner: asyncio.Task[bytes]
+    ) -> None:
+        """Send progress to the hub (only when there was some), a third of the timeout apart.
+
+        The hub's reply says whether the attempt still counts; if not, the attempt is
+        cancelled (an async activity at once, a sync one at its next ``heartbeat()``).
+        """
+        assert task.heartbeat_timeout is not None
+        sent, n = 0, 0
+        subject = self.names.rpc_subject(self.tenant, task.workflow_queue, "heartbeat")
+        while not runner.done():
+            await asyncio.sleep(task.heartbeat_timeout / 3)
+            if beats.beats == sent:
+                continue  # no progress: let the heartbeat timer run out
+            sent, n = beats.beats, n + 1
+            body = ActivityHeartbeat(
+                workflow_id=task.workflow_id,
+                run_id=task.run_id,
+                scheduled_id=task.scheduled_id,
+                attempt=task.attempt,
+                worker=self.worker_id,
+                result_id=f"hb:{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}:{n}",
+                details=None if beats.details is None else encode_value(beats.details),
+            )
+            try:
+                reply = await self.nc.request(subject, encode(body), timeout=5.0)
+            except (NoRespondersError, NatsTimeout):
+                continue  # no hub now; the timer decides
+            if reply.data.startswith(STALE):
+                beats.reason = reply.data[len(STALE) :].decode(errors="replace").strip()
+                beats.cancelled.set()
+                runner.cancel()
+                return
+
+    async def _arm_timer(self, task: ActivityTask, kind: Any, seconds: float, started: int) -> None:
         """The attempt's clock starts now, where it runs: a durable timer tells the hub."""
-        assert task.start_to_close is not None
-        timer = f"stc-{task.scheduled_id}-{task.attempt}"
+        prefix = "stc" if kind == "start_to_close" else "hb"
+        timer = f"{prefix}-{task.scheduled_id}-{task.attempt}"
         body = TimerFired(
             workflow_id=task.workflow_id,
             run_id=task.run_id,
             timer=timer,
-            kind="start_to_close",
+            kind=kind,
             scheduled_id=task.scheduled_id,
             attempt=task.attempt,
         )
-        due = started + round(task.start_to_close * 1000)
+        due = started + round(seconds * 1000)
         target = self.names.fired_subject(self.tenant, task.workflow_queue)
         await self.js.publish(
             self.names.timer_subject(self.tenant, task.run_id, timer),
             encode(body),
-            headers=schedule_headers(due, target, f"{task.run_id}:{timer}"),
+            headers=schedule_headers(due, target, f"{task.run_id}:{timer}:{due}"),
         )
 
-    async def _run_activity(self, task: ActivityTask) -> bytes:
+    async def _run_activity(self, task: ActivityTask, beats: Heartbeats) -> bytes:
         defn = self.activities.get(task.name)
         if defn is None:
             raise ApplicationError(
@@ -343,8 +401,10 @@ class Worker:
             name=task.name,
             attempt=task.attempt,
             worker=self.worker_id,
+            heartbeat_details=decode_value(task.heartbeat_details),
         )
         token = current_activity.set(info)
+        beats_token = current_heartbeats.set(beats)
         try:
             if defn.is_async:
                 value = await defn.fn(*args)
@@ -355,6 +415,7 @@ class Worker:
                 )
         finally:
             current_activity.reset(token)
+            current_heartbeats.reset(beats_token)
         return encode_value(value)
 
     @contextlib.asynccontextmanager
