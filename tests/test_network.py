@@ -89,3 +89,39 @@ async def test_sigterm_with_three_activities_in_flight_loses_and_repeats_nothing
         gated = next(e for e in history if e.type is EventType.ACTIVITY_COMPLETED)
         assert gated.attrs["worker"] == ("leaving" if finish_in_grace else "staying")
         assert not any(e.type is EventType.ACTIVITY_RESULT_IGNORED for e in history)
+
+
+async def test_frozen_worker_loses_its_attempt_and_is_cancelled_when_it_thaws(
+    nats_url: str, prefix: str, client: Client, test_dir: Path
+) -> None:
+    from tests.workflows import beating_flow
+
+    # A frozen worker also holds what its open pull request received after its last
+    # registration; that waits out the lease (5 s here), since it was never listed.
+    frozen = await start_worker(nats_url, test_dir, prefix=prefix, lease=5, worker_id="frozen")
+    handle = await client.start(beating_flow, "ice")
+    async with asyncio.timeout(20):
+        while not list(test_dir.glob(f"started-ice-{frozen.pid}")):
+            await asyncio.sleep(0.02)
+    frozen.proc.send_signal(signal.SIGSTOP)  # frozen, not dead: past its heartbeat timeout
+    await asyncio.sleep(2.5)
+    other = await start_worker(nats_url, test_dir, prefix=prefix, lease=5, worker_id="other")
+    (test_dir / f"gate-ice-{other.pid}").touch()  # only the other worker's attempts can finish
+    try:
+        result = await handle.result(timeout=30)
+        frozen.proc.send_signal(signal.SIGCONT)
+        async with asyncio.timeout(15):
+            while not list(test_dir.glob(f"cancelled-ice-{frozen.pid}")):
+                await asyncio.sleep(0.05)
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+        await frozen.stop()
+        await other.stop()
+    assert result == f"ice done by {other.pid}"
+    history = await handle.history()
+    assert_well_formed(history)
+    completed = [e for e in history if e.type is EventType.ACTIVITY_COMPLETED]
+    assert len(completed) == 1 and completed[0].attrs["worker"] == "other"
+    timed_out = [e for e in history if e.type is EventType.ACTIVITY_ATTEMPT_FAILED]
+    assert timed_out[0].attrs["failure"]["type"] == "HeartbeatTimeout"
+    assert timed_out[0].attrs["attempt"] == 1

@@ -67,3 +67,31 @@ async def add_suffix(s: str) -> str:
 
 workflows = [three_step, chain, gated_flow]
 activities = [double, square, add, gated, add_suffix]
+
+
+@immortal.activity(
+    heartbeat_timeout=1.0,
+    retry=immortal.RetryPolicy(initial_interval=0.1, jitter=0, maximum_attempts=5),
+)
+def beating(tag: str) -> str:
+    """Heartbeats until its process's gate opens; records (in a file) being cancelled."""
+    d = _dir()
+    pid = os.getpid()
+    (d / f"started-{tag}-{pid}").touch()
+    try:
+        while not (d / f"gate-{tag}-{pid}").exists():
+            time.sleep(0.1)
+            immortal.activity.heartbeat()
+    except immortal.ActivityCancelledError:
+        (d / f"cancelled-{tag}-{pid}").touch()
+        raise
+    return f"{tag} done by {pid}"
+
+
+@immortal.workflow
+async def beating_flow(ctx: WorkflowContext, tag: str) -> str:
+    return await ctx.activity(beating, tag)
+
+
+workflows = [*workflows, beating_flow]
+activities = [*activities, beating]
