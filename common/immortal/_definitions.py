@@ -95,14 +95,6 @@ class ActivityDefinition:
     return_type: Any
     options: ActivityOptions = ActivityOptions()
 
-    @property
-    def queue(self) -> str | None:
-        return self.options.queue
-
-    @property
-    def retry(self) -> RetryPolicy | None:
-        return self.options.retry
-
 
 def _hints(fn: Callable[..., Any], skip: int) -> tuple[tuple[Any, ...], Any]:
     try:

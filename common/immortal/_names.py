@@ -161,10 +161,6 @@ class Names:
     def audit_subject(self, tenant: str) -> str:
         return f"{self.prefix}.audit.{tenant}"
 
-    def done_subject(self, tenant: str, workflow_id: str, run_id: str) -> str:
-        """Core-NATS notice that a run closed (a hint for waiters; history is the truth)."""
-        return f"{self.prefix}.done.{tenant}.{encode_token(workflow_id)}.{encode_token(run_id)}"
-
     def parse_input_subject(self, subject: str) -> tuple[str, str, str]:
         """``imm.{in,rpc}.<tenant>.<queue>.<kind>`` → (tenant, queue, kind).
 

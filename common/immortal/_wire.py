@@ -96,10 +96,6 @@ class EventType(StrEnum):
     WORKFLOW_FAILED = "WorkflowFailed"
 
 
-# Events that bring news to workflow code (they resolve futures or start it).
-EXTERNAL_EVENTS = frozenset(
-    {EventType.WORKFLOW_STARTED, EventType.ACTIVITY_COMPLETED, EventType.ACTIVITY_FAILED}
-)
 # Events that echo a command the workflow code issued.
 COMMAND_EVENTS = frozenset(
     {EventType.ACTIVITY_SCHEDULED, EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED}

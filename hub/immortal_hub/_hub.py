@@ -17,6 +17,7 @@ import os
 import socket
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -24,6 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
+from pydantic import BaseModel
 
 from immortal._codec import pack, unpack
 from immortal._errors import PayloadError
@@ -63,6 +65,17 @@ from immortal_hub._transitions import (
 )
 
 __all__ = ["Hub"]
+
+_Apply = Callable[[RunState | None, Any, str, int], Outcome]
+# Every input kind: its wire model, and how it applies to (state, body, queue, now).
+_INPUTS: dict[str, tuple[type[BaseModel], _Apply]] = {
+    "start": (StartWorkflow, apply_start),
+    "wft": (WorkflowTaskResult, lambda s, b, q, now: apply_workflow_task_result(s, b, now)),
+    "act": (ActivityResult, lambda s, b, q, now: apply_activity_result(s, b, now)),
+    "timer": (TimerFired, lambda s, b, q, now: apply_timer_fired(s, b, now)),
+    "started": (ActivityStarted, lambda s, b, q, now: apply_activity_started(s, b, now)),
+    "heartbeat": (ActivityHeartbeat, lambda s, b, q, now: apply_activity_heartbeat(s, b, now)),
+}
 
 log = logging.getLogger(__name__)
 
@@ -344,19 +357,9 @@ class Hub:
 
     @staticmethod
     def _decode(kind: str, data: bytes) -> Any:
-        if kind == "start":
-            return decode(StartWorkflow, data)
-        if kind == "wft":
-            return decode(WorkflowTaskResult, data)
-        if kind == "act":
-            return decode(ActivityResult, data)
-        if kind == "timer":
-            return decode(TimerFired, data)
-        if kind == "started":
-            return decode(ActivityStarted, data)
-        if kind == "heartbeat":
-            return decode(ActivityHeartbeat, data)
-        raise PayloadError(f"unknown input kind {kind!r}")
+        if kind not in _INPUTS:
+            raise PayloadError(f"unknown input kind {kind!r}")
+        return decode(_INPUTS[kind][0], data)
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         """Keep the input, with the reason, on the dead-letter subject; then ack it."""
@@ -391,7 +394,7 @@ class Hub:
             for _ in range(_MAX_RACES):
                 state, seq, cached = await self._load(subject)
                 try:
-                    outcome = self._transition(state, queue, body)
+                    outcome = self._transition(state, queue, kind, body)
                 except (InvalidInput, StaleAttempt):
                     if cached:  # judge only on fresh state: another hub may have moved on
                         self._cache.pop(subject, None)
@@ -423,19 +426,8 @@ class Hub:
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
 
     @staticmethod
-    def _transition(state: RunState | None, queue: str, body: Any) -> Outcome:
-        now = now_ms()
-        if isinstance(body, StartWorkflow):
-            return apply_start(state, body, queue, now)
-        if isinstance(body, WorkflowTaskResult):
-            return apply_workflow_task_result(state, body, now)
-        if isinstance(body, TimerFired):
-            return apply_timer_fired(state, body, now)
-        if isinstance(body, ActivityStarted):
-            return apply_activity_started(state, body, now)
-        if isinstance(body, ActivityHeartbeat):
-            return apply_activity_heartbeat(state, body, now)
-        return apply_activity_result(state, body, now)
+    def _transition(state: RunState | None, queue: str, kind: str, body: Any) -> Outcome:
+        return _INPUTS[kind][1](state, body, queue, now_ms())
 
     async def _load(self, subject: str) -> tuple[RunState | None, int, bool]:
         """(state, history sequence, whether it came from this hub's cache)."""

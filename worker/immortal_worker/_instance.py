@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ from immortal._wire import (
 from immortal_worker._loop import WorkflowLoop
 
 __all__ = ["CacheStale", "WorkflowInstance"]
+
+log = logging.getLogger(__name__)
 
 _Command = ScheduleActivity | CompleteWorkflow | FailWorkflow
 
@@ -63,7 +66,7 @@ class WorkflowInstance(WorkflowRuntime):
         self.worker_id = worker_id
         # Activities scheduled by name take the declared options of one registered here.
         self._activities = activities or {}
-        self.loop = WorkflowLoop()  # type: ignore[abstract]  # the unused I/O half is refused
+        self.loop = WorkflowLoop(self._side_task_failed)  # type: ignore[abstract]
         self.ctx = WorkflowContext(info, self)
         self.events: list[HistoryEvent] = []
         self.last_seq = 0  # history stream sequence read so far
@@ -73,7 +76,6 @@ class WorkflowInstance(WorkflowRuntime):
         self._pending: list[_Command] = []
         self._by_seq: dict[int, asyncio.Future[bytes]] = {}
         self._by_event: dict[int, tuple[str, asyncio.Future[bytes]]] = {}
-        self._names: dict[int, str] = {}
         self._main: asyncio.Task[Any] | None = None
         self._finished = False
         self._replaying = False
@@ -87,7 +89,6 @@ class WorkflowInstance(WorkflowRuntime):
         self._seq += 1
         fut: asyncio.Future[bytes] = self.loop.create_future()
         self._by_seq[self._seq] = fut
-        self._names[self._seq] = name
         declared = self._activities.get(name)
         if declared is not None:
             options = declared.options.merged(options)
@@ -112,6 +113,17 @@ class WorkflowInstance(WorkflowRuntime):
     def is_replaying(self) -> bool:
         return self._replaying
 
+    def _side_task_failed(self, context: dict[str, Any]) -> None:
+        """An exception nobody awaited in workflow code (logged once: quiet during replay)."""
+        if not self._replaying:
+            log.warning(
+                "workflow %s run %s: %s",
+                self.info.workflow_id,
+                self.info.run_id,
+                context.get("message", "unhandled error"),
+                exc_info=context.get("exception"),
+            )
+
     # advancing -------------------------------------------------------------------------
 
     @property
@@ -123,12 +135,11 @@ class WorkflowInstance(WorkflowRuntime):
             e.type is EventType.WORKFLOW_TASK_COMPLETED and e.caused_by == wft for e in self.events
         )
 
-    def activate(self, new_events: list[HistoryEvent], wft: int) -> tuple[list[_Command], int]:
-        """Take in ``new_events``, replay what is recorded, run the live activation.
+    def activate(self, wft: int) -> tuple[list[_Command], int]:
+        """Replay what is recorded in ``events`` past this point, run the live activation.
 
         Returns the live activation's commands and the newest event id it saw.
         """
-        self.events.extend(new_events)
         while (done := self._next_completed()) is not None:
             through = int(done.attrs["through"])
             if self._live is not None:

@@ -18,10 +18,10 @@ __all__ = ["WorkflowLoop"]
 
 
 class WorkflowLoop(asyncio.AbstractEventLoop):
-    def __init__(self) -> None:
+    def __init__(self, on_error: Callable[[dict[str, Any]], None]) -> None:
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
         self.now_ms = 0
-        self.errors: list[dict[str, Any]] = []
+        self._on_error = on_error
         self.tasks: set[asyncio.Task[Any]] = set()
 
     # what asyncio.Task, Future and gather need ---------------------------------------
@@ -64,10 +64,10 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         return False
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
-        self.errors.append(context)
+        self._on_error(context)
 
     def default_exception_handler(self, context: dict[str, Any]) -> None:
-        self.errors.append(context)
+        self._on_error(context)
 
     # stepping --------------------------------------------------------------------------
 

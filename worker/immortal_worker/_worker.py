@@ -512,12 +512,12 @@ class Worker:
                 self._remember(inst)
                 return
             try:
-                commands, through = inst.activate([], task.wft)
+                commands, through = inst.activate(task.wft)
             except CacheStale:
                 inst.close()
                 self.evictions += 1
                 inst = await self._load(defn, task)
-                commands, through = inst.activate([], task.wft)
+                commands, through = inst.activate(task.wft)
         except NonDeterminismError as exc:
             log.error("run %s of %s: %s", task.run_id, task.workflow_id, exc)
             if inst is not None:
