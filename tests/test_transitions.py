@@ -15,13 +15,12 @@ from immortal._wire import (
     StartWorkflow,
     WorkflowTaskResult,
 )
+from immortal_hub._emissions import emissions_for, open_emissions
 from immortal_hub._transitions import (
     InvalidInput,
     apply_activity_result,
     apply_start,
     apply_workflow_task_result,
-    emissions_for,
-    open_emissions,
 )
 
 

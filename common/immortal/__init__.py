@@ -23,16 +23,19 @@ from immortal._errors import (
     ActivityCancelledError,
     ActivityError,
     ApplicationError,
+    ChildWorkflowError,
     ImmortalError,
     NonDeterminismError,
     PayloadError,
     UnknownWorkflowTypeError,
     WorkflowAlreadyStartedError,
+    WorkflowClosedError,
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
 from immortal._names import Names
 from immortal._retry import RetryPolicy
+from immortal._schedules import ScheduleInfo
 from immortal._wire import EventType, HistoryEvent, RunStatus
 
 workflow = WorkflowDecorator()
@@ -42,6 +45,7 @@ __all__ = [
     "ActivityCancelledError",
     "ActivityError",
     "ApplicationError",
+    "ChildWorkflowError",
     "Client",
     "EventType",
     "HistoryEvent",
@@ -54,9 +58,11 @@ __all__ = [
     "RetryPolicy",
     "RunDescription",
     "RunStatus",
+    "ScheduleInfo",
     "UnknownWorkflowTypeError",
     "WorkerInfo",
     "WorkflowAlreadyStartedError",
+    "WorkflowClosedError",
     "WorkflowContext",
     "WorkflowFailedError",
     "WorkflowHandle",

@@ -22,23 +22,29 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
-from immortal._codec import decode_value, encode_args, pack, unpack
+from immortal._codec import decode_value, encode_args, encode_value, pack, unpack
 from immortal._definitions import workflow_definition
 from immortal._errors import (
     ImmortalError,
+    PayloadError,
     WorkflowAlreadyStartedError,
+    WorkflowClosedError,
     WorkflowFailedError,
     WorkflowNotFoundError,
     exception_from_failure,
 )
 from immortal._inputs import send_input
 from immortal._jetstream import last_message, read_subject
-from immortal._names import Names, encode_token, validate_tenant
+from immortal._names import InputKind, Names, encode_token, validate_tenant
+from immortal._schedules import Schedules
 from immortal._wire import (
+    CLOSING_EVENTS,
     EventType,
     HistoryEvent,
+    RequestCancel,
     RunState,
     RunStatus,
+    SignalWorkflow,
     StartWorkflow,
     Transition,
     decode,
@@ -140,6 +146,7 @@ class Client:
         self._known_queues: set[str] = set()
         self._runs_kv: KeyValue | None = None
         self._workers_seen: dict[str, tuple[float, list[WorkerInfo]]] = {}
+        self.schedules = Schedules(self)
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -378,7 +385,27 @@ class WorkflowHandle(Generic[R]):
         return None if msg is None else decode(Transition, msg.data)
 
     async def result(self, *, timeout: float | None = None) -> R:
-        """Wait for the run to close; return its result or raise :class:`WorkflowFailedError`."""
+        """Wait for the run to close; return its result or raise :class:`WorkflowFailedError`.
+
+        A run that continued as new is followed to the run that finally closes; a cancelled
+        run raises :class:`WorkflowFailedError` whose cause has type ``WorkflowCancelled``.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                events = await self._closing_events()
+                new_run = next(
+                    (
+                        str(e.attrs["new_run_id"])
+                        for e in events
+                        if e.type is EventType.WORKFLOW_CONTINUED_AS_NEW
+                    ),
+                    None,
+                )
+                if new_run is None:
+                    return self._outcome(events)
+                self.run_id = new_run  # follow the chain; the handle now names the new run
+
+    async def _closing_events(self) -> list[HistoryEvent]:
         nc = self.client.nc
         updates: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -388,16 +415,15 @@ class WorkflowHandle(Generic[R]):
         # Subscribe before reading, so an append between the two cannot be missed.
         sub = await nc.subscribe(self._subject, cb=on_append)
         try:
-            async with asyncio.timeout(timeout):
-                transition = await self._last_transition()
-                while transition is None or not transition.state.status.closed:
-                    data = await updates.get()
-                    transition = decode(Transition, data)
-                events = transition.events
-                if not any(e.type in _OUTCOMES for e in events):
-                    # Late results may be recorded (as ignored) after the close.
-                    events = await self.history()
-                return self._outcome(events)
+            transition = await self._last_transition()
+            while transition is None or not transition.state.status.closed:
+                data = await updates.get()
+                transition = decode(Transition, data)
+            events = transition.events
+            if not any(e.type in CLOSING_EVENTS for e in events):
+                # Late results may be recorded (as ignored) after the close.
+                events = await self.history()
+            return events
         finally:
             await sub.unsubscribe()
 
@@ -408,7 +434,60 @@ class WorkflowHandle(Generic[R]):
             if event.type is EventType.WORKFLOW_FAILED:
                 cause = exception_from_failure(event.attrs["failure"])
                 raise WorkflowFailedError(self.workflow_id, self.run_id, cause)
+            if event.type is EventType.WORKFLOW_CANCELED:
+                reason = str(event.attrs.get("reason") or "")
+                cause = exception_from_failure(
+                    {"type": "WorkflowCancelled", "message": f"workflow cancelled: {reason}"}
+                )
+                raise WorkflowFailedError(self.workflow_id, self.run_id, cause)
         raise ImmortalError(f"run {self.run_id} closed without an outcome event")
+
+    async def signal(self, name: str, payload: Any = None) -> None:
+        """Send signal ``name`` with ``payload``; recorded in history in arrival order."""
+        body = SignalWorkflow(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            name=name,
+            input=encode_value(payload),
+            signal_id=f"signal:{uuid.uuid4().hex}",
+        )
+        await self._send("signal", encode(body), body.signal_id)
+
+    async def cancel(self, reason: str = "") -> None:
+        """Ask the run to cancel: workflow code sees ``asyncio.CancelledError`` at its await
+        points and may clean up; activities in flight are told through their heartbeat."""
+        body = RequestCancel(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            reason=reason,
+            request_id=f"cancel:{uuid.uuid4().hex}",
+        )
+        await self._send("cancel", encode(body), body.request_id)
+
+    async def status(self, result_type: Any = None) -> Any:
+        """The value the workflow last published with ``ctx.set_status`` (None if none);
+        read from the run's latest transition, so it changes nothing."""
+        transition = await self._last_transition()
+        if transition is None:
+            raise WorkflowNotFoundError(f"run {self.run_id} of {self.workflow_id!r} not found")
+        return decode_value(transition.state.status_value, result_type)
+
+    async def _send(self, kind: InputKind, data: bytes, msg_id: str) -> None:
+        transition = await self._last_transition()
+        if transition is None:
+            raise WorkflowNotFoundError(f"run {self.run_id} of {self.workflow_id!r} not found")
+        state = transition.state
+        if state.status.closed and kind == "signal":
+            raise WorkflowClosedError(
+                f"run {self.run_id} of {self.workflow_id!r} is {state.status}"
+            )
+        client = self.client
+        try:
+            await send_input(
+                client.nc, client.names, client.tenant, state.queue, kind, data, msg_id=msg_id
+            )
+        except PayloadError as exc:  # the run closed meanwhile
+            raise WorkflowClosedError(str(exc)) from exc
 
     async def describe(self) -> RunDescription:
         transition = await self._last_transition()
@@ -426,9 +505,6 @@ class WorkflowHandle(Generic[R]):
         ):
             events.extend(decode(Transition, msg.data).events)
         return events
-
-
-_OUTCOMES = (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED)
 
 
 def _worker_info(raw: dict[str, Any]) -> WorkerInfo:

@@ -9,11 +9,13 @@ __all__ = [
     "ActivityCancelledError",
     "ActivityError",
     "ApplicationError",
+    "ChildWorkflowError",
     "ImmortalError",
     "NonDeterminismError",
     "PayloadError",
     "UnknownWorkflowTypeError",
     "WorkflowAlreadyStartedError",
+    "WorkflowClosedError",
     "WorkflowFailedError",
     "WorkflowNotFoundError",
 ]
@@ -65,6 +67,21 @@ class WorkflowFailedError(ImmortalError):
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.cause = cause
+
+
+class ChildWorkflowError(ImmortalError):
+    """Raised in a parent's workflow code when a child run failed, timed out or was
+    cancelled; ``cause`` is the child's error."""
+
+    def __init__(self, workflow_type: str, workflow_id: str, cause: ApplicationError) -> None:
+        super().__init__(f"child workflow {workflow_type} {workflow_id!r} failed: {cause}")
+        self.workflow_type = workflow_type
+        self.workflow_id = workflow_id
+        self.cause = cause
+
+
+class WorkflowClosedError(ImmortalError):
+    """A signal was sent to a run that has already closed."""
 
 
 class WorkflowAlreadyStartedError(ImmortalError):

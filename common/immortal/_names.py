@@ -17,7 +17,7 @@ _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 _ESCAPE = "="
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
-InputKind = Literal["start", "wft", "act", "started", "heartbeat"]
+InputKind = Literal["start", "wft", "act", "started", "heartbeat", "signal", "cancel", "child"]
 TaskKind = Literal["wf", "act"]
 
 
@@ -129,6 +129,10 @@ class Names:
     def bucket_queues(self) -> str:
         return f"{self.prefix}-queues"
 
+    @property
+    def bucket_schedules(self) -> str:
+        return f"{self.prefix}-schedules"
+
     # subjects ------------------------------------------------------------------------
     def input_subject(self, tenant: str, queue: str, kind: InputKind) -> str:
         return f"{self.prefix}.in.{tenant}.{encode_token(queue)}.{kind}"
@@ -151,6 +155,13 @@ class Names:
 
     def timer_subject(self, tenant: str, run_id: str, timer: str) -> str:
         return f"{self.prefix}.timer.{tenant}.{encode_token(run_id)}.{encode_token(timer)}"
+
+    def schedule_subject(self, tenant: str, schedule_id: str) -> str:
+        """Where a schedule's repeating ``Nats-Schedule`` message lives (one per subject)."""
+        return f"{self.prefix}.sched.{tenant}.{encode_token(schedule_id)}"
+
+    def schedule_key(self, tenant: str, schedule_id: str) -> str:
+        return f"{tenant}.{encode_token(schedule_id)}"
 
     def fired_subject(self, tenant: str, queue: str) -> str:
         return f"{self.prefix}.fired.{tenant}.{encode_token(queue)}"

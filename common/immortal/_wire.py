@@ -16,21 +16,36 @@ from immortal._codec import pack, unpack
 from immortal._errors import PayloadError
 
 __all__ = [
+    "CLOSING_EVENTS",
     "ActivityHeartbeat",
     "ActivityResult",
     "ActivityStarted",
     "ActivityTask",
     "AppliedTransition",
+    "CancelActivity",
+    "CancelTimer",
+    "CancelWorkflow",
+    "ChildClosed",
     "Command",
     "CompleteWorkflow",
+    "ContinueAsNew",
     "EventType",
     "FailWorkflow",
     "Failure",
     "HistoryEvent",
     "OpenActivity",
+    "OpenChild",
+    "OpenTimer",
+    "ParentRef",
+    "RecordMarker",
+    "RequestCancel",
     "RunState",
     "RunStatus",
     "ScheduleActivity",
+    "SetStatus",
+    "SignalWorkflow",
+    "StartChild",
+    "StartTimer",
     "StartWorkflow",
     "TimerFired",
     "Transition",
@@ -92,13 +107,47 @@ class EventType(StrEnum):
     ACTIVITY_COMPLETED = "ActivityCompleted"
     ACTIVITY_FAILED = "ActivityFailed"
     ACTIVITY_RESULT_IGNORED = "ActivityResultIgnored"
+    ACTIVITY_CANCELED = "ActivityCanceled"
+    TIMER_STARTED = "TimerStarted"
+    TIMER_FIRED = "TimerFired"
+    TIMER_CANCELED = "TimerCanceled"
+    WORKFLOW_SIGNALED = "WorkflowSignaled"
+    WORKFLOW_CANCEL_REQUESTED = "WorkflowCancelRequested"
+    CHILD_WORKFLOW_SCHEDULED = "ChildWorkflowScheduled"
+    CHILD_WORKFLOW_COMPLETED = "ChildWorkflowCompleted"
+    CHILD_WORKFLOW_FAILED = "ChildWorkflowFailed"
+    MARKER_RECORDED = "MarkerRecorded"
+    STATUS_SET = "WorkflowStatusSet"
     WORKFLOW_COMPLETED = "WorkflowCompleted"
     WORKFLOW_FAILED = "WorkflowFailed"
+    WORKFLOW_CANCELED = "WorkflowCanceled"
+    WORKFLOW_CONTINUED_AS_NEW = "WorkflowContinuedAsNew"
 
 
-# Events that echo a command the workflow code issued.
+# Events that echo a command the workflow code issued, in the order it issued them.
 COMMAND_EVENTS = frozenset(
-    {EventType.ACTIVITY_SCHEDULED, EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED}
+    {
+        EventType.ACTIVITY_SCHEDULED,
+        EventType.ACTIVITY_CANCELED,
+        EventType.TIMER_STARTED,
+        EventType.TIMER_CANCELED,
+        EventType.CHILD_WORKFLOW_SCHEDULED,
+        EventType.MARKER_RECORDED,
+        EventType.STATUS_SET,
+        EventType.WORKFLOW_COMPLETED,
+        EventType.WORKFLOW_FAILED,
+        EventType.WORKFLOW_CANCELED,
+        EventType.WORKFLOW_CONTINUED_AS_NEW,
+    }
+)
+# Events that close a run.
+CLOSING_EVENTS = frozenset(
+    {
+        EventType.WORKFLOW_COMPLETED,
+        EventType.WORKFLOW_FAILED,
+        EventType.WORKFLOW_CANCELED,
+        EventType.WORKFLOW_CONTINUED_AS_NEW,
+    }
 )
 
 
@@ -116,6 +165,8 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELED = "canceled"
+    CONTINUED_AS_NEW = "continued_as_new"
 
     @property
     def closed(self) -> bool:
@@ -140,6 +191,30 @@ class OpenActivity(_Model):
     scheduled_ts: int = 0
 
 
+class OpenTimer(_Model):
+    seq: int
+    due: int  # ms since the epoch
+
+
+class ParentRef(_Model):
+    """The run that started this one as a child, and the event that scheduled it."""
+
+    workflow_id: str
+    run_id: str
+    queue: str
+    scheduled_id: int
+
+
+class OpenChild(_Model):
+    seq: int
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    queue: str
+    input: bytes
+    execution_timeout: float | None = None
+
+
 class RunState(_Model):
     """What the hub needs to take the next transition; a snapshot rides on each one.
 
@@ -161,6 +236,16 @@ class RunState(_Model):
     last_external: int = 0  # id of the newest event workflow code has to see
     last_wft_failure: str | None = None
     activities: dict[int, OpenActivity] = Field(default_factory=dict)
+    timers: dict[int, OpenTimer] = Field(default_factory=dict)  # by TimerStarted id
+    children: dict[int, OpenChild] = Field(default_factory=dict)  # by scheduled id
+    parent: ParentRef | None = None
+    cancel_requested: bool = False
+    status_value: bytes | None = None  # what the workflow last set with ctx.set_status
+    continued_run_id: str | None = None  # the run this one continued as
+    # How it closed: the result (or a continued run's input) and the failure, kept so a
+    # closing emission (the parent's notice, the next run's start) can be re-sent.
+    close_payload: bytes | None = None
+    close_failure: Failure | None = None
     applied: list[str] = Field(default_factory=list)  # recent input ids, newest last
 
 
@@ -188,6 +273,46 @@ class ScheduleActivity(_Model):
     heartbeat_timeout: float | None = None
 
 
+class CancelActivity(_Model):
+    """The code stopped waiting for an activity: close it, ask its attempt to stop."""
+
+    kind: Literal["cancel_activity"] = "cancel_activity"
+    seq: int
+
+
+class StartTimer(_Model):
+    kind: Literal["start_timer"] = "start_timer"
+    seq: int
+    duration_ms: int
+
+
+class CancelTimer(_Model):
+    kind: Literal["cancel_timer"] = "cancel_timer"
+    seq: int
+
+
+class StartChild(_Model):
+    kind: Literal["start_child"] = "start_child"
+    seq: int
+    workflow_type: str
+    workflow_id: str
+    queue: str | None = None
+    input: bytes
+    execution_timeout: float | None = None
+
+
+class RecordMarker(_Model):
+    """A versioning marker: ``ctx.patched(id)`` returned True here."""
+
+    kind: Literal["marker"] = "marker"
+    patch: str
+
+
+class SetStatus(_Model):
+    kind: Literal["set_status"] = "set_status"
+    value: bytes
+
+
 class CompleteWorkflow(_Model):
     kind: Literal["complete"] = "complete"
     result: bytes
@@ -198,7 +323,32 @@ class FailWorkflow(_Model):
     failure: Failure
 
 
-Command = Annotated[ScheduleActivity | CompleteWorkflow | FailWorkflow, Field(discriminator="kind")]
+class CancelWorkflow(_Model):
+    """The code let a cancellation request end the run."""
+
+    kind: Literal["cancel"] = "cancel"
+    reason: str = ""
+
+
+class ContinueAsNew(_Model):
+    kind: Literal["continue_as_new"] = "continue_as_new"
+    input: bytes
+
+
+Command = Annotated[
+    ScheduleActivity
+    | CancelActivity
+    | StartTimer
+    | CancelTimer
+    | StartChild
+    | RecordMarker
+    | SetStatus
+    | CompleteWorkflow
+    | FailWorkflow
+    | CancelWorkflow
+    | ContinueAsNew,
+    Field(discriminator="kind"),
+]
 
 
 # -- inputs (to the hub, on IMM_IN) ----------------------------------------------------
@@ -211,6 +361,37 @@ class StartWorkflow(_Model):
     input: bytes
     execution_timeout: float | None = None  # seconds for the whole execution
     run_timeout: float | None = None  # seconds for this run (continue-as-new starts a new one)
+    parent: ParentRef | None = None  # set when a workflow started this one as its child
+    continued_from: str | None = None  # the run this one continues
+
+
+class SignalWorkflow(_Model):
+    workflow_id: str
+    run_id: str
+    name: str
+    input: bytes
+    signal_id: str
+
+
+class RequestCancel(_Model):
+    workflow_id: str
+    run_id: str
+    reason: str = ""
+    request_id: str
+
+
+class ChildClosed(_Model):
+    """A child run closed: sent by its hub to the parent's queue (``workflow_id``/``run_id``
+    are the parent's)."""
+
+    workflow_id: str
+    run_id: str
+    scheduled_id: int
+    child_workflow_id: str
+    child_run_id: str
+    status: str
+    result: bytes | None = None
+    failure: Failure | None = None
 
 
 class WorkflowTaskResult(_Model):
@@ -252,6 +433,8 @@ class TimerFired(_Model):
         "execution_timeout",
         "run_timeout",
         "heartbeat_timeout",
+        "timer",
+        "schedule",
     ] = "retry"
     scheduled_id: int = 0  # the activity it concerns...
     attempt: int = 0  # ...and the attempt

@@ -18,13 +18,15 @@ import socket
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, KeyNotFoundError
+from nats.js.errors import NotFoundError as JsNotFound
 from pydantic import BaseModel
 
 from immortal._codec import pack, unpack
@@ -33,13 +35,17 @@ from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
 from immortal._names import Names
+from immortal._schedules import ScheduleSpec
 from immortal._timers import schedule_headers
 from immortal._wire import (
     ActivityHeartbeat,
     ActivityResult,
     ActivityStarted,
     AppliedTransition,
+    ChildClosed,
+    RequestCancel,
     RunState,
+    SignalWorkflow,
     StartWorkflow,
     TimerFired,
     Transition,
@@ -48,20 +54,21 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal_hub._emissions import Emission, emissions_for, open_emissions
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._transitions import (
-    Emission,
     InvalidInput,
     Outcome,
     StaleAttempt,
     apply_activity_heartbeat,
     apply_activity_result,
     apply_activity_started,
+    apply_cancel_request,
+    apply_child_closed,
+    apply_signal,
     apply_start,
     apply_timer_fired,
     apply_workflow_task_result,
-    emissions_for,
-    open_emissions,
 )
 
 __all__ = ["Hub"]
@@ -75,6 +82,9 @@ _INPUTS: dict[str, tuple[type[BaseModel], _Apply]] = {
     "timer": (TimerFired, lambda s, b, q, now: apply_timer_fired(s, b, now)),
     "started": (ActivityStarted, lambda s, b, q, now: apply_activity_started(s, b, now)),
     "heartbeat": (ActivityHeartbeat, lambda s, b, q, now: apply_activity_heartbeat(s, b, now)),
+    "signal": (SignalWorkflow, lambda s, b, q, now: apply_signal(s, b, now)),
+    "cancel": (RequestCancel, lambda s, b, q, now: apply_cancel_request(s, b, now)),
+    "child": (ChildClosed, lambda s, b, q, now: apply_child_closed(s, b, now)),
 }
 
 log = logging.getLogger(__name__)
@@ -300,7 +310,10 @@ class Hub:
                 await self._dead_letter(msg, f"undecodable input: {exc}")
                 return
             try:
-                await self._apply(tenant, queue, kind, body)
+                if isinstance(body, TimerFired) and body.kind == "schedule":
+                    await self._fire_schedule(tenant, body, msg)
+                else:
+                    await self._apply(tenant, queue, kind, body)
             except InvalidInput as exc:
                 await self._dead_letter(msg, str(exc))
                 return
@@ -354,6 +367,30 @@ class Hub:
             reply = b"retry"
         with contextlib.suppress(Exception):
             await msg.respond(reply)
+
+    async def _fire_schedule(self, tenant: str, fired: TimerFired, msg: Msg) -> None:
+        """A schedule fired: start one run, whose id derives from this firing (so that a
+        redelivered firing starts nothing twice), unless the schedule is paused or gone."""
+        kv = await self.js.key_value(self.names.bucket_schedules)
+        try:
+            entry = await kv.get(self.names.schedule_key(tenant, fired.timer))
+            spec = ScheduleSpec.model_validate(unpack(entry.value or b""))
+        except (KeyNotFoundError, JsNotFound):
+            log.info("schedule %s/%s fired but no longer exists", tenant, fired.timer)
+            return
+        if spec.paused:
+            log.info("schedule %s/%s fired while paused: nothing started", tenant, fired.timer)
+            return
+        at = msg.metadata.timestamp or datetime.now(UTC)
+        seq = msg.metadata.sequence.stream if msg.metadata.sequence else 0
+        start = StartWorkflow(
+            workflow_id=f"{spec.schedule_id}@{at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z",
+            run_id=uuid.uuid5(uuid.NAMESPACE_URL, f"immortal:sched/{tenant}/{seq}").hex,
+            workflow_type=spec.workflow_type,
+            input=spec.input,
+            execution_timeout=spec.execution_timeout,
+        )
+        await self._apply(tenant, spec.queue, "start", start)
 
     @staticmethod
     def _decode(kind: str, data: bytes) -> Any:
@@ -418,9 +455,13 @@ class Hub:
                     continue  # another hub moved the run: reload and decide again
                 # Tasks first, so the index write is off the run's critical path; it still
                 # happens before the ack, and under the run lock, so this hub cannot index
-                # the run's close before its start.
-                await self._emit(tenant, emissions_for(outcome.state, outcome.events, new_seq, seq))
-                if outcome.starts_run or outcome.closes_run:
+                # the run's close before its start. A close is indexed before its emissions,
+                # so a continued run's start always indexes after its predecessor's close.
+                emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
+                if outcome.closes_run:
+                    await self._index(tenant, outcome.state, new_seq)
+                await self._emit(tenant, emissions)
+                if outcome.starts_run:
                     await self._index(tenant, outcome.state, new_seq)
                 return AppliedTransition(prev_seq=seq, seq=new_seq, events=outcome.events)
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
@@ -486,6 +527,22 @@ class Hub:
             await asyncio.gather(*(self._publish_emission(tenant, e) for e in emissions))
 
     async def _publish_emission(self, tenant: str, e: Emission) -> None:
+        if e.kind == "input":
+            assert e.input_kind is not None
+            await self.js.publish(
+                self.names.input_subject(tenant, e.queue, e.input_kind),
+                encode(e.body),
+                headers={"Nats-Msg-Id": e.msg_id},
+            )
+            return
+        if e.kind == "purge":
+            assert isinstance(e.body, TimerFired)
+            subject = self.names.timer_subject(tenant, e.body.run_id, e.body.timer)
+            try:  # best effort: a timer that fires anyway is recorded as no longer needed
+                await self.js.purge_stream(self.names.stream_timers, subject=subject)
+            except Exception as exc:
+                log.debug("purging %s: %s", subject, exc)
+            return
         if e.kind == "timer":
             assert e.due_ms is not None and isinstance(e.body, TimerFired)
             # One schedule per subject; it fires into the same stream, where the hub's

@@ -71,7 +71,7 @@ def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
         StreamConfig(
             name=names.stream_timers,
             description="Immortal: durable timers as scheduled messages, and their firings",
-            subjects=[f"{p}.timer.>", f"{p}.fired.>"],
+            subjects=[f"{p}.timer.>", f"{p}.fired.>", f"{p}.sched.>"],
             retention=RetentionPolicy.LIMITS,
             allow_msg_schedules=True,
             allow_rollup_hdrs=True,
@@ -122,6 +122,7 @@ def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
         ),
         KeyValueConfig(bucket=names.bucket_policy, description="policy documents", **common),
         KeyValueConfig(bucket=names.bucket_queues, description="tenant queue registry", **common),
+        KeyValueConfig(bucket=names.bucket_schedules, description="workflow schedules", **common),
     ]
 
 
@@ -133,7 +134,12 @@ async def ensure_resources(
     for cfg in stream_configs(names, s):
         assert cfg.name is not None
         try:
-            await js.stream_info(cfg.name)
+            info = await js.stream_info(cfg.name)
+            missing = set(cfg.subjects or []) - set(info.config.subjects or [])
+            if missing:  # a stream from an older version: add the subjects it lacks
+                info.config.subjects = sorted({*(info.config.subjects or []), *missing})
+                await js.update_stream(info.config)
+                log.info("stream %s now also takes %s", cfg.name, sorted(missing))
         except NotFoundError:
             try:
                 await js.add_stream(cfg)

@@ -6,45 +6,57 @@ thin loop around it: load state, apply, append, emit, ack.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from immortal._names import TaskKind
 from immortal._retry import RetryPolicy
 from immortal._wire import (
+    CLOSING_EVENTS,
     ActivityHeartbeat,
     ActivityResult,
     ActivityStarted,
-    ActivityTask,
+    CancelActivity,
+    CancelTimer,
+    CancelWorkflow,
+    ChildClosed,
     Command,
     CompleteWorkflow,
+    ContinueAsNew,
     EventType,
     Failure,
     FailWorkflow,
     HistoryEvent,
     OpenActivity,
+    OpenChild,
+    OpenTimer,
+    RecordMarker,
+    RequestCancel,
     RunState,
     RunStatus,
     ScheduleActivity,
+    SetStatus,
+    SignalWorkflow,
+    StartChild,
+    StartTimer,
     StartWorkflow,
     TimerFired,
-    WorkflowTask,
     WorkflowTaskResult,
 )
 
 __all__ = [
-    "Emission",
     "InvalidInput",
     "Outcome",
     "StaleAttempt",
     "apply_activity_heartbeat",
     "apply_activity_result",
     "apply_activity_started",
+    "apply_cancel_request",
+    "apply_child_closed",
+    "apply_signal",
     "apply_start",
     "apply_timer_fired",
     "apply_workflow_task_result",
-    "emissions_for",
-    "open_emissions",
 ]
 
 _APPLIED_KEPT = 64
@@ -69,27 +81,11 @@ class Outcome:
 
     @property
     def closes_run(self) -> bool:
-        return any(
-            e.type in (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED) for e in self.events
-        )
+        return any(e.type in CLOSING_EVENTS for e in self.events)
 
     @property
     def starts_run(self) -> bool:
         return any(e.type is EventType.WORKFLOW_STARTED for e in self.events)
-
-
-@dataclass(frozen=True)
-class Emission:
-    """A task (``wf``, ``act``) or a durable timer (``timer``) to publish.
-
-    ``msg_id`` dedupes re-emission; a timer fires at ``due_ms`` onto the queue's fired subject.
-    """
-
-    kind: TaskKind | Literal["timer"]
-    queue: str
-    msg_id: str
-    body: WorkflowTask | ActivityTask | TimerFired
-    due_ms: int | None = None
 
 
 class _Builder:
@@ -114,7 +110,14 @@ class _Builder:
         self.state.closed_ts = self.now
         self.state.wft = None
         # Activities still out are abandoned: their late results will be recorded as ignored.
+        # Open timers and children stay listed: the closing emissions purge and cancel them.
         self.state.activities = {}
+
+    def news(self, event: HistoryEvent) -> None:
+        """Workflow code has to see ``event``: schedule a workflow task unless one is open."""
+        self.state.last_external = event.id
+        if self.state.wft is None:
+            self.schedule_workflow_task(event.id)
 
     def outcome(self, input_id: str) -> Outcome:
         applied = [*self.state.applied, input_id]
@@ -133,13 +136,20 @@ def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: i
         started_ts=now,
         execution_timeout=start.execution_timeout,
         run_timeout=start.run_timeout,
+        parent=start.parent,
     )
     b = _Builder(new, now)
+    extra: dict[str, Any] = {}
+    if start.parent is not None:
+        extra["parent"] = start.parent.model_dump()
+    if start.continued_from is not None:
+        extra["continued_from"] = start.continued_from
     started = b.add(
         EventType.WORKFLOW_STARTED,
         workflow_type=start.workflow_type,
         queue=queue,
         input=start.input,
+        **extra,
     )
     new.last_external = started.id
     b.schedule_workflow_task(started.id)
@@ -185,6 +195,7 @@ def apply_workflow_task_result(
 
 
 def _apply_commands(b: _Builder, done_id: int, commands: list[Command]) -> None:
+    """Each command the code issued becomes exactly one event (replay matches them 1:1)."""
     state = b.state
     for command in commands:
         if isinstance(command, ScheduleActivity):
@@ -209,15 +220,155 @@ def _apply_commands(b: _Builder, done_id: int, commands: list[Command]) -> None:
                 heartbeat_timeout=command.heartbeat_timeout,
                 scheduled_ts=ev.ts,
             )
-        elif isinstance(command, CompleteWorkflow):
-            b.add(EventType.WORKFLOW_COMPLETED, done_id, result=command.result)
-            b.close(RunStatus.COMPLETED)
+        elif isinstance(command, CancelActivity):
+            sid = next((k for k, a in state.activities.items() if a.seq == command.seq), None)
+            b.add(EventType.ACTIVITY_CANCELED, done_id, seq=command.seq, activity=sid)
+            if sid is not None:
+                del state.activities[sid]  # its next heartbeat is told to stop
+        elif isinstance(command, StartTimer):
+            due = b.now + command.duration_ms
+            ev = b.add(
+                EventType.TIMER_STARTED,
+                done_id,
+                seq=command.seq,
+                duration_ms=command.duration_ms,
+                due=due,
+            )
+            state.timers[ev.id] = OpenTimer(seq=command.seq, due=due)
+        elif isinstance(command, CancelTimer):
+            tid = next((k for k, t in state.timers.items() if t.seq == command.seq), None)
+            b.add(EventType.TIMER_CANCELED, done_id, seq=command.seq, timer=tid)
+            if tid is not None:
+                del state.timers[tid]
+        elif isinstance(command, StartChild):
+            _start_child(b, done_id, command)
+        elif isinstance(command, RecordMarker):
+            b.add(EventType.MARKER_RECORDED, done_id, patch=command.patch)
+        elif isinstance(command, SetStatus):
+            b.add(EventType.STATUS_SET, done_id, value=command.value)
+            state.status_value = command.value
+        else:
+            _close_by(b, done_id, command)
             return
-        elif isinstance(command, FailWorkflow):
-            failure = command.failure.model_dump(exclude_defaults=True)
-            b.add(EventType.WORKFLOW_FAILED, done_id, failure=failure)
-            b.close(RunStatus.FAILED)
-            return
+
+
+def _close_by(
+    b: _Builder,
+    done_id: int,
+    command: CompleteWorkflow | FailWorkflow | CancelWorkflow | ContinueAsNew,
+) -> None:
+    state = b.state
+    if isinstance(command, CompleteWorkflow):
+        b.add(EventType.WORKFLOW_COMPLETED, done_id, result=command.result)
+        b.close(RunStatus.COMPLETED)
+        state.close_payload = command.result
+    elif isinstance(command, FailWorkflow):
+        failure = command.failure.model_dump(exclude_defaults=True)
+        b.add(EventType.WORKFLOW_FAILED, done_id, failure=failure)
+        b.close(RunStatus.FAILED)
+        state.close_failure = command.failure
+    elif isinstance(command, CancelWorkflow):
+        b.add(EventType.WORKFLOW_CANCELED, done_id, reason=command.reason)
+        b.close(RunStatus.CANCELED)
+        message = "workflow cancelled" + (f": {command.reason}" if command.reason else "")
+        state.close_failure = Failure(type="WorkflowCancelled", message=message)
+    else:
+        new_run = uuid.uuid5(uuid.NAMESPACE_URL, f"immortal:{state.run_id}/continue").hex
+        b.add(EventType.WORKFLOW_CONTINUED_AS_NEW, done_id, new_run_id=new_run, input=command.input)
+        state.continued_run_id = new_run
+        b.close(RunStatus.CONTINUED_AS_NEW)
+        state.close_payload = command.input
+
+
+def _start_child(b: _Builder, done_id: int, command: StartChild) -> None:
+    state = b.state
+    queue = command.queue or state.queue
+    ev_id = state.next_event_id
+    run_id = uuid.uuid5(uuid.NAMESPACE_URL, f"immortal:{state.run_id}/child/{ev_id}").hex
+    b.add(
+        EventType.CHILD_WORKFLOW_SCHEDULED,
+        done_id,
+        seq=command.seq,
+        workflow_type=command.workflow_type,
+        workflow_id=command.workflow_id,
+        run_id=run_id,
+        queue=queue,
+        input=command.input,
+    )
+    state.children[ev_id] = OpenChild(
+        seq=command.seq,
+        workflow_id=command.workflow_id,
+        run_id=run_id,
+        workflow_type=command.workflow_type,
+        queue=queue,
+        input=command.input,
+        execution_timeout=command.execution_timeout,
+    )
+
+
+def apply_signal(state: RunState | None, signal: SignalWorkflow, now: int) -> Outcome:
+    if state is None:
+        raise InvalidInput(f"signal {signal.name!r} for unknown run {signal.run_id}")
+    if signal.signal_id in state.applied:
+        return Outcome(duplicate=True)
+    if state.status.closed:
+        raise InvalidInput(
+            f"signal {signal.name!r} for run {signal.run_id}, which is {state.status}"
+        )
+    state = state.model_copy(deep=True)
+    b = _Builder(state, now)
+    ev = b.add(
+        EventType.WORKFLOW_SIGNALED,
+        None,
+        name=signal.name,
+        input=signal.input,
+        signal_id=signal.signal_id,
+    )
+    b.news(ev)
+    return b.outcome(signal.signal_id)
+
+
+def apply_cancel_request(state: RunState | None, request: RequestCancel, now: int) -> Outcome:
+    if state is None:
+        raise InvalidInput(f"cancellation of unknown run {request.run_id}")
+    if request.request_id in state.applied:
+        return Outcome(duplicate=True)
+    if state.status.closed or state.cancel_requested:
+        return Outcome(note="cancellation requested of a closed or already cancelling run")
+    state = state.model_copy(deep=True)
+    state.cancel_requested = True
+    b = _Builder(state, now)
+    b.news(b.add(EventType.WORKFLOW_CANCEL_REQUESTED, None, reason=request.reason))
+    return b.outcome(request.request_id)
+
+
+def apply_child_closed(state: RunState | None, closed: ChildClosed, now: int) -> Outcome:
+    if state is None:
+        raise InvalidInput(f"child result for unknown run {closed.run_id}")
+    input_id = f"child:{closed.child_run_id}"
+    if input_id in state.applied:
+        return Outcome(duplicate=True)
+    if state.status.closed or closed.scheduled_id not in state.children:
+        return Outcome(note=f"child {closed.child_workflow_id} closed; the parent no longer waits")
+    state = state.model_copy(deep=True)
+    del state.children[closed.scheduled_id]
+    b = _Builder(state, now)
+    ids = {"workflow_id": closed.child_workflow_id, "run_id": closed.child_run_id}
+    if closed.status == RunStatus.COMPLETED:
+        ev = b.add(
+            EventType.CHILD_WORKFLOW_COMPLETED, closed.scheduled_id, result=closed.result, **ids
+        )
+    else:
+        failure = closed.failure or Failure(type="ChildWorkflowFailed", message=closed.status)
+        ev = b.add(
+            EventType.CHILD_WORKFLOW_FAILED,
+            closed.scheduled_id,
+            status=closed.status,
+            failure=failure.model_dump(exclude_defaults=True),
+            **ids,
+        )
+    b.news(ev)
+    return b.outcome(input_id)
 
 
 def apply_activity_result(state: RunState | None, result: ActivityResult, now: int) -> Outcome:
@@ -289,9 +440,7 @@ def _fail_attempt(b: _Builder, sid: int, failure: Failure, common: dict[str, Any
 
 def _close_activity(b: _Builder, sid: int, ev: HistoryEvent) -> None:
     del b.state.activities[sid]
-    b.state.last_external = ev.id
-    if b.state.wft is None:
-        b.schedule_workflow_task(ev.id)
+    b.news(ev)
 
 
 def _scheduled_ts(state: RunState, act: OpenActivity) -> int:
@@ -318,6 +467,16 @@ def apply_timer_fired(state: RunState | None, fired: TimerFired, now: int) -> Ou
         failure = Failure(type=kind, message=f"{fired.kind.replace('_', ' ')} of {after:g}s")
         b.add(EventType.WORKFLOW_FAILED, None, failure=failure.model_dump(exclude_defaults=True))
         b.close(RunStatus.FAILED)
+        state.close_failure = failure
+        return b.outcome(input_id)
+    if fired.kind == "timer":
+        timer = state.timers.pop(fired.scheduled_id, None)
+        if timer is None:
+            return stale
+        ev = b.add(
+            EventType.TIMER_FIRED, fired.scheduled_id, due=timer.due, late_ms=now - timer.due
+        )
+        b.news(ev)
         return b.outcome(input_id)
     act = state.activities.get(fired.scheduled_id)
     if act is None:
@@ -411,128 +570,3 @@ def apply_activity_started(state: RunState | None, started: ActivityStarted, now
         worker=started.worker,
     )
     return b.outcome(started.result_id)
-
-
-def emissions_for(
-    state: RunState, events: list[HistoryEvent], hist_seq: int, prev_seq: int
-) -> list[Emission]:
-    """The tasks that ``events`` (just appended at ``hist_seq``, after ``prev_seq``) ask for."""
-    out: list[Emission] = []
-    for ev in events:
-        if ev.type is EventType.WORKFLOW_TASK_SCHEDULED and state.wft == ev.id:
-            task = _workflow_task(state, ev.id, hist_seq)
-            assert isinstance(task.body, WorkflowTask)
-            task.body.prev_seq = prev_seq
-            task.body.events = events
-            out.append(task)
-        elif ev.type is EventType.ACTIVITY_SCHEDULED and ev.id in state.activities:
-            act = state.activities[ev.id]
-            out.extend(_dispatch(state, ev.id, act, ev.ts))
-            if act.schedule_to_close is not None:
-                due = ev.ts + round(act.schedule_to_close * 1000)
-                out.append(_timer(state, f"s2c-{ev.id}", "schedule_to_close", due, ev.id))
-        elif ev.type is EventType.ACTIVITY_HEARTBEAT and ev.caused_by in state.activities:
-            act = state.activities[ev.caused_by]
-            if act.heartbeat_timeout is not None:
-                due = ev.ts + round(act.heartbeat_timeout * 1000)
-                timer = f"hb-{ev.caused_by}-{act.attempt}"
-                out.append(
-                    _timer(state, timer, "heartbeat_timeout", due, ev.caused_by, act.attempt)
-                )
-        elif ev.type is EventType.WORKFLOW_STARTED:
-            for kind, seconds in (
-                ("execution_timeout", state.execution_timeout),
-                ("run_timeout", state.run_timeout),
-            ):
-                if seconds is not None:
-                    due = ev.ts + round(seconds * 1000)
-                    out.append(_timer(state, kind.replace("_", "-"), kind, due))
-        elif ev.type in _RETRY_EVENTS and ev.caused_by in state.activities:
-            act = state.activities[ev.caused_by]
-            if act.retry_at is None:
-                out.extend(_dispatch(state, ev.caused_by, act, ev.ts))
-            else:
-                out.append(_activity_emission(state, ev.caused_by, act))
-    return out
-
-
-_RETRY_EVENTS = (EventType.ACTIVITY_ATTEMPT_FAILED, EventType.ACTIVITY_ATTEMPT_SCHEDULED)
-
-
-def open_emissions(state: RunState, hist_seq: int) -> list[Emission]:
-    """Every task the run has outstanding: re-emitted (deduped by id) after a hub crash."""
-    out = [_activity_emission(state, sid, act) for sid, act in state.activities.items()]
-    if state.wft is not None:
-        out.append(_workflow_task(state, state.wft, hist_seq))
-    return out
-
-
-def _workflow_task(state: RunState, wft: int, hist_seq: int) -> Emission:
-    body = WorkflowTask(
-        workflow_id=state.workflow_id,
-        run_id=state.run_id,
-        workflow_type=state.workflow_type,
-        queue=state.queue,
-        wft=wft,
-        hist_seq=hist_seq,
-    )
-    return Emission("wf", state.queue, f"{state.run_id}:{wft}", body)
-
-
-def _dispatch(state: RunState, sid: int, act: OpenActivity, now: int) -> list[Emission]:
-    """An attempt's task, and its schedule-to-start timer if it has one."""
-    out = [_activity_task(state, sid, act)]
-    if act.schedule_to_start is not None:
-        due = now + round(act.schedule_to_start * 1000)
-        timer = f"s2s-{sid}-{act.attempt}"
-        out.append(_timer(state, timer, "schedule_to_start", due, sid, act.attempt))
-    return out
-
-
-def _activity_emission(state: RunState, scheduled_id: int, act: OpenActivity) -> Emission:
-    """The activity's task, or while it waits out a backoff, the timer that ends the wait."""
-    if act.retry_at is None:
-        return _activity_task(state, scheduled_id, act)
-    timer = f"retry-{scheduled_id}-{act.attempt}"
-    return _timer(state, timer, "retry", act.retry_at, scheduled_id, act.attempt)
-
-
-def _timer(
-    state: RunState,
-    timer: str,
-    kind: Any,
-    due_ms: int,
-    scheduled_id: int = 0,
-    attempt: int = 0,
-) -> Emission:
-    body = TimerFired(
-        workflow_id=state.workflow_id,
-        run_id=state.run_id,
-        timer=timer,
-        kind=kind,
-        scheduled_id=scheduled_id,
-        attempt=attempt,
-    )
-    # The due time is part of the id: re-emitting the same timer dedupes, re-arming it
-    # (a heartbeat pushing its deadline out) must not.
-    msg_id = f"{state.run_id}:{timer}:{due_ms}"
-    return Emission("timer", state.queue, msg_id, body, due_ms=due_ms)
-
-
-def _activity_task(state: RunState, scheduled_id: int, act: OpenActivity) -> Emission:
-    body = ActivityTask(
-        workflow_id=state.workflow_id,
-        run_id=state.run_id,
-        workflow_type=state.workflow_type,
-        workflow_queue=state.queue,
-        scheduled_id=scheduled_id,
-        seq=act.seq,
-        name=act.name,
-        input=act.input,
-        attempt=act.attempt,
-        start_to_close=act.start_to_close,
-        schedule_to_start=act.schedule_to_start,
-        heartbeat_timeout=act.heartbeat_timeout,
-        heartbeat_details=act.heartbeat_details,
-    )
-    return Emission("act", act.queue, f"{state.run_id}:{scheduled_id}:{act.attempt}", body)

@@ -11,28 +11,41 @@ A cached instance keeps its position, so the next task replays nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import contextvars
+import functools
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from immortal._codec import decode_args, encode_value
-from immortal._context import WorkflowContext, WorkflowInfo, WorkflowRuntime
+from immortal._context import ContinueAsNewRequest, WorkflowContext, WorkflowInfo, WorkflowRuntime
 from immortal._definitions import ActivityDefinition, ActivityOptions, WorkflowDefinition
 from immortal._errors import (
     ActivityError,
+    ChildWorkflowError,
     NonDeterminismError,
     exception_from_failure,
     failure_from_exception,
 )
 from immortal._wire import (
     COMMAND_EVENTS,
+    CancelActivity,
+    CancelTimer,
+    CancelWorkflow,
     CompleteWorkflow,
+    ContinueAsNew,
     EventType,
     Failure,
     FailWorkflow,
     HistoryEvent,
+    RecordMarker,
     ScheduleActivity,
+    SetStatus,
+    StartChild,
+    StartTimer,
 )
 from immortal_worker._loop import WorkflowLoop
 
@@ -40,7 +53,19 @@ __all__ = ["CacheStale", "WorkflowInstance"]
 
 log = logging.getLogger(__name__)
 
-_Command = ScheduleActivity | CompleteWorkflow | FailWorkflow
+_Command = (
+    ScheduleActivity
+    | CancelActivity
+    | StartTimer
+    | CancelTimer
+    | StartChild
+    | RecordMarker
+    | SetStatus
+    | CompleteWorkflow
+    | FailWorkflow
+    | CancelWorkflow
+    | ContinueAsNew
+)
 
 
 class CacheStale(Exception):
@@ -51,6 +76,50 @@ class CacheStale(Exception):
 class _Live:
     wft: int
     through: int
+
+
+@dataclass
+class _Timer:
+    future: asyncio.Future[None]
+    due: int  # ms, as this worker reckons it (the hub's figure is in the event)
+    release: bool
+
+
+@dataclass
+class _Pending:
+    """Something the code waits on that history resolves: an activity or a child run."""
+
+    kind: str
+    name: str
+    future: asyncio.Future[bytes]
+    workflow_id: str = ""
+
+
+@dataclass
+class _Signals:
+    buffered: collections.deque[bytes] = field(default_factory=collections.deque)
+    waiters: collections.deque[asyncio.Future[bytes]] = field(default_factory=collections.deque)
+
+
+class _DurableTimerHandle(asyncio.TimerHandle):
+    """What ``loop.call_at`` returns in workflow code: cancelling it cancels the timer."""
+
+    def __init__(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: WorkflowLoop,
+        context: contextvars.Context | None,
+        future: asyncio.Future[None],
+    ) -> None:
+        super().__init__(when, callback, args, loop, context)
+        self._future = future
+
+    def cancel(self) -> None:
+        if not self.cancelled():
+            super().cancel()
+            self._future.cancel()
 
 
 class WorkflowInstance(WorkflowRuntime):
@@ -66,7 +135,7 @@ class WorkflowInstance(WorkflowRuntime):
         self.worker_id = worker_id
         # Activities scheduled by name take the declared options of one registered here.
         self._activities = activities or {}
-        self.loop = WorkflowLoop(self._side_task_failed)  # type: ignore[abstract]
+        self.loop = WorkflowLoop(self._side_task_failed, self._loop_timer)  # type: ignore[abstract]
         self.ctx = WorkflowContext(info, self)
         self.events: list[HistoryEvent] = []
         self.last_seq = 0  # history stream sequence read so far
@@ -74,8 +143,14 @@ class WorkflowInstance(WorkflowRuntime):
         self._scan = 0  # index of the next event to scan for WorkflowTaskCompleted
         self._seq = 0
         self._pending: list[_Command] = []
-        self._by_seq: dict[int, asyncio.Future[bytes]] = {}
-        self._by_event: dict[int, tuple[str, asyncio.Future[bytes]]] = {}
+        self._waiting: dict[int, _Pending] = {}  # by seq: open activities and children
+        self._timers: dict[int, _Timer] = {}  # by seq: open timers
+        self._event_seq: dict[int, int] = {}  # command event id -> seq
+        self._signals: collections.defaultdict[str, _Signals] = collections.defaultdict(_Signals)
+        self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._patches: dict[str, bool] = {}
+        self._replay_patches: set[str] = set()
+        self.cancel_requested = ""
         self._main: asyncio.Task[Any] | None = None
         self._finished = False
         self._replaying = False
@@ -83,18 +158,27 @@ class WorkflowInstance(WorkflowRuntime):
 
     # WorkflowRuntime -------------------------------------------------------------------
 
+    def _command(self, command: _Command) -> None:
+        if not self._finished:
+            self._pending.append(command)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
     def schedule_activity(
         self, name: str, payload: bytes, options: ActivityOptions
     ) -> asyncio.Future[bytes]:
-        self._seq += 1
+        seq = self._next_seq()
         fut: asyncio.Future[bytes] = self.loop.create_future()
-        self._by_seq[self._seq] = fut
+        self._waiting[seq] = _Pending("activity", name, fut)
+        fut.add_done_callback(functools.partial(self._activity_done, seq))
         declared = self._activities.get(name)
         if declared is not None:
             options = declared.options.merged(options)
-        if not self._finished:
-            command = ScheduleActivity(
-                seq=self._seq,
+        self._command(
+            ScheduleActivity(
+                seq=seq,
                 name=name,
                 queue=options.queue,
                 input=payload,
@@ -104,8 +188,94 @@ class WorkflowInstance(WorkflowRuntime):
                 schedule_to_start=options.schedule_to_start_s,
                 heartbeat_timeout=options.heartbeat_timeout_s,
             )
-            self._pending.append(command)
+        )
         return fut
+
+    def _activity_done(self, seq: int, fut: asyncio.Future[bytes]) -> None:
+        # The code stopped waiting (its task was cancelled): close the activity in history,
+        # which tells a heartbeating attempt to stop.
+        if fut.cancelled() and self._waiting.pop(seq, None) is not None:
+            self._command(CancelActivity(seq=seq))
+
+    def start_timer(self, duration_ms: int, *, release: bool = False) -> asyncio.Future[None]:
+        seq = self._next_seq()
+        fut: asyncio.Future[None] = self.loop.create_future()
+        duration_ms = max(0, duration_ms)
+        self._timers[seq] = _Timer(fut, self.loop.now_ms + duration_ms, release)
+        fut.add_done_callback(functools.partial(self._timer_done, seq))
+        self._command(StartTimer(seq=seq, duration_ms=duration_ms))
+        return fut
+
+    def _timer_done(self, seq: int, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled() and self._timers.pop(seq, None) is not None:
+            self._command(CancelTimer(seq=seq))  # cancelled before it fired
+
+    def _loop_timer(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        context: contextvars.Context | None,
+    ) -> asyncio.TimerHandle:
+        fut = self.start_timer(round(when * 1000) - self.loop.now_ms)
+        handle = _DurableTimerHandle(when, callback, args, self.loop, context, fut)
+
+        def fired(f: asyncio.Future[None]) -> None:
+            if not f.cancelled() and not handle.cancelled():
+                handle._run()
+
+        fut.add_done_callback(fired)
+        return handle
+
+    def wait_signal(self, name: str) -> asyncio.Future[bytes]:
+        fut: asyncio.Future[bytes] = self.loop.create_future()
+        signals = self._signals[name]
+        if signals.buffered:
+            fut.set_result(signals.buffered.popleft())
+        else:
+            signals.waiters.append(fut)
+        return fut
+
+    def wait_condition(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._conditions.append((predicate, fut))
+        return fut
+
+    def start_child(
+        self,
+        workflow_type: str,
+        workflow_id: str | None,
+        queue: str | None,
+        payload: bytes,
+        execution_timeout: float | None,
+    ) -> asyncio.Future[bytes]:
+        seq = self._next_seq()
+        child_id = workflow_id or f"{self.info.workflow_id}-child-{seq}"
+        fut: asyncio.Future[bytes] = self.loop.create_future()
+        self._waiting[seq] = _Pending("child", workflow_type, fut, child_id)
+        self._command(
+            StartChild(
+                seq=seq,
+                workflow_type=workflow_type,
+                workflow_id=child_id,
+                queue=queue,
+                input=payload,
+                execution_timeout=execution_timeout,
+            )
+        )
+        return fut
+
+    def patched(self, patch_id: str) -> bool:
+        if patch_id not in self._patches:
+            # Live code takes the new path; a replay takes it only where history says so.
+            value = patch_id in self._replay_patches if self._replaying else True
+            self._patches[patch_id] = value
+            if value:
+                self._command(RecordMarker(patch=patch_id))
+        return self._patches[patch_id]
+
+    def set_status(self, payload: bytes) -> None:
+        self._command(SetStatus(value=payload))
 
     def now_ms(self) -> int:
         return self.loop.now_ms
@@ -135,6 +305,15 @@ class WorkflowInstance(WorkflowRuntime):
             e.type is EventType.WORKFLOW_TASK_COMPLETED and e.caused_by == wft for e in self.events
         )
 
+    def releasable(self, release_after_ms: int) -> bool:
+        """Whether the run only waits on a timer, a long one or one asked to release memory:
+        then the worker may drop it and whichever worker gets the firing replays it."""
+        if self._finished or not self._timers or self._waiting:
+            return False
+        if any(t.release for t in self._timers.values()):
+            return True
+        return min(t.due for t in self._timers.values()) - self.loop.now_ms >= release_after_ms
+
     def activate(self, wft: int) -> tuple[list[_Command], int]:
         """Replay what is recorded in ``events`` past this point, run the live activation.
 
@@ -148,6 +327,11 @@ class WorkflowInstance(WorkflowRuntime):
                 self._live = None
             else:
                 self._replaying = True
+                self._replay_patches = {
+                    str(e.attrs.get("patch"))
+                    for e in self.events[self._scan :]
+                    if e.caused_by == done.id and e.type is EventType.MARKER_RECORDED
+                }
                 self._step(through)
             self._match(done)
         self._replaying = False
@@ -181,38 +365,90 @@ class WorkflowInstance(WorkflowRuntime):
             self._ext += 1
             self.loop.now_ms = max(self.loop.now_ms, ev.ts)
             self._apply(ev)
-        self.loop.run_until_idle()
+        self._run()
         if self._main is not None and self._main.done() and not self._finished:
-            self._finished = True
             self._pending.append(self._outcome(self._main))
+            self._finished = True
+
+    def _run(self) -> None:
+        """Run the code until it waits, re-checking ``wait_condition`` predicates."""
+        while True:
+            self.loop.run_until_idle()
+            woke = False
+            for predicate, fut in list(self._conditions):
+                if fut.done():
+                    self._conditions.remove((predicate, fut))
+                elif predicate():
+                    self._conditions.remove((predicate, fut))
+                    fut.set_result(None)
+                    woke = True
+            if not woke:
+                return
 
     def _apply(self, ev: HistoryEvent) -> None:
-        if ev.type is EventType.WORKFLOW_STARTED:
+        t = ev.type
+        if t is EventType.WORKFLOW_STARTED:
             self._main = self.loop.create_task(self._run_main(ev.attrs.get("input", b"\x90")))
-        elif ev.type in (EventType.ACTIVITY_COMPLETED, EventType.ACTIVITY_FAILED):
-            bound = self._by_event.get(ev.caused_by or 0)
-            if bound is None:
-                raise NonDeterminismError(
-                    f"event {ev.id} {ev.type} resolves activity event {ev.caused_by}, "
-                    "which the workflow code never scheduled"
-                )
-            name, fut = bound
-            if ev.type is EventType.ACTIVITY_COMPLETED:
-                fut.set_result(ev.attrs.get("result") or b"\xc0")
-            else:
-                fut.set_exception(ActivityError(name, exception_from_failure(ev.attrs["failure"])))
+        elif t in _RESOLVING:
+            self._resolve(ev)
+        elif t is EventType.TIMER_FIRED:
+            timer = self._timers.pop(self._bound(ev), None)
+            if timer is not None and not timer.future.done():
+                timer.future.set_result(None)
+        elif t is EventType.WORKFLOW_SIGNALED:
+            signals = self._signals[str(ev.attrs.get("name"))]
+            payload = ev.attrs.get("input") or b"\xc0"
+            while signals.waiters:
+                waiter = signals.waiters.popleft()
+                if not waiter.done():  # a wait that timed out is skipped
+                    waiter.set_result(payload)
+                    return
+            signals.buffered.append(payload)
+        elif t is EventType.WORKFLOW_CANCEL_REQUESTED:
+            self.cancel_requested = str(ev.attrs.get("reason") or "cancellation requested")
+            if self._main is not None:
+                self._main.cancel(self.cancel_requested)
+
+    def _bound(self, ev: HistoryEvent) -> int:
+        """The seq of the command whose event ``ev`` resolves."""
+        seq = self._event_seq.get(ev.caused_by or 0)
+        if seq is None:
+            raise NonDeterminismError(
+                f"event {ev.id} {ev.type} resolves event {ev.caused_by}, "
+                "which the workflow code never issued"
+            )
+        return seq
+
+    def _resolve(self, ev: HistoryEvent) -> None:
+        """An activity or child run closed: wake the code that waits on it."""
+        pending = self._waiting.pop(self._bound(ev), None)
+        if pending is None or pending.future.done():
+            return  # the code stopped waiting (cancelled)
+        if ev.type in (EventType.ACTIVITY_COMPLETED, EventType.CHILD_WORKFLOW_COMPLETED):
+            pending.future.set_result(ev.attrs.get("result") or b"\xc0")
+            return
+        cause = exception_from_failure(ev.attrs["failure"])
+        if ev.type is EventType.ACTIVITY_FAILED:
+            pending.future.set_exception(ActivityError(pending.name, cause))
+        else:
+            pending.future.set_exception(
+                ChildWorkflowError(pending.name, pending.workflow_id, cause)
+            )
 
     async def _run_main(self, payload: bytes) -> Any:
         args = decode_args(payload, self.defn.arg_types)
         return await self.defn.fn(self.ctx, *args)
 
-    @staticmethod
-    def _outcome(main: asyncio.Task[Any]) -> _Command:
+    def _outcome(self, main: asyncio.Task[Any]) -> _Command:
         if main.cancelled():
+            if self.cancel_requested:
+                return CancelWorkflow(reason=self.cancel_requested)
             return FailWorkflow(
                 failure=Failure(type="CancelledError", message="workflow cancelled")
             )
         exc = main.exception()
+        if isinstance(exc, ContinueAsNewRequest):
+            return ContinueAsNew(input=exc.payload)
         if exc is not None:
             return FailWorkflow(failure=Failure.model_validate(failure_from_exception(exc)))
         return CompleteWorkflow(result=encode_value(main.result()))
@@ -234,26 +470,50 @@ class WorkflowInstance(WorkflowRuntime):
                     f"replaying workflow task {done.caused_by}: history has "
                     f"{_describe_event(ev)} but the workflow code issued {_describe_command(cmd)}"
                 )
-            if isinstance(cmd, ScheduleActivity):
-                self._by_event[ev.id] = (cmd.name, self._by_seq[cmd.seq])
+            if isinstance(cmd, ScheduleActivity | StartTimer | StartChild):
+                self._event_seq[ev.id] = cmd.seq
+
+
+_RESOLVING = frozenset(
+    {
+        EventType.ACTIVITY_COMPLETED,
+        EventType.ACTIVITY_FAILED,
+        EventType.CHILD_WORKFLOW_COMPLETED,
+        EventType.CHILD_WORKFLOW_FAILED,
+    }
+)
+
+# Each command and the event that records it; ``key`` names the attribute both must share.
+_RECORDED_AS: dict[type[Any], tuple[EventType, str | None]] = {
+    ScheduleActivity: (EventType.ACTIVITY_SCHEDULED, "seq"),
+    CancelActivity: (EventType.ACTIVITY_CANCELED, "seq"),
+    StartTimer: (EventType.TIMER_STARTED, "seq"),
+    CancelTimer: (EventType.TIMER_CANCELED, "seq"),
+    StartChild: (EventType.CHILD_WORKFLOW_SCHEDULED, "seq"),
+    RecordMarker: (EventType.MARKER_RECORDED, "patch"),
+    SetStatus: (EventType.STATUS_SET, None),
+    CompleteWorkflow: (EventType.WORKFLOW_COMPLETED, None),
+    FailWorkflow: (EventType.WORKFLOW_FAILED, None),
+    CancelWorkflow: (EventType.WORKFLOW_CANCELED, None),
+    ContinueAsNew: (EventType.WORKFLOW_CONTINUED_AS_NEW, None),
+}
 
 
 def _same(cmd: _Command, ev: HistoryEvent) -> bool:
-    if isinstance(cmd, ScheduleActivity):
-        return (
-            ev.type is EventType.ACTIVITY_SCHEDULED
-            and ev.attrs.get("seq") == cmd.seq
-            and ev.attrs.get("name") == cmd.name
-        )
-    if isinstance(cmd, CompleteWorkflow):
-        return ev.type is EventType.WORKFLOW_COMPLETED
-    return ev.type is EventType.WORKFLOW_FAILED
+    event_type, key = _RECORDED_AS[type(cmd)]
+    if ev.type is not event_type:
+        return False
+    if isinstance(cmd, ScheduleActivity) and ev.attrs.get("name") != cmd.name:
+        return False
+    if isinstance(cmd, StartChild) and ev.attrs.get("workflow_type") != cmd.workflow_type:
+        return False
+    return key is None or ev.attrs.get(key) == getattr(cmd, key)
 
 
 def _describe_event(ev: HistoryEvent | None) -> str:
     if ev is None:
         return "no further event"
-    name = ev.attrs.get("name")
+    name = ev.attrs.get("name") or ev.attrs.get("workflow_type") or ev.attrs.get("patch")
     return f"event {ev.id} {ev.type}" + (f" {name!r}" if name else "")
 
 
@@ -262,4 +522,8 @@ def _describe_command(cmd: _Command | None) -> str:
         return "no further command"
     if isinstance(cmd, ScheduleActivity):
         return f"ScheduleActivity {cmd.name!r} (seq {cmd.seq})"
+    if isinstance(cmd, StartChild):
+        return f"StartChild {cmd.workflow_type!r} (seq {cmd.seq})"
+    if isinstance(cmd, RecordMarker):
+        return f"patch marker {cmd.patch!r}"
     return type(cmd).__name__

@@ -2,8 +2,10 @@
 
 Workflow code runs only when the worker steps this loop, never on a timer or I/O: the
 ready queue is drained in FIFO order, so the same history always produces the same
-interleaving. Anything that would make the code depend on the outside world (real
-timers, sockets, threads) is refused with a clear error.
+interleaving. Time is the time of the newest event applied, and ``call_at`` (what
+``asyncio.sleep``, ``asyncio.timeout`` and ``wait_for`` use) becomes a durable timer
+through ``timer_factory``. Anything else that would make the code depend on the outside
+world (sockets, threads) is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -17,11 +19,21 @@ from typing import Any, NoReturn
 __all__ = ["WorkflowLoop"]
 
 
+# (when in loop seconds, callback, args, context) -> a handle whose cancel() cancels the timer
+TimerFactory = Callable[
+    [float, Callable[..., object], tuple[Any, ...], contextvars.Context | None],
+    asyncio.TimerHandle,
+]
+
+
 class WorkflowLoop(asyncio.AbstractEventLoop):
-    def __init__(self, on_error: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self, on_error: Callable[[dict[str, Any]], None], timer_factory: TimerFactory
+    ) -> None:
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
         self.now_ms = 0
         self._on_error = on_error
+        self._timer_factory = timer_factory
         self.tasks: set[asyncio.Task[Any]] = set()
 
     # what asyncio.Task, Future and gather need ---------------------------------------
@@ -83,13 +95,28 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         finally:
             asyncio.events._set_running_loop(outer)
 
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        pass  # TimerHandle.cancel() reports here; the durable timer is cancelled by its owner
+
     # refused ---------------------------------------------------------------------------
 
-    def call_later(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
-        _refuse("timers (asyncio.sleep, wait_for)", "durable timers are not available yet")
+    def call_later(  # type: ignore[override]
+        self,
+        delay: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        return self.call_at(self.time() + delay, callback, *args, context=context)
 
-    def call_at(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
-        _refuse("timers (asyncio.sleep, wait_for)", "durable timers are not available yet")
+    def call_at(  # type: ignore[override]
+        self,
+        when: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        return self._timer_factory(when, callback, args, context)
 
     def run_in_executor(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         _refuse("run_in_executor", "do blocking work in an activity")

@@ -105,6 +105,7 @@ class Worker:
         max_cached_runs: int = 1000,
         workflow_task_retry_delay: float = 5.0,
         liveness_ttl: float = 2.0,
+        release_after: float = 30.0,
         nc: NATS | None = None,
     ) -> None:
         self.servers = servers
@@ -124,6 +125,8 @@ class Worker:
         self.activity_slots = activity_slots
         self.lease = lease
         self.workflow_task_retry_delay = workflow_task_retry_delay
+        # A run that only waits on a timer at least this far off is dropped from memory.
+        self.release_after = release_after
         # A dead worker is detected when its key in imm-workers expires: within this many
         # seconds of its last renewal (renewed 4 times per TTL). Whole seconds (Nats-TTL).
         self.liveness_ttl = max(1.0, float(round(liveness_ttl)))
@@ -140,7 +143,8 @@ class Worker:
         self._held: dict[int, Msg] = {}
         self._held_changed = asyncio.Event()
         self._running = False
-        self.evictions = 0
+        self.evictions = 0  # runs dropped from memory (cache pressure, staleness, sleeps)
+        self.released = 0  # of those, runs dropped because they sleep on a durable timer
         self.replays = 0
 
     @property
@@ -540,6 +544,13 @@ class Worker:
             inst.last_seq = applied.seq
         if inst.finished:
             inst.close()
+        elif inst.releasable(round(self.release_after * 1000)):
+            # It only waits on a durable timer: hold nothing for it. The firing schedules a
+            # workflow task that any worker takes, replaying the run from its history.
+            inst.close()
+            self.evictions += 1
+            self.released += 1
+            log.info("run %s of %s sleeps: released from memory", task.run_id, task.workflow_id)
         else:
             self._remember(inst)
 

@@ -90,6 +90,9 @@ def serve(
     grace: Annotated[
         float, typer.Option(help="seconds in-flight tasks get to finish on SIGTERM")
     ] = 10.0,
+    release_after: Annotated[
+        float, typer.Option(help="drop a run from memory when it sleeps at least this long")
+    ] = 30.0,
     log_level: str = "INFO",
 ) -> None:
     """Serve workflows and activities until SIGINT or SIGTERM."""
@@ -108,6 +111,7 @@ def serve(
         workflow_slots=workflow_slots,
         activity_slots=activity_slots,
         worker_id=worker_id,
+        release_after=release_after,
     )
     asyncio.run(_serve(worker, grace))
 
