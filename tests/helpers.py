@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from immortal import Client, EventType, HistoryEvent
+from immortal._wire import CLOSING_EVENTS
 from immortal_worker import Worker
 
 
@@ -25,9 +26,7 @@ def assert_well_formed(history: list[HistoryEvent]) -> None:
         if e.type in (EventType.ACTIVITY_COMPLETED, EventType.ACTIVITY_FAILED)
     )
     assert all(n == 1 for n in closed.values()), f"activity closed twice: {closed}"
-    outcomes = [
-        e for e in history if e.type in (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED)
-    ]
+    outcomes = [e for e in history if e.type in CLOSING_EVENTS]
     assert len(outcomes) <= 1, "run closed twice"
 
 

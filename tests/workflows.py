@@ -95,3 +95,12 @@ async def beating_flow(ctx: WorkflowContext, tag: str) -> str:
 
 workflows = [*workflows, beating_flow]
 activities = [*activities, beating]
+
+
+@immortal.workflow
+async def sleeper(ctx: WorkflowContext, seconds: float, x: int) -> int:
+    await ctx.sleep(seconds)
+    return await ctx.activity(double, x)
+
+
+workflows = [*workflows, sleeper]
