@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import typer
 
+from immortal import Client, WorkflowFailedError
 from immortal_worker.cli import load_targets
 from tests.helpers import running_worker
 
@@ -88,3 +89,59 @@ async def test_workflow_failure_exit_code(nats_url: str, prefix: str, client: ob
         )  # fmt: skip
     assert done.returncode == 1
     assert "failed:" in done.stderr and "PayloadError" in done.stderr
+
+
+def _cli(nats_url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "immortal_hub", *args, "-s", nats_url, "--prefix", prefix],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )  # fmt: skip
+
+
+async def test_signal_status_cancel_and_schedules_from_the_cli(
+    nats_url: str, prefix: str, client: Client
+) -> None:
+    from tests.test_toolbox import approvals, tick_counter
+
+    async with running_worker(nats_url, prefix, workflows=[approvals, tick_counter]):
+        handle = await client.start(approvals, 1, id="needs-ok")
+        sent = await asyncio.to_thread(
+            _cli, nats_url, prefix, "workflow", "signal", "needs-ok", "approve", '"fine"'
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert await handle.result(timeout=20) == ["fine"]
+        status = await asyncio.to_thread(_cli, nats_url, prefix, "workflow", "status", "needs-ok")
+        assert status.returncode == 0 and status.stdout.strip() == "null"
+        waiting = await client.start(approvals, 1, id="to-cancel")
+        cancelled = await asyncio.to_thread(
+            _cli, nats_url, prefix, "workflow", "cancel", "to-cancel", "--reason", "testing"
+        )
+        assert cancelled.returncode == 0, cancelled.stderr
+        with pytest.raises(WorkflowFailedError, match="testing"):
+            await waiting.result(timeout=20)
+        made = await asyncio.to_thread(
+            _cli,
+            nats_url,
+            prefix,
+            "schedule",
+            "create",
+            "hourly",
+            "tick_counter",
+            "--cron",
+            "0 * * * *",
+        )
+        assert made.returncode == 0, made.stderr
+        listed = await asyncio.to_thread(_cli, nats_url, prefix, "schedule", "list")
+        assert (
+            "hourly" in listed.stdout
+            and "0 0 * * * *" in listed.stdout
+            and "active" in listed.stdout
+        )
+        paused = await asyncio.to_thread(_cli, nats_url, prefix, "schedule", "pause", "hourly")
+        assert paused.returncode == 0
+        listed = await asyncio.to_thread(_cli, nats_url, prefix, "schedule", "list")
+        assert "paused" in listed.stdout
+        bad = await asyncio.to_thread(
+            _cli, nats_url, prefix, "schedule", "create", "x", "tick_counter", "--cron", "* *"
+        )
+        assert bad.returncode != 0 and "5 or 6 fields" in bad.stderr

@@ -90,6 +90,11 @@ async def counter(ctx: WorkflowContext, target: int) -> int:
 
 
 @immortal.workflow
+async def tick_counter(ctx: WorkflowContext) -> int:
+    return 1
+
+
+@immortal.workflow
 async def cancellable(ctx: WorkflowContext) -> str:
     try:
         return await ctx.activity(slow_beating, "main")

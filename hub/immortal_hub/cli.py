@@ -4,6 +4,8 @@ immortal dev                        # nats-server + hub + worker + an example ru
 immortal hub --server nats://...    # one hub
 immortal workflow start place_order '{"id": "o2", "items": ["x"], "cents": 100}'
 immortal workflow result <workflow-id>
+immortal workflow signal <workflow-id> approve '"yes"'
+immortal schedule create nightly report --cron "0 3 * * *"
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ __all__ = ["main"]
 app = typer.Typer(add_completion=False, help="Immortal: durable workflows on NATS JetStream.")
 workflow_app = typer.Typer(add_completion=False, help="Start runs and read their state.")
 app.add_typer(workflow_app, name="workflow")
+schedule_app = typer.Typer(add_completion=False, help="Start workflows on an interval or cron.")
+app.add_typer(schedule_app, name="schedule")
 
 Server = Annotated[str, typer.Option("--server", "-s", envvar="IMMORTAL_SERVER")]
 Tenant = Annotated[str, typer.Option(envvar="IMMORTAL_TENANT")]
@@ -310,6 +314,129 @@ def workflow_history(
             print(f"{e.id:>4} {e.type.value:<24}{cause:<8} {json.dumps(attrs, default=str)}")
 
     _on_run(server, tenant, prefix, workflow_id, run, history)
+
+
+@workflow_app.command("signal")
+def workflow_signal(
+    workflow_id: str,
+    name: Annotated[str, typer.Argument(help="signal name")],
+    payload: Annotated[str, typer.Argument(help="payload, as one JSON value")] = "null",
+    run: RunId = None,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Send a signal to a running workflow (recorded in its history in arrival order)."""
+    [value] = _json_args([payload])
+
+    async def send(handle: WorkflowHandle[Any]) -> None:
+        await handle.signal(name, value)
+
+    _on_run(server, tenant, prefix, workflow_id, run, send)
+
+
+@workflow_app.command("cancel")
+def workflow_cancel(
+    workflow_id: str,
+    reason: Annotated[str, typer.Option(help="recorded with the request")] = "",
+    run: RunId = None,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Ask a run to cancel; its code may clean up before it closes."""
+
+    async def cancel(handle: WorkflowHandle[Any]) -> None:
+        await handle.cancel(reason)
+
+    _on_run(server, tenant, prefix, workflow_id, run, cancel)
+
+
+@workflow_app.command("status")
+def workflow_status(
+    workflow_id: str,
+    run: RunId = None,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Print the value the workflow last published with ctx.set_status."""
+
+    async def status(handle: WorkflowHandle[Any]) -> None:
+        _print_json(await handle.status())
+
+    _on_run(server, tenant, prefix, workflow_id, run, status)
+
+
+def _on_schedules(
+    server: str, tenant: str, prefix: str, action: Callable[[Client], Awaitable[None]]
+) -> None:
+    async def go() -> None:
+        async with Client(server, tenant=tenant, prefix=prefix) as client:
+            await action(client)
+
+    asyncio.run(go())
+
+
+@schedule_app.command("create")
+def schedule_create(
+    schedule_id: str,
+    workflow_type: Annotated[str, typer.Argument(help="registered workflow name")],
+    args: Annotated[list[str] | None, typer.Argument(help="arguments, one JSON value each")] = None,
+    every: Annotated[float | None, typer.Option(help="seconds between runs")] = None,
+    cron: Annotated[str | None, typer.Option(help="cron expression (5 or 6 fields, UTC)")] = None,
+    queue: str = "default",
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Create (or replace) a schedule."""
+
+    async def create(client: Client) -> None:
+        info = await client.schedules.create(
+            schedule_id, workflow_type, *_json_args(args or []), every=every, cron=cron, queue=queue
+        )
+        _print_json(info.__dict__)
+
+    try:
+        _on_schedules(server, tenant, prefix, create)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@schedule_app.command("list")
+def schedule_list(
+    server: Server = DEFAULT_SERVER, tenant: Tenant = "default", prefix: Prefix = "imm"
+) -> None:
+    """List this tenant's schedules."""
+
+    async def show(client: Client) -> None:
+        for s in await client.schedules.list():
+            state = "paused" if s.paused else "active"
+            print(f"{s.schedule_id:<24} {s.workflow_type:<20} {s.queue:<12} {state:<7} {s.spec}")
+
+    _on_schedules(server, tenant, prefix, show)
+
+
+def _schedule_action(verb: str) -> Callable[..., None]:
+    def command(
+        schedule_id: str,
+        server: Server = DEFAULT_SERVER,
+        tenant: Tenant = "default",
+        prefix: Prefix = "imm",
+    ) -> None:
+        async def act(client: Client) -> None:
+            await getattr(client.schedules, verb)(schedule_id)
+            print(f"{schedule_id}: {verb}d")
+
+        _on_schedules(server, tenant, prefix, act)
+
+    command.__doc__ = f"{verb.capitalize()} a schedule."
+    return command
+
+
+for _verb in ("pause", "resume", "delete"):
+    schedule_app.command(_verb)(_schedule_action(_verb))
 
 
 def _readable(value: Any) -> Any:
