@@ -39,7 +39,9 @@ from bench._harness import (
 from immortal import Client
 from immortal.testing import NatsServer
 
-WORKLOADS = ["jetstream", "throughput", "sequential5", "fanout10", "latency", "dead_worker"]
+WORKLOADS = [
+    "jetstream", "throughput", "sequential5", "fanout10", "latency", "timers", "dead_worker"
+]  # fmt: skip
 OPTIONAL = ["soak"]  # long: run with -w soak
 STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "KV_imm-runs"]
 
@@ -194,6 +196,45 @@ class Bench:
             finally:
                 await self._stop([*workers, *hubs])
 
+    async def w_timers(self) -> None:
+        """Timer lateness: many concurrent 1 s durable sleeps, read back from the histories.
+
+        ``fired`` is when the hub recorded the firing (TimerFired minus its due time);
+        ``resumed`` is when the workflow code, woken on a worker, recorded its next step
+        (the WorkflowTaskCompleted after the firing): lateness as the workflow sees it.
+        """
+        fired = self.metric("timer lateness (fired) p50", "ms")
+        fired99 = self.metric("timer lateness (fired) p99", "ms", target="< 20")
+        resumed = self.metric("timer lateness (workflow resumed) p50", "ms")
+        resumed99 = self.metric("timer lateness (workflow resumed) p99", "ms")
+        for _ in range(self.args.trials):
+            hubs, workers = await self._cluster()
+            try:
+                async with Client(self.url) as client:
+                    await (await client.start("sleep_once", 0.01)).result(timeout=30)  # warm up
+                    handles = await asyncio.gather(
+                        *(client.start("sleep_once", 1.0) for _ in range(self.args.timers_n))
+                    )
+                    await asyncio.gather(*(h.result(timeout=60) for h in handles))
+                    late_fired, late_resumed = [], []
+                    for h in handles:
+                        events = await h.history()
+                        fire = next(e for e in events if e.type.value == "TimerFired")
+                        due = int(fire.attrs["due"])
+                        late_fired.append(fire.ts - due)
+                        step = next(
+                            e
+                            for e in events
+                            if e.id > fire.id and e.type.value == "WorkflowTaskCompleted"
+                        )
+                        late_resumed.append(step.ts - due)
+                    fired.values.append(pct(late_fired, 50))
+                    fired99.values.append(pct(late_fired, 99))
+                    resumed.values.append(pct(late_resumed, 50))
+                    resumed99.values.append(pct(late_resumed, 99))
+            finally:
+                await self._stop([*workers, *hubs])
+
     async def w_soak(self) -> None:
         """Hub memory across many completed workflows: it must stay flat."""
         n, step = self.args.soak_n, max(self.args.soak_n // 10, 1)
@@ -282,6 +323,7 @@ def main() -> None:
         "--in-flight", type=int, default=1000, help="workflows started but not finished"
     )
     ap.add_argument("--latency-n", type=int, default=200)
+    ap.add_argument("--timers-n", type=int, default=100, help="concurrent sleeps per trial")
     ap.add_argument("--lease", type=float, default=30.0, help="worker lease in the dead-worker run")
     ap.add_argument("--dead-trials", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=600)

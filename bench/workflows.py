@@ -46,3 +46,9 @@ async def hold(tag: str) -> str:
 @immortal.workflow
 async def held(ctx: WorkflowContext, tag: str) -> str:
     return await ctx.activity(hold, tag)
+
+
+@immortal.workflow
+async def sleep_once(ctx: WorkflowContext, seconds: float) -> int:
+    await ctx.sleep(seconds)
+    return 0

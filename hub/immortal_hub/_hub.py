@@ -91,6 +91,7 @@ log = logging.getLogger(__name__)
 
 _MAX_RACES = 50
 _POISON_DELIVERIES = 10
+_MAX_LOCAL_TIMERS = 100_000
 
 
 class Hub:
@@ -106,6 +107,7 @@ class Hub:
         max_in_flight: int = 256,
         ack_wait: float = 5.0,
         cache_size: int = 10_000,
+        local_timer_horizon: float = 300.0,
         nc: NATS | None = None,
     ) -> None:
         self.servers = servers
@@ -127,6 +129,9 @@ class Hub:
         self.transitions = 0  # appended transitions, for tests and metrics
         self._held_by: dict[str, list[str]] = {}  # worker key -> ack subjects it holds
         self.handed_back = 0  # tasks of dead workers handed back, for tests and metrics
+        # Timers due within this many seconds are also fired from this hub's clock.
+        self.local_timer_horizon = local_timer_horizon
+        self._local_timers: dict[str, asyncio.TimerHandle] = {}
 
     @property
     def nc(self) -> NATS:
@@ -152,6 +157,9 @@ class Hub:
     async def stop(self) -> None:
         """Stop fetching, finish what is in flight, disconnect."""
         self._running = False
+        for handle in self._local_timers.values():
+            handle.cancel()  # their scheduled messages fire them
+        self._local_timers.clear()
         with contextlib.suppress(Exception):
             await self._rpc_sub.unsubscribe()
         if self._rpc_tasks:
@@ -368,6 +376,42 @@ class Hub:
         with contextlib.suppress(Exception):
             await msg.respond(reply)
 
+    # -- timers ---------------------------------------------------------------------------
+
+    def _arm_local(self, tenant: str, e: Emission) -> None:
+        """Fire a timer due soon from this hub's own clock, on time to the millisecond.
+
+        The server's scheduler fires at most every 250 ms, so a scheduled message alone is
+        up to a quarter second late. The scheduled message stays the durable backstop (a
+        hub that dies takes its local timers with it); whichever fires second is recognised
+        as already applied and changes nothing.
+        """
+        assert e.due_ms is not None and isinstance(e.body, TimerFired)
+        delay = (e.due_ms - now_ms()) / 1000
+        if (
+            not self._running
+            or delay > self.local_timer_horizon
+            or e.msg_id in self._local_timers
+            or len(self._local_timers) >= _MAX_LOCAL_TIMERS
+        ):
+            return
+        body, key = e.body, e.msg_id
+        loop = asyncio.get_running_loop()
+        self._local_timers[key] = loop.call_later(
+            max(0.0, delay), lambda: self._spawn(self._fire_local(tenant, e.queue, key, body))
+        )
+
+    async def _fire_local(self, tenant: str, queue: str, key: str, fired: TimerFired) -> None:
+        self._local_timers.pop(key, None)
+        try:
+            await self._apply(tenant, queue, "timer", fired)
+        except Exception as exc:  # the scheduled message will fire it
+            log.info("local timer %s: %s; the durable timer will fire it", fired.timer, exc)
+            return
+        subject = self.names.timer_subject(tenant, fired.run_id, fired.timer)
+        with contextlib.suppress(Exception):  # spare the backstop's firing, if still in time
+            await self.js.purge_stream(self.names.stream_timers, subject=subject)
+
     async def _fire_schedule(self, tenant: str, fired: TimerFired, msg: Msg) -> None:
         """A schedule fired: start one run, whose id derives from this firing (so that a
         redelivered firing starts nothing twice), unless the schedule is paused or gone."""
@@ -554,6 +598,7 @@ class Hub:
                     e.due_ms, self.names.fired_subject(tenant, e.queue), e.msg_id
                 ),
             )
+            self._arm_local(tenant, e)
             return
         await self.js.publish(
             self.names.task_subject(tenant, e.queue, e.kind),
