@@ -199,8 +199,15 @@ async def test_signal_in_time_cancels_the_timeout_timer(
         )
         await handle.signal("approve", "yes")
         assert await handle.result(timeout=20) == "yes"
-    types = [e.type for e in await handle.history()]
+    history = await handle.history()
+    types = [e.type for e in history]
     assert EventType.TIMER_CANCELED in types and EventType.TIMER_FIRED not in types
+    started = next(e for e in history if e.type is EventType.TIMER_STARTED)
+    subject = client.names.timer_subject(client.tenant, handle.run_id, f"t-{started.id}")
+    info = await client.nc.jetstream().stream_info(
+        client.names.stream_timers, subjects_filter=subject
+    )
+    assert not info.state.subjects  # the schedule was purged, not left to fire
 
 
 async def test_wait_condition_and_status(nats_url: str, prefix: str, client: Client) -> None:

@@ -131,7 +131,8 @@ class Hub:
         self.handed_back = 0  # tasks of dead workers handed back, for tests and metrics
         # Timers due within this many seconds are also fired from this hub's clock.
         self.local_timer_horizon = local_timer_horizon
-        self._local_timers: dict[str, asyncio.TimerHandle] = {}
+        self._local_timers: dict[str, asyncio.TimerHandle] = {}  # by timer message id
+        self._local_keys: dict[str, str] = {}  # timer subject -> its local timer's message id
 
     @property
     def nc(self) -> NATS:
@@ -160,6 +161,7 @@ class Hub:
         for handle in self._local_timers.values():
             handle.cancel()  # their scheduled messages fire them
         self._local_timers.clear()
+        self._local_keys.clear()
         with contextlib.suppress(Exception):
             await self._rpc_sub.unsubscribe()
         if self._rpc_tasks:
@@ -396,6 +398,7 @@ class Hub:
         ):
             return
         body, key = e.body, e.msg_id
+        self._local_keys[self.names.timer_subject(tenant, body.run_id, body.timer)] = key
         loop = asyncio.get_running_loop()
         self._local_timers[key] = loop.call_later(
             max(0.0, delay), lambda: self._spawn(self._fire_local(tenant, e.queue, key, body))
@@ -403,12 +406,14 @@ class Hub:
 
     async def _fire_local(self, tenant: str, queue: str, key: str, fired: TimerFired) -> None:
         self._local_timers.pop(key, None)
+        subject = self.names.timer_subject(tenant, fired.run_id, fired.timer)
+        if self._local_keys.get(subject) == key:
+            del self._local_keys[subject]
         try:
             await self._apply(tenant, queue, "timer", fired)
         except Exception as exc:  # the scheduled message will fire it
             log.info("local timer %s: %s; the durable timer will fire it", fired.timer, exc)
             return
-        subject = self.names.timer_subject(tenant, fired.run_id, fired.timer)
         with contextlib.suppress(Exception):  # spare the backstop's firing, if still in time
             await self.js.purge_stream(self.names.stream_timers, subject=subject)
 
@@ -582,6 +587,9 @@ class Hub:
         if e.kind == "purge":
             assert isinstance(e.body, TimerFired)
             subject = self.names.timer_subject(tenant, e.body.run_id, e.body.timer)
+            local = self._local_timers.pop(self._local_keys.pop(subject, ""), None)
+            if local is not None:
+                local.cancel()
             try:  # best effort: a timer that fires anyway is recorded as no longer needed
                 await self.js.purge_stream(self.names.stream_timers, subject=subject)
             except Exception as exc:
