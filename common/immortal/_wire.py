@@ -21,6 +21,7 @@ __all__ = [
     "ActivityResult",
     "ActivityStarted",
     "ActivityTask",
+    "AnyCommand",
     "AppliedTransition",
     "CancelActivity",
     "CancelTimer",
@@ -335,7 +336,7 @@ class ContinueAsNew(_Model):
     input: bytes
 
 
-Command = Annotated[
+AnyCommand = (
     ScheduleActivity
     | CancelActivity
     | StartTimer
@@ -346,9 +347,9 @@ Command = Annotated[
     | CompleteWorkflow
     | FailWorkflow
     | CancelWorkflow
-    | ContinueAsNew,
-    Field(discriminator="kind"),
-]
+    | ContinueAsNew
+)
+Command = Annotated[AnyCommand, Field(discriminator="kind")]
 
 
 # -- inputs (to the hub, on IMM_IN) ----------------------------------------------------

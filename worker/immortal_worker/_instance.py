@@ -32,6 +32,7 @@ from immortal._errors import (
 )
 from immortal._wire import (
     COMMAND_EVENTS,
+    AnyCommand,
     CancelActivity,
     CancelTimer,
     CancelWorkflow,
@@ -53,19 +54,7 @@ __all__ = ["CacheStale", "WorkflowInstance"]
 
 log = logging.getLogger(__name__)
 
-_Command = (
-    ScheduleActivity
-    | CancelActivity
-    | StartTimer
-    | CancelTimer
-    | StartChild
-    | RecordMarker
-    | SetStatus
-    | CompleteWorkflow
-    | FailWorkflow
-    | CancelWorkflow
-    | ContinueAsNew
-)
+_Command = AnyCommand
 
 
 class CacheStale(Exception):
