@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -34,8 +35,9 @@ from immortal._errors import (
     exception_from_failure,
 )
 from immortal._inputs import send_input
-from immortal._jetstream import last_message, read_subject
-from immortal._names import InputKind, Names, encode_token, validate_tenant
+from immortal._integrity import IntegrityReport, verify_chain
+from immortal._jetstream import last_message, read_subject, tail
+from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._schedules import Schedules
 from immortal._wire import (
     CLOSING_EVENTS,
@@ -337,6 +339,21 @@ class Client:
                 workflow_type,
             )
 
+    async def events(
+        self, *, from_seq: int = 1, follow: bool = False
+    ) -> AsyncIterator[tuple[int, str, str, HistoryEvent]]:
+        """The tenant's whole event stream: (stream sequence, workflow id, run id, event)
+        for every run, in the order the hubs appended them; ``follow`` keeps it live."""
+        names = self.names
+        subject = f"{names.prefix}.hist.{self.tenant}.>"
+        async for msg in tail(
+            self.nc, names.stream_history, subject, from_seq=from_seq, follow=follow
+        ):
+            _, _, _, wf_token, run_token = msg.subject.split(".", 4)
+            workflow_id, run_id = decode_token(wf_token), decode_token(run_token)
+            for event in decode(Transition, msg.data).events:
+                yield msg.seq, workflow_id, run_id, event
+
     async def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[Any]:
         """A handle on an existing run: the newest one of ``workflow_id`` if no run id."""
         if run_id is None:
@@ -497,14 +514,45 @@ class WorkflowHandle(Generic[R]):
             )
         return _describe(transition.state)
 
-    async def history(self) -> list[HistoryEvent]:
-        """Every event of the run, in order."""
+    async def history(self, *, from_seq: int = 1) -> list[HistoryEvent]:
+        """Every event of the run, in order (from stream sequence ``from_seq`` on)."""
         events: list[HistoryEvent] = []
-        async for msg in read_subject(
-            self.client.nc, self.client.names.stream_history, self._subject
-        ):
-            events.extend(decode(Transition, msg.data).events)
+        async for _, batch in self.transitions(from_seq=from_seq):
+            events.extend(batch)
         return events
+
+    async def transitions(
+        self, *, from_seq: int = 1, follow: bool = False
+    ) -> AsyncIterator[tuple[int, list[HistoryEvent]]]:
+        """(stream sequence, events) of each history message from ``from_seq`` on; with
+        ``follow``, then each new one live, until the run closes."""
+        client = self.client
+        async for msg in tail(
+            client.nc, client.names.stream_history, self._subject, from_seq=from_seq, follow=follow
+        ):
+            transition = decode(Transition, msg.data)
+            yield msg.seq, transition.events
+            if follow and transition.state.status.closed:
+                return
+
+    async def verify(self) -> IntegrityReport:
+        """Check the run's history chain: no message deleted, altered or reordered."""
+        client = self.client
+        messages = [
+            (m.seq, m.data)
+            async for m in read_subject(client.nc, client.names.stream_history, self._subject)
+        ]
+        head = None
+        try:
+            entry = await (await client._runs()).get(
+                client.names.run_key(client.tenant, self.workflow_id)
+            )
+            indexed = unpack(entry.value or b"")
+            if indexed.get("run_id") == self.run_id:
+                head = indexed.get("head")
+        except JsNotFound:
+            pass
+        return verify_chain(messages, head)
 
 
 def _worker_info(raw: dict[str, Any]) -> WorkerInfo:

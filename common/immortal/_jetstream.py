@@ -16,6 +16,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "is_wrong_last_sequence",
     "last_message",
     "read_subject",
+    "tail",
 ]
 
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -64,6 +66,41 @@ async def read_subject(
             yield msg
         if got < _BATCH:
             return
+
+
+async def tail(
+    nc: NATS, stream: str, subject: str, *, from_seq: int = 1, follow: bool = False
+) -> AsyncIterator[StoredMsg]:
+    """Messages on ``subject`` (wildcards allowed) from ``from_seq`` on, in stream order;
+    with ``follow``, then each new one as it is stored, until the caller stops."""
+    seq = max(from_seq, 1)
+    async for msg in read_subject(nc, stream, subject, from_seq=seq):
+        seq = msg.seq + 1
+        yield msg
+    if not follow:
+        return
+    # An ordered consumer from where the read stopped: gap-free, recreated by nats-py on
+    # any sequence mismatch.
+    sub = await nc.jetstream().subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=seq),
+    )
+    try:
+        while True:
+            try:
+                new = await sub.next_msg(timeout=5.0)
+            except TimeoutError:
+                continue
+            yield StoredMsg(
+                subject=new.subject,
+                seq=new.metadata.sequence.stream,
+                data=new.data,
+                headers=new.headers or {},
+            )
+    finally:
+        await sub.unsubscribe()
 
 
 async def _direct_batch(

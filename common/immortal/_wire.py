@@ -256,6 +256,7 @@ class Transition(_Model):
     v: int = WIRE_VERSION
     events: list[HistoryEvent]
     state: RunState
+    prev: bytes = b""  # SHA-256 of the run's previous history message; empty on the first
 
 
 # -- commands (worker -> hub, inside a workflow-task result) ---------------------------

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from immortal._codec import pack, unpack
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
+from immortal._integrity import transition_digest
 from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
 from immortal._names import Names
@@ -120,7 +121,7 @@ class Hub:
         self.max_in_flight = max_in_flight
         self._rpc_tasks: set[asyncio.Task[None]] = set()
         self._pullers: set[Puller] = set()
-        self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[RunState, int, bytes]] = OrderedDict()
         self._cache_size = cache_size
         self._locks = KeyedLocks()
         self._queues: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -478,7 +479,7 @@ class Hub:
         subject = self.names.history_subject(tenant, body.workflow_id, body.run_id)
         async with self._locks.hold(subject):
             for _ in range(_MAX_RACES):
-                state, seq, cached = await self._load(subject)
+                state, seq, digest, cached = await self._load(subject)
                 try:
                     outcome = self._transition(state, queue, kind, body)
                 except (InvalidInput, StaleAttempt):
@@ -499,19 +500,20 @@ class Hub:
                     log.info("%s: %s", subject, outcome.note)
                     return None
                 assert outcome.state is not None
-                new_seq = await self._append(subject, outcome, seq)
-                if new_seq is None:
+                appended = await self._append(subject, outcome, seq, digest)
+                if appended is None:
                     continue  # another hub moved the run: reload and decide again
+                new_seq, new_digest = appended
                 # Tasks first, so the index write is off the run's critical path; it still
                 # happens before the ack, and under the run lock, so this hub cannot index
                 # the run's close before its start. A close is indexed before its emissions,
                 # so a continued run's start always indexes after its predecessor's close.
                 emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
                 if outcome.closes_run:
-                    await self._index(tenant, outcome.state, new_seq)
+                    await self._index(tenant, outcome.state, new_seq, new_digest)
                 await self._emit(tenant, emissions)
                 if outcome.starts_run:
-                    await self._index(tenant, outcome.state, new_seq)
+                    await self._index(tenant, outcome.state, new_seq, new_digest)
                 return AppliedTransition(prev_seq=seq, seq=new_seq, events=outcome.events)
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
 
@@ -519,20 +521,24 @@ class Hub:
     def _transition(state: RunState | None, queue: str, kind: str, body: Any) -> Outcome:
         return _INPUTS[kind][1](state, body, queue, now_ms())
 
-    async def _load(self, subject: str) -> tuple[RunState | None, int, bool]:
-        """(state, history sequence, whether it came from this hub's cache)."""
+    async def _load(self, subject: str) -> tuple[RunState | None, int, bytes, bool]:
+        """(state, history sequence, digest of that transition, whether it was cached)."""
         cached = self._cache.get(subject)
         if cached is not None:
             self._cache.move_to_end(subject)
-            return cached[0], cached[1], True
+            return cached[0], cached[1], cached[2], True
         msg = await last_message(self.nc, self.names.stream_history, subject)
         if msg is None:
-            return None, 0, False
-        return decode(Transition, msg.data).state, msg.seq, False
+            return None, 0, b"", False
+        return decode(Transition, msg.data).state, msg.seq, transition_digest(msg.data), False
 
-    async def _append(self, subject: str, outcome: Outcome, expected_seq: int) -> int | None:
+    async def _append(
+        self, subject: str, outcome: Outcome, expected_seq: int, prev: bytes
+    ) -> tuple[int, bytes] | None:
+        """Append one transition chained to the previous one; (sequence, digest), or None
+        if another hub appended first."""
         assert outcome.state is not None
-        body = encode(Transition(events=outcome.events, state=outcome.state))
+        body = encode(Transition(events=outcome.events, state=outcome.state, prev=prev))
         try:
             ack = await self.js.publish(
                 subject,
@@ -545,19 +551,20 @@ class Hub:
                 return None
             raise
         self.transitions += 1
-        self._remember(subject, outcome.state, ack.seq)
-        return int(ack.seq)
+        digest = transition_digest(body)
+        self._remember(subject, outcome.state, ack.seq, digest)
+        return int(ack.seq), digest
 
-    def _remember(self, subject: str, state: RunState, seq: int) -> None:
+    def _remember(self, subject: str, state: RunState, seq: int, digest: bytes) -> None:
         if state.status.closed:
             self._cache.pop(subject, None)
             return
-        self._cache[subject] = (state, seq)
+        self._cache[subject] = (state, seq, digest)
         self._cache.move_to_end(subject)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    async def _index(self, tenant: str, state: RunState, seq: int) -> None:
+    async def _index(self, tenant: str, state: RunState, seq: int, digest: bytes) -> None:
         value = pack(
             {
                 "run_id": state.run_id,
@@ -567,6 +574,7 @@ class Hub:
                 "started_ts": state.started_ts,
                 "closed_ts": state.closed_ts,
                 "hist_seq": seq,
+                "head": digest,  # the newest transition's digest: anchors `verify`
             }
         )
         await self._runs_kv.put(self.names.run_key(tenant, state.workflow_id), value)

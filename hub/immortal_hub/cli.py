@@ -11,6 +11,7 @@ immortal schedule create nightly report --cron "0 3 * * *"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -314,6 +315,62 @@ def workflow_history(
             print(f"{e.id:>4} {e.type.value:<24}{cause:<8} {json.dumps(attrs, default=str)}")
 
     _on_run(server, tenant, prefix, workflow_id, run, history)
+
+
+@workflow_app.command("verify")
+def workflow_verify(
+    workflow_id: str,
+    run: RunId = None,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Check a run's history chain: exit 1, naming each problem, if a message was deleted,
+    altered or reordered."""
+
+    async def verify(handle: WorkflowHandle[Any]) -> None:
+        report = await handle.verify()
+        for problem in report.problems:
+            print(problem, file=sys.stderr)
+        verdict = "intact" if report.ok else "BROKEN"
+        print(
+            f"{handle.run_id}: {report.transitions} transitions, {report.events} events, {verdict}"
+        )
+        if not report.ok:
+            raise typer.Exit(1)
+
+    _on_run(server, tenant, prefix, workflow_id, run, verify)
+
+
+@app.command()
+def events(
+    from_seq: Annotated[int, typer.Option("--from-seq", help="start at this stream sequence")] = 1,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new events")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object a line")] = False,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """The tenant's whole event stream, every run, in the order the hubs appended it."""
+
+    async def go() -> None:
+        async with Client(server, tenant=tenant, prefix=prefix) as client:
+            async for seq, workflow_id, run_id, e in client.events(
+                from_seq=from_seq, follow=follow
+            ):
+                if as_json:
+                    line = {"seq": seq, "workflow_id": workflow_id, "run_id": run_id}
+                    print(json.dumps({**line, "event": e.model_dump(mode="json")}), flush=True)
+                else:
+                    attrs = json.dumps({k: _readable(v) for k, v in e.attrs.items()}, default=str)
+                    print(
+                        f"{seq:>7} {workflow_id} {e.id:>4} {e.type.value:<24} {attrs}", flush=True
+                    )
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(go())
 
 
 @workflow_app.command("signal")
