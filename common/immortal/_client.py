@@ -37,6 +37,7 @@ from immortal._errors import (
 from immortal._inputs import send_input
 from immortal._integrity import IntegrityReport, verify_chain
 from immortal._jetstream import last_message, read_subject, tail
+from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._schedules import Schedules
 from immortal._wire import (
@@ -534,6 +535,16 @@ class WorkflowHandle(Generic[R]):
             yield msg.seq, transition.events
             if follow and transition.state.status.closed:
                 return
+
+    async def logs(self, *, from_seq: int = 1, follow: bool = False) -> AsyncIterator[LogLine]:
+        """The run's log lines from every worker, in the server's order (``seq``), from
+        stream sequence ``from_seq`` on; ``follow`` keeps tailing until the caller stops."""
+        client = self.client
+        subject = client.names.log_subject(client.tenant, self.workflow_id, self.run_id)
+        async for msg in tail(
+            client.nc, client.names.stream_logs, subject, from_seq=from_seq, follow=follow
+        ):
+            yield decode_log(msg.seq, msg.data)
 
     async def verify(self) -> IntegrityReport:
         """Check the run's history chain: no message deleted, altered or reordered."""

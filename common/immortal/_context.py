@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar, overload
 
 from immortal._codec import decode_value, encode_args, encode_value
 from immortal._definitions import ActivityOptions, activity_definition, workflow_definition
+from immortal._logs import WorkflowLogger
 from immortal._retry import RetryPolicy
 
 __all__ = ["ContinueAsNewRequest", "WorkflowContext", "WorkflowInfo", "WorkflowRuntime"]
@@ -93,17 +94,11 @@ class WorkflowRuntime(abc.ABC):
     @abc.abstractmethod
     def is_replaying(self) -> bool: ...
 
+    @abc.abstractmethod
+    def event_id(self) -> int:
+        """The newest history event the code has seen: what its log lines belong to."""
 
-class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """A logger that stays quiet while the workflow replays, so each line is logged once."""
-
-    def __init__(self, logger: logging.Logger, runtime: WorkflowRuntime, extra: dict[str, Any]):
-        super().__init__(logger, extra)
-        self._runtime = runtime
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if not self._runtime.is_replaying():
-            super().log(level, msg, *args, **kwargs)
+    worker_id: str = ""
 
 
 class WorkflowContext:
@@ -114,9 +109,15 @@ class WorkflowContext:
         self._runtime = runtime
         self._random = random.Random(f"{info.workflow_id}/{info.run_id}")
         base = logging.getLogger(f"immortal.workflow.{info.workflow_type}")
-        self.log = _WorkflowLogger(
-            base, runtime, {"workflow_id": info.workflow_id, "run_id": info.run_id}
-        )
+        ids = {
+            "tenant": info.tenant,
+            "workflow_id": info.workflow_id,
+            "run_id": info.run_id,
+            "worker": runtime.worker_id,
+        }
+        # Standard logging; each line is stored in IMM_LOGS with the run and the event it
+        # belongs to, and is not repeated when the workflow replays.
+        self.log = WorkflowLogger(base, ids, runtime.is_replaying, runtime.event_id)
 
     @overload
     async def activity(

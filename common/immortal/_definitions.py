@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from immortal._activity import ActivityInfo, current_activity, current_heartbeats
+from immortal._logs import ActivityLogger
 from immortal._retry import RetryPolicy
 
 __all__ = [
@@ -201,6 +202,15 @@ class ActivityDecorator:
             raise RuntimeError("immortal.activity.heartbeat() called outside an activity")
         beats.beat(details)
 
+    @property
+    def logger(self) -> ActivityLogger:
+        """Standard logging for activity code; each line is stored in IMM_LOGS with the
+        run, the activity and the attempt (``immortal logs ID`` shows it).
+
+        >>> immortal.activity.logger.info("charging %s", order.id, extra={"cents": 500})
+        """
+        return _ACTIVITY_LOGGER
+
     @staticmethod
     def info() -> ActivityInfo:
         """The running activity's identity, attempt and idempotency key."""
@@ -208,6 +218,9 @@ class ActivityDecorator:
         if current is None:
             raise RuntimeError("immortal.activity.info() called outside an activity")
         return current
+
+
+_ACTIVITY_LOGGER = ActivityLogger()
 
 
 def workflow_definition(obj: Any) -> WorkflowDefinition:

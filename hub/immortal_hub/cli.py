@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ import typer
 from immortal import Client, WorkflowFailedError, WorkflowHandle
 from immortal._codec import to_wire, unpack
 from immortal._errors import PayloadError
+from immortal._logs import LogLine
 from immortal.testing import NatsServer
 from immortal_hub._hub import Hub
 
@@ -371,6 +373,54 @@ def events(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(go())
+
+
+@app.command()
+def logs(
+    workflow_id: str,
+    run: RunId = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
+    from_seq: Annotated[int, typer.Option("--from-seq", help="start at this stream sequence")] = 1,
+    with_history: Annotated[
+        bool, typer.Option("--with-history", help="each line under the event it belongs to")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object a line")] = False,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """A run's log lines from all its workers, in one ordered stream."""
+    if with_history and follow:
+        raise typer.BadParameter("--with-history prints a snapshot; drop --follow")
+
+    def line(entry: LogLine) -> str:
+        if as_json:
+            return json.dumps(entry.__dict__, default=str)
+        where = f"{entry.activity} attempt {entry.attempt}" if entry.activity else "workflow"
+        fields = f" {json.dumps(entry.fields, default=str)}" if entry.fields else ""
+        stamp = datetime.fromtimestamp(entry.ts, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
+        return (
+            f"{entry.seq:>7} {stamp} {entry.level:<7} [{where} @ {entry.worker}] "
+            f"{entry.message}{fields}"
+        )
+
+    async def show(handle: WorkflowHandle[Any]) -> None:
+        if not with_history:
+            async for entry in handle.logs(from_seq=from_seq, follow=follow):
+                print(line(entry), flush=True)
+            return
+        by_event: dict[int, list[LogLine]] = {}
+        async for entry in handle.logs(from_seq=from_seq):
+            by_event.setdefault(entry.event_id or 0, []).append(entry)
+        for entry in by_event.pop(0, []):
+            print("      " + line(entry))
+        for e in await handle.history():
+            print(f"{e.id:>4} {e.type.value}")
+            for entry in by_event.pop(e.id, []):
+                print("      " + line(entry))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _on_run(server, tenant, prefix, workflow_id, run, show)
 
 
 @workflow_app.command("signal")

@@ -269,6 +269,9 @@ class WorkflowInstance(WorkflowRuntime):
     def now_ms(self) -> int:
         return self.loop.now_ms
 
+    def event_id(self) -> int:
+        return self.events[self._ext - 1].id if self._ext else 0
+
     def is_replaying(self) -> bool:
         return self._replaying
 

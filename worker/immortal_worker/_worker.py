@@ -48,6 +48,7 @@ from immortal._errors import (
 from immortal._inputs import STALE, send_input
 from immortal._jetstream import Puller, read_subject
 from immortal._locks import KeyedLocks
+from immortal._logs import LogShipper
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
 from immortal._timers import schedule_headers
 from immortal._wire import (
@@ -79,6 +80,7 @@ def immortal_version() -> str:
 
 
 log = logging.getLogger(__name__)
+_RUN_LOGGERS = ("immortal.workflow", "immortal.activity")
 
 
 class Worker:
@@ -161,6 +163,13 @@ class Worker:
         await self._wait_for_streams()
         self._running = True
         self._lease_ticker = asyncio.create_task(self._extend_leases())
+        # Log lines of this worker's runs go to IMM_LOGS (ctx.log, immortal.activity.logger).
+        self.logs = LogShipper(self.js, self.names, self.tenant, self.worker_id)
+        for name in _RUN_LOGGERS:
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET:
+                logger.setLevel(logging.INFO)
+            logger.addHandler(self.logs)
         self._workers_kv = await self.js.key_value(self.names.bucket_workers)
         await self._register()
         self._liveness = asyncio.create_task(self._stay_registered())
@@ -196,6 +205,9 @@ class Worker:
                 "worker %s handed back %d unfinished task(s)", self.worker_id, len(unfinished)
             )
         self._lease_ticker.cancel()  # only now: leases stay held while in-flight work drains
+        for name in _RUN_LOGGERS:
+            logging.getLogger(name).removeHandler(self.logs)
+        await self.logs.aclose()
         self._liveness.cancel()
         await self._deregister()
         for inst in self._cache.values():
