@@ -6,6 +6,8 @@ import asyncio
 import subprocess
 import sys
 
+import pytest
+
 import immortal
 from immortal import Client, EventType, WorkflowContext
 from immortal._logs import LogLine
@@ -113,3 +115,31 @@ def test_logs_cli_rejects_follow_with_history() -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode != 0 and "--with-history" in done.stderr
+
+
+async def test_tenant_retention_expires_closed_runs(
+    nats_url: str, prefix: str, client: Client
+) -> None:
+    await client.set_retention(history=2.0, logs=1.0)
+    assert (await client.retention()).history == 2.0
+    async with (
+        Client(nats_url, prefix=prefix, tenant="keeper") as keeper,
+        running_worker(nats_url, prefix, workflows=[steps], activities=[pack_box]),
+        running_worker(nats_url, prefix, workflows=[steps], activities=[pack_box], tenant="keeper"),
+    ):
+        handle = await client.start(steps, 1)
+        kept = await keeper.start(steps, 1)
+        assert await handle.result(timeout=20) == 1
+        assert await kept.result(timeout=20) == 1
+        assert len(await _collect(handle, 3)) == 3
+        async with asyncio.timeout(15):
+            while [entry async for entry in handle.logs()]:
+                await asyncio.sleep(0.1)
+        assert await handle.history()  # the history outlives the logs
+        async with asyncio.timeout(15):
+            while await handle.history():
+                await asyncio.sleep(0.1)
+        with pytest.raises(immortal.WorkflowNotFoundError):  # the index forgot it too
+            await client.get_handle(handle.workflow_id)
+        assert await kept.history()  # another tenant keeps its runs
+        assert len([entry async for entry in kept.logs()]) == 3

@@ -40,6 +40,7 @@ from immortal._jetstream import last_message, read_subject, tail
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._schedules import Schedules
+from immortal._tenants import Retention, read_retention, write_retention
 from immortal._wire import (
     CLOSING_EVENTS,
     EventType,
@@ -354,6 +355,19 @@ class Client:
             workflow_id, run_id = decode_token(wf_token), decode_token(run_token)
             for event in decode(Transition, msg.data).events:
                 yield msg.seq, workflow_id, run_id, event
+
+    async def set_retention(
+        self,
+        *,
+        history: float | timedelta | None = None,
+        logs: float | timedelta | None = None,
+    ) -> Retention:
+        """Keep this tenant's closed runs' history and logs this long (None: the streams'
+        limits). Applies to runs that close from now on."""
+        return await write_retention(self.nc.jetstream(), self.names, self.tenant, history, logs)
+
+    async def retention(self) -> Retention:
+        return await read_retention(self.nc.jetstream(), self.names, self.tenant)
 
     async def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[Any]:
         """A handle on an existing run: the newest one of ``workflow_id`` if no run id."""

@@ -84,9 +84,9 @@ class WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         self._replaying = replaying
         self._event_id = event_id
 
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if not self._replaying():
-            super().log(level, msg, *args, **kwargs)
+    def isEnabledFor(self, level: int) -> bool:
+        # Checked by every logging call; answering here keeps the caller's line in records.
+        return not self._replaying() and super().isEnabledFor(level)
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         assert self.extra is not None

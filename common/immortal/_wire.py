@@ -437,6 +437,7 @@ class TimerFired(_Model):
         "heartbeat_timeout",
         "timer",
         "schedule",
+        "retention",
     ] = "retry"
     scheduled_id: int = 0  # the activity it concerns...
     attempt: int = 0  # ...and the attempt

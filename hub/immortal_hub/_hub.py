@@ -37,6 +37,7 @@ from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
 from immortal._names import Names
 from immortal._schedules import ScheduleSpec
+from immortal._tenants import Retention, read_retention
 from immortal._timers import schedule_headers
 from immortal._wire import (
     ActivityHeartbeat,
@@ -134,6 +135,7 @@ class Hub:
         self.local_timer_horizon = local_timer_horizon
         self._local_timers: dict[str, asyncio.TimerHandle] = {}  # by timer message id
         self._local_keys: dict[str, str] = {}  # timer subject -> its local timer's message id
+        self._retentions: dict[str, tuple[int, Retention]] = {}  # tenant -> (read at, setting)
 
     @property
     def nc(self) -> NATS:
@@ -323,6 +325,8 @@ class Hub:
             try:
                 if isinstance(body, TimerFired) and body.kind == "schedule":
                     await self._fire_schedule(tenant, body, msg)
+                elif isinstance(body, TimerFired) and body.kind == "retention":
+                    await self._expire(tenant, body)
                 else:
                     await self._apply(tenant, queue, kind, body)
             except InvalidInput as exc:
@@ -411,12 +415,57 @@ class Hub:
         if self._local_keys.get(subject) == key:
             del self._local_keys[subject]
         try:
-            await self._apply(tenant, queue, "timer", fired)
+            if fired.kind == "retention":
+                await self._expire(tenant, fired)
+            else:
+                await self._apply(tenant, queue, "timer", fired)
         except Exception as exc:  # the scheduled message will fire it
             log.info("local timer %s: %s; the durable timer will fire it", fired.timer, exc)
             return
         with contextlib.suppress(Exception):  # spare the backstop's firing, if still in time
             await self.js.purge_stream(self.names.stream_timers, subject=subject)
+
+    async def _retention(self, tenant: str) -> Retention:
+        """The tenant's retention setting, re-read at most every 10 s."""
+        now = now_ms()
+        known = self._retentions.get(tenant)
+        if known is None or now - known[0] > 10_000:
+            known = (now, await read_retention(self.js, self.names, tenant))
+            self._retentions[tenant] = known
+        return known[1]
+
+    async def _arm_retention(self, tenant: str, state: RunState) -> None:
+        """A run closed: if its tenant keeps closed runs for a while only, time their end."""
+        retention = await self._retention(tenant)
+        for what, seconds in (("history", retention.history), ("logs", retention.logs)):
+            if seconds is None:
+                continue
+            due = (state.closed_ts or now_ms()) + round(seconds * 1000)
+            body = TimerFired(
+                workflow_id=state.workflow_id,
+                run_id=state.run_id,
+                timer=f"retention-{what}",
+                kind="retention",
+            )
+            msg_id = f"{state.run_id}:retention-{what}:{due}"
+            await self._publish_emission(tenant, Emission("timer", state.queue, msg_id, body, due))
+
+    async def _expire(self, tenant: str, fired: TimerFired) -> None:
+        """A closed run's retention ran out: purge its history or its logs."""
+        if fired.timer == "retention-logs":
+            subject = self.names.log_subject(tenant, fired.workflow_id, fired.run_id)
+            await self.js.purge_stream(self.names.stream_logs, subject=subject)
+            log.info("logs of run %s expired (tenant retention)", fired.run_id)
+            return
+        key = self.names.run_key(tenant, fired.workflow_id)
+        with contextlib.suppress(KeyNotFoundError, JsNotFound):
+            entry = await self._runs_kv.get(key)
+            if unpack(entry.value or b"").get("run_id") == fired.run_id:
+                await self._runs_kv.delete(key, last=entry.revision)
+        subject = self.names.history_subject(tenant, fired.workflow_id, fired.run_id)
+        await self.js.purge_stream(self.names.stream_history, subject=subject)
+        self._cache.pop(subject, None)
+        log.info("history of run %s expired (tenant retention)", fired.run_id)
 
     async def _fire_schedule(self, tenant: str, fired: TimerFired, msg: Msg) -> None:
         """A schedule fired: start one run, whose id derives from this firing (so that a
@@ -511,6 +560,7 @@ class Hub:
                 emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
                 if outcome.closes_run:
                     await self._index(tenant, outcome.state, new_seq, new_digest)
+                    await self._arm_retention(tenant, outcome.state)
                 await self._emit(tenant, emissions)
                 if outcome.starts_run:
                     await self._index(tenant, outcome.state, new_seq, new_digest)
