@@ -423,6 +423,29 @@ def logs(
         _on_run(server, tenant, prefix, workflow_id, run, show)
 
 
+@app.command()
+def retention(
+    history: Annotated[
+        float | None, typer.Option(help="seconds a closed run's history is kept")
+    ] = None,
+    logs: Annotated[float | None, typer.Option(help="seconds a closed run's logs are kept")] = None,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Show the tenant's retention of closed runs, or set it (with --history/--logs)."""
+
+    async def go() -> None:
+        async with Client(server, tenant=tenant, prefix=prefix) as client:
+            if history is None and logs is None:
+                current = await client.retention()
+            else:
+                current = await client.set_retention(history=history, logs=logs)
+            _print_json(current.__dict__)
+
+    asyncio.run(go())
+
+
 @workflow_app.command("signal")
 def workflow_signal(
     workflow_id: str,
