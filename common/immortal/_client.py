@@ -25,6 +25,7 @@ from nats.js.kv import KeyValue
 
 from immortal._codec import decode_value, encode_args, encode_value, pack, unpack
 from immortal._definitions import workflow_definition
+from immortal._dlq import DeadLetters
 from immortal._errors import (
     ImmortalError,
     PayloadError,
@@ -151,6 +152,7 @@ class Client:
         self._runs_kv: KeyValue | None = None
         self._workers_seen: dict[str, tuple[float, list[WorkerInfo]]] = {}
         self.schedules = Schedules(self)
+        self.dead_letters = DeadLetters(self)
 
     async def __aenter__(self) -> Client:
         await self.connect()

@@ -101,6 +101,7 @@ def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
             subjects=[f"{p}.dlq.>"],
             retention=RetentionPolicy.LIMITS,
             max_age=s.dlq_max_age,
+            allow_direct=True,
             **common,
         ),
     ]
@@ -136,10 +137,12 @@ async def ensure_resources(
         try:
             info = await js.stream_info(cfg.name)
             missing = set(cfg.subjects or []) - set(info.config.subjects or [])
-            if missing:  # a stream from an older version: add the subjects it lacks
+            direct = bool(cfg.allow_direct and not info.config.allow_direct)
+            if missing or direct:  # a stream from an older version: add what it lacks
                 info.config.subjects = sorted({*(info.config.subjects or []), *missing})
+                info.config.allow_direct = info.config.allow_direct or cfg.allow_direct
                 await js.update_stream(info.config)
-                log.info("stream %s now also takes %s", cfg.name, sorted(missing))
+                log.info("stream %s updated: subjects %s, direct %s", cfg.name, missing, direct)
         except NotFoundError:
             try:
                 await js.add_stream(cfg)

@@ -35,6 +35,8 @@ __all__ = ["main"]
 app = typer.Typer(add_completion=False, help="Immortal: durable workflows on NATS JetStream.")
 workflow_app = typer.Typer(add_completion=False, help="Start runs and read their state.")
 app.add_typer(workflow_app, name="workflow")
+dlq_app = typer.Typer(add_completion=False, help="Inputs hubs could not apply: list, re-drive.")
+app.add_typer(dlq_app, name="dlq")
 schedule_app = typer.Typer(add_completion=False, help="Start workflows on an interval or cron.")
 app.add_typer(schedule_app, name="schedule")
 
@@ -567,6 +569,46 @@ def _schedule_action(verb: str) -> Callable[..., None]:
 
 for _verb in ("pause", "resume", "delete"):
     schedule_app.command(_verb)(_schedule_action(_verb))
+
+
+@dlq_app.command("list")
+def dlq_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """List the tenant's dead letters with the reason each was set aside."""
+
+    async def show(client: Client) -> None:
+        for d in await client.dead_letters.list():
+            if as_json:
+                print(json.dumps({**d.__dict__, "data": _readable(d.data)}, default=str))
+            else:
+                print(f"{d.seq:>7} {d.queue}/{d.kind:<10} {d.error}")
+
+    _on_schedules(server, tenant, prefix, show)
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    seqs: Annotated[list[int] | None, typer.Argument(help="dead-letter sequences")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every dead letter of the tenant")] = False,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Send dead letters back to their queue's input subject (after fixing the cause)."""
+
+    async def redrive(client: Client) -> None:
+        chosen = seqs or []
+        if all_:
+            chosen = [d.seq for d in await client.dead_letters.list() if d.redrivable]
+        for seq in chosen:
+            await client.dead_letters.redrive(seq)
+            print(f"{seq}: re-driven")
+
+    _on_schedules(server, tenant, prefix, redrive)
 
 
 def _readable(value: Any) -> Any:

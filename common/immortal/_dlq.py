@@ -1,0 +1,91 @@
+"""The dead-letter subject: inputs a hub could not apply, kept with the reason.
+
+Hubs publish them to ``imm.dlq.<tenant>.<queue>.<kind>`` in ``IMM_DLQ`` with headers
+``Imm-Error`` (why), ``Imm-Subject`` (where the input was sent), ``Imm-Ref`` and ``Imm-Hub``.
+``client.dead_letters`` lists them and re-drives them: the input goes back, durably, to its
+tenant queue's input subject in ``IMM_IN`` (once the cause is fixed, e.g. the run it names
+now exists), and leaves the dead-letter stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from immortal._errors import ImmortalError
+from immortal._jetstream import read_subject
+from immortal._names import InputKind, decode_token
+
+if TYPE_CHECKING:
+    from immortal._client import Client
+
+__all__ = ["DeadLetter", "DeadLetters"]
+
+_INPUT_KINDS = frozenset(InputKind.__args__)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    seq: int  # its sequence in IMM_DLQ: what redrive() and drop() take
+    queue: str
+    kind: str
+    error: str
+    sent_to: str  # the subject the input was first sent to
+    hub: str
+    data: bytes
+
+    @property
+    def redrivable(self) -> bool:
+        return self.kind in _INPUT_KINDS
+
+
+class DeadLetters:
+    """``client.dead_letters``: this tenant's dead letters."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def list(self) -> list[DeadLetter]:
+        c = self._client
+        subject = f"{c.names.prefix}.dlq.{c.tenant}.>"
+        out = []
+        async for msg in read_subject(c.nc, c.names.stream_dlq, subject):
+            _, _, _, queue_token, kind_token = msg.subject.split(".", 4)
+            out.append(
+                DeadLetter(
+                    seq=msg.seq,
+                    queue=decode_token(queue_token),
+                    kind=decode_token(kind_token),
+                    error=msg.headers.get("Imm-Error", ""),
+                    sent_to=msg.headers.get("Imm-Subject", ""),
+                    hub=msg.headers.get("Imm-Hub", ""),
+                    data=msg.data,
+                )
+            )
+        return out
+
+    async def redrive(self, seq: int) -> None:
+        """Send dead letter ``seq`` back to its queue's input subject, then drop it."""
+        letter = await self._get(seq)
+        if not letter.redrivable:
+            raise ImmortalError(f"dead letter {seq} has no input kind to re-drive ({letter.kind})")
+        c = self._client
+        stamp = datetime.now(UTC).isoformat()
+        await c.nc.jetstream().publish(
+            c.names.input_subject(c.tenant, letter.queue, letter.kind),  # type: ignore[arg-type]
+            letter.data,
+            headers={"Nats-Msg-Id": f"redrive:{seq}", "Imm-Redriven": stamp},
+        )
+        await self.drop(seq)
+
+    async def drop(self, seq: int) -> None:
+        await self._get(seq)  # only this tenant's
+        c = self._client
+        await c.nc.jetstream().delete_msg(c.names.stream_dlq, seq)
+
+    async def _get(self, seq: int) -> DeadLetter:
+        for letter in await self.list():
+            if letter.seq == seq:
+                return letter
+        raise ImmortalError(f"no dead letter {seq} for tenant {self._client.tenant!r}")
