@@ -16,8 +16,9 @@ import logging
 import os
 import socket
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import nats
@@ -48,6 +49,7 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal_hub._limits import Admission, TenantLimits
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._transitions import (
     Emission,
@@ -84,7 +86,14 @@ _POISON_DELIVERIES = 10
 
 
 class Hub:
-    """One hub process. Run as many as you like against the same NATS."""
+    """One hub process. Run as many as you like against the same NATS.
+
+    ``max_in_flight`` bounds the inputs this hub applies at once, shared fairly among the
+    tenants that have work; ``tenant_limits`` caps tenants further (key ``"*"``: every
+    tenant without its own entry). See ``_limits``.
+
+    >>> hub = Hub(url, tenant_limits={"*": TenantLimits(max_in_flight=100, rate=500)})
+    """
 
     def __init__(
         self,
@@ -93,7 +102,8 @@ class Hub:
         prefix: str = "imm",
         hub_id: str | None = None,
         settings: ResourceSettings | None = None,
-        max_in_flight: int = 256,
+        max_in_flight: int = 1024,
+        tenant_limits: Mapping[str, TenantLimits] | None = None,
         ack_wait: float = 5.0,
         cache_size: int = 10_000,
         nc: NATS | None = None,
@@ -106,6 +116,8 @@ class Hub:
         self._nc = nc
         self._own_nc = nc is None
         self.max_in_flight = max_in_flight
+        self.admission = Admission(tenant_limits, total=max_in_flight)
+        self.refused: Counter[str] = Counter()  # busy replies per tenant, for tests
         self._rpc_tasks: set[asyncio.Task[None]] = set()
         self._pullers: set[Puller] = set()
         self._cache: OrderedDict[str, tuple[RunState, int]] = OrderedDict()
@@ -264,7 +276,14 @@ class Hub:
             puller = None
             try:
                 await self._ensure_consumer(stream, durable, subject_filter)
-                puller = Puller(self.nc, stream, durable, self.max_in_flight, self._handle)
+                puller = Puller(
+                    self.nc,
+                    stream,
+                    durable,
+                    self.max_in_flight,
+                    partial(self._handle_admitted, tenant),
+                    window=partial(self.admission.window, tenant),
+                )
                 self._pullers.add(puller)
                 await puller.run()
             except asyncio.CancelledError:
@@ -290,6 +309,13 @@ class Hub:
             await self.js.add_consumer(stream, config)
 
     # -- one input ----------------------------------------------------------------------
+
+    async def _handle_admitted(self, tenant: str, msg: Msg) -> None:
+        await self.admission.admit(tenant)
+        try:
+            await self._handle(msg)
+        finally:
+            self.admission.release(tenant)
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -320,18 +346,32 @@ class Hub:
                     await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
 
     async def _on_rpc(self, msg: Msg) -> None:
-        """An input by request-reply: apply it, then reply; busy hubs send it durable."""
-        # Requests are small and their senders wait, so more may queue here than the
-        # durable path pulls; past that the sender queues its input durably in IMM_IN.
-        if len(self._rpc_tasks) >= 4 * self.max_in_flight or not self._running:
+        """An input by request-reply: apply it, then reply; past its limits, ``busy``.
+
+        A busy reply makes the sender queue the input durably in the tenant's ``IMM_IN``
+        subjects, where this tenant's pullers take it as its limits allow. Heartbeats are
+        admitted past the limits: held back, they would time out attempts that are fine.
+        """
+        parts = msg.subject.split(".")
+        tenant = parts[2] if len(parts) == 5 and parts[4] != "heartbeat" else None
+        if not self._running or (tenant is not None and not self.admission.try_admit(tenant)):
+            if tenant is not None:
+                self.refused[tenant] += 1
             with contextlib.suppress(Exception):
                 await msg.respond(BUSY)
             return
-        task = asyncio.create_task(self._serve_rpc(msg))
+        task = asyncio.create_task(self._serve_rpc(msg, tenant))
         self._rpc_tasks.add(task)
         task.add_done_callback(self._rpc_tasks.discard)
 
-    async def _serve_rpc(self, msg: Msg) -> None:
+    async def _serve_rpc(self, msg: Msg, admitted: str | None) -> None:
+        try:
+            await self._apply_rpc(msg)
+        finally:
+            if admitted is not None:
+                self.admission.release(admitted)
+
+    async def _apply_rpc(self, msg: Msg) -> None:
         reply = OK
         try:
             tenant, queue, kind = self.names.parse_input_subject(msg.subject)
@@ -413,7 +453,7 @@ class Hub:
                     log.info("%s: %s", subject, outcome.note)
                     return None
                 assert outcome.state is not None
-                new_seq = await self._append(subject, outcome, seq)
+                new_seq = await self._append(tenant, subject, outcome, seq)
                 if new_seq is None:
                     continue  # another hub moved the run: reload and decide again
                 # Tasks first, so the index write is off the run's critical path; it still
@@ -440,7 +480,9 @@ class Hub:
             return None, 0, False
         return decode(Transition, msg.data).state, msg.seq, False
 
-    async def _append(self, subject: str, outcome: Outcome, expected_seq: int) -> int | None:
+    async def _append(
+        self, tenant: str, subject: str, outcome: Outcome, expected_seq: int
+    ) -> int | None:
         assert outcome.state is not None
         body = encode(Transition(events=outcome.events, state=outcome.state))
         try:
