@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
+from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
 from immortal._codec import pack, unpack
@@ -33,7 +34,7 @@ from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
-from immortal._names import Names
+from immortal._names import Names, decode_token
 from immortal._timers import schedule_headers
 from immortal._wire import (
     ActivityHeartbeat,
@@ -50,6 +51,7 @@ from immortal._wire import (
     now_ms,
 )
 from immortal_hub._limits import Admission, TenantLimits
+from immortal_hub._metrics import HubMetrics
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._transitions import (
     Emission,
@@ -106,6 +108,8 @@ class Hub:
         tenant_limits: Mapping[str, TenantLimits] | None = None,
         ack_wait: float = 5.0,
         cache_size: int = 10_000,
+        meter_provider: MeterProvider | None = None,
+        metrics_interval: float = 5.0,
         nc: NATS | None = None,
     ) -> None:
         self.servers = servers
@@ -129,6 +133,13 @@ class Hub:
         self.transitions = 0  # appended transitions, for tests and metrics
         self._held_by: dict[str, list[str]] = {}  # worker key -> ack subjects it holds
         self.handed_back = 0  # tasks of dead workers handed back, for tests and metrics
+        self._metrics = HubMetrics(
+            self.names,
+            queues=lambda: list(self._queues),
+            in_flight=self.admission.by_tenant,
+            meter_provider=meter_provider,
+            interval=metrics_interval,
+        )
 
     @property
     def nc(self) -> NATS:
@@ -149,6 +160,7 @@ class Hub:
         self._spawn(self._watch_queues())
         self._workers_kv = await self.js.key_value(self.names.bucket_workers)
         self._spawn(self._watch_workers())
+        self._metrics.start(self.js)
         log.info("hub %s serving %s", self.hub_id, self.servers)
 
     async def stop(self) -> None:
@@ -162,6 +174,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._queues.values(), *self._background, return_exceptions=True)
         await asyncio.gather(*(p.drain(10.0) for p in list(self._pullers)))
+        await self._metrics.stop()
         if self._nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
@@ -239,10 +252,13 @@ class Hub:
         held = self._held_by.pop(entry.key, [])
         if held:
             log.warning("worker %s is gone; handing back %d task(s)", entry.key, len(held))
+        tenant, queue, _ = (*entry.key.split(".", 2), "", "")[:3]  # <tenant>.<queue>.<worker>
+        where = {"tenant": tenant, "queue": decode_token(queue)}
         for ack_subject in held:
             with contextlib.suppress(Exception):
                 await self.nc.publish(ack_subject, b"-NAK")
             self.handed_back += 1
+            self._metrics.handed_back.add(1, where)
 
     def _serve(self, key: str) -> None:
         tenant, queue = self.names.parse_queue_key(key)
@@ -357,6 +373,7 @@ class Hub:
         if not self._running or (tenant is not None and not self.admission.try_admit(tenant)):
             if tenant is not None:
                 self.refused[tenant] += 1
+                self._metrics.refused.add(1, {"tenant": tenant})
             with contextlib.suppress(Exception):
                 await msg.respond(BUSY)
             return
@@ -497,6 +514,7 @@ class Hub:
                 return None
             raise
         self.transitions += 1
+        self._metrics.transitions.add(1, {"tenant": tenant, "queue": outcome.state.queue})
         self._remember(subject, outcome.state, ack.seq)
         return int(ack.seq)
 
