@@ -54,8 +54,8 @@ async def _spawn(name: str, args: list[str], env: dict[str, str], ready: str) ->
     return Proc(proc, name)
 
 
-async def start_hub(url: str, prefix: str = "imm") -> Proc:
-    args = ["-m", "immortal_hub", "hub", "--server", url, "--prefix", prefix]
+async def start_hub(url: str, prefix: str = "imm", *options: str) -> Proc:
+    args = ["-m", "immortal_hub", "hub", "--server", url, "--prefix", prefix, *options]
     return await _spawn("hub", [*args, "--ack-wait", "2", "--log-level", "WARNING"], {}, "ready")
 
 

@@ -149,6 +149,8 @@ class Puller:
     open for as many messages as there are free slots; the server pushes each message the
     moment it is available, and a new request goes out when the last one is used up or
     expires. The slots are the backpressure: never more than ``slots`` messages held.
+    ``window(free)``, if given, may shrink a request further (waiting until it is at least
+    one): the hub's per-tenant limits use it.
     """
 
     def __init__(
@@ -160,12 +162,14 @@ class Puller:
         handler: Callable[[Msg], Awaitable[None]],
         *,
         expires: float = 5.0,
+        window: Callable[[int], Awaitable[int]] | None = None,
     ) -> None:
         self._nc = nc
         self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._slots = slots
         self._handler = handler
         self._expires = expires
+        self._window = window
         self._inflight = 0
         self._requested = 0  # messages asked for in the open request, not yet delivered
         self._deadline = 0.0
@@ -189,6 +193,9 @@ class Puller:
                     self._requested = 0  # the request was lost (reconnect): ask again
                 free = self._slots - self._inflight - self._requested
                 if self._requested == 0 and free > 0:
+                    if self._window is not None:
+                        free = await self._window(free)
+                        now = loop.time()
                     req = {"batch": free, "expires": int(self._expires * 1e9)}
                     await self._nc.publish(self._subject, json.dumps(req).encode(), reply=inbox)
                     self._requested = free

@@ -16,9 +16,10 @@ import logging
 import os
 import socket
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import nats
@@ -27,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.errors import NotFoundError as JsNotFound
+from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
 from immortal._codec import pack, unpack
@@ -35,7 +37,7 @@ from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._integrity import transition_digest
 from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
-from immortal._names import Names
+from immortal._names import Names, decode_token
 from immortal._schedules import ScheduleSpec
 from immortal._tenants import Retention, read_retention
 from immortal._timers import schedule_headers
@@ -57,6 +59,8 @@ from immortal._wire import (
     now_ms,
 )
 from immortal_hub._emissions import Emission, emissions_for, open_emissions
+from immortal_hub._limits import Admission, TenantLimits
+from immortal_hub._metrics import HubMetrics
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._transitions import (
     InvalidInput,
@@ -97,7 +101,14 @@ _MAX_LOCAL_TIMERS = 100_000
 
 
 class Hub:
-    """One hub process. Run as many as you like against the same NATS."""
+    """One hub process. Run as many as you like against the same NATS.
+
+    ``max_in_flight`` bounds the inputs this hub applies at once, shared fairly among the
+    tenants that have work; ``tenant_limits`` caps tenants further (key ``"*"``: every
+    tenant without its own entry). See ``_limits``.
+
+    >>> hub = Hub(url, tenant_limits={"*": TenantLimits(max_in_flight=100, rate=500)})
+    """
 
     def __init__(
         self,
@@ -106,10 +117,13 @@ class Hub:
         prefix: str = "imm",
         hub_id: str | None = None,
         settings: ResourceSettings | None = None,
-        max_in_flight: int = 256,
+        max_in_flight: int = 1024,
+        tenant_limits: Mapping[str, TenantLimits] | None = None,
         ack_wait: float = 5.0,
         cache_size: int = 10_000,
         local_timer_horizon: float = 300.0,
+        meter_provider: MeterProvider | None = None,
+        metrics_interval: float = 5.0,
         nc: NATS | None = None,
     ) -> None:
         self.servers = servers
@@ -120,6 +134,8 @@ class Hub:
         self._nc = nc
         self._own_nc = nc is None
         self.max_in_flight = max_in_flight
+        self.admission = Admission(tenant_limits, total=max_in_flight)
+        self.refused: Counter[str] = Counter()  # busy replies per tenant, for tests
         self._rpc_tasks: set[asyncio.Task[None]] = set()
         self._pullers: set[Puller] = set()
         self._cache: OrderedDict[str, tuple[RunState, int, bytes]] = OrderedDict()
@@ -136,6 +152,13 @@ class Hub:
         self._local_timers: dict[str, asyncio.TimerHandle] = {}  # by timer message id
         self._local_keys: dict[str, str] = {}  # timer subject -> its local timer's message id
         self._retentions: dict[str, tuple[int, Retention]] = {}  # tenant -> (read at, setting)
+        self._metrics = HubMetrics(
+            self.names,
+            queues=lambda: list(self._queues),
+            in_flight=self.admission.by_tenant,
+            meter_provider=meter_provider,
+            interval=metrics_interval,
+        )
 
     @property
     def nc(self) -> NATS:
@@ -156,6 +179,7 @@ class Hub:
         self._spawn(self._watch_queues())
         self._workers_kv = await self.js.key_value(self.names.bucket_workers)
         self._spawn(self._watch_workers())
+        self._metrics.start(self.js)
         log.info("hub %s serving %s", self.hub_id, self.servers)
 
     async def stop(self) -> None:
@@ -173,6 +197,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._queues.values(), *self._background, return_exceptions=True)
         await asyncio.gather(*(p.drain(10.0) for p in list(self._pullers)))
+        await self._metrics.stop()
         if self._nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
@@ -250,10 +275,13 @@ class Hub:
         held = self._held_by.pop(entry.key, [])
         if held:
             log.warning("worker %s is gone; handing back %d task(s)", entry.key, len(held))
+        tenant, queue, _ = (*entry.key.split(".", 2), "", "")[:3]  # <tenant>.<queue>.<worker>
+        where = {"tenant": tenant, "queue": decode_token(queue)}
         for ack_subject in held:
             with contextlib.suppress(Exception):
                 await self.nc.publish(ack_subject, b"-NAK")
             self.handed_back += 1
+            self._metrics.handed_back.add(1, where)
 
     def _serve(self, key: str) -> None:
         tenant, queue = self.names.parse_queue_key(key)
@@ -287,7 +315,14 @@ class Hub:
             puller = None
             try:
                 await self._ensure_consumer(stream, durable, subject_filter)
-                puller = Puller(self.nc, stream, durable, self.max_in_flight, self._handle)
+                puller = Puller(
+                    self.nc,
+                    stream,
+                    durable,
+                    self.max_in_flight,
+                    partial(self._handle_admitted, tenant),
+                    window=partial(self.admission.window, tenant),
+                )
                 self._pullers.add(puller)
                 await puller.run()
             except asyncio.CancelledError:
@@ -313,6 +348,13 @@ class Hub:
             await self.js.add_consumer(stream, config)
 
     # -- one input ----------------------------------------------------------------------
+
+    async def _handle_admitted(self, tenant: str, msg: Msg) -> None:
+        await self.admission.admit(tenant)
+        try:
+            await self._handle(msg)
+        finally:
+            self.admission.release(tenant)
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -348,18 +390,33 @@ class Hub:
                     await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
 
     async def _on_rpc(self, msg: Msg) -> None:
-        """An input by request-reply: apply it, then reply; busy hubs send it durable."""
-        # Requests are small and their senders wait, so more may queue here than the
-        # durable path pulls; past that the sender queues its input durably in IMM_IN.
-        if len(self._rpc_tasks) >= 4 * self.max_in_flight or not self._running:
+        """An input by request-reply: apply it, then reply; past its limits, ``busy``.
+
+        A busy reply makes the sender queue the input durably in the tenant's ``IMM_IN``
+        subjects, where this tenant's pullers take it as its limits allow. Heartbeats are
+        admitted past the limits: held back, they would time out attempts that are fine.
+        """
+        parts = msg.subject.split(".")
+        tenant = parts[2] if len(parts) == 5 and parts[4] != "heartbeat" else None
+        if not self._running or (tenant is not None and not self.admission.try_admit(tenant)):
+            if tenant is not None:
+                self.refused[tenant] += 1
+                self._metrics.refused.add(1, {"tenant": tenant})
             with contextlib.suppress(Exception):
                 await msg.respond(BUSY)
             return
-        task = asyncio.create_task(self._serve_rpc(msg))
+        task = asyncio.create_task(self._serve_rpc(msg, tenant))
         self._rpc_tasks.add(task)
         task.add_done_callback(self._rpc_tasks.discard)
 
-    async def _serve_rpc(self, msg: Msg) -> None:
+    async def _serve_rpc(self, msg: Msg, admitted: str | None) -> None:
+        try:
+            await self._apply_rpc(msg)
+        finally:
+            if admitted is not None:
+                self.admission.release(admitted)
+
+    async def _apply_rpc(self, msg: Msg) -> None:
         reply = OK
         try:
             tenant, queue, kind = self.names.parse_input_subject(msg.subject)
@@ -549,7 +606,7 @@ class Hub:
                     log.info("%s: %s", subject, outcome.note)
                     return None
                 assert outcome.state is not None
-                appended = await self._append(subject, outcome, seq, digest)
+                appended = await self._append(tenant, subject, outcome, seq, digest)
                 if appended is None:
                     continue  # another hub moved the run: reload and decide again
                 new_seq, new_digest = appended
@@ -583,7 +640,7 @@ class Hub:
         return decode(Transition, msg.data).state, msg.seq, transition_digest(msg.data), False
 
     async def _append(
-        self, subject: str, outcome: Outcome, expected_seq: int, prev: bytes
+        self, tenant: str, subject: str, outcome: Outcome, expected_seq: int, prev: bytes
     ) -> tuple[int, bytes] | None:
         """Append one transition chained to the previous one; (sequence, digest), or None
         if another hub appended first."""
@@ -601,6 +658,7 @@ class Hub:
                 return None
             raise
         self.transitions += 1
+        self._metrics.transitions.add(1, {"tenant": tenant, "queue": outcome.state.queue})
         digest = transition_digest(body)
         self._remember(subject, outcome.state, ack.seq, digest)
         return int(ack.seq), digest

@@ -2,6 +2,7 @@
 
 immortal dev                        # nats-server + hub + worker + an example run
 immortal hub --server nats://...    # one hub
+immortal hub --tenant-limit '*=in_flight:200' --tenant-limit acme=in_flight:20,rate:100
 immortal workflow start place_order '{"id": "o2", "items": ["x"], "cents": 100}'
 immortal workflow result <workflow-id>
 immortal workflow signal <workflow-id> approve '"yes"'
@@ -29,6 +30,7 @@ from immortal._errors import PayloadError
 from immortal._logs import LogLine
 from immortal.testing import NatsServer
 from immortal_hub._hub import Hub
+from immortal_hub._limits import TenantLimits, parse_tenant_limit
 
 __all__ = ["main"]
 
@@ -64,23 +66,52 @@ async def _until_signalled() -> None:
 def hub(
     server: Server = DEFAULT_SERVER,
     prefix: Prefix = "imm",
-    max_in_flight: int = 256,
+    max_in_flight: Annotated[
+        int, typer.Option(help="inputs applied at once, shared fairly among tenants")
+    ] = 1024,
+    tenant_limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="TENANT=in_flight:N,rate:R[,burst:B] (per hub; repeatable; TENANT * for "
+            "every tenant without its own)"
+        ),
+    ] = None,
     ack_wait: Annotated[
         float, typer.Option(help="seconds before a dead hub's inputs go to another hub")
     ] = 5.0,
     log_level: str = "INFO",
 ) -> None:
     """Run one hub (several may run at once against the same NATS)."""
+    limits = _tenant_limits(tenant_limit or [])
     _logging(log_level)
 
     async def serve() -> None:
-        h = Hub(server, prefix=prefix, max_in_flight=max_in_flight, ack_wait=ack_wait)
+        h = Hub(
+            server,
+            prefix=prefix,
+            max_in_flight=max_in_flight,
+            tenant_limits=limits,
+            ack_wait=ack_wait,
+        )
         await h.start()
         print(f"hub {h.hub_id} ready on {server}", flush=True)
         await _until_signalled()
         await h.stop()
 
     asyncio.run(serve())
+
+
+def _tenant_limits(specs: list[str]) -> dict[str, TenantLimits]:
+    limits: dict[str, TenantLimits] = {}
+    for spec in specs:
+        try:
+            tenant, parsed = parse_tenant_limit(spec)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--tenant-limit") from exc
+        if tenant in limits:
+            raise typer.BadParameter(f"{tenant!r} given twice", param_hint="--tenant-limit")
+        limits[tenant] = parsed
+    return limits
 
 
 @app.command()

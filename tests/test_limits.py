@@ -1,0 +1,173 @@
+"""Per-tenant limits and the hub's fair share: the arithmetic, without NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from immortal_hub._limits import Admission, TenantLimits, TokenBucket, parse_tenant_limit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bucket_starts_full_and_refills_at_its_rate_up_to_its_size() -> None:
+    b = TokenBucket(rate=10, size=5, now=0.0)
+    assert [b.take(0.0) for _ in range(6)] == [True] * 5 + [False]
+    assert b.wait_time(0.0) == pytest.approx(0.1)
+    assert b.wait_time(0.0, 3) == pytest.approx(0.3)
+    assert b.available(0.25) == pytest.approx(2.5)
+    assert b.take(0.25, 2) and not b.take(0.25)
+    assert b.available(60.0) == 5  # never more than the bucket holds
+    assert b.wait_time(60.0) == 0.0
+
+
+@given(
+    rate=st.floats(0.5, 1000),
+    size=st.floats(1, 100),
+    gaps=st.lists(st.floats(0, 2), min_size=1, max_size=50),
+)
+def test_bucket_never_grants_more_than_size_plus_rate_times_elapsed(
+    rate: float, size: float, gaps: list[float]
+) -> None:
+    b = TokenBucket(rate=rate, size=size, now=0.0)
+    now, granted = 0.0, 0
+    for gap in gaps:
+        now += gap
+        while b.take(now):
+            granted += 1
+        assert 0 <= b.available(now) < 1
+    assert granted <= size + rate * now + 1e-6
+
+
+def test_parse_tenant_limit() -> None:
+    assert parse_tenant_limit("acme=in_flight:50,rate:100") == (
+        "acme",
+        TenantLimits(max_in_flight=50, rate=100.0),
+    )
+    assert parse_tenant_limit("*=rate:2.5, burst:10") == (
+        "*",
+        TenantLimits(rate=2.5, burst=10.0),
+    )
+    assert parse_tenant_limit("b=in_flight:3")[1].rate is None
+    for bad in ["acme", "=rate:1", "a=", "a=speed:3", "a=rate:x", "a=in_flight:2.5",
+                "a=rate:1,rate:2", "a=in_flight:0", "a=rate:-1"]:  # fmt: skip
+        with pytest.raises(ValueError):
+            parse_tenant_limit(bad)
+
+
+def test_bucket_size_defaults_to_one_second_of_rate() -> None:
+    assert TenantLimits(rate=200).bucket_size == 200
+    assert TenantLimits(rate=0.2).bucket_size == 1
+    assert TenantLimits(rate=200, burst=10).bucket_size == 10
+
+
+async def test_in_flight_cap_refuses_past_it_until_a_release() -> None:
+    a = Admission({"*": TenantLimits(max_in_flight=3), "big": TenantLimits(max_in_flight=5)})
+    assert [a.try_admit("t") for _ in range(4)] == [True, True, True, False]
+    assert [a.try_admit("big") for _ in range(6)] == [True] * 5 + [False]
+    a.release("t")
+    assert a.try_admit("t") and not a.try_admit("t")
+    assert a.in_flight("t") == 3 and a.in_flight() == 8 and a.peak("t") == 3
+
+
+async def test_rate_refuses_when_the_bucket_is_empty_and_admits_as_it_refills() -> None:
+    clock = Clock()
+    a = Admission({"t": TenantLimits(rate=10, burst=2)}, clock=clock)
+    assert [a.try_admit("t") for _ in range(3)] == [True, True, False]
+    a.release("t")
+    a.release("t")
+    assert not a.try_admit("t")  # releasing frees slots, not tokens
+    clock.now += 0.1
+    assert a.try_admit("t") and not a.try_admit("t")
+    assert a.try_admit("other")  # no limits of its own, and no default
+
+
+async def test_a_bursting_tenant_cannot_keep_a_quiet_one_out() -> None:
+    a = Admission(total=4)
+    assert all(a.try_admit("burst") for _ in range(4))
+    assert not a.try_admit("burst")  # the hub is full and burst holds all of it
+    assert a.try_admit("quiet") and a.try_admit("quiet")  # under its share (4 / 2)
+    assert not a.try_admit("quiet")
+    a.release("burst")
+    assert not a.try_admit("burst")  # 5 in flight > 4, and burst holds more than its share
+    a.release("quiet")
+    a.release("quiet")
+    a.release("burst")
+    assert a.try_admit("burst")  # room again
+    assert a.in_flight() == 3
+
+
+async def test_durable_inputs_wait_in_order_and_go_before_new_request_reply_ones() -> None:
+    a = Admission({"t": TenantLimits(max_in_flight=1)})
+    assert a.try_admit("t")
+    order: list[int] = []
+
+    async def durable(i: int) -> None:
+        await a.admit("t")
+        order.append(i)
+
+    waiters = [asyncio.create_task(durable(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    a.release("t")
+    assert not a.try_admit("t")  # a waiter was admitted: no overtaking
+    for _ in range(3):
+        await asyncio.sleep(0)
+        if len(order) < 3:
+            a.release("t")
+    await asyncio.gather(*waiters)
+    assert order == [0, 1, 2]
+    assert a.peak("t") == 1
+
+
+async def test_a_cancelled_waiter_gives_its_place_back() -> None:
+    a = Admission({"t": TenantLimits(max_in_flight=1)})
+    assert a.try_admit("t")
+    waiter = asyncio.create_task(a.admit("t"))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    a.release("t")
+    assert a.try_admit("t") and a.in_flight("t") == 1
+
+
+async def test_durable_inputs_wait_for_tokens_and_nothing_is_dropped() -> None:
+    a = Admission({"t": TenantLimits(rate=50, burst=1)})
+    t0 = time.monotonic()
+
+    async def one() -> None:
+        await a.admit("t")
+        a.release("t")
+
+    await asyncio.gather(*(one() for _ in range(10)))
+    # One token up front, then one per 20 ms: never faster than the rate (slower is fine).
+    assert time.monotonic() - t0 >= 9 / 50 * 0.95
+    assert a.in_flight("t") == 0
+
+
+async def test_window_sizes_pull_requests_by_what_could_be_admitted() -> None:
+    clock = Clock()
+    a = Admission(
+        {"t": TenantLimits(max_in_flight=2), "r": TenantLimits(rate=100, burst=3)}, clock=clock
+    )
+    assert await a.window("r", 10) == 3  # three tokens
+    assert await a.window("t", 10) == 2  # two slots
+    assert await a.window("t", 1) == 1
+    assert a.try_admit("r") and await a.window("r", 10) == 2
+    for _ in range(2):
+        await a.admit("t")
+    pending = asyncio.create_task(a.window("t", 10))
+    await asyncio.sleep(0.01)
+    assert not pending.done()  # no slot: the puller asks for nothing yet
+    a.release("t")
+    assert await asyncio.wait_for(pending, 1) == 1
