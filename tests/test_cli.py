@@ -46,7 +46,9 @@ async def test_immortal_dev_runs_the_example_and_stops_cleanly(tmp_path: Path) -
             [sys.executable, "-m", "immortal_hub", "workflow", "history", "o2", "-s", url],
             capture_output=True, text=True, timeout=30, cwd=tmp_path,
         )  # fmt: skip
-        assert "WorkflowCompleted" in history.stdout and "check_stock" in history.stdout
+        last = history.stdout.splitlines()[-1]  # the timeline ends with the outcome
+        assert "completed in" in last and '"tracking": "TRACK-O2"' in last
+        assert "activity check_stock(" in history.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         rest = await asyncio.wait_for(proc.communicate(), 30)

@@ -40,7 +40,8 @@ def test_public_api_is_pinned() -> None:
         "HistoryEvent", "IdReusePolicy", "ImmortalError", "Names", "NonDeterminismError", "PayloadError", "QueueStats",
         "RetryPolicy", "RunDescription", "RunStatus", "ScheduleInfo", "UnknownWorkflowTypeError", "WorkerInfo",
         "WorkflowAlreadyStartedError", "WorkflowClosedError", "WorkflowContext", "WorkflowFailedError",
-        "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError", "activity", "workflow",
+        "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError", "activity", "format_timeline",
+        "history_from_json", "history_to_json", "workflow",
     ]  # fmt: skip
     for name in immortal.__all__:
         assert getattr(immortal, name) is not None

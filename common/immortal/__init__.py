@@ -36,6 +36,7 @@ from immortal._errors import (
 from immortal._names import Names
 from immortal._retry import RetryPolicy
 from immortal._schedules import ScheduleInfo
+from immortal._timeline import format_timeline, history_from_json, history_to_json
 from immortal._wire import EventType, HistoryEvent, RunStatus
 
 workflow = WorkflowDecorator()
@@ -69,5 +70,8 @@ __all__ = [
     "WorkflowInfo",
     "WorkflowNotFoundError",
     "activity",
+    "format_timeline",
+    "history_from_json",
+    "history_to_json",
     "workflow",
 ]

@@ -99,7 +99,19 @@ class ActivityCancelledError(ImmortalError):
 
 
 class NonDeterminismError(ImmortalError):
-    """Workflow code, replayed, issued a command that does not match the recorded event."""
+    """Workflow code, replayed, issued a command that does not match the recorded event.
+
+    ``event_id`` is the history event where code and history part, ``history`` what history
+    has there and ``code`` what the code issued instead.
+    """
+
+    def __init__(
+        self, message: str, *, event_id: int | None = None, history: str = "", code: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.event_id = event_id
+        self.history = history
+        self.code = code
 
 
 class UnknownWorkflowTypeError(ImmortalError):

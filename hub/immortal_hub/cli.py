@@ -337,17 +337,18 @@ def workflow_history(
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
 ) -> None:
-    """Print a run's history, one event a line (or as JSON)."""
+    """Print a run's history as a timeline grouped by step (or export it as JSON that
+    `immortal replay` and immortal.history_from_json read back)."""
+    from immortal import format_timeline, history_to_json
 
     async def history(handle: WorkflowHandle[Any]) -> None:
         events = await handle.history()
         if as_json:
-            print(json.dumps([e.model_dump(mode="json") for e in events], indent=2))
+            ids = {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "tenant": tenant}
+            print(history_to_json(events, **ids))
             return
-        for e in events:
-            cause = f" <- {e.caused_by}" if e.caused_by else ""
-            attrs = {k: _readable(v) for k, v in e.attrs.items()}
-            print(f"{e.id:>4} {e.type.value:<24}{cause:<8} {json.dumps(attrs, default=str)}")
+        print(f"workflow {handle.workflow_id}  run {handle.run_id}")
+        print(format_timeline(events), end="")
 
     _on_run(server, tenant, prefix, workflow_id, run, history)
 
@@ -654,3 +655,27 @@ def _readable(value: Any) -> Any:
 
 def main() -> None:
     app()
+
+
+@app.command()
+def replay(
+    histories: Annotated[
+        list[Path], typer.Argument(help="JSON exports (immortal workflow history ID --json)")
+    ],
+    workflow: Annotated[
+        list[str],
+        typer.Option("--workflow", "-w", help="module:attribute holding the workflow code"),
+    ],
+) -> None:
+    """Replay recorded histories against workflow code (no server): exit 0 if they replay
+    cleanly, 1 printing the first divergence, 2 if one cannot be replayed.
+
+    The same command as `immortal-worker replay`, which this runs as a subprocess
+    (`python -m immortal_worker replay ...`): the hub package does not import the worker.
+    """
+    import subprocess
+
+    args = [sys.executable, "-m", "immortal_worker", "replay", *map(str, histories)]
+    for ref in workflow:
+        args += ["--workflow", ref]
+    raise typer.Exit(subprocess.run(args, check=False).returncode)

@@ -407,7 +407,10 @@ class WorkflowInstance(WorkflowRuntime):
         if seq is None:
             raise NonDeterminismError(
                 f"event {ev.id} {ev.type} resolves event {ev.caused_by}, "
-                "which the workflow code never issued"
+                "which the workflow code never issued",
+                event_id=ev.id,
+                history=_describe_event(ev),
+                code=f"no command for event {ev.caused_by}",
             )
         return seq
 
@@ -458,9 +461,13 @@ class WorkflowInstance(WorkflowRuntime):
             cmd = issued[n] if n < len(issued) else None
             ev = recorded[n] if n < len(recorded) else None
             if cmd is None or ev is None or not _same(cmd, ev):
+                history, code = _describe_event(ev), _describe_command(cmd)
                 raise NonDeterminismError(
                     f"replaying workflow task {done.caused_by}: history has "
-                    f"{_describe_event(ev)} but the workflow code issued {_describe_command(cmd)}"
+                    f"{history} but the workflow code issued {code}",
+                    event_id=ev.id if ev is not None else done.id,
+                    history=history,
+                    code=code,
                 )
             if isinstance(cmd, ScheduleActivity | StartTimer | StartChild):
                 self._event_seq[ev.id] = cmd.seq
@@ -518,4 +525,6 @@ def _describe_command(cmd: _Command | None) -> str:
         return f"StartChild {cmd.workflow_type!r} (seq {cmd.seq})"
     if isinstance(cmd, RecordMarker):
         return f"patch marker {cmd.patch!r}"
+    if isinstance(cmd, FailWorkflow):  # often the changed code itself raising
+        return f"FailWorkflow ({cmd.failure.type}: {cmd.failure.message})"
     return type(cmd).__name__
