@@ -87,3 +87,20 @@ async def test_read_from_a_sequence_and_follow_live(
     tail = [e async for e in client.events(from_seq=middle_seq)]
     assert [e for _, _, _, e in tail] == expected
     assert tail[-1][3].type is EventType.WORKFLOW_COMPLETED
+
+
+async def test_history_cli_from_a_sequence(nats_url: str, prefix: str, client: Client) -> None:
+    async with running_worker(nats_url, prefix):
+        handle = await client.start(three_step, 1, id="seqs")
+        await handle.result(timeout=20)
+    transitions = [t async for t in handle.transitions()]
+    third = transitions[2][0]
+    done = await asyncio.to_thread(
+        _cli, nats_url, prefix, "workflow", "history", "seqs", "--from-seq", str(third)
+    )
+    assert done.returncode == 0, done.stderr
+    printed = [line.split() for line in done.stdout.splitlines()]
+    expected = [(seq, e) for seq, events in transitions if seq >= third for e in events]
+    assert [(int(p[0]), int(p[2]), p[3]) for p in printed] == [
+        (seq, e.id, e.type.value) for seq, e in expected
+    ]

@@ -333,15 +333,27 @@ def workflow_history(
     workflow_id: str,
     run: RunId = None,
     as_json: Annotated[bool, typer.Option("--json", help="lossless JSON export")] = False,
+    from_seq: Annotated[
+        int, typer.Option("--from-seq", help="only the records from this stream sequence on")
+    ] = 1,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="then print new events live until the run closes")
+    ] = False,
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
 ) -> None:
     """Print a run's history as a timeline grouped by step (or export it as JSON that
-    `immortal replay` and immortal.history_from_json read back)."""
+    `immortal replay` and immortal.history_from_json read back). With --from-seq or
+    --follow, print the records one event a line, each with its stream sequence."""
     from immortal import format_timeline, history_to_json
 
     async def history(handle: WorkflowHandle[Any]) -> None:
+        if from_seq > 1 or follow:
+            async for seq, batch in handle.transitions(from_seq=from_seq, follow=follow):
+                for e in batch:
+                    print(_event_line(seq, handle.workflow_id, e, as_json), flush=True)
+            return
         events = await handle.history()
         if as_json:
             ids = {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "tenant": tenant}
@@ -396,14 +408,7 @@ def events(
             async for seq, workflow_id, run_id, e in client.events(
                 from_seq=from_seq, follow=follow
             ):
-                if as_json:
-                    line = {"seq": seq, "workflow_id": workflow_id, "run_id": run_id}
-                    print(json.dumps({**line, "event": e.model_dump(mode="json")}), flush=True)
-                else:
-                    attrs = json.dumps({k: _readable(v) for k, v in e.attrs.items()}, default=str)
-                    print(
-                        f"{seq:>7} {workflow_id} {e.id:>4} {e.type.value:<24} {attrs}", flush=True
-                    )
+                print(_event_line(seq, workflow_id, e, as_json, run_id), flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(go())
@@ -641,6 +646,16 @@ def dlq_redrive(
             print(f"{seq}: re-driven")
 
     _on_schedules(server, tenant, prefix, redrive)
+
+
+def _event_line(
+    seq: int, workflow_id: str, e: Any, as_json: bool, run_id: str | None = None
+) -> str:
+    if as_json:
+        line = {"seq": seq, "workflow_id": workflow_id, "run_id": run_id}
+        return json.dumps({**line, "event": e.model_dump(mode="json")})
+    attrs = json.dumps({k: _readable(v) for k, v in e.attrs.items()}, default=str)
+    return f"{seq:>7} {workflow_id} {e.id:>4} {e.type.value:<24} {attrs}"
 
 
 def _readable(value: Any) -> Any:
