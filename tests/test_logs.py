@@ -12,7 +12,7 @@ import immortal
 from immortal import Client, EventType, WorkflowContext
 from immortal._logs import LogLine
 from tests.helpers import running_worker
-from tests.test_cli import _cli
+from tests.test_cli import ROOT, _cli
 
 
 @immortal.activity
@@ -143,3 +143,35 @@ async def test_tenant_retention_expires_closed_runs(
             await client.get_handle(handle.workflow_id)
         assert await kept.history()  # another tenant keeps its runs
         assert len([entry async for entry in kept.logs()]) == 3
+
+
+async def test_logs_follow_cli_tails_two_workers_in_order(
+    nats_url: str, prefix: str, client: Client
+) -> None:
+    handle = await client.start(fulfil, "chair", id="tailed")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "immortal_hub", "logs", "tailed", "--follow",
+        "-s", nats_url, "--prefix", prefix,
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        async with (
+            running_worker(nats_url, prefix, workflows=[fulfil], activities=[pack_box],
+                           queues=["default", "packing"], worker_id="worker-a"),
+            running_worker(nats_url, prefix, workflows=[], activities=[ship_box],
+                           queues=["shipping"], worker_id="worker-b"),
+        ):  # fmt: skip
+            assert await handle.result(timeout=20) == "shipped box of chair"
+            lines = []
+            async with asyncio.timeout(20):
+                while len(lines) < 5:
+                    lines.append((await proc.stdout.readline()).decode())
+    finally:
+        proc.terminate()
+        await proc.wait()
+    seqs = [int(line.split()[0]) for line in lines]
+    assert seqs == sorted(seqs)
+    assert "fulfilling chair" in lines[0] and "@ worker-a" in lines[0]
+    assert "shipping box of chair" in lines[3] and "@ worker-b" in lines[3]
+    assert "done: shipped box of chair" in lines[4]
