@@ -90,9 +90,10 @@ _POISON_DELIVERIES = 10
 class Hub:
     """One hub process. Run as many as you like against the same NATS.
 
-    ``max_in_flight`` bounds the inputs this hub applies at once, shared fairly among the
-    tenants that have work; ``tenant_limits`` caps tenants further (key ``"*"``: every
-    tenant without its own entry). See ``_limits``.
+    ``max_in_flight`` bounds the inputs this hub holds (queued or being applied), shared
+    fairly among the tenants that have work; ``concurrency`` of them are applied at once,
+    the slots going round-robin to tenants; ``tenant_limits`` caps tenants further (key
+    ``"*"``: every tenant without its own entry). See ``_limits``.
 
     >>> hub = Hub(url, tenant_limits={"*": TenantLimits(max_in_flight=100, rate=500)})
     """
@@ -105,6 +106,7 @@ class Hub:
         hub_id: str | None = None,
         settings: ResourceSettings | None = None,
         max_in_flight: int = 1024,
+        concurrency: int = 64,
         tenant_limits: Mapping[str, TenantLimits] | None = None,
         ack_wait: float = 5.0,
         cache_size: int = 10_000,
@@ -120,7 +122,7 @@ class Hub:
         self._nc = nc
         self._own_nc = nc is None
         self.max_in_flight = max_in_flight
-        self.admission = Admission(tenant_limits, total=max_in_flight)
+        self.admission = Admission(tenant_limits, total=max_in_flight, slots=concurrency)
         self.refused: Counter[str] = Counter()  # busy replies per tenant, for tests
         self._rpc_tasks: set[asyncio.Task[None]] = set()
         self._pullers: set[Puller] = set()
@@ -370,7 +372,7 @@ class Hub:
         """
         parts = msg.subject.split(".")
         tenant = parts[2] if len(parts) == 5 and parts[4] != "heartbeat" else None
-        if not self._running or (tenant is not None and not self.admission.try_admit(tenant)):
+        if not self._running or (tenant is not None and not self.admission.try_enter(tenant)):
             if tenant is not None:
                 self.refused[tenant] += 1
                 self._metrics.refused.add(1, {"tenant": tenant})
@@ -381,12 +383,15 @@ class Hub:
         self._rpc_tasks.add(task)
         task.add_done_callback(self._rpc_tasks.discard)
 
-    async def _serve_rpc(self, msg: Msg, admitted: str | None) -> None:
+    async def _serve_rpc(self, msg: Msg, entered: str | None) -> None:
+        if entered is None:
+            await self._apply_rpc(msg)
+            return
+        await self.admission.start(entered)  # a slot, in turn with other tenants
         try:
             await self._apply_rpc(msg)
         finally:
-            if admitted is not None:
-                self.admission.release(admitted)
+            self.admission.release(entered)
 
     async def _apply_rpc(self, msg: Msg) -> None:
         reply = OK
