@@ -203,3 +203,16 @@ async def test_window_sizes_pull_requests_by_what_could_enter() -> None:
     assert not pending.done()  # no place: the puller asks for nothing yet
     a.release("t")
     assert await asyncio.wait_for(pending, 1) == 1
+
+
+async def test_results_may_go_ahead_of_queued_inputs_and_pullers_leave_them_room() -> None:
+    clock = Clock()
+    a = Admission({"t": TenantLimits(rate=10, burst=1)}, total=16, clock=clock)
+    assert a.try_enter("t")
+    start = asyncio.create_task(a.admit("t"))  # a durable start waits for a token
+    await asyncio.sleep(0)
+    clock.now += 0.1
+    assert not a.try_enter("t")  # a start queues behind it
+    assert a.try_enter("t", ahead=True)  # a result of running work does not
+    start.cancel()
+    assert await a.window("other", 100) == 16 - 2 - 2  # an eighth stays free for results

@@ -367,12 +367,15 @@ class Hub:
         """An input by request-reply: apply it, then reply; past its limits, ``busy``.
 
         A busy reply makes the sender queue the input durably in the tenant's ``IMM_IN``
-        subjects, where this tenant's pullers take it as its limits allow. Heartbeats are
-        admitted past the limits: held back, they would time out attempts that are fine.
+        subjects, where this tenant's pullers take it as its limits allow. Results may enter
+        ahead of the tenant's queued inputs, starts may not. Heartbeats are admitted past
+        the limits: held back, they would time out attempts that are fine.
         """
         parts = msg.subject.split(".")
         tenant = parts[2] if len(parts) == 5 and parts[4] != "heartbeat" else None
-        if not self._running or (tenant is not None and not self.admission.try_enter(tenant)):
+        if not self._running or (
+            tenant is not None and not self.admission.try_enter(tenant, ahead=parts[4] != "start")
+        ):
             if tenant is not None:
                 self.refused[tenant] += 1
                 self._metrics.refused.add(1, {"tenant": tenant})

@@ -177,10 +177,15 @@ class Admission:
         """Inputs held now, per tenant seen (safe to call from another thread)."""
         return {name: t.held for name, t in list(self._tenants.items())}
 
-    def try_enter(self, tenant: str) -> bool:
-        """Enter now or refuse; never ahead of the tenant's inputs that already wait."""
+    def try_enter(self, tenant: str, *, ahead: bool = False) -> bool:
+        """Enter now or refuse; not ahead of the tenant's inputs that wait, unless ``ahead``.
+
+        Results of work already started go ``ahead`` of queued starts: finishing what was
+        started first keeps a backlog from slowing every run down, and takes the reserve
+        that pullers leave free (see :meth:`window`).
+        """
         t = self._tenant(tenant)
-        if t.entering or self._blocked(t, self._clock()) is not None:
+        if (t.entering and not ahead) or self._blocked(t, self._clock()) is not None:
             return False
         self._enter(t)
         return True
@@ -239,7 +244,8 @@ class Admission:
         """How many of ``wanted`` inputs could enter now; waits until at least one.
 
         Pullers ask JetStream for this many, so durable inputs are not taken from the
-        stream (where other hubs could serve them) only to wait here.
+        stream (where other hubs could serve them) only to wait here. They leave an eighth
+        of the tenant's places to request-reply inputs that go ``ahead``.
         """
         t = self._tenant(tenant)
         while True:
@@ -285,9 +291,11 @@ class Admission:
 
     def _room(self, t: _Tenant, now: float) -> tuple[int, float]:
         """(inputs ``t`` could enter now beyond those waiting, and if none, how long to wait)."""
-        room = max(self.total - self._held, self._share(t) - t.held)
-        if t.limits.max_in_flight is not None:
-            room = min(room, t.limits.max_in_flight - t.held)
+        cap = t.limits.max_in_flight
+        reserve = (self.total if cap is None else cap) // 8
+        room = max(self.total - self._held, self._share(t) - t.held) - reserve
+        if cap is not None:
+            room = min(room, cap - reserve - t.held)
         delay = math.inf
         if t.bucket is not None:
             tokens = t.bucket.available(now) + _EPSILON
