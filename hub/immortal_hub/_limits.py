@@ -16,7 +16,9 @@ A request-reply input that may not enter now is refused (the hub replies ``busy`
 sender queues it durably in the tenant's own ``IMM_IN`` subjects); an input from
 ``IMM_IN`` waits to enter, and the tenant's pullers ask JetStream for no more messages than
 could enter now. That is backpressure: nothing is dropped. While a tenant's durable inputs
-wait to enter, its request-reply inputs are refused, so they queue behind them.
+wait to enter, its request-reply starts are refused, so they queue behind them; results of
+work already started may go ahead (``try_enter(ahead=True)``), into a reserve the pullers
+leave free.
 """
 
 from __future__ import annotations
