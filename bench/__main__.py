@@ -7,6 +7,7 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench                         # everything, 1 hub x 1 worker
     python -m bench --hubs 2 --workers 2    # scale-out
     python -m bench -w throughput -n 5000   # one workload
+    python -m bench -w fairness             # tenant B's latency while tenant A bursts
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ import nats
 from nats.js.api import StorageType, StreamConfig
 
 from bench._harness import (
+    ROOT,
     Completions,
     Metric,
     Proc,
@@ -40,7 +43,8 @@ from immortal import Client
 from immortal.testing import NatsServer
 
 WORKLOADS = [
-    "jetstream", "throughput", "sequential5", "fanout10", "latency", "timers", "dead_worker"
+    "jetstream", "throughput", "sequential5", "fanout10", "latency", "timers", "dead_worker",
+    "fairness",
 ]  # fmt: skip
 OPTIONAL = ["soak"]  # long: run with -w soak
 STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "KV_imm-runs"]
@@ -51,6 +55,11 @@ class Bench:
         self.args = args
         self.metrics: dict[str, Metric] = {}
         self.extra: dict[str, Any] = {}
+        self.hub_options = [o for spec in args.tenant_limit or [] for o in ("--tenant-limit", spec)]
+        if args.hub_max_in_flight:
+            self.hub_options += ["--max-in-flight", str(args.hub_max_in_flight)]
+        if args.hub_concurrency:
+            self.hub_options += ["--concurrency", str(args.hub_concurrency)]
 
     def metric(self, name: str, unit: str, target: str = "") -> Metric:
         return self.metrics.setdefault(name, Metric(name, unit, target=target))
@@ -95,7 +104,7 @@ class Bench:
     async def _cluster(
         self, workers: int | None = None, **worker_kw: Any
     ) -> tuple[list[Proc], list[Proc]]:
-        hubs = [await start_hub(self.url, i) for i in range(self.args.hubs)]
+        hubs = [await start_hub(self.url, i, *self.hub_options) for i in range(self.args.hubs)]
         ws = [
             await start_worker(self.url, i, **worker_kw)
             for i in range(workers or self.args.workers)
@@ -296,6 +305,97 @@ class Bench:
             finally:
                 await self._stop([*workers, *hubs])
 
+    async def w_fairness(self) -> None:
+        """Tenant A starts --burst-n workflows at once; B starts --fair-n right after.
+
+        B's completion times (start call to close) are compared with the same batch while A
+        is idle. Each tenant has its own worker process (a worker serves one tenant); the
+        hubs get --tenant-limit, if given.
+        """
+        a_n, b_n = self.args.burst_n, self.args.fair_n
+        m = {
+            key: self.metric(f"fairness: {key}", unit)
+            for key, unit in [
+                ("B p50, A idle", "ms"),
+                ("B p99, A idle", "ms"),
+                ("B p50, A bursting", "ms"),
+                ("B p99, A bursting", "ms"),
+                ("B p50 ratio, bursting / idle", "x"),
+                ("B p99 ratio, bursting / idle", "x"),
+                (f"A's {a_n:,} starts accepted in", "s"),
+                (f"A's {a_n:,} workflows all completed in", "s"),
+            ]
+        }
+        options = self.hub_options
+        for _ in range(self.args.trials):
+            hubs = [await start_hub(self.url, i, *options) for i in range(self.args.hubs)]
+            workers = [
+                await start_worker(self.url, 0, tenant="a"),
+                await start_worker(self.url, 1, tenant="b"),
+            ]
+            burst = None
+            try:
+                async with (
+                    Client(self.url, tenant="a") as a,
+                    Client(self.url, tenant="b") as b,
+                    Completions(b.nc, tenant="b") as done,
+                ):
+                    for client in (a, b):  # queues registered, consumers created, caches warm
+                        await (await client.start("one_activity", 0)).result(timeout=30)
+                    idle = await _batch(b, done, b_n)
+                    before = await self._stream_counts(b.nc)
+                    burst = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "bench._burst", self.url, "a", str(a_n),
+                        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                        stdout=asyncio.subprocess.PIPE,
+                    )  # fmt: skip
+                    assert burst.stdout is not None
+                    submitted = (await burst.stdout.readline()).decode().split()
+                    assert submitted and submitted[0] == "submitted", submitted
+                    busy = await _batch(b, done, b_n)  # right after A's starts are all in
+                    async with asyncio.timeout(self.args.timeout):
+                        report = json.loads(await burst.stdout.readline())
+                    after = await self._stream_counts(b.nc)
+            finally:
+                if burst is not None and burst.returncode is None:
+                    burst.kill()
+                    await burst.wait()
+                await self._stop([*workers, *hubs])
+            assert report["completed"] == a_n, report
+            figures = {
+                "B p50, A idle": pct(idle, 50),
+                "B p99, A idle": pct(idle, 99),
+                "B p50, A bursting": pct(busy, 50),
+                "B p99, A bursting": pct(busy, 99),
+                f"A's {a_n:,} starts accepted in": float(submitted[1]),
+                f"A's {a_n:,} workflows all completed in": report["all_done_s"],
+            }
+            figures["B p50 ratio, bursting / idle"] = pct(busy, 50) / pct(idle, 50)
+            figures["B p99 ratio, bursting / idle"] = pct(busy, 99) / pct(idle, 99)
+            for key, value in figures.items():
+                m[key].values.append(value)
+            durable = after["IMM_IN"] - before["IMM_IN"]
+            self.extra.setdefault("fairness: inputs queued durably during the burst", []).append(
+                durable
+            )
+            print(
+                f"  fairness: B p99 {figures['B p99, A idle']:.1f} ms idle, "
+                f"{figures['B p99, A bursting']:.1f} ms with A bursting; "
+                f"A done in {report['all_done_s']:.1f} s, {durable} inputs via IMM_IN",
+                flush=True,
+            )
+
+
+async def _batch(client: Client, done: Completions, n: int) -> list[float]:
+    """Start ``n`` one-activity workflows at once; each one's start-to-close time, in ms."""
+
+    async def one(i: int) -> float:
+        t0 = time.perf_counter()
+        handle = await client.start("one_activity", i)
+        return (await asyncio.wait_for(done.wait(handle.run_id), 300) - t0) * 1000
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
 
 async def _wait_marks(d: Path, n: int, tag: str, timeout: float = 30) -> list[Path]:
     """Poll for the marker files that this trial's activity writes in other processes."""
@@ -326,6 +426,16 @@ def main() -> None:
     ap.add_argument("--timers-n", type=int, default=100, help="concurrent sleeps per trial")
     ap.add_argument("--lease", type=float, default=30.0, help="worker lease in the dead-worker run")
     ap.add_argument("--dead-trials", type=int, default=1)
+    ap.add_argument("--burst-n", type=int, default=5000, help="tenant A's burst (fairness)")
+    ap.add_argument("--fair-n", type=int, default=50, help="tenant B's batch (fairness)")
+    ap.add_argument(
+        "--tenant-limit",
+        action="append",
+        metavar="TENANT=in_flight:N,rate:R",
+        help="passed to every hub",
+    )
+    ap.add_argument("--hub-max-in-flight", type=int, help="passed to every hub")
+    ap.add_argument("--hub-concurrency", type=int, help="passed to every hub")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()

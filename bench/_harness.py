@@ -84,25 +84,31 @@ async def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -
     return Proc(name, proc)
 
 
-async def start_hub(url: str, i: int) -> Proc:
+async def start_hub(url: str, i: int, *options: str) -> Proc:
     return await spawn(
-        f"hub{i}", ["-m", "immortal_hub", "hub", "-s", url, "--log-level", "WARNING"]
+        f"hub{i}", ["-m", "immortal_hub", "hub", "-s", url, "--log-level", "WARNING", *options]
     )
 
 
 async def start_worker(
-    url: str, i: int, *, lease: float = 30.0, env: dict[str, str] | None = None
+    url: str,
+    i: int,
+    *,
+    lease: float = 30.0,
+    tenant: str = "default",
+    env: dict[str, str] | None = None,
 ) -> Proc:
     args = ["-m", "immortal_worker", "bench.workflows", "-s", url, "--id", f"bench-w{i}"]
-    return await spawn(f"worker{i}", [*args, "--lease", str(lease), "--log-level", "WARNING"], env)
+    args += ["--tenant", tenant, "--lease", str(lease), "--log-level", "WARNING"]
+    return await spawn(f"worker{i}", args, env)
 
 
 class Completions:
     """One wildcard subscription on history: when did each run close?"""
 
-    def __init__(self, nc: NATS, prefix: str = "imm") -> None:
+    def __init__(self, nc: NATS, prefix: str = "imm", tenant: str | None = None) -> None:
         self.nc = nc
-        self.subject = f"{prefix}.hist.>"
+        self.subject = f"{prefix}.hist.{tenant}.>" if tenant else f"{prefix}.hist.>"
         self.waiters: dict[str, asyncio.Future[float]] = {}
         self.done: dict[str, float] = {}
 

@@ -153,6 +153,7 @@ class Client:
         self._workers_seen: dict[str, tuple[float, list[WorkerInfo]]] = {}
         self.schedules = Schedules(self)
         self.dead_letters = DeadLetters(self)
+        self._workers_looking: dict[str, asyncio.Future[list[WorkerInfo]]] = {}
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -331,8 +332,14 @@ class Client:
         """Say so when no live worker serves this type (the run still waits durably)."""
         seen_at, live = self._workers_seen.get(queue, (0.0, []))
         if time.monotonic() - seen_at > _WORKERS_FRESH_S:
+            # One look at a time per queue: a burst of starts shares it instead of each
+            # opening its own watch (an ordered consumer on the server) on imm-workers.
+            looking = self._workers_looking.get(queue)
+            if looking is None:
+                looking = self._workers_looking[queue] = asyncio.ensure_future(self.workers(queue))
+                looking.add_done_callback(lambda _: self._workers_looking.pop(queue, None))
             try:
-                live = await self.workers(queue)
+                live = await asyncio.shield(looking)
             except Exception:  # discovery is advice; never let it block a start
                 return
             self._workers_seen[queue] = (time.monotonic(), live)

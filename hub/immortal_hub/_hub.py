@@ -103,9 +103,10 @@ _MAX_LOCAL_TIMERS = 100_000
 class Hub:
     """One hub process. Run as many as you like against the same NATS.
 
-    ``max_in_flight`` bounds the inputs this hub applies at once, shared fairly among the
-    tenants that have work; ``tenant_limits`` caps tenants further (key ``"*"``: every
-    tenant without its own entry). See ``_limits``.
+    ``max_in_flight`` bounds the inputs this hub holds (queued or being applied), shared
+    fairly among the tenants that have work; ``concurrency`` of them are applied at once,
+    the slots going round-robin to tenants; ``tenant_limits`` caps tenants further (key
+    ``"*"``: every tenant without its own entry). See ``_limits``.
 
     >>> hub = Hub(url, tenant_limits={"*": TenantLimits(max_in_flight=100, rate=500)})
     """
@@ -118,6 +119,7 @@ class Hub:
         hub_id: str | None = None,
         settings: ResourceSettings | None = None,
         max_in_flight: int = 1024,
+        concurrency: int = 64,
         tenant_limits: Mapping[str, TenantLimits] | None = None,
         ack_wait: float = 5.0,
         cache_size: int = 10_000,
@@ -134,7 +136,7 @@ class Hub:
         self._nc = nc
         self._own_nc = nc is None
         self.max_in_flight = max_in_flight
-        self.admission = Admission(tenant_limits, total=max_in_flight)
+        self.admission = Admission(tenant_limits, total=max_in_flight, slots=concurrency)
         self.refused: Counter[str] = Counter()  # busy replies per tenant, for tests
         self._rpc_tasks: set[asyncio.Task[None]] = set()
         self._pullers: set[Puller] = set()
@@ -193,10 +195,12 @@ class Hub:
             await self._rpc_sub.unsubscribe()
         if self._rpc_tasks:
             await asyncio.wait(self._rpc_tasks, timeout=10)
+        # Pullers leave the set as their queue task ends: keep hold of them to drain them.
+        pullers = list(self._pullers)
         for task in [*self._queues.values(), *self._background]:
             task.cancel()
         await asyncio.gather(*self._queues.values(), *self._background, return_exceptions=True)
-        await asyncio.gather(*(p.drain(10.0) for p in list(self._pullers)))
+        await asyncio.gather(*(p.drain(10.0) for p in pullers))
         await self._metrics.stop()
         if self._nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
@@ -393,12 +397,15 @@ class Hub:
         """An input by request-reply: apply it, then reply; past its limits, ``busy``.
 
         A busy reply makes the sender queue the input durably in the tenant's ``IMM_IN``
-        subjects, where this tenant's pullers take it as its limits allow. Heartbeats are
-        admitted past the limits: held back, they would time out attempts that are fine.
+        subjects, where this tenant's pullers take it as its limits allow. Results may enter
+        ahead of the tenant's queued inputs, starts may not. Heartbeats are admitted past
+        the limits: held back, they would time out attempts that are fine.
         """
         parts = msg.subject.split(".")
         tenant = parts[2] if len(parts) == 5 and parts[4] != "heartbeat" else None
-        if not self._running or (tenant is not None and not self.admission.try_admit(tenant)):
+        if not self._running or (
+            tenant is not None and not self.admission.try_enter(tenant, ahead=parts[4] != "start")
+        ):
             if tenant is not None:
                 self.refused[tenant] += 1
                 self._metrics.refused.add(1, {"tenant": tenant})
@@ -409,12 +416,15 @@ class Hub:
         self._rpc_tasks.add(task)
         task.add_done_callback(self._rpc_tasks.discard)
 
-    async def _serve_rpc(self, msg: Msg, admitted: str | None) -> None:
+    async def _serve_rpc(self, msg: Msg, entered: str | None) -> None:
+        if entered is None:
+            await self._apply_rpc(msg)
+            return
+        await self.admission.start(entered)  # a slot, in turn with other tenants
         try:
             await self._apply_rpc(msg)
         finally:
-            if admitted is not None:
-                self.admission.release(admitted)
+            self.admission.release(entered)
 
     async def _apply_rpc(self, msg: Msg) -> None:
         reply = OK

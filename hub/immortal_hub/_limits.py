@@ -1,19 +1,24 @@
-"""Per-tenant limits, and a fair share of the hub among tenants.
+"""Per-tenant limits, and fair shares of the hub among tenants.
 
-Every input a hub applies is admitted here first. Three rules, per hub:
+Every input a hub applies (heartbeats aside) first *enters* the hub, then waits for one of
+its *slots*:
 
-- **Fair share**: a hub applies at most ``total`` inputs at once across all tenants. Past
-  that, a tenant holding its share (``total`` / active tenants) or more waits, so a tenant
-  that bursts cannot keep a quiet one out: the quiet one is under its share and admitted.
-- **In flight**: a tenant's ``max_in_flight`` caps the inputs of that tenant applied at once.
-- **Rate**: a tenant's ``rate`` is a token bucket (``burst`` tokens, refilled at ``rate``
-  per second); each input takes one.
+- **Entry** bounds what a tenant holds in the hub (queued for a slot or being applied).
+  At most ``total`` inputs across all tenants; past that, a tenant holding its share
+  (``total`` / tenants with work) or more may not enter, so a burst from one tenant never
+  keeps another out. A tenant's own ``max_in_flight`` caps what it holds; its ``rate`` is a
+  token bucket (``burst`` tokens, refilled at ``rate`` per second), one token per input.
+- **Slots** bound how many inputs are applied at once: ``slots``, handed round-robin among
+  the tenants with inputs waiting, first come first served within a tenant. So a quiet
+  tenant's input waits for the next free slot, not behind a busy tenant's queue.
 
-A request-reply input that may not be admitted now is refused (the hub replies ``busy``
-and the sender queues it durably in the tenant's own ``IMM_IN`` subjects); an input from
-``IMM_IN`` waits for admission, and the tenant's pullers ask JetStream for no more
-messages than could be admitted now. That is backpressure: nothing is dropped. While a
-tenant's durable inputs wait, its request-reply inputs are refused, so they queue behind.
+A request-reply input that may not enter now is refused (the hub replies ``busy`` and the
+sender queues it durably in the tenant's own ``IMM_IN`` subjects); an input from
+``IMM_IN`` waits to enter, and the tenant's pullers ask JetStream for no more messages than
+could enter now. That is backpressure: nothing is dropped. While a tenant's durable inputs
+wait to enter, its request-reply starts are refused, so they queue behind them; results of
+work already started may go ahead (``try_enter(ahead=True)``), into a reserve the pullers
+leave free.
 """
 
 from __future__ import annotations
@@ -121,30 +126,37 @@ class TokenBucket:
 
 @dataclass
 class _Tenant:
+    name: str
     limits: TenantLimits
     bucket: TokenBucket | None
-    in_flight: int = 0
-    peak: int = 0  # the most in flight at once, for tests
-    waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
+    held: int = 0  # entered: waiting for a slot, or being applied
+    peak: int = 0  # the most held at once, for tests
+    ready: bool = False  # in the round of tenants waiting for a slot
+    entering: deque[asyncio.Future[None]] = field(default_factory=deque)
+    queued: deque[asyncio.Future[None]] = field(default_factory=deque)
 
 
 class Admission:
-    """Admits one tenant's input at a time; ``release`` it when it has been applied."""
+    """Entry and slots for the inputs of one hub; ``release`` each once it is applied."""
 
     def __init__(
         self,
         limits: Mapping[str, TenantLimits] | None = None,
         *,
         total: int = 1024,
+        slots: int = 64,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if total < 1:
-            raise ValueError(f"total must be at least 1, not {total}")
+        if total < 1 or slots < 1:
+            raise ValueError(f"total and slots must be at least 1, not {total} and {slots}")
         self.limits = dict(limits or {})
         self.total = total
+        self.slots = slots
         self._clock = clock
         self._tenants: dict[str, _Tenant] = {}
-        self._in_flight = 0
+        self._held = 0
+        self._applying = 0
+        self._ready: deque[_Tenant] = deque()  # round-robin over tenants waiting for a slot
         self._watchers: list[asyncio.Future[None]] = []
         self._pump_at: asyncio.TimerHandle | None = None
 
@@ -152,58 +164,90 @@ class Admission:
         return self.limits.get(tenant) or self.limits.get(DEFAULT) or TenantLimits()
 
     def in_flight(self, tenant: str | None = None) -> int:
-        """Inputs being applied now: of ``tenant``, or of every tenant."""
+        """Inputs held now (waiting for a slot or being applied): of ``tenant``, or all."""
         if tenant is None:
-            return self._in_flight
+            return self._held
         t = self._tenants.get(tenant)
-        return t.in_flight if t else 0
+        return t.held if t else 0
 
     def peak(self, tenant: str) -> int:
-        """The most inputs of ``tenant`` applied at once so far."""
+        """The most inputs of ``tenant`` held at once so far."""
         t = self._tenants.get(tenant)
         return t.peak if t else 0
 
     def by_tenant(self) -> dict[str, int]:
-        """Inputs being applied now, per tenant seen (safe to call from another thread)."""
-        return {name: t.in_flight for name, t in list(self._tenants.items())}
+        """Inputs held now, per tenant seen (safe to call from another thread)."""
+        return {name: t.held for name, t in list(self._tenants.items())}
 
-    def try_admit(self, tenant: str) -> bool:
-        """Admit now or refuse; never ahead of the tenant's inputs that already wait."""
+    def try_enter(self, tenant: str, *, ahead: bool = False) -> bool:
+        """Enter now or refuse; not ahead of the tenant's inputs that wait, unless ``ahead``.
+
+        Results of work already started go ``ahead`` of queued starts: finishing what was
+        started first keeps a backlog from slowing every run down, and takes the reserve
+        that pullers leave free (see :meth:`window`).
+        """
         t = self._tenant(tenant)
-        if t.waiting or self._blocked(t, self._clock()) is not None:
+        if (t.entering and not ahead) or self._blocked(t, self._clock()) is not None:
             return False
-        self._take(t)
+        self._enter(t)
         return True
 
-    async def admit(self, tenant: str) -> None:
-        """Wait (in order, per tenant) until the input may be applied."""
+    async def enter(self, tenant: str) -> None:
+        """Wait (in order, per tenant) until the input may enter."""
         t = self._tenant(tenant)
-        if not t.waiting and self._blocked(t, self._clock()) is None:
-            self._take(t)
+        if not t.entering and self._blocked(t, self._clock()) is None:
+            self._enter(t)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        t.waiting.append(fut)
+        t.entering.append(fut)
         self._pump()
         try:
             await fut
         except asyncio.CancelledError:
             with contextlib.suppress(ValueError):
-                t.waiting.remove(fut)
+                t.entering.remove(fut)
             if fut.done() and not fut.cancelled():
-                self.release(tenant)  # admitted as we were cancelled: give the slot back
+                self._leave(t)  # entered as we were cancelled: give the place back
             raise
 
-    def release(self, tenant: str) -> None:
+    async def start(self, tenant: str) -> None:
+        """Wait for a slot to apply an input that has entered."""
         t = self._tenants[tenant]
-        t.in_flight -= 1
-        self._in_flight -= 1
+        if self._applying < self.slots and not self._ready:
+            self._applying += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        t.queued.append(fut)
+        if not t.ready:
+            t.ready = True
+            self._ready.append(t)
         self._pump()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):
+                t.queued.remove(fut)
+            if fut.done() and not fut.cancelled():
+                self._applying -= 1
+            self._leave(t)
+            raise
+
+    async def admit(self, tenant: str) -> None:
+        """Enter, then take a slot: for inputs that may wait (those from ``IMM_IN``)."""
+        await self.enter(tenant)
+        await self.start(tenant)
+
+    def release(self, tenant: str) -> None:
+        """The input has been applied (or given up): free its slot and its place."""
+        self._applying -= 1
+        self._leave(self._tenants[tenant])
 
     async def window(self, tenant: str, wanted: int) -> int:
-        """How many of ``wanted`` inputs could be admitted now; waits until at least one.
+        """How many of ``wanted`` inputs could enter now; waits until at least one.
 
         Pullers ask JetStream for this many, so durable inputs are not taken from the
-        stream (where other hubs could serve them) only to wait here.
+        stream (where other hubs could serve them) only to wait here. They leave an eighth
+        of the tenant's places to request-reply inputs that go ``ahead``.
         """
         t = self._tenant(tenant)
         while True:
@@ -229,72 +273,99 @@ class Admission:
             bucket = None
             if limits.rate is not None:
                 bucket = TokenBucket(limits.rate, limits.bucket_size, self._clock())
-            t = self._tenants[tenant] = _Tenant(limits, bucket)
+            t = self._tenants[tenant] = _Tenant(tenant, limits, bucket)
         return t
 
     def _share(self, t: _Tenant) -> int:
-        active = sum(1 for o in self._tenants.values() if o is t or o.in_flight or o.waiting)
+        active = sum(1 for o in self._tenants.values() if o is t or o.held or o.entering)
         return max(1, self.total // active)
 
     def _blocked(self, t: _Tenant, now: float) -> float | None:
-        """None if ``t`` may be admitted now, else how long to wait (inf: until a release)."""
+        """None if ``t`` may enter now, else how long to wait (inf: until a release)."""
         cap = t.limits.max_in_flight
-        if cap is not None and t.in_flight >= cap:
+        if cap is not None and t.held >= cap:
             return math.inf
-        if self._in_flight >= self.total and t.in_flight >= self._share(t):
+        if self._held >= self.total and t.held >= self._share(t):
             return math.inf
         if t.bucket is not None and t.bucket.available(now) < 1 - _EPSILON:
             return t.bucket.wait_time(now)
         return None
 
     def _room(self, t: _Tenant, now: float) -> tuple[int, float]:
-        """(inputs ``t`` could start now beyond those waiting, and if none, how long to wait)."""
-        room = max(self.total - self._in_flight, self._share(t) - t.in_flight)
-        if t.limits.max_in_flight is not None:
-            room = min(room, t.limits.max_in_flight - t.in_flight)
+        """(inputs ``t`` could enter now beyond those waiting, and if none, how long to wait)."""
+        cap = t.limits.max_in_flight
+        reserve = (self.total if cap is None else cap) // 8
+        room = max(self.total - self._held, self._share(t) - t.held) - reserve
+        if cap is not None:
+            room = min(room, cap - reserve - t.held)
         delay = math.inf
         if t.bucket is not None:
             tokens = t.bucket.available(now) + _EPSILON
             room = min(room, math.floor(tokens))
             if tokens < 1:
                 delay = t.bucket.wait_time(now)
-        room -= len(t.waiting)
-        if room < 1 and len(t.waiting) and t.bucket is not None:
-            delay = t.bucket.wait_time(now, len(t.waiting) + 1)
+        room -= len(t.entering)
+        if room < 1 and t.entering and t.bucket is not None:
+            delay = t.bucket.wait_time(now, len(t.entering) + 1)
         return room, delay
 
-    def _take(self, t: _Tenant) -> None:
-        t.in_flight += 1
-        t.peak = max(t.peak, t.in_flight)
-        self._in_flight += 1
+    def _enter(self, t: _Tenant) -> None:
+        t.held += 1
+        t.peak = max(t.peak, t.held)
+        self._held += 1
         if t.bucket is not None:
             t.bucket.take(self._clock())
 
+    def _leave(self, t: _Tenant) -> None:
+        t.held -= 1
+        self._held -= 1
+        self._pump()
+
     def _pump(self) -> None:
-        """Admit waiters, one per tenant per round, until none can go; wake the pullers."""
-        now = self._clock()
-        soonest = math.inf
-        progress = True
-        while progress:
-            progress = False
-            for t in self._tenants.values():
-                while t.waiting and t.waiting[0].done():  # cancelled
-                    t.waiting.popleft()
-                if not t.waiting:
-                    continue
-                delay = self._blocked(t, now)
-                if delay is None:
-                    self._take(t)
-                    t.waiting.popleft().set_result(None)
-                    progress = True
-                else:
-                    soonest = min(soonest, delay)
+        """Let waiting inputs enter, hand out free slots, wake the pullers."""
+        soonest = self._pump_entries()
+        self._pump_slots()
         for fut in self._watchers:
             if not fut.done():
                 fut.set_result(None)
         self._watchers.clear()
         if not math.isinf(soonest):
             self._pump_later(soonest)
+
+    def _pump_entries(self) -> float:
+        """Let waiting inputs enter, a round per tenant; return when to try again."""
+        now = self._clock()
+        soonest = math.inf
+        progress = True
+        while progress:
+            progress = False
+            for t in self._tenants.values():
+                while t.entering and t.entering[0].done():  # cancelled
+                    t.entering.popleft()
+                if not t.entering:
+                    continue
+                delay = self._blocked(t, now)
+                if delay is None:
+                    self._enter(t)
+                    t.entering.popleft().set_result(None)
+                    progress = True
+                else:
+                    soonest = min(soonest, delay)
+        return soonest
+
+    def _pump_slots(self) -> None:
+        """Hand out free slots round-robin among the tenants with inputs waiting."""
+        while self._applying < self.slots and self._ready:
+            t = self._ready.popleft()
+            while t.queued and t.queued[0].done():  # cancelled
+                t.queued.popleft()
+            if t.queued:
+                self._applying += 1
+                t.queued.popleft().set_result(None)
+            if t.queued:
+                self._ready.append(t)  # to the back of the round
+            else:
+                t.ready = False
 
     def _pump_later(self, delay: float) -> None:
         loop = asyncio.get_running_loop()

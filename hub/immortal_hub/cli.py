@@ -67,8 +67,11 @@ def hub(
     server: Server = DEFAULT_SERVER,
     prefix: Prefix = "imm",
     max_in_flight: Annotated[
-        int, typer.Option(help="inputs applied at once, shared fairly among tenants")
+        int, typer.Option(help="inputs held (queued or being applied), shared fairly by tenants")
     ] = 1024,
+    concurrency: Annotated[
+        int, typer.Option(help="inputs applied at once; slots go round-robin to tenants")
+    ] = 64,
     tenant_limit: Annotated[
         list[str] | None,
         typer.Option(
@@ -90,6 +93,7 @@ def hub(
             server,
             prefix=prefix,
             max_in_flight=max_in_flight,
+            concurrency=concurrency,
             tenant_limits=limits,
             ack_wait=ack_wait,
         )
