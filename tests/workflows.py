@@ -104,3 +104,13 @@ async def sleeper(ctx: WorkflowContext, seconds: float, x: int) -> int:
 
 
 workflows = [*workflows, sleeper]
+
+
+@immortal.workflow
+async def waits_for_go(ctx: WorkflowContext, x: int) -> int:
+    first = await ctx.activity(double, x)
+    await ctx.wait_signal("go")
+    return await ctx.activity(double, first)
+
+
+workflows = [*workflows, waits_for_go]

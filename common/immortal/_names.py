@@ -150,6 +150,13 @@ class Names:
     def task_subject(self, tenant: str, queue: str, kind: TaskKind) -> str:
         return f"{self.prefix}.task.{tenant}.{encode_token(queue)}.{kind}"
 
+    def sticky_subject(self, tenant: str, queue: str, worker_id: str) -> str:
+        """Workflow tasks for the one worker that has the run cached (see ``_sticky``)."""
+        return f"{self.prefix}.task.{tenant}.{encode_token(queue)}.wf.{encode_token(worker_id)}"
+
+    def sticky_consumer(self, tenant: str, queue: str, worker_id: str) -> str:
+        return f"wfs_{tenant}_{encode_token(queue)}_{encode_token(worker_id)}"
+
     def dlq_subject(self, tenant: str, queue: str, kind: str) -> str:
         return f"{self.prefix}.dlq.{tenant}.{encode_token(queue)}.{encode_token(kind)}"
 

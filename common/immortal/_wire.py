@@ -236,6 +236,7 @@ class RunState(_Model):
     wft: int | None = None  # scheduled-event id of the open workflow task
     last_external: int = 0  # id of the newest event workflow code has to see
     last_wft_failure: str | None = None
+    sticky: str | None = None  # the worker that completed the last workflow task (cached it)
     activities: dict[int, OpenActivity] = Field(default_factory=dict)
     timers: dict[int, OpenTimer] = Field(default_factory=dict)  # by TimerStarted id
     children: dict[int, OpenChild] = Field(default_factory=dict)  # by scheduled id

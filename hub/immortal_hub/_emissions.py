@@ -47,6 +47,7 @@ class Emission:
     body: WorkflowTask | ActivityTask | TimerFired | StartWorkflow | RequestCancel | ChildClosed
     due_ms: int | None = None
     input_kind: InputKind | None = None
+    sticky: str | None = None  # a workflow task's preferred worker: the one that has it cached
 
 
 def emissions_for(
@@ -201,7 +202,7 @@ def _workflow_task(state: RunState, wft: int, hist_seq: int) -> Emission:
         wft=wft,
         hist_seq=hist_seq,
     )
-    return Emission("wf", state.queue, f"{state.run_id}:{wft}", body)
+    return Emission("wf", state.queue, f"{state.run_id}:{wft}", body, sticky=state.sticky)
 
 
 def _dispatch(state: RunState, sid: int, act: OpenActivity, now: int) -> list[Emission]:

@@ -62,6 +62,7 @@ from immortal_hub._emissions import Emission, emissions_for, open_emissions
 from immortal_hub._limits import Admission, TenantLimits
 from immortal_hub._metrics import HubMetrics
 from immortal_hub._resources import ResourceSettings, ensure_resources
+from immortal_hub._sticky import move_sticky_tasks
 from immortal_hub._transitions import (
     InvalidInput,
     Outcome,
@@ -279,8 +280,14 @@ class Hub:
         held = self._held_by.pop(entry.key, [])
         if held:
             log.warning("worker %s is gone; handing back %d task(s)", entry.key, len(held))
-        tenant, queue, _ = (*entry.key.split(".", 2), "", "")[:3]  # <tenant>.<queue>.<worker>
+        tenant, queue, worker = (*entry.key.split(".", 2), "", "")[:3]  # <t>.<q>.<worker>
         where = {"tenant": tenant, "queue": decode_token(queue)}
+        if worker:  # its cached runs' workflow tasks go to every worker of the queue
+            self._spawn(
+                move_sticky_tasks(
+                    self.nc, self.names, tenant, decode_token(queue), decode_token(worker)
+                )
+            )
         for ack_subject in held:
             with contextlib.suppress(Exception):
                 await self.nc.publish(ack_subject, b"-NAK")
@@ -734,8 +741,7 @@ class Hub:
             )
             self._arm_local(tenant, e)
             return
-        await self.js.publish(
-            self.names.task_subject(tenant, e.queue, e.kind),
-            encode(e.body),
-            headers={"Nats-Msg-Id": e.msg_id},
-        )
+        subject = self.names.task_subject(tenant, e.queue, e.kind)
+        if e.sticky and self.names.worker_key(tenant, e.queue, e.sticky) in self._held_by:
+            subject = self.names.sticky_subject(tenant, e.queue, e.sticky)  # it has the run
+        await self.js.publish(subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})

@@ -64,6 +64,7 @@ def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
             description="Immortal: workflow and activity tasks; the consumer ack-wait is the lease",
             subjects=[f"{p}.task.>"],
             retention=RetentionPolicy.WORK_QUEUE,
+            allow_direct=True,  # to move a gone worker's sticky tasks
             max_msg_size=s.max_payload,
             duplicate_window=s.duplicate_window,
             **common,

@@ -188,6 +188,7 @@ def apply_workflow_task_result(
     )
     state.wft = None
     state.last_wft_failure = None
+    state.sticky = result.worker
     _apply_commands(b, done.id, result.commands)
     if not state.status.closed and state.last_external > result.through:
         b.schedule_workflow_task(done.id)  # news arrived while the worker was busy

@@ -209,7 +209,13 @@ class Worker:
             logging.getLogger(name).removeHandler(self.logs)
         await self.logs.aclose()
         self._liveness.cancel()
-        await self._deregister()
+        await self._deregister()  # hubs now hand this worker's sticky tasks to the queue
+        for queue in self.queues if self.workflows else []:
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(
+                    self.names.stream_tasks,
+                    self.names.sticky_consumer(self.tenant, queue, self.worker_id),
+                )
         for inst in self._cache.values():
             inst.close()
         self._cache.clear()
@@ -242,25 +248,36 @@ class Worker:
                 await asyncio.sleep(0.5)
 
     async def _serve(self, queue: str, kind: TaskKind) -> None:
-        durable = self.names.task_consumer(self.tenant, queue, kind)
-        config = ConsumerConfig(
-            durable_name=durable,
-            filter_subject=self.names.task_subject(self.tenant, queue, kind),
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=self.lease,
-            max_deliver=-1,
-            max_ack_pending=100_000,
-        )
-        with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
-            await self.js.add_consumer(self.names.stream_tasks, config)
         if kind == "wf":
             slots, handle = self.workflow_slots, self._workflow_task
         else:
             slots, handle = self.activity_slots, self._activity_task
-        puller = Puller(self.nc, self.names.stream_tasks, durable, slots, self._guarded(handle))
-        self._pullers.append(puller)
-        self._poll_tasks.append(asyncio.create_task(puller.run()))
+        subjects = [(self.names.task_consumer(self.tenant, queue, kind),
+                     self.names.task_subject(self.tenant, queue, kind))]  # fmt: skip
+        if kind == "wf":  # and the tasks of the runs this worker has cached (hub/_sticky.py)
+            subjects.append(
+                (
+                    self.names.sticky_consumer(self.tenant, queue, self.worker_id),
+                    self.names.sticky_subject(self.tenant, queue, self.worker_id),
+                )
+            )
+        for durable, subject in subjects:
+            config = ConsumerConfig(
+                durable_name=durable,
+                filter_subject=subject,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.lease,
+                max_deliver=-1,
+                max_ack_pending=100_000,
+                # A sticky consumer outlives its worker only briefly (hubs delete it too).
+                inactive_threshold=3600.0 if durable.startswith("wfs_") else None,
+            )
+            with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
+                await self.js.add_consumer(self.names.stream_tasks, config)
+            puller = Puller(self.nc, self.names.stream_tasks, durable, slots, self._guarded(handle))
+            self._pullers.append(puller)
+            self._poll_tasks.append(asyncio.create_task(puller.run()))
 
     @staticmethod
     def _guarded(handle: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
