@@ -155,6 +155,9 @@ async def _dev(port: int, store: Path, example: bool) -> None:
             from immortal.examples.orders import Order, place_order
 
             async with Client(url) as client:
+                async with asyncio.timeout(30):  # the run would wait durably; show it run now
+                    while not await client.workers("default"):  # noqa: ASYNC110 (a KV poll)
+                        await asyncio.sleep(0.1)
                 handle = await client.start(
                     place_order, Order(id="first-order", items=["book", "lamp"], cents=4200)
                 )
@@ -168,6 +171,7 @@ async def _dev(port: int, store: Path, example: bool) -> None:
             f'\'{{"id": "o2", "items": ["pen"], "cents": 150}}\' --id o2 -s {url}\n'
             f"  uv run immortal workflow result o2 -s {url}\n"
             f"  uv run immortal workflow history o2 -s {url}\n"
+            f"  uv run immortal logs o2 --with-history -s {url}\n"
             "Ctrl-C stops everything (the data stays in the store directory).",
             flush=True,
         )
