@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -46,6 +48,18 @@ async def steps(ctx: WorkflowContext, n: int) -> int:
     return n
 
 
+@asynccontextmanager
+async def _two_workers(nats_url: str, prefix: str) -> AsyncIterator[None]:
+    """Worker A runs the workflow and packs, worker B ships: two writers of one run's log."""
+    async with (
+        running_worker(nats_url, prefix, workflows=[fulfil], activities=[pack_box],
+                       queues=["default", "packing"], worker_id="worker-a"),
+        running_worker(nats_url, prefix, workflows=[], activities=[ship_box],
+                       queues=["shipping"], worker_id="worker-b"),
+    ):  # fmt: skip
+        yield
+
+
 async def _collect(handle: immortal.WorkflowHandle, n: int, **kw: object) -> list[LogLine]:  # type: ignore[type-arg]
     lines: list[LogLine] = []
     async with asyncio.timeout(20):
@@ -59,12 +73,7 @@ async def _collect(handle: immortal.WorkflowHandle, n: int, **kw: object) -> lis
 async def test_two_workers_one_ordered_stream(nats_url: str, prefix: str, client: Client) -> None:
     handle = await client.start(fulfil, "lamp")
     tail = asyncio.create_task(_collect(handle, 5, follow=True))
-    async with (
-        running_worker(nats_url, prefix, workflows=[fulfil], activities=[pack_box],
-                       queues=["default", "packing"], worker_id="worker-a"),
-        running_worker(nats_url, prefix, workflows=[], activities=[ship_box],
-                       queues=["shipping"], worker_id="worker-b"),
-    ):  # fmt: skip
+    async with _two_workers(nats_url, prefix):
         assert await handle.result(timeout=20) == "shipped box of lamp"
         lines = await tail
     assert [entry.message for entry in lines] == [
@@ -156,12 +165,7 @@ async def test_logs_follow_cli_tails_two_workers_in_order(
     )  # fmt: skip
     assert proc.stdout is not None
     try:
-        async with (
-            running_worker(nats_url, prefix, workflows=[fulfil], activities=[pack_box],
-                           queues=["default", "packing"], worker_id="worker-a"),
-            running_worker(nats_url, prefix, workflows=[], activities=[ship_box],
-                           queues=["shipping"], worker_id="worker-b"),
-        ):  # fmt: skip
+        async with _two_workers(nats_url, prefix):
             assert await handle.result(timeout=20) == "shipped box of chair"
             lines = []
             async with asyncio.timeout(20):
