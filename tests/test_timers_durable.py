@@ -7,7 +7,10 @@ import asyncio
 from pathlib import Path
 
 from immortal import Client, EventType
+from immortal._wire import TimerFired, now_ms
 from immortal.testing import NatsServer
+from immortal_hub import Hub
+from immortal_hub._emissions import Emission
 from tests.helpers import assert_well_formed, running_worker, wait_for_history
 from tests.procs import start_hub, start_worker
 from tests.workflows import sleeper
@@ -81,3 +84,18 @@ async def test_hub_and_server_restarted_while_timers_pending(
         fired = [e for e in history if e.type is EventType.TIMER_FIRED]
         assert len(started) == 1 and len(fired) == 1  # exactly once
         assert fired[0].ts >= started[0].attrs["due"]  # and never early
+
+
+async def test_a_rearmed_timer_replaces_its_local_firing(hub: Hub, client: Client) -> None:
+    """A heartbeat pushes its timeout out by re-arming the same timer: the hub keeps one
+    local firing per timer, the newest, and the server keeps the newest schedule."""
+    body = TimerFired(workflow_id="w", run_id="r", timer="hb-4-1", kind="heartbeat_timeout")
+    first, second = now_ms() + 60_000, now_ms() + 90_000
+    for due in (first, second):
+        emission = Emission("timer", "default", f"r:hb-4-1:{due}", body, due)
+        await hub._publish_emission("default", emission)
+    subject = client.names.timer_subject("default", "r", "hb-4-1")
+    assert [msg_id for msg_id, _ in hub._local_timers.values()] == [f"r:hb-4-1:{second}"]
+    stored = await client.nc.jetstream().get_last_msg(client.names.stream_timers, subject)
+    assert stored.headers is not None
+    assert stored.headers["Nats-Msg-Id"] == f"r:hb-4-1:{second}"

@@ -152,8 +152,9 @@ class Hub:
         self.handed_back = 0  # tasks of dead workers handed back, for tests and metrics
         # Timers due within this many seconds are also fired from this hub's clock.
         self.local_timer_horizon = local_timer_horizon
-        self._local_timers: dict[str, asyncio.TimerHandle] = {}  # by timer message id
-        self._local_keys: dict[str, str] = {}  # timer subject -> its local timer's message id
+        # One local timer per timer subject, as the server keeps one schedule per subject:
+        # subject -> (the timer message's id, its handle).
+        self._local_timers: dict[str, tuple[str, asyncio.TimerHandle]] = {}
         self._retentions: dict[str, tuple[int, Retention]] = {}  # tenant -> (read at, setting)
         self._metrics = HubMetrics(
             self.names,
@@ -188,10 +189,9 @@ class Hub:
     async def stop(self) -> None:
         """Stop fetching, finish what is in flight, disconnect."""
         self._running = False
-        for handle in self._local_timers.values():
+        for _, handle in self._local_timers.values():
             handle.cancel()  # their scheduled messages fire them
         self._local_timers.clear()
-        self._local_keys.clear()
         with contextlib.suppress(Exception):
             await self._rpc_sub.unsubscribe()
         if self._rpc_tasks:
@@ -376,10 +376,8 @@ class Hub:
                 await self._dead_letter(msg, f"undecodable input: {exc}")
                 return
             try:
-                if isinstance(body, TimerFired) and body.kind == "schedule":
-                    await self._fire_schedule(tenant, body, msg)
-                elif isinstance(body, TimerFired) and body.kind == "retention":
-                    await self._expire(tenant, body)
+                if isinstance(body, TimerFired):
+                    await self._on_timer(tenant, queue, body, msg)
                 else:
                     await self._apply(tenant, queue, kind, body)
             except InvalidInput as exc:
@@ -469,35 +467,54 @@ class Hub:
         """
         assert e.due_ms is not None and isinstance(e.body, TimerFired)
         delay = (e.due_ms - now_ms()) / 1000
-        if (
-            not self._running
-            or delay > self.local_timer_horizon
-            or e.msg_id in self._local_timers
-            or len(self._local_timers) >= _MAX_LOCAL_TIMERS
-        ):
+        body = e.body
+        subject = self.names.timer_subject(tenant, body.run_id, body.timer)
+        current = self._local_timers.get(subject)
+        if current is not None and current[0] == e.msg_id:
+            return  # re-emitted: already armed
+        if not self._running or delay > self.local_timer_horizon:
             return
-        body, key = e.body, e.msg_id
-        self._local_keys[self.names.timer_subject(tenant, body.run_id, body.timer)] = key
-        loop = asyncio.get_running_loop()
-        self._local_timers[key] = loop.call_later(
-            max(0.0, delay), lambda: self._spawn(self._fire_local(tenant, e.queue, key, body))
+        if current is None and len(self._local_timers) >= _MAX_LOCAL_TIMERS:
+            return
+        self._disarm_local(subject)  # re-armed at a new due time: the new one replaces it
+        handle = asyncio.get_running_loop().call_later(
+            max(0.0, delay),
+            lambda: self._spawn(self._fire_local(tenant, e.queue, subject, e.msg_id, body)),
         )
+        self._local_timers[subject] = (e.msg_id, handle)
 
-    async def _fire_local(self, tenant: str, queue: str, key: str, fired: TimerFired) -> None:
-        self._local_timers.pop(key, None)
-        subject = self.names.timer_subject(tenant, fired.run_id, fired.timer)
-        if self._local_keys.get(subject) == key:
-            del self._local_keys[subject]
+    def _disarm_local(self, subject: str) -> None:
+        armed = self._local_timers.pop(subject, None)
+        if armed is not None:
+            armed[1].cancel()
+
+    async def _fire_local(
+        self, tenant: str, queue: str, subject: str, msg_id: str, fired: TimerFired
+    ) -> None:
+        if self._local_timers.get(subject, ("",))[0] == msg_id:
+            del self._local_timers[subject]
         try:
-            if fired.kind == "retention":
-                await self._expire(tenant, fired)
-            else:
-                await self._apply(tenant, queue, "timer", fired)
+            await self._on_timer(tenant, queue, fired)
         except Exception as exc:  # the scheduled message will fire it
             log.info("local timer %s: %s; the durable timer will fire it", fired.timer, exc)
             return
+        if subject in self._local_timers:
+            return  # re-armed meanwhile: its schedule is the new one, keep it
         with contextlib.suppress(Exception):  # spare the backstop's firing, if still in time
             await self.js.purge_stream(self.names.stream_timers, subject=subject)
+
+    async def _on_timer(
+        self, tenant: str, queue: str, fired: TimerFired, msg: Msg | None = None
+    ) -> None:
+        """A timer fired (from the stream, or this hub's clock): apply it to its run, or, for
+        a schedule or a retention timer, start a run or expire one."""
+        if fired.kind == "schedule":
+            assert msg is not None, "schedules fire from the stream only"
+            await self._fire_schedule(tenant, fired, msg)
+        elif fired.kind == "retention":
+            await self._expire(tenant, fired)
+        else:
+            await self._apply(tenant, queue, "timer", fired)
 
     async def _retention(self, tenant: str) -> Retention:
         """The tenant's retention setting, re-read at most every 10 s."""
@@ -720,9 +737,7 @@ class Hub:
         if e.kind == "purge":
             assert isinstance(e.body, TimerFired)
             subject = self.names.timer_subject(tenant, e.body.run_id, e.body.timer)
-            local = self._local_timers.pop(self._local_keys.pop(subject, ""), None)
-            if local is not None:
-                local.cancel()
+            self._disarm_local(subject)
             try:  # best effort: a timer that fires anyway is recorded as no longer needed
                 await self.js.purge_stream(self.names.stream_timers, subject=subject)
             except Exception as exc:
