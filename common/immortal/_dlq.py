@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from immortal._errors import ImmortalError
-from immortal._jetstream import read_subject
+from immortal._jetstream import StoredMsg, message_at, read_subject
 from immortal._names import InputKind, decode_token
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DeadLetter", "DeadLetters"]
 
-_INPUT_KINDS = frozenset(InputKind.__args__)  # type: ignore[attr-defined]
+_INPUT_KINDS = frozenset(get_args(InputKind))
 
 
 @dataclass(frozen=True)
@@ -49,21 +49,7 @@ class DeadLetters:
     async def list(self) -> list[DeadLetter]:
         c = self._client
         subject = f"{c.names.prefix}.dlq.{c.tenant}.>"
-        out = []
-        async for msg in read_subject(c.nc, c.names.stream_dlq, subject):
-            _, _, _, queue_token, kind_token = msg.subject.split(".", 4)
-            out.append(
-                DeadLetter(
-                    seq=msg.seq,
-                    queue=decode_token(queue_token),
-                    kind=decode_token(kind_token),
-                    error=msg.headers.get("Imm-Error", ""),
-                    sent_to=msg.headers.get("Imm-Subject", ""),
-                    hub=msg.headers.get("Imm-Hub", ""),
-                    data=msg.data,
-                )
-            )
-        return out
+        return [_letter(msg) async for msg in read_subject(c.nc, c.names.stream_dlq, subject)]
 
     async def redrive(self, seq: int) -> None:
         """Send dead letter ``seq`` back to its queue's input subject, then drop it."""
@@ -77,7 +63,7 @@ class DeadLetters:
             letter.data,
             headers={"Nats-Msg-Id": f"redrive:{seq}", "Imm-Redriven": stamp},
         )
-        await self.drop(seq)
+        await c.nc.jetstream().delete_msg(c.names.stream_dlq, seq)
 
     async def drop(self, seq: int) -> None:
         await self._get(seq)  # only this tenant's
@@ -85,7 +71,21 @@ class DeadLetters:
         await c.nc.jetstream().delete_msg(c.names.stream_dlq, seq)
 
     async def _get(self, seq: int) -> DeadLetter:
-        for letter in await self.list():
-            if letter.seq == seq:
-                return letter
-        raise ImmortalError(f"no dead letter {seq} for tenant {self._client.tenant!r}")
+        c = self._client
+        msg = await message_at(c.nc, c.names.stream_dlq, seq)
+        if msg is None or not msg.subject.startswith(f"{c.names.prefix}.dlq.{c.tenant}."):
+            raise ImmortalError(f"no dead letter {seq} for tenant {c.tenant!r}")
+        return _letter(msg)
+
+
+def _letter(msg: StoredMsg) -> DeadLetter:
+    _, _, _, queue_token, kind_token = msg.subject.split(".", 4)
+    return DeadLetter(
+        seq=msg.seq,
+        queue=decode_token(queue_token),
+        kind=decode_token(kind_token),
+        error=msg.headers.get("Imm-Error", ""),
+        sent_to=msg.headers.get("Imm-Subject", ""),
+        hub=msg.headers.get("Imm-Hub", ""),
+        data=msg.data,
+    )
