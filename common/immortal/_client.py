@@ -42,6 +42,7 @@ from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._schedules import Schedules
 from immortal._tenants import Retention, read_retention, write_retention
+from immortal._timers import seconds
 from immortal._wire import (
     CLOSING_EVENTS,
     EventType,
@@ -214,17 +215,13 @@ class Client:
                 return WorkflowHandle(self, existing[0], existing[1], result_type)
         await self._register_queue(queue)
         await self._warn_if_unserved(name, queue)
-        if isinstance(execution_timeout, timedelta):
-            execution_timeout = execution_timeout.total_seconds()
-        if isinstance(run_timeout, timedelta):
-            run_timeout = run_timeout.total_seconds()
         body = StartWorkflow(
             workflow_id=workflow_id,
             run_id=run_id,
             workflow_type=name,
             input=encode_args(args),
-            execution_timeout=execution_timeout,
-            run_timeout=run_timeout,
+            execution_timeout=seconds(execution_timeout),
+            run_timeout=seconds(run_timeout),
         )
         await send_input(
             self.nc, self.names, self.tenant, queue, "start", encode(body), msg_id=f"start:{run_id}"

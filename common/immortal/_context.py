@@ -20,6 +20,7 @@ from immortal._codec import decode_value, encode_args, encode_value
 from immortal._definitions import ActivityOptions, activity_definition, workflow_definition
 from immortal._logs import WorkflowLogger
 from immortal._retry import RetryPolicy
+from immortal._timers import seconds
 
 __all__ = ["ContinueAsNewRequest", "WorkflowContext", "WorkflowInfo", "WorkflowRuntime"]
 
@@ -31,10 +32,6 @@ class ContinueAsNewRequest(BaseException):
     def __init__(self, payload: bytes) -> None:
         super().__init__("continue as new")
         self.payload = payload
-
-
-def _seconds(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 R = TypeVar("R")
@@ -196,7 +193,7 @@ class WorkflowContext:
         the run from memory; when the timer fires, any worker replays it. ``asyncio.sleep``
         in workflow code is durable too.
         """
-        await self._runtime.start_timer(round(_seconds(duration) * 1000), release=release)
+        await self._runtime.start_timer(round(seconds(duration) * 1000), release=release)
 
     async def wait_signal(
         self, name: str, *, timeout: float | timedelta | None = None, result_type: Any = None
@@ -211,7 +208,7 @@ class WorkflowContext:
         if timeout is None:
             data = await future
         else:
-            async with asyncio.timeout(_seconds(timeout)):
+            async with asyncio.timeout(seconds(timeout)):
                 data = await future
         return decode_value(data, result_type)
 
@@ -226,7 +223,7 @@ class WorkflowContext:
         if timeout is None:
             await future
         else:
-            async with asyncio.timeout(_seconds(timeout)):
+            async with asyncio.timeout(seconds(timeout)):
                 await future
 
     async def child(
@@ -248,7 +245,7 @@ class WorkflowContext:
         else:
             defn = workflow_definition(workflow)
             name, hint = defn.name, result_type or defn.return_type
-        timeout = None if execution_timeout is None else _seconds(execution_timeout)
+        timeout = None if execution_timeout is None else seconds(execution_timeout)
         data = await self._runtime.start_child(name, id, queue, encode_args(args), timeout)
         return decode_value(data, hint)
 

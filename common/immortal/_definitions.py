@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from immortal._activity import ActivityInfo, current_activity, current_heartbeats
 from immortal._logs import ActivityLogger
 from immortal._retry import RetryPolicy
+from immortal._timers import seconds
 
 __all__ = [
     "ActivityDefinition",
@@ -39,10 +40,6 @@ class WorkflowDefinition:
     fn: Callable[..., Awaitable[Any]]
     arg_types: tuple[Any, ...]
     return_type: Any
-
-
-def _seconds(value: float | timedelta | None) -> float | None:
-    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 @dataclass(frozen=True)
@@ -72,19 +69,19 @@ class ActivityOptions:
 
     @property
     def start_to_close_s(self) -> float | None:
-        return _seconds(self.start_to_close)
+        return seconds(self.start_to_close)
 
     @property
     def schedule_to_close_s(self) -> float | None:
-        return _seconds(self.schedule_to_close)
+        return seconds(self.schedule_to_close)
 
     @property
     def schedule_to_start_s(self) -> float | None:
-        return _seconds(self.schedule_to_start)
+        return seconds(self.schedule_to_start)
 
     @property
     def heartbeat_timeout_s(self) -> float | None:
-        return _seconds(self.heartbeat_timeout)
+        return seconds(self.heartbeat_timeout)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from immortal._timers import seconds
+
 __all__ = ["DEFAULT_RETRY_POLICY", "RetryPolicy"]
-
-
-def _seconds(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class RetryPolicy:
     non_retryable_error_types: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if _seconds(self.initial_interval) < 0 or _seconds(self.maximum_interval) < 0:
+        if seconds(self.initial_interval) < 0 or seconds(self.maximum_interval) < 0:
             raise ValueError("retry intervals must not be negative")
         if self.backoff_coefficient < 1:
             raise ValueError("backoff_coefficient must be at least 1")
@@ -51,8 +49,8 @@ class RetryPolicy:
 
     def base_delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt``, before jitter."""
-        raw = _seconds(self.initial_interval) * self.backoff_coefficient ** (attempt - 1)
-        return min(raw, _seconds(self.maximum_interval))
+        raw = seconds(self.initial_interval) * self.backoff_coefficient ** (attempt - 1)
+        return min(raw, seconds(self.maximum_interval))
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt``, jitter included."""
@@ -67,9 +65,9 @@ class RetryPolicy:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            "initial": _seconds(self.initial_interval),
+            "initial": seconds(self.initial_interval),
             "coefficient": self.backoff_coefficient,
-            "maximum": _seconds(self.maximum_interval),
+            "maximum": seconds(self.maximum_interval),
             "attempts": self.maximum_attempts,
             "jitter": self.jitter,
             "non_retryable": list(self.non_retryable_error_types),

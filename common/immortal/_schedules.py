@@ -20,6 +20,7 @@ from nats.js.errors import NotFoundError as JsNotFound
 from immortal._codec import encode_args, unpack
 from immortal._definitions import workflow_definition
 from immortal._errors import ImmortalError
+from immortal._timers import seconds
 from immortal._wire import TimerFired, _Model, encode, now_ms
 
 if TYPE_CHECKING:
@@ -95,12 +96,9 @@ class Schedules:
         the same id. Each run's workflow id is ``<schedule_id>@<firing time>``."""
         if (every is None) == (cron is None):
             raise ValueError("give exactly one of every= or cron=")
-        if isinstance(every, timedelta):
-            every = every.total_seconds()
+        every = seconds(every)
         if every is not None and (every < 1 or every != int(every)):
             raise ValueError("every= must be a whole number of seconds, at least 1")
-        if isinstance(execution_timeout, timedelta):
-            execution_timeout = execution_timeout.total_seconds()
         name = workflow if isinstance(workflow, str) else workflow_definition(workflow).name
         spec = ScheduleSpec(
             schedule_id=schedule_id,
@@ -109,7 +107,7 @@ class Schedules:
             input=encode_args(args),
             every=every,
             cron=_cron(cron) if cron is not None else None,
-            execution_timeout=execution_timeout,
+            execution_timeout=seconds(execution_timeout),
             created_ts=now_ms(),
         )
         await self._client._register_queue(queue)

@@ -17,6 +17,7 @@ from nats.js.errors import NotFoundError as JsNotFound
 
 from immortal._codec import pack, unpack
 from immortal._names import Names
+from immortal._timers import seconds
 
 __all__ = ["Retention", "read_retention", "write_retention"]
 
@@ -33,9 +34,8 @@ def _key(names: Names, tenant: str) -> str:
     return f"{tenant}.retention"
 
 
-def _seconds(value: float | timedelta | None) -> float | None:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
+def _positive(value: float | timedelta | None) -> float | None:
+    value = seconds(value)
     if value is not None and value <= 0:
         raise ValueError("retention must be positive")
     return value
@@ -58,7 +58,7 @@ async def write_retention(
     history: float | timedelta | None,
     logs: float | timedelta | None,
 ) -> Retention:
-    retention = Retention(history=_seconds(history), logs=_seconds(logs))
+    retention = Retention(history=_positive(history), logs=_positive(logs))
     kv = await js.key_value(names.bucket_policy)
     await kv.put(_key(names, tenant), pack(retention.__dict__))
     return retention

@@ -8,9 +8,21 @@ schedule per subject, so each timer has its own name.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import overload
 
-__all__ = ["rfc3339_ms", "schedule_headers"]
+__all__ = ["rfc3339_ms", "schedule_headers", "seconds"]
+
+
+@overload
+def seconds(value: float | timedelta) -> float: ...
+@overload
+def seconds(value: float | timedelta | None) -> float | None: ...
+def seconds(value: float | timedelta | None) -> float | None:
+    """A duration given as seconds or a ``timedelta``, in seconds."""
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 def rfc3339_ms(ms: int) -> str:
