@@ -194,9 +194,8 @@ def queues(
 ) -> None:
     """Backlog and in-flight work per queue (what an autoscaler watches)."""
 
-    async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
-            stats = await client.queues()
+    async def go(client: Client) -> None:
+        stats = await client.queues()
         if as_json:
             _print_json([q.__dict__ for q in stats])
             return
@@ -209,7 +208,7 @@ def queues(
                 f"{q.activity_backlog:>11} {q.activity_in_flight:>9}"
             )
 
-    asyncio.run(go())
+    _with_client(server, tenant, prefix, go)
 
 
 @app.command()
@@ -222,9 +221,8 @@ def workers(
 ) -> None:
     """List the live workers of a tenant and what they serve."""
 
-    async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
-            live = await client.workers(queue)
+    async def go(client: Client) -> None:
+        live = await client.workers(queue)
         if as_json:
             _print_json([w.__dict__ for w in live])
             return
@@ -239,7 +237,7 @@ def workers(
                 f"    activities: {', '.join(w.activities) or '-'}"
             )
 
-    asyncio.run(go())
+    _with_client(server, tenant, prefix, go)
 
 
 def _json_args(args: list[str]) -> list[Any]:
@@ -256,6 +254,18 @@ def _print_json(value: Any) -> None:
     print(json.dumps(to_wire(value), indent=2, default=str))
 
 
+def _with_client(
+    server: str, tenant: str, prefix: str, action: Callable[[Client], Awaitable[None]]
+) -> None:
+    """Connect as the tenant, run ``action``, disconnect."""
+
+    async def go() -> None:
+        async with Client(server, tenant=tenant, prefix=prefix) as client:
+            await action(client)
+
+    asyncio.run(go())
+
+
 @workflow_app.command("start")
 def workflow_start(
     workflow_type: Annotated[str, typer.Argument(help="registered workflow name")],
@@ -269,14 +279,13 @@ def workflow_start(
 ) -> None:
     """Start a run; print its workflow id and run id."""
 
-    async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
-            handle = await client.start(workflow_type, *_json_args(args or []), id=id, queue=queue)
-            print(json.dumps({"workflow_id": handle.workflow_id, "run_id": handle.run_id}))
-            if wait:
-                await _result(handle)
+    async def go(client: Client) -> None:
+        handle = await client.start(workflow_type, *_json_args(args or []), id=id, queue=queue)
+        print(json.dumps({"workflow_id": handle.workflow_id, "run_id": handle.run_id}))
+        if wait:
+            await _result(handle)
 
-    asyncio.run(go())
+    _with_client(server, tenant, prefix, go)
 
 
 async def _result(handle: Any, timeout: float | None = None) -> None:
@@ -300,11 +309,10 @@ def _on_run(
 ) -> None:
     """Connect, find the run (the newest of the workflow id unless given), act on it."""
 
-    async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
-            await action(await client.get_handle(workflow_id, run))
+    async def on_run(client: Client) -> None:
+        await action(await client.get_handle(workflow_id, run))
 
-    asyncio.run(go())
+    _with_client(server, tenant, prefix, on_run)
 
 
 @workflow_app.command("result")
@@ -411,15 +419,12 @@ def events(
 ) -> None:
     """The tenant's whole event stream, every run, in the order the hubs appended it."""
 
-    async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
-            async for seq, workflow_id, run_id, e in client.events(
-                from_seq=from_seq, follow=follow
-            ):
-                print(_event_line(seq, workflow_id, e, as_json, run_id), flush=True)
+    async def go(client: Client) -> None:
+        async for seq, workflow_id, run_id, e in client.events(from_seq=from_seq, follow=follow):
+            print(_event_line(seq, workflow_id, e, as_json, run_id), flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(go())
+        _with_client(server, tenant, prefix, go)
 
 
 @app.command()
@@ -482,15 +487,14 @@ def retention(
 ) -> None:
     """Show the tenant's retention of closed runs, or set it (with --history/--logs)."""
 
-    async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
-            if history is None and logs is None:
-                current = await client.retention()
-            else:
-                current = await client.set_retention(history=history, logs=logs)
-            _print_json(current.__dict__)
+    async def go(client: Client) -> None:
+        if history is None and logs is None:
+            current = await client.retention()
+        else:
+            current = await client.set_retention(history=history, logs=logs)
+        _print_json(current.__dict__)
 
-    asyncio.run(go())
+    _with_client(server, tenant, prefix, go)
 
 
 @workflow_app.command("signal")
@@ -545,16 +549,6 @@ def workflow_status(
     _on_run(server, tenant, prefix, workflow_id, run, status)
 
 
-def _on_schedules(
-    server: str, tenant: str, prefix: str, action: Callable[[Client], Awaitable[None]]
-) -> None:
-    async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
-            await action(client)
-
-    asyncio.run(go())
-
-
 @schedule_app.command("create")
 def schedule_create(
     schedule_id: str,
@@ -576,7 +570,7 @@ def schedule_create(
         _print_json(info.__dict__)
 
     try:
-        _on_schedules(server, tenant, prefix, create)
+        _with_client(server, tenant, prefix, create)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
@@ -592,7 +586,7 @@ def schedule_list(
             state = "paused" if s.paused else "active"
             print(f"{s.schedule_id:<24} {s.workflow_type:<20} {s.queue:<12} {state:<7} {s.spec}")
 
-    _on_schedules(server, tenant, prefix, show)
+    _with_client(server, tenant, prefix, show)
 
 
 def _schedule_action(verb: str) -> Callable[..., None]:
@@ -606,7 +600,7 @@ def _schedule_action(verb: str) -> Callable[..., None]:
             await getattr(client.schedules, verb)(schedule_id)
             print(f"{schedule_id}: {verb}d")
 
-        _on_schedules(server, tenant, prefix, act)
+        _with_client(server, tenant, prefix, act)
 
     command.__doc__ = f"{verb.capitalize()} a schedule."
     return command
@@ -632,7 +626,7 @@ def dlq_list(
             else:
                 print(f"{d.seq:>7} {d.queue}/{d.kind:<10} {d.error}")
 
-    _on_schedules(server, tenant, prefix, show)
+    _with_client(server, tenant, prefix, show)
 
 
 @dlq_app.command("redrive")
@@ -653,7 +647,7 @@ def dlq_redrive(
             await client.dead_letters.redrive(seq)
             print(f"{seq}: re-driven")
 
-    _on_schedules(server, tenant, prefix, redrive)
+    _with_client(server, tenant, prefix, redrive)
 
 
 def _event_line(
