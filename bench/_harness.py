@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import statistics
 import sys
 import time
@@ -15,37 +14,20 @@ from typing import Any
 import msgpack
 from nats.aio.client import Client as NATS
 
+from immortal.testing import Process
+
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
-class Proc:
-    name: str
-    proc: asyncio.subprocess.Process
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+class Proc(Process):
+    """A benchmark process, with what it cost."""
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
 
     def peak_rss_mb(self) -> float:
         return peak_rss_mb(self.pid)
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                await self.kill()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -81,7 +63,7 @@ async def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -
         while b"ready" not in (line := await proc.stdout.readline()):
             if not line:
                 raise RuntimeError(f"{name} exited before it was ready")
-    return Proc(name, proc)
+    return Proc(proc, name)
 
 
 async def start_hub(url: str, i: int, *options: str) -> Proc:

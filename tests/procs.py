@@ -4,34 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 
+from immortal.testing import Process as Proc
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Proc:
-    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
-        self.proc = proc
-        self.name = name
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except TimeoutError:
-                await self.kill()
 
 
 async def _spawn(name: str, args: list[str], env: dict[str, str], ready: str) -> Proc:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["NatsServer", "find_nats_server"]
+__all__ = ["NatsServer", "Process", "find_nats_server"]
 
 _LISTEN = re.compile(rb"Listening for client connections on [^\s]*?:(\d+)")
 _READY = b"Server is ready"
@@ -157,3 +157,30 @@ class NatsServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class Process:
+    """A child process (a hub, a worker) that tests and benchmarks stop or kill."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        self.proc = proc
+        self.name = name
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.proc.wait()
+            except TimeoutError:
+                await self.kill()
