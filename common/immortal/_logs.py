@@ -61,13 +61,11 @@ def decode_log(seq: int, data: bytes) -> LogLine:
     )
 
 
-def _merge(
-    ids: dict[str, Any], kwargs: MutableMapping[str, Any]
-) -> tuple[dict[str, Any], MutableMapping[str, Any]]:
+def _merge(ids: dict[str, Any], kwargs: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Keep the caller's ``extra`` as structured fields beside the run's identity."""
     fields = dict(kwargs.get("extra") or {})
     kwargs["extra"] = {"imm": {**ids, "fields": fields}, **fields}
-    return ids, kwargs
+    return kwargs
 
 
 class WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -90,8 +88,7 @@ class WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         assert self.extra is not None
-        _, kwargs = _merge({**self.extra, "event_id": self._event_id()}, kwargs)
-        return msg, kwargs
+        return msg, _merge({**self.extra, "event_id": self._event_id()}, kwargs)
 
 
 class ActivityLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -113,8 +110,7 @@ class ActivityLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             "activity": info.name,
             "worker": info.worker,
         }
-        _, kwargs = _merge(ids, kwargs)
-        return msg, kwargs
+        return msg, _merge(ids, kwargs)
 
 
 class LogShipper(logging.Handler):

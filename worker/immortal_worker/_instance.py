@@ -78,10 +78,9 @@ class _Timer:
 class _Pending:
     """Something the code waits on that history resolves: an activity or a child run."""
 
-    kind: str
-    name: str
+    name: str  # the activity's name, or the child's workflow type
     future: asyncio.Future[bytes]
-    workflow_id: str = ""
+    workflow_id: str = ""  # a child's
 
 
 @dataclass
@@ -160,7 +159,7 @@ class WorkflowInstance(WorkflowRuntime):
     ) -> asyncio.Future[bytes]:
         seq = self._next_seq()
         fut: asyncio.Future[bytes] = self.loop.create_future()
-        self._waiting[seq] = _Pending("activity", name, fut)
+        self._waiting[seq] = _Pending(name, fut)
         fut.add_done_callback(functools.partial(self._activity_done, seq))
         declared = self._activities.get(name)
         if declared is not None:
@@ -241,7 +240,7 @@ class WorkflowInstance(WorkflowRuntime):
         seq = self._next_seq()
         child_id = workflow_id or f"{self.info.workflow_id}-child-{seq}"
         fut: asyncio.Future[bytes] = self.loop.create_future()
-        self._waiting[seq] = _Pending("child", workflow_type, fut, child_id)
+        self._waiting[seq] = _Pending(workflow_type, fut, child_id)
         self._command(
             StartChild(
                 seq=seq,

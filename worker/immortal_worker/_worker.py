@@ -252,16 +252,23 @@ class Worker:
             slots, handle = self.workflow_slots, self._workflow_task
         else:
             slots, handle = self.activity_slots, self._activity_task
-        subjects = [(self.names.task_consumer(self.tenant, queue, kind),
-                     self.names.task_subject(self.tenant, queue, kind))]  # fmt: skip
+        # (consumer, subject, seconds it may stay unused before the server removes it)
+        subjects: list[tuple[str, str, float | None]] = [
+            (
+                self.names.task_consumer(self.tenant, queue, kind),
+                self.names.task_subject(self.tenant, queue, kind),
+                None,
+            )
+        ]
         if kind == "wf":  # and the tasks of the runs this worker has cached (hub/_sticky.py)
             subjects.append(
                 (
                     self.names.sticky_consumer(self.tenant, queue, self.worker_id),
                     self.names.sticky_subject(self.tenant, queue, self.worker_id),
+                    3600.0,  # a dead worker's own consumer goes after an hour unused
                 )
             )
-        for durable, subject in subjects:
+        for durable, subject, inactive in subjects:
             config = ConsumerConfig(
                 durable_name=durable,
                 filter_subject=subject,
@@ -270,8 +277,7 @@ class Worker:
                 ack_wait=self.lease,
                 max_deliver=-1,
                 max_ack_pending=100_000,
-                # A sticky consumer outlives its worker only briefly (hubs delete it too).
-                inactive_threshold=3600.0 if durable.startswith("wfs_") else None,
+                inactive_threshold=inactive,
             )
             with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
                 await self.js.add_consumer(self.names.stream_tasks, config)
