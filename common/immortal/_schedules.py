@@ -116,18 +116,16 @@ class Schedules:
         return _info(spec)
 
     async def list(self) -> list[ScheduleInfo]:
+        # One watch over this tenant's keys delivers every definition, then a None marker.
         kv = await self._kv()
-        try:
-            keys = await kv.keys()
-        except Exception:  # nats-py raises NoKeysError on an empty bucket
-            return []
-        prefix = f"{self._client.tenant}."
+        watcher = await kv.watch(f"{self._client.tenant}.*", ignore_deletes=True)
         out = []
-        for key in keys:
-            if key.startswith(prefix):
-                entry = await kv.get(key)
+        try:
+            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
                 if entry.value:
                     out.append(_info(ScheduleSpec.model_validate(unpack(entry.value))))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return sorted(out, key=lambda s: s.schedule_id)
 
     async def get(self, schedule_id: str) -> ScheduleSpec:
