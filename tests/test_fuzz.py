@@ -5,33 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import get_args
 
 import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from immortal import Client, PayloadError
-from immortal._wire import (
-    ActivityHeartbeat,
-    ActivityResult,
-    ActivityStarted,
-    ChildClosed,
-    RequestCancel,
-    SignalWorkflow,
-    StartWorkflow,
-    TimerFired,
-    Transition,
-    WorkflowTaskResult,
-    decode,
-)
+from immortal._names import InputKind
+from immortal._wire import Transition, decode
+from immortal_hub._hub import _INPUTS
 from tests.helpers import running_worker
 from tests.workflows import three_step
 
-MODELS = [
-    StartWorkflow, WorkflowTaskResult, ActivityResult, TimerFired, ActivityStarted,
-    ActivityHeartbeat, SignalWorkflow, RequestCancel, ChildClosed, Transition,
-]  # fmt: skip
-KINDS = ["start", "wft", "act", "started", "heartbeat", "signal", "cancel", "child"]
+# Every model a hub decodes from the wire (inputs and fired timers), and history messages.
+MODELS = [model for model, _ in _INPUTS.values()] + [Transition]
+KINDS = list(get_args(InputKind))
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
