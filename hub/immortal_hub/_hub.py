@@ -437,8 +437,9 @@ class Hub:
             tenant, queue, kind = self.names.parse_input_subject(msg.subject)
             body = self._decode(kind, msg.data)
             applied = await self._apply(tenant, queue, kind, body)
-            if applied is not None and kind == "wft":
-                reply = OK + b":" + encode(applied)  # the worker's cache skips a read
+            if applied is not None and kind in ("wft", "started"):
+                # wft: the worker's cache skips a read; started: whether the attempt was lost
+                reply = OK + b":" + encode(applied)
         except StaleAttempt as exc:
             reply = STALE + b" " + str(exc).encode()
         except (PayloadError, ValueError, InvalidInput) as exc:

@@ -57,6 +57,7 @@ from immortal._wire import (
     ActivityStarted,
     ActivityTask,
     AppliedTransition,
+    EventType,
     Failure,
     HistoryEvent,
     TimerFired,
@@ -308,8 +309,17 @@ class Worker:
         # The lease is held until the result is delivered, not just while the code runs:
         # a hub that is slow to answer must not cost the task to another worker.
         async with self._lease(msg):
-            if task.schedule_to_start is not None:
-                await self._report_start(task, delivery)
+            if task.schedule_to_start is not None or delivery > 1:
+                if await self._report_start(task, delivery):
+                    # An earlier delivery was lost (its worker died or froze); the hub counted
+                    # that attempt and schedules the next one as its own task.
+                    log.warning(
+                        "activity %s attempt %d was lost by an earlier worker; the hub retries it",
+                        task.name,
+                        task.attempt,
+                    )
+                    await msg.ack()
+                    return
             if task.start_to_close is not None:
                 await self._arm_timer(task, "start_to_close", task.start_to_close, started)
             if task.heartbeat_timeout is not None:
@@ -354,8 +364,14 @@ class Worker:
             await self._send(task.workflow_queue, "act", encode(body), body.result_id)
         await msg.ack()
 
-    async def _report_start(self, task: ActivityTask, delivery: int) -> None:
-        """Tell the hub this attempt started, which disarms its schedule-to-start timer."""
+    async def _report_start(self, task: ActivityTask, delivery: int) -> bool:
+        """Tell the hub this attempt started, which disarms its schedule-to-start timer.
+
+        For a redelivered task, returns whether the hub counted the attempt as lost (then
+        this delivery must not run it). If no hub answered (the report went durable), the
+        attempt runs: at worst it runs again as the next attempt, which an idempotency key
+        absorbs.
+        """
         body = ActivityStarted(
             workflow_id=task.workflow_id,
             run_id=task.run_id,
@@ -365,7 +381,15 @@ class Worker:
             worker=self.worker_id,
             result_id=f"started:{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}",
         )
-        await self._send(task.workflow_queue, "started", encode(body), body.result_id)
+        reply = await self._send(task.workflow_queue, "started", encode(body), body.result_id)
+        if reply is None or delivery == 1:
+            return False
+        applied = decode(AppliedTransition, reply)
+        return any(
+            e.caused_by == task.scheduled_id
+            and e.type in (EventType.ACTIVITY_ATTEMPT_FAILED, EventType.ACTIVITY_FAILED)
+            for e in applied.events
+        )
 
     async def _send_heartbeats(
         self, task: ActivityTask, delivery: int, beats: Heartbeats, runner: asyncio.Task[bytes]
