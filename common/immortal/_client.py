@@ -81,6 +81,7 @@ class IdReusePolicy(StrEnum):
     RETURN_EXISTING = "return_existing"  # hand back the existing run
 
 
+_RESULT_RECHECK_S = 30.0  # result() re-reads the run this often, whatever it heard
 _ABANDONED_CLAIM_MS = 30_000  # a claim whose start never reached history
 
 
@@ -155,6 +156,7 @@ class Client:
         self.schedules = Schedules(self)
         self.dead_letters = DeadLetters(self)
         self._workers_looking: dict[str, asyncio.Future[list[WorkerInfo]]] = {}
+        self._reconnected = asyncio.Event()
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -165,7 +167,18 @@ class Client:
 
     async def connect(self) -> None:
         if self._nc is None:
-            self._nc = await nats.connect(self.servers, name="immortal-client")
+            self._nc = await nats.connect(
+                self.servers,
+                name="immortal-client",
+                reconnected_cb=self._on_reconnected,
+                max_reconnect_attempts=-1,  # a server restart must not end a waiting caller
+            )
+
+    async def _on_reconnected(self) -> None:
+        # Core subscriptions miss what was published while the connection was down: wake
+        # whoever waits on one (``handle.result()``) to read again.
+        self._reconnected.set()
+        self._reconnected = asyncio.Event()
 
     async def close(self) -> None:
         if self._nc is not None and self._own_nc:
@@ -212,7 +225,12 @@ class Client:
                 claim, workflow_id, run_id, id_reuse_policy, idempotency_key
             )
             if existing is not None:
-                return WorkflowHandle(self, existing[0], existing[1], result_type)
+                workflow_id, run_id, in_history = existing
+                if in_history:
+                    return WorkflowHandle(self, workflow_id, run_id, result_type)
+                # Claimed, but the start never reached a hub (its sender failed or died
+                # first): send it again under the claimed run id, which dedupes should the
+                # first one still arrive.
         await self._register_queue(queue)
         await self._warn_if_unserved(name, queue)
         body = StartWorkflow(
@@ -235,8 +253,9 @@ class Client:
         run_id: str,
         policy: IdReusePolicy,
         idempotency_key: str | None,
-    ) -> tuple[str, str] | None:
-        """Take ``claim`` in ``imm-idem`` for this run, or name the run that holds it.
+    ) -> tuple[str, str, bool] | None:
+        """Take ``claim`` in ``imm-idem`` for this run, or name the run that holds it (and
+        whether that run's start reached history).
 
         A KV create (expected last sequence 0) is atomic and, unlike ``Nats-Msg-Id``, lasts
         beyond JetStream's duplicate window: the bucket keeps claims for 30 days.
@@ -255,9 +274,11 @@ class Client:
             prev_run = (str(prev["workflow_id"]), str(prev["run_id"]))
             state = await self._closed_or_missing(*prev_run)
             abandoned = state is None and now_ms() - int(prev["ts"]) > _ABANDONED_CLAIM_MS
+            if idempotency_key is not None or (
+                not abandoned and policy is IdReusePolicy.RETURN_EXISTING
+            ):
+                return (*prev_run, state is not None)
             if not abandoned:
-                if idempotency_key is not None or policy is IdReusePolicy.RETURN_EXISTING:
-                    return prev_run
                 if policy is IdReusePolicy.REJECT_DUPLICATE or not state:
                     raise WorkflowAlreadyStartedError(*prev_run)
             try:
@@ -455,8 +476,18 @@ class WorkflowHandle(Generic[R]):
         try:
             transition = await self._last_transition()
             while transition is None or not transition.state.status.closed:
-                data = await updates.get()
-                transition = decode(Transition, data)
+                reconnected = self.client._reconnected
+                got = asyncio.ensure_future(updates.get())
+                woke = asyncio.ensure_future(reconnected.wait())
+                done, pending = await asyncio.wait(
+                    {got, woke}, timeout=_RESULT_RECHECK_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                for waiting in pending:
+                    waiting.cancel()
+                if got in done:
+                    transition = decode(Transition, got.result())
+                else:  # reconnected (appends may have been missed), or a periodic re-check
+                    transition = await self._last_transition()
             events = transition.events
             if not any(e.type in CLOSING_EVENTS for e in events):
                 # Late results may be recorded (as ignored) after the close.
@@ -480,14 +511,18 @@ class WorkflowHandle(Generic[R]):
                 raise WorkflowFailedError(self.workflow_id, self.run_id, cause)
         raise ImmortalError(f"run {self.run_id} closed without an outcome event")
 
-    async def signal(self, name: str, payload: Any = None) -> None:
-        """Send signal ``name`` with ``payload``; recorded in history in arrival order."""
+    async def signal(self, name: str, payload: Any = None, *, id: str | None = None) -> None:
+        """Send signal ``name`` with ``payload``; recorded in history in arrival order.
+
+        Sending again with the same ``id`` (a retry after an error) records it once, as long
+        as the first is among the run's recent inputs or within JetStream's duplicate window.
+        """
         body = SignalWorkflow(
             workflow_id=self.workflow_id,
             run_id=self.run_id,
             name=name,
             input=encode_value(payload),
-            signal_id=f"signal:{uuid.uuid4().hex}",
+            signal_id=f"signal:{id or uuid.uuid4().hex}",
         )
         await self._send("signal", encode(body), body.signal_id)
 
