@@ -45,6 +45,11 @@ async def send_input(
 
     Returns what a hub attached to its reply (see ``AppliedTransition``), if anything.
     """
+    if len(data) > nc.max_payload:
+        raise PayloadError(
+            f"{kind} input of {len(data):,} bytes exceeds the server's max_payload of "
+            f"{nc.max_payload:,} bytes"
+        )
     try:
         reply = await nc.request(names.rpc_subject(tenant, queue, kind), data, timeout=rpc_timeout)
         if reply.data == OK:
