@@ -20,6 +20,7 @@ from immortal._wire import (
 from immortal_hub._emissions import emissions_for, open_emissions
 from immortal_hub._transitions import (
     InvalidInput,
+    StaleAttempt,
     apply_activity_result,
     apply_activity_started,
     apply_start,
@@ -167,7 +168,8 @@ def test_a_redelivered_attempt_counts_as_lost_until_the_policy_gives_up() -> Non
     assert lost.type is EventType.ACTIVITY_ATTEMPT_FAILED and lost.caused_by == 4
     assert lost.attrs["failure"]["type"] == "WorkerLost" and lost.attrs["next_attempt"] == 2
     assert out.state is not None and out.state.activities[4].retry_at == 4000  # no backoff
-    assert _redelivered(out.state, 1, 3).events == []  # that attempt is gone already
+    with pytest.raises(StaleAttempt):  # that attempt is gone: its deliveries must not run
+        _redelivered(out.state, 1, 3)
 
     out.state.activities[4].retry_at = None  # the retry timer fired: attempt 2 runs
     failed, *_ = _redelivered(out.state, 2, 2).events  # and is lost too: 2 attempts used

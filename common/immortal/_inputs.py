@@ -20,7 +20,7 @@ from nats.js.errors import NoStreamResponseError
 from immortal._errors import ImmortalError, PayloadError
 from immortal._names import InputKind, Names
 
-__all__ = ["BUSY", "OK", "REJECTED", "STALE", "send_input"]
+__all__ = ["BUSY", "OK", "REJECTED", "STALE", "StaleInput", "send_input"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,10 @@ OK = b"ok"
 BUSY = b"busy"
 REJECTED = b"rejected:"
 STALE = b"stale:"  # a heartbeat's attempt no longer counts
+
+
+class StaleInput(Exception):
+    """The hub answered that the attempt this input belongs to no longer counts."""
 
 
 async def send_input(
@@ -56,6 +60,8 @@ async def send_input(
             return None
         if reply.data.startswith(OK + b":"):
             return reply.data[len(OK) + 1 :]
+        if reply.data.startswith(STALE):
+            raise StaleInput(reply.data[len(STALE) :].decode(errors="replace").strip())
         if reply.data.startswith(REJECTED):
             raise PayloadError(reply.data[len(REJECTED) :].decode(errors="replace").strip())
     except (NoRespondersError, NatsTimeout, TimeoutError):

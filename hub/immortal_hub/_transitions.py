@@ -589,7 +589,11 @@ def apply_activity_started(state: RunState | None, started: ActivityStarted, now
         common = {"attempt": started.attempt, "delivery": started.delivery - 1}
         _fail_attempt(b, started.scheduled_id, lost, common, backoff=False)
         return b.outcome(started.result_id)
-    if not current or act is None or act.started:
+    if not current or act is None:
+        # A delivery of an attempt that already ended (lost, timed out, or its run closed):
+        # it must not run, or a task that crashes its worker would be redelivered forever.
+        raise StaleAttempt(f"attempt {started.attempt} no longer counts")
+    if act.started:
         return Outcome(note=f"start of attempt {started.attempt} is not news")
     state = state.model_copy(deep=True)
     state.activities[started.scheduled_id].started = True

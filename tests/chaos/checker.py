@@ -162,8 +162,10 @@ def _check_ledger(drive: Drive, ledger: str, report: Report) -> None:
     wanted: set[tuple[str, str]] = set()
     for wid, out in drive.outcomes.items():
         if out.spec.get("poison"):
-            if attempts[wid] != POISON_ATTEMPTS:
-                report.add(f"{wid}: poison ran {attempts[wid]} attempts, not {POISON_ATTEMPTS}")
+            # Each attempt crashes its worker once, or is lost before it runs (its worker was
+            # crashed by another poison attempt first); never more.
+            if not 1 <= attempts[wid] <= POISON_ATTEMPTS:
+                report.add(f"{wid}: poison ran {attempts[wid]} times, max {POISON_ATTEMPTS}")
             continue
         for step, value in expected_steps(out.spec).items():
             wanted.add((wid, step))

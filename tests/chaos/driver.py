@@ -115,9 +115,10 @@ async def _one(client: Client, spec: dict[str, Any], drive: Drive, duplicate: bo
                 input=encode_args([arg]),
             )
             data, msg_id = encode(body), f"start:{handle.run_id}"
-            drive.duplicates_sent += await _retrying(
+            sent = await _retrying(
                 out, deadline, lambda: _send_twice_more(client, "default", "start", data, msg_id)
             )
+            drive.duplicates_sent += sent  # not `+= await`: that would lose concurrent updates
         if spec.get("signal"):
             await asyncio.sleep(spec["signal_delay"])  # some arrive before the wait, some after
             await _retrying(
@@ -132,11 +133,12 @@ async def _one(client: Client, spec: dict[str, Any], drive: Drive, duplicate: bo
                     signal_id=f"signal:{spec['id']}",
                 )
                 data, msg_id = encode(sig), sig.signal_id
-                drive.duplicates_sent += await _retrying(
+                sent = await _retrying(
                     out,
                     deadline,
                     lambda: _send_twice_more(client, "default", "signal", data, msg_id),
                 )
+                drive.duplicates_sent += sent
         try:
             out.result = await _retrying(
                 out, deadline, lambda: handle.result(timeout=max(1.0, deadline - time.monotonic()))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from immortal.testing import NatsServer, Process
+from immortal.testing import NatsServer, Process, _die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE_S = 2.0
@@ -117,6 +117,7 @@ class Deployment:
             },
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
+            preexec_fn=_die_with_parent,  # no orphans if the suite itself is killed
         )
         log.close()
         assert proc.stdout is not None

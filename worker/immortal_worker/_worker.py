@@ -45,7 +45,7 @@ from immortal._errors import (
     UnknownWorkflowTypeError,
     failure_from_exception,
 )
-from immortal._inputs import STALE, send_input
+from immortal._inputs import STALE, StaleInput, send_input
 from immortal._jetstream import Puller, read_subject
 from immortal._locks import KeyedLocks
 from immortal._logs import LogShipper
@@ -311,13 +311,9 @@ class Worker:
         async with self._lease(msg):
             if task.schedule_to_start is not None or delivery > 1:
                 if await self._report_start(task, delivery):
-                    # An earlier delivery was lost (its worker died or froze); the hub counted
-                    # that attempt and schedules the next one as its own task.
-                    log.warning(
-                        "activity %s attempt %d was lost by an earlier worker; the hub retries it",
-                        task.name,
-                        task.attempt,
-                    )
+                    # This attempt no longer counts: an earlier delivery of it was lost (the
+                    # hub counted it and sends the next attempt as its own task), or it ended
+                    # meanwhile. Either way this delivery must not run.
                     await msg.ack()
                     return
             if task.start_to_close is not None:
@@ -367,10 +363,10 @@ class Worker:
     async def _report_start(self, task: ActivityTask, delivery: int) -> bool:
         """Tell the hub this attempt started, which disarms its schedule-to-start timer.
 
-        For a redelivered task, returns whether the hub counted the attempt as lost (then
-        this delivery must not run it). If no hub answered (the report went durable), the
-        attempt runs: at worst it runs again as the next attempt, which an idempotency key
-        absorbs.
+        Returns whether this delivery must not run: the hub counted its attempt as lost
+        (a redelivered task), or the attempt no longer counts at all. If no hub answered
+        (the report went durable), the attempt runs: at worst it runs again as the next
+        attempt, which an idempotency key absorbs.
         """
         body = ActivityStarted(
             workflow_id=task.workflow_id,
@@ -381,7 +377,11 @@ class Worker:
             worker=self.worker_id,
             result_id=f"started:{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}",
         )
-        reply = await self._send(task.workflow_queue, "started", encode(body), body.result_id)
+        try:
+            reply = await self._send(task.workflow_queue, "started", encode(body), body.result_id)
+        except StaleInput as exc:  # this attempt already ended: running it would be waste
+            log.info("activity %s: not running a stale delivery: %s", task.name, exc)
+            return True
         if reply is None or delivery == 1:
             return False
         applied = decode(AppliedTransition, reply)
