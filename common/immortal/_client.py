@@ -225,12 +225,13 @@ class Client:
                 claim, workflow_id, run_id, id_reuse_policy, idempotency_key
             )
             if existing is not None:
-                workflow_id, run_id, in_history = existing
-                if in_history:
+                workflow_id, run_id, closed = existing
+                if closed:
                     return WorkflowHandle(self, workflow_id, run_id, result_type)
-                # Claimed, but the start never reached a hub (its sender failed or died
-                # first): send it again under the claimed run id, which dedupes should the
-                # first one still arrive.
+                # Claimed, and the run is open or its start never reached a hub (the sender
+                # failed or died first): send the start again under the claimed run id. A
+                # hub applies a run's start once; for an open run it re-publishes what the
+                # run is owed, which heals a task lost to an outage.
         await self._register_queue(queue)
         await self._warn_if_unserved(name, queue)
         body = StartWorkflow(
@@ -255,7 +256,7 @@ class Client:
         idempotency_key: str | None,
     ) -> tuple[str, str, bool] | None:
         """Take ``claim`` in ``imm-idem`` for this run, or name the run that holds it (and
-        whether that run's start reached history).
+        whether that run has closed).
 
         A KV create (expected last sequence 0) is atomic and, unlike ``Nats-Msg-Id``, lasts
         beyond JetStream's duplicate window: the bucket keeps claims for 30 days.
@@ -277,7 +278,7 @@ class Client:
             if idempotency_key is not None or (
                 not abandoned and policy is IdReusePolicy.RETURN_EXISTING
             ):
-                return (*prev_run, state is not None)
+                return (*prev_run, bool(state))
             if not abandoned:
                 if policy is IdReusePolicy.REJECT_DUPLICATE or not state:
                     raise WorkflowAlreadyStartedError(*prev_run)

@@ -639,6 +639,11 @@ class Hub:
                     return None
                 if not outcome.events:
                     log.info("%s: %s", subject, outcome.note)
+                    if state is not None:
+                        # Whatever the run still owes goes out again (deduped by id): an
+                        # earlier transition's tasks may have been lost to an outage between
+                        # its append and its publishes, and this input is its sender's retry.
+                        await self._emit(tenant, open_emissions(state, seq))
                     return None
                 assert outcome.state is not None
                 appended = await self._append(tenant, subject, outcome, seq, digest)
