@@ -623,10 +623,12 @@ class Hub:
                 state, seq, digest, cached = await self._load(subject)
                 try:
                     outcome = self._transition(state, queue, kind, body)
-                except (InvalidInput, StaleAttempt):
+                except (InvalidInput, StaleAttempt) as exc:
                     if cached:  # judge only on fresh state: another hub may have moved on
                         self._cache.pop(subject, None)
                         continue
+                    if isinstance(exc, StaleAttempt) and state is not None:
+                        await self._emit(tenant, open_emissions(state, seq))  # as below
                     raise
                 if not outcome.events and cached:
                     # Appends are guarded by the expected sequence; decisions that append
