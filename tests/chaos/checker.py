@@ -118,7 +118,8 @@ async def _check_run(
     if types[EventType.WORKFLOW_STARTED] != 1:
         report.add(f"{wid}: {types[EventType.WORKFLOW_STARTED]} WorkflowStarted events")
     if sum(types[t] for t in CLOSING_EVENTS) != 1:
-        report.add(f"{wid}: closed {sum(types[t] for t in CLOSING_EVENTS)} times")
+        tail = ", ".join(f"{e.id} {e.type}" for e in history[-3:])
+        report.add(f"{wid}: closed {sum(types[t] for t in CLOSING_EVENTS)} times; ends {tail}")
     if spec.get("signal") and types[EventType.WORKFLOW_SIGNALED] != 1:
         report.add(f"{wid}: {types[EventType.WORKFLOW_SIGNALED]} signals recorded, 1 sent")
     report.lost_attempts += sum(

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -36,9 +38,14 @@ IN_FLIGHT = 150
 
 @pytest.mark.parametrize("fault", list(INJECTORS))
 async def test_every_workflow_completes_exactly_once(
-    fault: str, chaos_seed: int, chaos_workflows: int, tmp_path: Path
+    fault: str, chaos_seed: int, chaos_workflows: int
 ) -> None:
     seed = chaos_seed
+    # Not pytest's tmp_path, which keeps only the last few sessions: a failed run's store,
+    # ledger and process logs stay here for a post-mortem; a passed run's are removed.
+    tmp_path = Path(tempfile.gettempdir()) / "immortal-chaos" / f"{fault}-{seed}"
+    shutil.rmtree(tmp_path, ignore_errors=True)
+    tmp_path.mkdir(parents=True)
     print(f"\n[chaos] {fault}: seed {seed}  (again: just chaos -k {fault} --chaos-seed {seed})")
     ledger = tmp_path / "ledger.db"
     connect_ledger(str(ledger)).close()
@@ -64,6 +71,10 @@ async def test_every_workflow_completes_exactly_once(
     finally:
         await dep.close()
     _publish(report)
+    if not report.anomalies:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+    else:
+        print(f"[chaos] {fault}: the run's store, ledger and logs are kept in {tmp_path}")
 
     assert not report.anomalies, f"{len(report.anomalies)} anomalies: {report.anomalies[:20]}"
     if fault == "duplicates":
