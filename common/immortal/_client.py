@@ -15,15 +15,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any, Generic, TypeVar
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
 from immortal._codec import decode_value, encode_args, encode_value, pack, unpack
+from immortal._connect import connect
 from immortal._definitions import workflow_definition
 from immortal._dlq import DeadLetters
 from immortal._errors import (
@@ -37,12 +38,13 @@ from immortal._errors import (
 )
 from immortal._inputs import send_input
 from immortal._integrity import IntegrityReport, verify_chain
-from immortal._jetstream import last_message, read_subject, tail
+from immortal._jetstream import StoredMsg, last_message, read_subject, tail
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._schedules import Schedules
 from immortal._tenants import Retention, read_retention, write_retention
 from immortal._timers import seconds
+from immortal._transient import retry_transient
 from immortal._wire import (
     CLOSING_EVENTS,
     EventType,
@@ -69,6 +71,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _WORKERS_FRESH_S = 2.0  # how long start() trusts its last look at the live workers
+# result() reads the run's newest transition again after this many quiet seconds, doubling
+# up to the maximum (it learns of appends from a core subscription, which can miss one).
+_LOOK_AGAIN_S = 1.0
+_LOOK_AGAIN_MAX_S = 30.0
 
 R = TypeVar("R")
 
@@ -165,7 +171,7 @@ class Client:
 
     async def connect(self) -> None:
         if self._nc is None:
-            self._nc = await nats.connect(self.servers, name="immortal-client")
+            self._nc = await connect(self.servers, name="immortal-client")
 
     async def close(self) -> None:
         if self._nc is not None and self._own_nc:
@@ -246,13 +252,18 @@ class Client:
         value = pack({"workflow_id": workflow_id, "run_id": run_id, "ts": now_ms()})
         for _ in range(10):
             try:
-                await kv.create(key, value)
+                await retry_transient(partial(kv.create, key, value), what=key)
                 return None
             except KeyWrongLastSequenceError:
                 pass
-            entry = await kv.get(key)
+            try:
+                entry = await retry_transient(partial(kv.get, key), what=key)
+            except JsNotFound:  # gone meanwhile, or read from a replica not up to date yet
+                continue
             prev = unpack(entry.value or b"")
             prev_run = (str(prev["workflow_id"]), str(prev["run_id"]))
+            if prev_run[1] == run_id:
+                return None  # ours: taken by a try whose answer was lost (an election)
             state = await self._closed_or_missing(*prev_run)
             abandoned = state is None and now_ms() - int(prev["ts"]) > _ABANDONED_CLAIM_MS
             if not abandoned:
@@ -261,7 +272,7 @@ class Client:
                 if policy is IdReusePolicy.REJECT_DUPLICATE or not state:
                     raise WorkflowAlreadyStartedError(*prev_run)
             try:
-                await kv.update(key, value, last=entry.revision)
+                await retry_transient(partial(kv.update, key, value, last=entry.revision), what=key)
                 return None
             except KeyWrongLastSequenceError:
                 continue  # another start took it meanwhile: look again
@@ -396,7 +407,8 @@ class Client:
         if queue in self._known_queues:
             return
         kv = await self.nc.jetstream().key_value(self.names.bucket_queues)
-        await kv.put(self.names.queue_key(self.tenant, queue), b"client")
+        key = self.names.queue_key(self.tenant, queue)
+        await retry_transient(lambda: kv.put(key, b"client"), what=key)
         self._known_queues.add(queue)
 
 
@@ -410,6 +422,7 @@ class WorkflowHandle(Generic[R]):
         self.workflow_id = workflow_id
         self.run_id = run_id
         self._result_type = result_type
+        self._known_events = 0  # events this handle has seen exist (reads return no fewer)
 
     @property
     def _subject(self) -> str:
@@ -419,8 +432,18 @@ class WorkflowHandle(Generic[R]):
         return f"WorkflowHandle({self.workflow_id!r}, run_id={self.run_id!r})"
 
     async def _last_transition(self) -> Transition | None:
-        msg = await last_message(self.client.nc, self.client.names.stream_history, self._subject)
-        return None if msg is None else decode(Transition, msg.data)
+        nc, stream = self.client.nc, self.client.names.stream_history
+        msg = await retry_transient(
+            lambda: last_message(nc, stream, self._subject), what=self._subject
+        )
+        transition = None if msg is None else decode(Transition, msg.data)
+        self._saw(transition)
+        return transition
+
+    def _saw(self, transition: Transition | None) -> None:
+        """Remember how far this run's history is known to reach (see ``_read``)."""
+        if transition is not None:
+            self._known_events = max(self._known_events, transition.state.next_event_id - 1)
 
     async def result(self, *, timeout: float | None = None) -> R:
         """Wait for the run to close; return its result or raise :class:`WorkflowFailedError`.
@@ -442,6 +465,7 @@ class WorkflowHandle(Generic[R]):
                 if new_run is None:
                     return self._outcome(events)
                 self.run_id = new_run  # follow the chain; the handle now names the new run
+                self._known_events = 0
 
     async def _closing_events(self) -> list[HistoryEvent]:
         nc = self.client.nc
@@ -454,9 +478,22 @@ class WorkflowHandle(Generic[R]):
         sub = await nc.subscribe(self._subject, cb=on_append)
         try:
             transition = await self._last_transition()
+            quiet, look_after, reconnects = 0.0, _LOOK_AGAIN_S, nc.stats["reconnects"]
             while transition is None or not transition.state.status.closed:
-                data = await updates.get()
-                transition = decode(Transition, data)
+                try:
+                    async with asyncio.timeout(1.0):
+                        transition = decode(Transition, await updates.get())
+                    self._saw(transition)
+                    continue
+                except TimeoutError:
+                    quiet += 1.0
+                # Core messages are not stored: one published while we reconnected to
+                # another node is lost, and the first read may have come from a replica
+                # not yet up to date. So look again after a reconnect, and now and then.
+                if nc.stats["reconnects"] != reconnects or quiet >= look_after:
+                    reconnects, quiet = nc.stats["reconnects"], 0.0
+                    look_after = min(look_after * 2, _LOOK_AGAIN_MAX_S)
+                    transition = await self._last_transition()
             events = transition.events
             if not any(e.type in CLOSING_EVENTS for e in events):
                 # Late results may be recorded (as ignored) after the close.
@@ -538,9 +575,29 @@ class WorkflowHandle(Generic[R]):
     async def history(self, *, from_seq: int = 1) -> list[HistoryEvent]:
         """Every event of the run, in order (from stream sequence ``from_seq`` on)."""
         events: list[HistoryEvent] = []
-        async for _, batch in self.transitions(from_seq=from_seq):
-            events.extend(batch)
+        for msg in await self._read(from_seq):
+            events.extend(decode(Transition, msg.data).events)
         return events
+
+    async def _read(self, from_seq: int = 1) -> list[StoredMsg]:
+        """The run's history messages from ``from_seq`` on, reaching at least as far as this
+        handle has seen: a replica that has not applied the newest appends yet may answer a
+        direct get, so a read that falls short is repeated (briefly)."""
+        client = self.client
+        nc, stream = client.nc, client.names.stream_history
+
+        async def read() -> list[StoredMsg]:
+            return [m async for m in read_subject(nc, stream, self._subject, from_seq=from_seq)]
+
+        for _ in range(50):
+            messages = await retry_transient(read, what=self._subject)
+            last = decode(Transition, messages[-1].data) if messages else None
+            reached = last.state.next_event_id - 1 if last is not None else 0
+            if reached >= self._known_events or from_seq > 1:
+                self._saw(last)
+                return messages
+            await asyncio.sleep(0.05)
+        return messages
 
     async def transitions(
         self, *, from_seq: int = 1, follow: bool = False
@@ -569,10 +626,7 @@ class WorkflowHandle(Generic[R]):
     async def verify(self) -> IntegrityReport:
         """Check the run's history chain: no message deleted, altered or reordered."""
         client = self.client
-        messages = [
-            (m.seq, m.data)
-            async for m in read_subject(client.nc, client.names.stream_history, self._subject)
-        ]
+        messages = [(m.seq, m.data) for m in await self._read()]
         head = None
         try:
             entry = await (await client._runs()).get(

@@ -25,13 +25,14 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.errors import NotFoundError as JsNotFound
 from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
 from immortal._codec import pack, unpack
+from immortal._connect import connect
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._integrity import transition_digest
@@ -41,6 +42,7 @@ from immortal._names import Names, decode_token
 from immortal._schedules import ScheduleSpec
 from immortal._tenants import Retention, read_retention
 from immortal._timers import schedule_headers
+from immortal._transient import is_transient, retry_transient
 from immortal._wire import (
     ActivityHeartbeat,
     ActivityResult,
@@ -171,10 +173,14 @@ class Hub:
 
     async def start(self) -> None:
         if self._nc is None:
-            self._nc = await nats.connect(self.servers, name=self.hub_id, max_reconnect_attempts=-1)
+            self._nc = await connect(self.servers, name=self.hub_id)
         self.js = self.nc.jetstream()
-        await ensure_resources(self.js, self.names, self.settings)
-        self._runs_kv = await self.js.key_value(self.names.bucket_runs)
+        await retry_transient(
+            lambda: ensure_resources(self.js, self.names, self.settings), what="streams"
+        )
+        self._runs_kv = await retry_transient(
+            lambda: self.js.key_value(self.names.bucket_runs), what="runs bucket"
+        )
         self._queues_kv = await self.js.key_value(self.names.bucket_queues)
         self._running = True
         self._rpc_sub = await self.nc.subscribe(
@@ -390,7 +396,9 @@ class Hub:
             raise
         except Exception as exc:
             deliveries = msg.metadata.num_delivered or 1
-            if deliveries >= _POISON_DELIVERIES:
+            # A cluster without a leader for a while is no fault of the input's: never
+            # dead-letter it for that, however often it came back meanwhile.
+            if deliveries >= _POISON_DELIVERIES and not is_transient(exc):
                 log.exception("input %s failed %d times", msg.subject, deliveries)
                 await self._dead_letter(msg, f"failed {deliveries} times: {exc!r}")
             else:
@@ -600,17 +608,14 @@ class Hub:
         except ValueError:
             tenant, queue, kind = "unknown", "unknown", "unknown"
         log.error("dead-lettered input %s (%s): %s", subject, ref, reason)
-        await self.js.publish(
-            self.names.dlq_subject(tenant, queue, kind),
-            data,
-            headers={
-                "Nats-Msg-Id": f"dlq:{ref}",
-                "Imm-Error": reason[:2000].replace("\r", " ").replace("\n", " "),
-                "Imm-Subject": subject,
-                "Imm-Ref": ref,
-                "Imm-Hub": self.hub_id,
-            },
-        )
+        headers = {
+            "Nats-Msg-Id": f"dlq:{ref}",
+            "Imm-Error": reason[:2000].replace("\r", " ").replace("\n", " "),
+            "Imm-Subject": subject,
+            "Imm-Ref": ref,
+            "Imm-Hub": self.hub_id,
+        }
+        await self._publish(self.names.dlq_subject(tenant, queue, kind), data, headers=headers)
 
     async def _apply(
         self, tenant: str, queue: str, kind: str, body: Any
@@ -618,19 +623,22 @@ class Hub:
         """Apply one input; return what was appended (None when nothing was)."""
         subject = self.names.history_subject(tenant, body.workflow_id, body.run_id)
         async with self._locks.hold(subject):
+            fresh = False  # read from the stream's leader (a follower may lag behind it)
             for _ in range(_MAX_RACES):
-                state, seq, digest, cached = await self._load(subject)
+                state, seq, digest = await self._load(subject, fresh=fresh)
                 try:
                     outcome = self._transition(state, queue, kind, body)
                 except (InvalidInput, StaleAttempt):
-                    if cached:  # judge only on fresh state: another hub may have moved on
+                    if not fresh:  # judge only on fresh state: another hub may have moved on
                         self._cache.pop(subject, None)
+                        fresh = True
                         continue
                     raise
-                if not outcome.events and cached:
+                if not outcome.events and not fresh:
                     # Appends are guarded by the expected sequence; decisions that append
                     # nothing are not, so they are taken on a fresh read.
                     self._cache.pop(subject, None)
+                    fresh = True
                     continue
                 if outcome.duplicate:
                     assert state is not None
@@ -641,8 +649,9 @@ class Hub:
                     return None
                 assert outcome.state is not None
                 appended = await self._append(tenant, subject, outcome, seq, digest)
-                if appended is None:
-                    continue  # another hub moved the run: reload and decide again
+                if appended is None:  # another hub moved the run (or our own lost ack
+                    fresh = True  # did): reload from the leader and decide again
+                    continue
                 new_seq, new_digest = appended
                 # Tasks first, so the index write is off the run's critical path; it still
                 # happens before the ack, and under the run lock, so this hub cannot index
@@ -662,16 +671,20 @@ class Hub:
     def _transition(state: RunState | None, queue: str, kind: str, body: Any) -> Outcome:
         return _INPUTS[kind][1](state, body, queue, now_ms())
 
-    async def _load(self, subject: str) -> tuple[RunState | None, int, bytes, bool]:
-        """(state, history sequence, digest of that transition, whether it was cached)."""
-        cached = self._cache.get(subject)
+    async def _load(self, subject: str, *, fresh: bool) -> tuple[RunState | None, int, bytes]:
+        """(state, history sequence, digest of that transition): cached, else read; with
+        ``fresh``, read from the stream's leader, which has everything appended so far."""
+        cached = None if fresh else self._cache.get(subject)
         if cached is not None:
             self._cache.move_to_end(subject)
-            return cached[0], cached[1], cached[2], True
-        msg = await last_message(self.nc, self.names.stream_history, subject)
+            return cached
+        stream = self.names.stream_history
+        msg = await retry_transient(
+            lambda: last_message(self.nc, stream, subject, leader=fresh), what=subject
+        )
         if msg is None:
-            return None, 0, b"", False
-        return decode(Transition, msg.data).state, msg.seq, transition_digest(msg.data), False
+            return None, 0, b""
+        return decode(Transition, msg.data).state, msg.seq, transition_digest(msg.data)
 
     async def _append(
         self, tenant: str, subject: str, outcome: Outcome, expected_seq: int, prev: bytes
@@ -680,12 +693,11 @@ class Hub:
         if another hub appended first."""
         assert outcome.state is not None
         body = encode(Transition(events=outcome.events, state=outcome.state, prev=prev))
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
         try:
-            ack = await self.js.publish(
-                subject,
-                body,
-                headers={"Nats-Expected-Last-Subject-Sequence": str(expected_seq)},
-            )
+            # Safe to repeat: if a try that timed out was stored, the next one is refused
+            # (wrong last sequence) and the reload finds the input applied.
+            ack = await self._publish(subject, body, headers=headers)
         except Exception as exc:
             self._cache.pop(subject, None)
             if is_wrong_last_sequence(exc):
@@ -719,7 +731,8 @@ class Hub:
                 "head": digest,  # the newest transition's digest: anchors `verify`
             }
         )
-        await self._runs_kv.put(self.names.run_key(tenant, state.workflow_id), value)
+        key = self.names.run_key(tenant, state.workflow_id)
+        await retry_transient(lambda: self._runs_kv.put(key, value), what=key)
 
     async def _emit(self, tenant: str, emissions: list[Emission]) -> None:
         if emissions:
@@ -728,7 +741,7 @@ class Hub:
     async def _publish_emission(self, tenant: str, e: Emission) -> None:
         if e.kind == "input":
             assert e.input_kind is not None
-            await self.js.publish(
+            await self._publish(
                 self.names.input_subject(tenant, e.queue, e.input_kind),
                 encode(e.body),
                 headers={"Nats-Msg-Id": e.msg_id},
@@ -747,7 +760,7 @@ class Hub:
             assert e.due_ms is not None and isinstance(e.body, TimerFired)
             # One schedule per subject; it fires into the same stream, where the hub's
             # timer consumer for this queue picks it up (also after a restart).
-            await self.js.publish(
+            await self._publish(
                 self.names.timer_subject(tenant, e.body.run_id, e.body.timer),
                 encode(e.body),
                 headers=schedule_headers(
@@ -759,4 +772,11 @@ class Hub:
         subject = self.names.task_subject(tenant, e.queue, e.kind)
         if e.sticky and self.names.worker_key(tenant, e.queue, e.sticky) in self._held_by:
             subject = self.names.sticky_subject(tenant, e.queue, e.sticky)  # it has the run
-        await self.js.publish(subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})
+        await self._publish(subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})
+
+    async def _publish(self, subject: str, data: bytes, *, headers: dict[str, str]) -> PubAck:
+        """Publish to a stream, through leader elections: every publish of the hub carries
+        a message id or an expected sequence, so a repeat stores nothing twice."""
+        return await retry_transient(
+            lambda: self.js.publish(subject, data, headers=headers), what=subject
+        )
