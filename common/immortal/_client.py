@@ -156,7 +156,7 @@ class Client:
         self._nc = nc
         self._own_nc = nc is None
         self._known_queues: set[str] = set()
-        self._runs_kv: KeyValue | None = None
+        self._buckets: dict[str, KeyValue] = {}
         self._workers_seen: dict[str, tuple[float, list[WorkerInfo]]] = {}
         self.schedules = Schedules(self)
         self.dead_letters = DeadLetters(self)
@@ -247,7 +247,7 @@ class Client:
         A KV create (expected last sequence 0) is atomic and, unlike ``Nats-Msg-Id``, lasts
         beyond JetStream's duplicate window: the bucket keeps claims for 30 days.
         """
-        kv = await self.nc.jetstream().key_value(self.names.bucket_idem)
+        kv = await self._kv(self.names.bucket_idem)
         key = f"{self.tenant}.{encode_token(claim)}"
         value = pack({"workflow_id": workflow_id, "run_id": run_id, "ts": now_ms()})
         for _ in range(10):
@@ -287,7 +287,7 @@ class Client:
 
     async def workers(self, queue: str | None = None) -> list[WorkerInfo]:
         """The live workers of this tenant (of one queue, if given), with their capabilities."""
-        kv = await self.nc.jetstream().key_value(self.names.bucket_workers)
+        kv = await self._kv(self.names.bucket_workers)
         pattern = f"{self.tenant}.{encode_token(queue)}.*" if queue else f"{self.tenant}.>"
         watcher = await kv.watch(pattern, ignore_deletes=True)
         found: dict[str, WorkerInfo] = {}
@@ -302,7 +302,7 @@ class Client:
 
     async def queues(self) -> list[QueueStats]:
         """Backlog and in-flight work of every queue of this tenant."""
-        kv = await self.nc.jetstream().key_value(self.names.bucket_queues)
+        kv = await self._kv(self.names.bucket_queues)
         watcher = await kv.watch(f"{self.tenant}.*", ignore_deletes=True, meta_only=True)
         names: set[str] = set()
         try:
@@ -391,22 +391,31 @@ class Client:
         if run_id is None:
             kv = await self._runs()
             try:
-                entry = await kv.get(self.names.run_key(self.tenant, workflow_id))
+                key = self.names.run_key(self.tenant, workflow_id)
+                entry = await retry_transient(partial(kv.get, key), what=key)
             except JsNotFound as exc:
                 raise WorkflowNotFoundError(f"no workflow {workflow_id!r}") from exc
             run_id = str(unpack(entry.value or b"")["run_id"])
         return WorkflowHandle(self, workflow_id, run_id, None)
 
     async def _runs(self) -> KeyValue:
-        if self._runs_kv is None:
-            self._runs_kv = await self.nc.jetstream().key_value(self.names.bucket_runs)
-        return self._runs_kv
+        return await self._kv(self.names.bucket_runs)
+
+    async def _kv(self, bucket: str) -> KeyValue:
+        """A bucket's handle, looked up once (the lookup is a request to the cluster)."""
+        kv = self._buckets.get(bucket)
+        if kv is None:
+            js = self.nc.jetstream()
+            kv = self._buckets[bucket] = await retry_transient(
+                lambda: js.key_value(bucket), what=bucket
+            )
+        return kv
 
     async def _register_queue(self, queue: str) -> None:
         # The hub watches this bucket and starts consuming the queue's inputs.
         if queue in self._known_queues:
             return
-        kv = await self.nc.jetstream().key_value(self.names.bucket_queues)
+        kv = await self._kv(self.names.bucket_queues)
         key = self.names.queue_key(self.tenant, queue)
         await retry_transient(lambda: kv.put(key, b"client"), what=key)
         self._known_queues.add(queue)
@@ -629,9 +638,8 @@ class WorkflowHandle(Generic[R]):
         messages = [(m.seq, m.data) for m in await self._read()]
         head = None
         try:
-            entry = await (await client._runs()).get(
-                client.names.run_key(client.tenant, self.workflow_id)
-            )
+            key = client.names.run_key(client.tenant, self.workflow_id)
+            entry = await retry_transient(partial((await client._runs()).get, key), what=key)
             indexed = unpack(entry.value or b"")
             if indexed.get("run_id") == self.run_id:
                 head = indexed.get("head")

@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.errors import NotFoundError as JsNotFound
+from nats.js.kv import KeyValue
 from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
@@ -178,16 +179,14 @@ class Hub:
         await retry_transient(
             lambda: ensure_resources(self.js, self.names, self.settings), what="streams"
         )
-        self._runs_kv = await retry_transient(
-            lambda: self.js.key_value(self.names.bucket_runs), what="runs bucket"
-        )
-        self._queues_kv = await self.js.key_value(self.names.bucket_queues)
+        self._runs_kv = await self._bucket(self.names.bucket_runs)
+        self._queues_kv = await self._bucket(self.names.bucket_queues)
         self._running = True
         self._rpc_sub = await self.nc.subscribe(
             f"{self.names.prefix}.rpc.>", queue=f"{self.names.prefix}-hubs", cb=self._on_rpc
         )
         self._spawn(self._watch_queues())
-        self._workers_kv = await self.js.key_value(self.names.bucket_workers)
+        self._workers_kv = await self._bucket(self.names.bucket_workers)
         self._spawn(self._watch_workers())
         self._metrics.start(self.js)
         log.info("hub %s serving %s", self.hub_id, self.servers)
@@ -221,6 +220,9 @@ class Hub:
             await asyncio.Event().wait()
         finally:
             await self.stop()
+
+    async def _bucket(self, bucket: str) -> KeyValue:
+        return await retry_transient(lambda: self.js.key_value(bucket), what=bucket)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -529,7 +531,10 @@ class Hub:
         now = now_ms()
         known = self._retentions.get(tenant)
         if known is None or now - known[0] > 10_000:
-            known = (now, await read_retention(self.js, self.names, tenant))
+            setting = await retry_transient(
+                lambda: read_retention(self.js, self.names, tenant), what="retention"
+            )
+            known = (now, setting)
             self._retentions[tenant] = known
         return known[1]
 
@@ -569,7 +574,7 @@ class Hub:
     async def _fire_schedule(self, tenant: str, fired: TimerFired, msg: Msg) -> None:
         """A schedule fired: start one run, whose id derives from this firing (so that a
         redelivered firing starts nothing twice), unless the schedule is paused or gone."""
-        kv = await self.js.key_value(self.names.bucket_schedules)
+        kv = await self._bucket(self.names.bucket_schedules)
         try:
             entry = await kv.get(self.names.schedule_key(tenant, fired.timer))
             spec = ScheduleSpec.model_validate(unpack(entry.value or b""))

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
+from functools import partial
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -168,12 +169,17 @@ class Worker:
             if logger.level == logging.NOTSET:
                 logger.setLevel(logging.INFO)
             logger.addHandler(self.logs)
-        self._workers_kv = await self.js.key_value(self.names.bucket_workers)
+        self._workers_kv = await retry_transient(
+            lambda: self.js.key_value(self.names.bucket_workers), what="workers bucket"
+        )
         await self._register()
         self._liveness = asyncio.create_task(self._stay_registered())
+        queues_kv = await retry_transient(
+            lambda: self.js.key_value(self.names.bucket_queues), what="queues bucket"
+        )
         for queue in self.queues:
-            queues_kv = await self.js.key_value(self.names.bucket_queues)
-            await queues_kv.put(self.names.queue_key(self.tenant, queue), b"worker")
+            key = self.names.queue_key(self.tenant, queue)
+            await retry_transient(partial(queues_kv.put, key, b"worker"), what=key)
             if self.workflows:
                 await self._serve(queue, "wf")
             if self.activities:
