@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -74,7 +75,7 @@ _WORKERS_FRESH_S = 2.0  # how long start() trusts its last look at the live work
 # result() reads the run's newest transition again after this many quiet seconds, doubling
 # up to the maximum (it learns of appends from a core subscription, which can miss one).
 _LOOK_AGAIN_S = 1.0
-_LOOK_AGAIN_MAX_S = 30.0
+_LOOK_AGAIN_MAX_S = 60.0
 
 R = TypeVar("R")
 
@@ -157,6 +158,7 @@ class Client:
         self._own_nc = nc is None
         self._known_queues: set[str] = set()
         self._buckets: dict[str, KeyValue] = {}
+        self._waiting: set[asyncio.Queue[bytes]] = set()  # of result() calls
         self._workers_seen: dict[str, tuple[float, list[WorkerInfo]]] = {}
         self.schedules = Schedules(self)
         self.dead_letters = DeadLetters(self)
@@ -171,7 +173,14 @@ class Client:
 
     async def connect(self) -> None:
         if self._nc is None:
-            self._nc = await connect(self.servers, name="immortal-client")
+            self._nc = await connect(
+                self.servers, name="immortal-client", on_reconnect=self._reconnected
+            )
+
+    def _reconnected(self) -> None:
+        """What result() heard may have missed an append meanwhile: make it look again."""
+        for updates in self._waiting:
+            updates.put_nowait(b"")
 
     async def close(self) -> None:
         if self._nc is not None and self._own_nc:
@@ -478,37 +487,42 @@ class WorkflowHandle(Generic[R]):
 
     async def _closing_events(self) -> list[HistoryEvent]:
         nc = self.client.nc
-        updates: asyncio.Queue[bytes] = asyncio.Queue()
+        updates: asyncio.Queue[bytes] = asyncio.Queue()  # b"": reconnected, look again
 
         async def on_append(msg: Any) -> None:
             updates.put_nowait(msg.data)
 
         # Subscribe before reading, so an append between the two cannot be missed.
         sub = await nc.subscribe(self._subject, cb=on_append)
+        self.client._waiting.add(updates)
         try:
             transition = await self._last_transition()
-            quiet, look_after, reconnects = 0.0, _LOOK_AGAIN_S, nc.stats["reconnects"]
+            look_after = _LOOK_AGAIN_S
             while transition is None or not transition.state.status.closed:
-                try:
-                    async with asyncio.timeout(1.0):
-                        transition = decode(Transition, await updates.get())
+                # Core messages are not stored: one published while we reconnected to
+                # another node is lost (the client then puts b"" in the queue), and the
+                # first read may have come from a replica not yet up to date. So look
+                # again after a reconnect, and when nothing came for a while.
+                data = None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(look_after):
+                        data = await updates.get()
+                if data:
+                    transition = decode(Transition, data)
                     self._saw(transition)
                     continue
-                except TimeoutError:
-                    quiet += 1.0
-                # Core messages are not stored: one published while we reconnected to
-                # another node is lost, and the first read may have come from a replica
-                # not yet up to date. So look again after a reconnect, and now and then.
-                if nc.stats["reconnects"] != reconnects or quiet >= look_after:
-                    reconnects, quiet = nc.stats["reconnects"], 0.0
-                    look_after = min(look_after * 2, _LOOK_AGAIN_MAX_S)
-                    transition = await self._last_transition()
+                # After a reconnect, soon again too: our interest may not have reached
+                # every node yet when we looked.
+                look_after = _LOOK_AGAIN_S if data == b"" else look_after * 2
+                look_after = min(look_after, _LOOK_AGAIN_MAX_S)
+                transition = await self._last_transition()
             events = transition.events
             if not any(e.type in CLOSING_EVENTS for e in events):
                 # Late results may be recorded (as ignored) after the close.
                 events = await self.history()
             return events
         finally:
+            self.client._waiting.discard(updates)
             await sub.unsubscribe()
 
     def _outcome(self, events: list[HistoryEvent]) -> R:

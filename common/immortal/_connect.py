@@ -8,7 +8,7 @@ node goes away: subscriptions are re-sent, publishes wait in its buffer meanwhil
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import nats
 from nats.aio.client import Client as NATS
@@ -32,8 +32,14 @@ def server_urls(servers: str | Sequence[str]) -> list[str]:
     return urls
 
 
-async def connect(servers: str | Sequence[str], *, name: str) -> NATS:
-    """Connect to any of ``servers``; reconnect to any node of the cluster, forever."""
+async def connect(
+    servers: str | Sequence[str], *, name: str, on_reconnect: Callable[[], None] | None = None
+) -> NATS:
+    """Connect to any of ``servers``; reconnect to any node of the cluster, forever.
+
+    ``on_reconnect`` is called after each reconnect (subscriptions are back; core messages
+    published meanwhile were not delivered).
+    """
 
     async def disconnected() -> None:
         if not nc.is_closed:  # not when we close it ourselves
@@ -41,6 +47,8 @@ async def connect(servers: str | Sequence[str], *, name: str) -> NATS:
 
     async def reconnected() -> None:
         log.warning("%s: reconnected to NATS at %s", name, _where(nc))
+        if on_reconnect is not None:
+            on_reconnect()
 
     async def error(exc: Exception) -> None:
         # nats-py's default logs each with a traceback at ERROR, also the refused connects
