@@ -228,14 +228,21 @@ class NatsCluster:
         """Start every node; return once JetStream has a meta leader and all are healthy."""
         for attempt in range(3):
             self._plan()
-            try:
-                await asyncio.gather(*(node.start() for node in self.nodes))
+            started = await asyncio.gather(
+                *(node.start() for node in self.nodes), return_exceptions=True
+            )
+            failed = [r for r in started if isinstance(r, BaseException)]
+            if not failed:
                 break
-            except RuntimeError:  # a port picked as free was taken meanwhile: pick again
-                await asyncio.gather(*(node.kill() for node in self.nodes))
-                if attempt == 2:
-                    raise
-        await self.wait_ready(timeout)
+            # Most likely a port picked as free was taken meanwhile: pick again.
+            await asyncio.gather(*(node.kill() for node in self.nodes))
+            if attempt == 2:
+                raise failed[0]
+        try:
+            await self.wait_ready(timeout)
+        except BaseException:
+            await asyncio.gather(*(node.kill() for node in self.nodes))
+            raise
 
     async def start_node(self, i: int, timeout: float = 30.0) -> None:
         """Start node ``i`` again (same port, same store) and wait until it caught up."""
