@@ -23,7 +23,7 @@ dev:
 
 # slow fault-injection tests
 chaos *ARGS:
-    uv run pytest -m chaos -o addopts="" {{ARGS}}
+    uv run pytest -m chaos -o addopts="" -s {{ARGS}}
 
 # the benchmark suite (prints a table, writes bench/results/*.json)
 bench *ARGS:

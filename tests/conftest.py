@@ -19,6 +19,19 @@ EXTERNAL = os.environ.get("IMMORTAL_TEST_NATS_URL")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--nats-url", default=EXTERNAL, help="use this NATS instead of starting one")
+    seed = os.environ.get("IMMORTAL_CHAOS_SEED")
+    parser.addoption(
+        "--chaos-seed",
+        type=int,
+        default=int(seed) if seed else None,
+        help="chaos suite: seed of the workload and the fault schedule (default: random, printed)",
+    )
+    parser.addoption(
+        "--chaos-workflows",
+        type=int,
+        default=int(os.environ.get("IMMORTAL_CHAOS_WORKFLOWS", "2000")),
+        help="chaos suite: workflows per fault class",
+    )
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ STEPS = 4  # activities per run: 1 start + 5 workflow tasks + 4 results = 10 app
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    c = NatsCluster(store_dir=tmp_path / "cluster")
+    c = NatsCluster(base_dir=tmp_path / "cluster")
     await c.start()
     try:
         yield c

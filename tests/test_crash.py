@@ -68,7 +68,10 @@ async def test_worker_killed_mid_activity_another_finishes(
     assert len(completions) == 2  # gated once, add_suffix once
     gated_done = completions[0]
     assert gated_done.attrs["worker"] == "heir"
-    assert gated_done.attrs["delivery"] >= 2  # the dead worker's delivery was not the one recorded
+    # The dead worker's attempt counts as lost, and the heir ran the next one.
+    lost = [e for e in history if e.type is EventType.ACTIVITY_ATTEMPT_FAILED]
+    assert [e.attrs["failure"]["type"] for e in lost] == ["WorkerLost"]
+    assert lost[0].attrs["attempt"] == 1 and gated_done.attrs["attempt"] == 2
     assert not any(e.type is EventType.ACTIVITY_RESULT_IGNORED for e in history)
     assert hub.handed_back >= 1
 

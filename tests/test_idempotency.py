@@ -76,3 +76,23 @@ def test_activity_idempotency_key_is_stable_across_attempts() -> None:
     a = immortal._activity.ActivityInfo("t", "wf", "run", "type", 5, "charge", 1, "w1")
     b = immortal._activity.ActivityInfo("t", "wf", "run", "type", 5, "charge", 3, "w2")
     assert a.idempotency_key == b.idempotency_key == "t/wf/run/5"
+
+
+async def test_a_claim_whose_start_was_lost_is_finished_by_the_retry(
+    nats_url: str, prefix: str, client: Client
+) -> None:
+    # A caller claimed the key, then died (or lost its connection) before its start reached
+    # a hub: the key names a run with no history. Retrying with the same key starts that run.
+    from immortal._codec import pack
+    from immortal._wire import now_ms
+
+    kv = await client.nc.jetstream().key_value(f"{prefix}-idem")
+    claimed = {"workflow_id": "pay-2", "run_id": "r" * 32, "ts": now_ms()}
+    await kv.create(f"default.{encode_token('key:req-43')}", pack(claimed))
+    async with running_worker(nats_url, prefix):
+        handle = await client.start(three_step, 3, id="pay-2", idempotency_key="req-43")
+        assert (handle.workflow_id, handle.run_id) == ("pay-2", "r" * 32)
+        assert await handle.result(timeout=20) == 15
+        again = await client.start(three_step, 3, id="pay-2", idempotency_key="req-43")
+        assert again.run_id == handle.run_id
+    assert await _runs_of(client, prefix, "pay-2") == {"r" * 32}

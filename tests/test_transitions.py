@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from immortal._codec import encode_args, encode_value
+from immortal._retry import RetryPolicy
 from immortal._wire import (
     ActivityResult,
+    ActivityStarted,
     CompleteWorkflow,
     EventType,
     Failure,
@@ -18,7 +20,9 @@ from immortal._wire import (
 from immortal_hub._emissions import emissions_for, open_emissions
 from immortal_hub._transitions import (
     InvalidInput,
+    StaleAttempt,
     apply_activity_result,
+    apply_activity_started,
     apply_start,
     apply_workflow_task_result,
 )
@@ -143,3 +147,31 @@ def test_completion_closes_the_run_and_abandons_activities() -> None:
     assert [e.type for e in _act(out.state, 4, rid="zz").events] == [
         EventType.ACTIVITY_RESULT_IGNORED
     ]
+
+
+def _redelivered(state, attempt, delivery):  # type: ignore[no-untyped-def]
+    body = ActivityStarted(
+        workflow_id="w", run_id="r", scheduled_id=4, attempt=attempt, delivery=delivery,
+        worker="wk2", result_id=f"started:{attempt}:{delivery}",
+    )  # fmt: skip
+    return apply_activity_started(state, body, 4000)
+
+
+def test_a_redelivered_attempt_counts_as_lost_until_the_policy_gives_up() -> None:
+    retry = RetryPolicy(maximum_attempts=2, initial_interval=5.0).to_wire()
+    s = _wft(_start().state, 2, ScheduleActivity(seq=1, name="a", input=b"\x90", retry=retry)).state
+    first = _redelivered(s, 1, 1).events  # sent for a first delivery with schedule-to-start
+    assert [e.type for e in first] == [EventType.ACTIVITY_ATTEMPT_STARTED]
+
+    out = _redelivered(s, 1, 2)  # delivery 1 ended without a result: its worker died
+    [lost] = out.events
+    assert lost.type is EventType.ACTIVITY_ATTEMPT_FAILED and lost.caused_by == 4
+    assert lost.attrs["failure"]["type"] == "WorkerLost" and lost.attrs["next_attempt"] == 2
+    assert out.state is not None and out.state.activities[4].retry_at == 4000  # no backoff
+    with pytest.raises(StaleAttempt):  # that attempt is gone: its deliveries must not run
+        _redelivered(out.state, 1, 3)
+
+    out.state.activities[4].retry_at = None  # the retry timer fired: attempt 2 runs
+    failed, *_ = _redelivered(out.state, 2, 2).events  # and is lost too: 2 attempts used
+    assert failed.type is EventType.ACTIVITY_FAILED
+    assert failed.attrs["failure"]["type"] == "WorkerLost"

@@ -45,7 +45,7 @@ from immortal._names import InputKind, Names, decode_token, encode_token, valida
 from immortal._schedules import Schedules
 from immortal._tenants import Retention, read_retention, write_retention
 from immortal._timers import seconds
-from immortal._transient import retry_transient
+from immortal._transient import key_value, retry_transient
 from immortal._wire import (
     CLOSING_EVENTS,
     EventType,
@@ -227,7 +227,13 @@ class Client:
                 claim, workflow_id, run_id, id_reuse_policy, idempotency_key
             )
             if existing is not None:
-                return WorkflowHandle(self, existing[0], existing[1], result_type)
+                workflow_id, run_id, closed = existing
+                if closed:
+                    return WorkflowHandle(self, workflow_id, run_id, result_type)
+                # Claimed, and the run is open or its start never reached a hub (the sender
+                # failed or died first): send the start again under the claimed run id. A
+                # hub applies a run's start once; for an open run it re-publishes what the
+                # run is owed, which heals a task lost to an outage.
         await self._register_queue(queue)
         await self._warn_if_unserved(name, queue)
         body = StartWorkflow(
@@ -250,8 +256,9 @@ class Client:
         run_id: str,
         policy: IdReusePolicy,
         idempotency_key: str | None,
-    ) -> tuple[str, str] | None:
-        """Take ``claim`` in ``imm-idem`` for this run, or name the run that holds it.
+    ) -> tuple[str, str, bool] | None:
+        """Take ``claim`` in ``imm-idem`` for this run, or name the run that holds it (and
+        whether that run has closed).
 
         A KV create (expected last sequence 0) is atomic and, unlike ``Nats-Msg-Id``, lasts
         beyond JetStream's duplicate window: the bucket keeps claims for 30 days.
@@ -275,9 +282,11 @@ class Client:
                 return None  # ours: taken by a try whose answer was lost (an election)
             state = await self._closed_or_missing(*prev_run)
             abandoned = state is None and now_ms() - int(prev["ts"]) > _ABANDONED_CLAIM_MS
+            if idempotency_key is not None or (
+                not abandoned and policy is IdReusePolicy.RETURN_EXISTING
+            ):
+                return (*prev_run, bool(state))
             if not abandoned:
-                if idempotency_key is not None or policy is IdReusePolicy.RETURN_EXISTING:
-                    return prev_run
                 if policy is IdReusePolicy.REJECT_DUPLICATE or not state:
                     raise WorkflowAlreadyStartedError(*prev_run)
             try:
@@ -414,10 +423,7 @@ class Client:
         """A bucket's handle, looked up once (the lookup is a request to the cluster)."""
         kv = self._buckets.get(bucket)
         if kv is None:
-            js = self.nc.jetstream()
-            kv = self._buckets[bucket] = await retry_transient(
-                lambda: js.key_value(bucket), what=bucket
-            )
+            kv = self._buckets[bucket] = await key_value(self.nc.jetstream(), bucket)
         return kv
 
     async def _register_queue(self, queue: str) -> None:
@@ -540,14 +546,18 @@ class WorkflowHandle(Generic[R]):
                 raise WorkflowFailedError(self.workflow_id, self.run_id, cause)
         raise ImmortalError(f"run {self.run_id} closed without an outcome event")
 
-    async def signal(self, name: str, payload: Any = None) -> None:
-        """Send signal ``name`` with ``payload``; recorded in history in arrival order."""
+    async def signal(self, name: str, payload: Any = None, *, id: str | None = None) -> None:
+        """Send signal ``name`` with ``payload``; recorded in history in arrival order.
+
+        Sending again with the same ``id`` (a retry after an error) records it once, as long
+        as the first is among the run's recent inputs or within JetStream's duplicate window.
+        """
         body = SignalWorkflow(
             workflow_id=self.workflow_id,
             run_id=self.run_id,
             name=name,
             input=encode_value(payload),
-            signal_id=f"signal:{uuid.uuid4().hex}",
+            signal_id=f"signal:{id or uuid.uuid4().hex}",
         )
         await self._send("signal", encode(body), body.signal_id)
 

@@ -17,6 +17,7 @@ from pydantic_core import to_jsonable_python
 from immortal._errors import PayloadError
 
 __all__ = [
+    "MAX_PAYLOAD_BYTES",
     "decode_args",
     "decode_value",
     "encode_args",
@@ -52,12 +53,29 @@ def to_wire(value: Any) -> Any:
         raise PayloadError(f"cannot encode value of type {type(value).__name__}: {exc}") from exc
 
 
+# One user payload (a workflow's or activity's arguments, a result, a signal's payload).
+# A history transition may carry a payload twice (an activity's input is in its event and in
+# the run snapshot) beside other events, and must fit the server's max_payload (1 MiB by
+# default), so one payload gets a quarter of it. Larger data belongs in an object store,
+# passed by reference.
+MAX_PAYLOAD_BYTES = 256 * 1024
+
+
+def _bounded(data: bytes, what: str) -> bytes:
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(
+            f"{what} of {len(data):,} bytes exceeds the payload limit of "
+            f"{MAX_PAYLOAD_BYTES:,} bytes: pass large data by reference (e.g. an object store key)"
+        )
+    return data
+
+
 def encode_value(value: Any) -> bytes:
-    return pack(to_wire(value))
+    return _bounded(pack(to_wire(value)), "value")
 
 
 def encode_args(args: tuple[Any, ...] | list[Any]) -> bytes:
-    return pack([to_wire(a) for a in args])
+    return _bounded(pack([to_wire(a) for a in args]), "arguments")
 
 
 @functools.lru_cache(maxsize=1024)

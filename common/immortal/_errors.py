@@ -152,7 +152,8 @@ def failure_from_exception(exc: BaseException) -> dict[str, Any]:
     return {
         "type": type(exc).__name__,
         "message": str(exc),
-        "non_retryable": False,
+        # Retrying cannot shrink a payload that is too large, or make bad bytes decode.
+        "non_retryable": isinstance(exc, PayloadError),
         "details": None,
         "traceback": tb,
     }

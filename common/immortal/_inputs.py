@@ -22,7 +22,7 @@ from immortal._errors import ImmortalError, PayloadError
 from immortal._names import InputKind, Names
 from immortal._transient import retry_transient
 
-__all__ = ["BUSY", "OK", "REJECTED", "STALE", "send_input"]
+__all__ = ["BUSY", "OK", "REJECTED", "STALE", "StaleInput", "send_input"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,10 @@ OK = b"ok"
 BUSY = b"busy"
 REJECTED = b"rejected:"
 STALE = b"stale:"  # a heartbeat's attempt no longer counts
+
+
+class StaleInput(Exception):
+    """The hub answered that the attempt this input belongs to no longer counts."""
 
 
 async def send_input(
@@ -47,12 +51,19 @@ async def send_input(
 
     Returns what a hub attached to its reply (see ``AppliedTransition``), if anything.
     """
+    if len(data) > nc.max_payload:
+        raise PayloadError(
+            f"{kind} input of {len(data):,} bytes exceeds the server's max_payload of "
+            f"{nc.max_payload:,} bytes"
+        )
     try:
         reply = await nc.request(names.rpc_subject(tenant, queue, kind), data, timeout=rpc_timeout)
         if reply.data == OK:
             return None
         if reply.data.startswith(OK + b":"):
             return reply.data[len(OK) + 1 :]
+        if reply.data.startswith(STALE):
+            raise StaleInput(reply.data[len(STALE) :].decode(errors="replace").strip())
         if reply.data.startswith(REJECTED):
             raise PayloadError(reply.data[len(REJECTED) :].decode(errors="replace").strip())
     except (NoRespondersError, NatsTimeout, TimeoutError):

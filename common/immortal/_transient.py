@@ -24,9 +24,12 @@ from nats.errors import (
     StaleConnectionError,
 )
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import PubAck
+from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.kv import KeyValue
 
-__all__ = ["RETRY_BUDGET", "is_transient", "retry_transient"]
+__all__ = ["RETRY_BUDGET", "is_transient", "key_value", "publish", "retry_transient"]
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +89,16 @@ async def retry_transient(
             log.debug("%s: %r; again in %.2f s", what, exc, pause)
             await asyncio.sleep(pause)
             delay = min(delay * 2, _MAX_DELAY)
+
+
+async def publish(
+    js: JetStreamContext, subject: str, data: bytes, *, headers: dict[str, str]
+) -> PubAck:
+    """``js.publish`` through leader elections. Only for a publish that a repeat stores once:
+    one with a ``Nats-Msg-Id``, or an expected sequence."""
+    return await retry_transient(lambda: js.publish(subject, data, headers=headers), what=subject)
+
+
+async def key_value(js: JetStreamContext, bucket: str) -> KeyValue:
+    """A bucket's handle (looking it up is a stream-info request), through leader elections."""
+    return await retry_transient(lambda: js.key_value(bucket), what=bucket)

@@ -181,7 +181,7 @@ class NatsCluster:
     node knows the meta leader and reports itself healthy (``/healthz``: its streams and
     consumers caught up).
 
-    >>> cluster = NatsCluster(store_dir=tmp_path)
+    >>> cluster = NatsCluster(base_dir=tmp_path)  # a store per node: tmp_path/n0, n1, n2
     >>> await cluster.start()
     >>> client = Client(cluster.urls)
     >>> await cluster.kill(await cluster.meta_leader())  # SIGKILL the meta leader
@@ -192,15 +192,15 @@ class NatsCluster:
         self,
         *,
         size: int = 3,
-        store_dir: str | Path | None = None,
+        base_dir: str | Path | None = None,
         host: str = "127.0.0.1",
         name: str = "immortal",
         extra_config: str = "",
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
-        self._own_dir = store_dir is None
-        self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="immortal-cluster-"))
+        self._own_dir = base_dir is None
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="immortal-cluster-"))
         self.size = size
         self.host = host
         self.name = name
@@ -265,7 +265,7 @@ class NatsCluster:
     async def close(self) -> None:
         await asyncio.gather(*(node.stop() for node in self.nodes))
         if self._own_dir:
-            shutil.rmtree(self.store_dir, ignore_errors=True)
+            shutil.rmtree(self.base_dir, ignore_errors=True)
 
     async def __aenter__(self) -> NatsCluster:
         await self.start()
@@ -323,7 +323,7 @@ class NatsCluster:
             )
             self.nodes.append(
                 NatsServer(
-                    store_dir=self.store_dir / self.server_name(i),
+                    store_dir=self.base_dir / self.server_name(i),
                     port=client[i],
                     host=self.host,
                     extra_config=config,

@@ -25,10 +25,9 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.errors import NotFoundError as JsNotFound
-from nats.js.kv import KeyValue
 from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
@@ -43,7 +42,7 @@ from immortal._names import Names, decode_token
 from immortal._schedules import ScheduleSpec
 from immortal._tenants import Retention, read_retention
 from immortal._timers import schedule_headers
-from immortal._transient import is_transient, retry_transient
+from immortal._transient import is_transient, key_value, publish, retry_transient
 from immortal._wire import (
     ActivityHeartbeat,
     ActivityResult,
@@ -176,17 +175,15 @@ class Hub:
         if self._nc is None:
             self._nc = await connect(self.servers, name=self.hub_id)
         self.js = self.nc.jetstream()
-        await retry_transient(
-            lambda: ensure_resources(self.js, self.names, self.settings), what="streams"
-        )
-        self._runs_kv = await self._bucket(self.names.bucket_runs)
-        self._queues_kv = await self._bucket(self.names.bucket_queues)
+        await ensure_resources(self.js, self.names, self.settings)
+        self._runs_kv = await key_value(self.js, self.names.bucket_runs)
+        self._queues_kv = await key_value(self.js, self.names.bucket_queues)
         self._running = True
         self._rpc_sub = await self.nc.subscribe(
             f"{self.names.prefix}.rpc.>", queue=f"{self.names.prefix}-hubs", cb=self._on_rpc
         )
         self._spawn(self._watch_queues())
-        self._workers_kv = await self._bucket(self.names.bucket_workers)
+        self._workers_kv = await key_value(self.js, self.names.bucket_workers)
         self._spawn(self._watch_workers())
         self._metrics.start(self.js)
         log.info("hub %s serving %s", self.hub_id, self.servers)
@@ -220,9 +217,6 @@ class Hub:
             await asyncio.Event().wait()
         finally:
             await self.stop()
-
-    async def _bucket(self, bucket: str) -> KeyValue:
-        return await retry_transient(lambda: self.js.key_value(bucket), what=bucket)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -398,8 +392,7 @@ class Hub:
             raise
         except Exception as exc:
             deliveries = msg.metadata.num_delivered or 1
-            # A cluster without a leader for a while is no fault of the input's: never
-            # dead-letter it for that, however often it came back meanwhile.
+            # A cluster without a leader for a while is no fault of the input's.
             if deliveries >= _POISON_DELIVERIES and not is_transient(exc):
                 log.exception("input %s failed %d times", msg.subject, deliveries)
                 await self._dead_letter(msg, f"failed {deliveries} times: {exc!r}")
@@ -447,8 +440,9 @@ class Hub:
             tenant, queue, kind = self.names.parse_input_subject(msg.subject)
             body = self._decode(kind, msg.data)
             applied = await self._apply(tenant, queue, kind, body)
-            if applied is not None and kind == "wft":
-                reply = OK + b":" + encode(applied)  # the worker's cache skips a read
+            if applied is not None and kind in ("wft", "started"):
+                # wft: the worker's cache skips a read; started: whether the attempt was lost
+                reply = OK + b":" + encode(applied)
         except StaleAttempt as exc:
             reply = STALE + b" " + str(exc).encode()
         except (PayloadError, ValueError, InvalidInput) as exc:
@@ -531,10 +525,7 @@ class Hub:
         now = now_ms()
         known = self._retentions.get(tenant)
         if known is None or now - known[0] > 10_000:
-            setting = await retry_transient(
-                lambda: read_retention(self.js, self.names, tenant), what="retention"
-            )
-            known = (now, setting)
+            known = (now, await read_retention(self.js, self.names, tenant))
             self._retentions[tenant] = known
         return known[1]
 
@@ -574,7 +565,7 @@ class Hub:
     async def _fire_schedule(self, tenant: str, fired: TimerFired, msg: Msg) -> None:
         """A schedule fired: start one run, whose id derives from this firing (so that a
         redelivered firing starts nothing twice), unless the schedule is paused or gone."""
-        kv = await self._bucket(self.names.bucket_schedules)
+        kv = await key_value(self.js, self.names.bucket_schedules)
         try:
             entry = await kv.get(self.names.schedule_key(tenant, fired.timer))
             spec = ScheduleSpec.model_validate(unpack(entry.value or b""))
@@ -620,7 +611,7 @@ class Hub:
             "Imm-Ref": ref,
             "Imm-Hub": self.hub_id,
         }
-        await self._publish(self.names.dlq_subject(tenant, queue, kind), data, headers=headers)
+        await publish(self.js, self.names.dlq_subject(tenant, queue, kind), data, headers=headers)
 
     async def _apply(
         self, tenant: str, queue: str, kind: str, body: Any
@@ -633,11 +624,13 @@ class Hub:
                 state, seq, digest = await self._load(subject, fresh=fresh)
                 try:
                     outcome = self._transition(state, queue, kind, body)
-                except (InvalidInput, StaleAttempt):
+                except (InvalidInput, StaleAttempt) as exc:
                     if not fresh:  # judge only on fresh state: another hub may have moved on
                         self._cache.pop(subject, None)
                         fresh = True
                         continue
+                    if isinstance(exc, StaleAttempt) and state is not None:
+                        await self._emit(tenant, open_emissions(state, seq))  # as below
                     raise
                 if not outcome.events and not fresh:
                     # Appends are guarded by the expected sequence; decisions that append
@@ -651,6 +644,11 @@ class Hub:
                     return None
                 if not outcome.events:
                     log.info("%s: %s", subject, outcome.note)
+                    if state is not None:
+                        # Whatever the run still owes goes out again (deduped by id): an
+                        # earlier transition's tasks may have been lost to an outage between
+                        # its append and its publishes, and this input is its sender's retry.
+                        await self._emit(tenant, open_emissions(state, seq))
                     return None
                 assert outcome.state is not None
                 appended = await self._append(tenant, subject, outcome, seq, digest)
@@ -702,7 +700,7 @@ class Hub:
         try:
             # Safe to repeat: if a try that timed out was stored, the next one is refused
             # (wrong last sequence) and the reload finds the input applied.
-            ack = await self._publish(subject, body, headers=headers)
+            ack = await publish(self.js, subject, body, headers=headers)
         except Exception as exc:
             self._cache.pop(subject, None)
             if is_wrong_last_sequence(exc):
@@ -746,7 +744,8 @@ class Hub:
     async def _publish_emission(self, tenant: str, e: Emission) -> None:
         if e.kind == "input":
             assert e.input_kind is not None
-            await self._publish(
+            await publish(
+                self.js,
                 self.names.input_subject(tenant, e.queue, e.input_kind),
                 encode(e.body),
                 headers={"Nats-Msg-Id": e.msg_id},
@@ -765,7 +764,8 @@ class Hub:
             assert e.due_ms is not None and isinstance(e.body, TimerFired)
             # One schedule per subject; it fires into the same stream, where the hub's
             # timer consumer for this queue picks it up (also after a restart).
-            await self._publish(
+            await publish(
+                self.js,
                 self.names.timer_subject(tenant, e.body.run_id, e.body.timer),
                 encode(e.body),
                 headers=schedule_headers(
@@ -777,11 +777,4 @@ class Hub:
         subject = self.names.task_subject(tenant, e.queue, e.kind)
         if e.sticky and self.names.worker_key(tenant, e.queue, e.sticky) in self._held_by:
             subject = self.names.sticky_subject(tenant, e.queue, e.sticky)  # it has the run
-        await self._publish(subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})
-
-    async def _publish(self, subject: str, data: bytes, *, headers: dict[str, str]) -> PubAck:
-        """Publish to a stream, through leader elections: every publish of the hub carries
-        a message id or an expected sequence, so a repeat stores nothing twice."""
-        return await retry_transient(
-            lambda: self.js.publish(subject, data, headers=headers), what=subject
-        )
+        await publish(self.js, subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})

@@ -17,6 +17,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
 from immortal._names import Names
+from immortal._transient import retry_transient
 
 __all__ = ["ResourceSettings", "ensure_resources", "stream_configs"]
 
@@ -131,8 +132,13 @@ def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
 async def ensure_resources(
     js: JetStreamContext, names: Names, settings: ResourceSettings | None = None
 ) -> None:
-    """Create every stream and bucket; leave existing ones as they are."""
+    """Create every stream and bucket; leave existing ones as they are. Repeated through
+    leader elections (each step is idempotent)."""
     s = settings or ResourceSettings()
+    await retry_transient(lambda: _ensure(js, names, s), what="streams and buckets")
+
+
+async def _ensure(js: JetStreamContext, names: Names, s: ResourceSettings) -> None:
     for cfg in stream_configs(names, s):
         assert cfg.name is not None
         try:

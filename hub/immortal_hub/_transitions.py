@@ -405,7 +405,9 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
     return b.outcome(result.result_id)
 
 
-def _fail_attempt(b: _Builder, sid: int, failure: Failure, common: dict[str, Any]) -> None:
+def _fail_attempt(
+    b: _Builder, sid: int, failure: Failure, common: dict[str, Any], *, backoff: bool = True
+) -> None:
     """Retry the activity by its policy (after a durable backoff), or fail it for good."""
     act = b.state.activities[sid]
     policy = RetryPolicy.from_wire(act.retry)
@@ -414,7 +416,7 @@ def _fail_attempt(b: _Builder, sid: int, failure: Failure, common: dict[str, Any
     non_retryable = failure.non_retryable or failure.type in policy.non_retryable_error_types
     reason = "non-retryable error" if non_retryable else f"{act.attempt} attempts used"
     if retries:
-        backoff_ms = round(policy.delay(act.attempt) * 1000)
+        backoff_ms = round(policy.delay(act.attempt) * 1000) if backoff else 0
         deadline = None
         if act.schedule_to_close is not None:
             deadline = _scheduled_ts(b.state, act) + round(act.schedule_to_close * 1000)
@@ -552,13 +554,46 @@ def apply_activity_heartbeat(state: RunState | None, beat: ActivityHeartbeat, no
 
 
 def apply_activity_started(state: RunState | None, started: ActivityStarted, now: int) -> Outcome:
-    """Recorded only for activities with a schedule-to-start timeout, which it disarms."""
+    """A worker began an attempt: sent when the activity has a schedule-to-start timeout
+    (which it disarms), and for every redelivered task.
+
+    A redelivered task (delivery 2 or later) means an earlier delivery of the same attempt
+    ended without a result: its worker died, froze past its lease, or stopped before
+    finishing. That attempt is lost and counts against the retry policy, as a timed-out
+    attempt would, so an activity that crashes every worker that runs it (a poison
+    activity) exhausts its attempts and fails instead of crashing workers forever. The next
+    attempt is due at once: noticing the loss already took the worker's liveness TTL or
+    its lease, which paces a crash loop.
+    """
     if state is None:
         raise InvalidInput(f"activity start for unknown run {started.run_id}")
     if started.result_id in state.applied:
         return Outcome(duplicate=True)
     act = state.activities.get(started.scheduled_id)
-    if state.status.closed or act is None or act.attempt != started.attempt or act.started:
+    current = (
+        not state.status.closed
+        and act is not None
+        and act.attempt == started.attempt
+        and act.retry_at is None
+    )
+    if current and started.delivery > 1:
+        state = state.model_copy(deep=True)
+        b = _Builder(state, now)
+        lost = Failure(
+            type="WorkerLost",
+            message=(
+                f"attempt {started.attempt} was lost: delivery {started.delivery - 1} ended "
+                "without a result (its worker died, froze past its lease, or stopped)"
+            ),
+        )
+        common = {"attempt": started.attempt, "delivery": started.delivery - 1}
+        _fail_attempt(b, started.scheduled_id, lost, common, backoff=False)
+        return b.outcome(started.result_id)
+    if not current or act is None:
+        # A delivery of an attempt that already ended (lost, timed out, or its run closed):
+        # it must not run, or a task that crashes its worker would be redelivered forever.
+        raise StaleAttempt(f"attempt {started.attempt} no longer counts")
+    if act.started:
         return Outcome(note=f"start of attempt {started.attempt} is not news")
     state = state.model_copy(deep=True)
     state.activities[started.scheduled_id].started = True

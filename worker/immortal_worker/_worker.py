@@ -46,19 +46,20 @@ from immortal._errors import (
     UnknownWorkflowTypeError,
     failure_from_exception,
 )
-from immortal._inputs import STALE, send_input
+from immortal._inputs import STALE, StaleInput, send_input
 from immortal._jetstream import Puller, StoredMsg, read_subject
 from immortal._locks import KeyedLocks
 from immortal._logs import LogShipper
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
 from immortal._timers import schedule_headers
-from immortal._transient import is_transient, retry_transient
+from immortal._transient import is_transient, key_value, publish, retry_transient
 from immortal._wire import (
     ActivityHeartbeat,
     ActivityResult,
     ActivityStarted,
     ActivityTask,
     AppliedTransition,
+    EventType,
     Failure,
     TimerFired,
     Transition,
@@ -169,14 +170,10 @@ class Worker:
             if logger.level == logging.NOTSET:
                 logger.setLevel(logging.INFO)
             logger.addHandler(self.logs)
-        self._workers_kv = await retry_transient(
-            lambda: self.js.key_value(self.names.bucket_workers), what="workers bucket"
-        )
+        self._workers_kv = await key_value(self.js, self.names.bucket_workers)
         await self._register()
         self._liveness = asyncio.create_task(self._stay_registered())
-        queues_kv = await retry_transient(
-            lambda: self.js.key_value(self.names.bucket_queues), what="queues bucket"
-        )
+        queues_kv = await key_value(self.js, self.names.bucket_queues)
         for queue in self.queues:
             key = self.names.queue_key(self.tenant, queue)
             await retry_transient(partial(queues_kv.put, key, b"worker"), what=key)
@@ -314,8 +311,13 @@ class Worker:
         # The lease is held until the result is delivered, not just while the code runs:
         # a hub that is slow to answer must not cost the task to another worker.
         async with self._lease(msg):
-            if task.schedule_to_start is not None:
-                await self._report_start(task, delivery)
+            if task.schedule_to_start is not None or delivery > 1:
+                if await self._report_start(task, delivery):
+                    # This attempt no longer counts: an earlier delivery of it was lost (the
+                    # hub counted it and sends the next attempt as its own task), or it ended
+                    # meanwhile. Either way this delivery must not run.
+                    await msg.ack()
+                    return
             if task.start_to_close is not None:
                 await self._arm_timer(task, "start_to_close", task.start_to_close, started)
             if task.heartbeat_timeout is not None:
@@ -360,8 +362,14 @@ class Worker:
             await self._send(task.workflow_queue, "act", encode(body), body.result_id)
         await msg.ack()
 
-    async def _report_start(self, task: ActivityTask, delivery: int) -> None:
-        """Tell the hub this attempt started, which disarms its schedule-to-start timer."""
+    async def _report_start(self, task: ActivityTask, delivery: int) -> bool:
+        """Tell the hub this attempt started, which disarms its schedule-to-start timer.
+
+        Returns whether this delivery must not run: the hub counted its attempt as lost
+        (a redelivered task), or the attempt no longer counts at all. If no hub answered
+        (the report went durable), the attempt runs: at worst it runs again as the next
+        attempt, which an idempotency key absorbs.
+        """
         body = ActivityStarted(
             workflow_id=task.workflow_id,
             run_id=task.run_id,
@@ -371,7 +379,19 @@ class Worker:
             worker=self.worker_id,
             result_id=f"started:{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}",
         )
-        await self._send(task.workflow_queue, "started", encode(body), body.result_id)
+        try:
+            reply = await self._send(task.workflow_queue, "started", encode(body), body.result_id)
+        except StaleInput as exc:  # this attempt already ended: running it would be waste
+            log.info("activity %s: not running a stale delivery: %s", task.name, exc)
+            return True
+        if reply is None or delivery == 1:
+            return False
+        applied = decode(AppliedTransition, reply)
+        return any(
+            e.caused_by == task.scheduled_id
+            and e.type in (EventType.ACTIVITY_ATTEMPT_FAILED, EventType.ACTIVITY_FAILED)
+            for e in applied.events
+        )
 
     async def _send_heartbeats(
         self, task: ActivityTask, delivery: int, beats: Heartbeats, runner: asyncio.Task[bytes]
@@ -425,7 +445,7 @@ class Worker:
         subject = self.names.timer_subject(self.tenant, task.run_id, timer)
         headers = schedule_headers(due, target, f"{task.run_id}:{timer}:{due}")
         data = encode(body)  # one schedule per subject, with a msg id: safe to repeat
-        await retry_transient(lambda: self.js.publish(subject, data, headers=headers), what=subject)
+        await publish(self.js, subject, data, headers=headers)
 
     async def _run_activity(self, task: ActivityTask, beats: Heartbeats) -> bytes:
         defn = self.activities.get(task.name)

@@ -1,0 +1,91 @@
+"""Workflows that don't die, proven: a mixed workload under one fault class at a time.
+
+Each test runs ``--chaos-workflows`` (default 2,000) workflows of ``workload.mixed`` (an
+activity that fails and retries, a durable sleep, a signal, a child workflow, another
+activity) through 2 hubs and 3 workers while a fault injector breaks one kind of thing over
+and over, then checks the outcome of every workflow, every history and integrity chain,
+the external ledger and the queues (``checker.py``). The seed is printed; the same seed
+gives the same workload and the same fault schedule::
+
+    just chaos -k worker-sigkill --chaos-seed 1234
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from immortal import Client
+from tests.chaos.checker import Report, check
+from tests.chaos.driver import drive, make_specs
+from tests.chaos.harness import INJECTORS, Deployment, inject
+from tests.chaos.workload import connect_ledger
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1800)]
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+POISONED = 5  # poison workflows among the others, in the poison class
+IN_FLIGHT = 150
+
+
+@pytest.mark.parametrize("fault", list(INJECTORS))
+async def test_every_workflow_completes_exactly_once(
+    fault: str, chaos_seed: int, chaos_workflows: int, tmp_path: Path
+) -> None:
+    seed = chaos_seed
+    print(f"\n[chaos] {fault}: seed {seed}  (again: just chaos -k {fault} --chaos-seed {seed})")
+    ledger = tmp_path / "ledger.db"
+    connect_ledger(str(ledger)).close()
+    dep = Deployment(tmp_path, ledger, cluster=fault == "cluster-node-kill")
+    await dep.start()
+    faults: Counter[str] = Counter()
+    try:
+        async with Client(dep.urls) as client:
+            specs = make_specs(chaos_workflows, POISONED if fault == "poison" else 0, seed)
+            stop = asyncio.Event()
+            injector = asyncio.create_task(
+                inject(fault, dep, random.Random(seed * 7919 + 1), faults, stop)
+            )
+            try:
+                driven = await drive(
+                    client, specs, in_flight=IN_FLIGHT, duplicate=fault == "duplicates"
+                )
+            finally:
+                stop.set()
+                await injector  # its last fault is undone (a node restarted, a process thawed)
+            report = Report(fault, seed, faults=dict(faults), restarts=dict(dep.restarts))
+            await check(client, driven, str(ledger), report)
+    finally:
+        await dep.close()
+    _publish(report)
+
+    assert not report.anomalies, f"{len(report.anomalies)} anomalies: {report.anomalies[:20]}"
+    if fault == "duplicates":
+        assert report.duplicates_sent >= 2 * chaos_workflows
+    elif fault == "poison":
+        assert report.poison_failed == POISONED
+        assert report.restarts.get("worker", 0) >= POISONED  # each crashed at least one worker
+    else:
+        assert sum(faults.values()) >= (5 if chaos_workflows >= 1000 else 1), faults
+    assert report.completed + report.poison_failed == chaos_workflows
+
+
+def _publish(report: Report) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"chaos-{report.fault}-{report.seed}.json"
+    path.write_text(json.dumps(asdict(report), indent=2))
+    faults = ", ".join(f"{n} {what}" for what, n in sorted(report.faults.items())) or "-"
+    print(
+        f"[chaos] {report.fault}: {report.workflows} workflows in {report.seconds}s, "
+        f"{report.completed} completed as expected, {report.poison_failed} poison failed; "
+        f"faults: {faults}; restarts: {report.restarts}; attempts {report.attempts}, "
+        f"lost {report.lost_attempts}, effects re-executed under their key "
+        f"{report.reexecuted_effects}; client retries {report.client_retries}, "
+        f"duplicates sent {report.duplicates_sent}; anomalies {len(report.anomalies)} ({path})"
+    )
