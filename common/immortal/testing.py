@@ -259,6 +259,7 @@ class NatsCluster:
         await self.nodes[i].kill()
 
     async def restart(self, i: int, timeout: float = 30.0) -> None:
+        """Stop node ``i`` gracefully and start it again (see :meth:`start_node`)."""
         await self.stop(i)
         await self.start_node(i, timeout)
 
