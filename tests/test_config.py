@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
-from immortal.testing import NatsServer
+from immortal.testing import NatsServer, find_nats_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +23,28 @@ def test_every_shipped_config_sets_sync_interval_always() -> None:
         text = conf.read_text()
         if "jetstream" in text:
             assert re.search(r"^\s*sync_interval:\s*always\s*$", text, re.M), conf
+
+
+def test_nats_server_accepts_every_shipped_config() -> None:
+    for conf in _shipped_configs():
+        checked = subprocess.run(
+            [find_nats_server(), "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30
+        )
+        assert checked.returncode == 0, (conf, checked.stdout, checked.stderr)
+
+
+def test_the_cluster_configs_name_three_nodes_that_route_to_each_other() -> None:
+    confs = sorted((ROOT / "deploy" / "nats-cluster").glob("*.conf"))
+    assert len(confs) == 3
+    names, routes = set(), []
+    for conf in confs:
+        text = conf.read_text()
+        found = re.search(r"^server_name:\s*(\S+)\s*$", text, re.M)
+        assert found, conf
+        names.add(found.group(1))
+        routes.append(sorted(re.findall(r"nats-route://(\S+)", text)))
+    assert len(names) == 3  # JetStream needs a unique server_name per node
+    assert len(routes[0]) == 3 and routes.count(routes[0]) == 3  # each lists all three
 
 
 async def test_the_running_test_server_reports_sync_always(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -15,15 +16,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any, Generic, TypeVar
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
 from immortal._codec import decode_value, encode_args, encode_value, pack, unpack
+from immortal._connect import connect
 from immortal._definitions import workflow_definition
 from immortal._dlq import DeadLetters
 from immortal._errors import (
@@ -37,12 +39,13 @@ from immortal._errors import (
 )
 from immortal._inputs import send_input
 from immortal._integrity import IntegrityReport, verify_chain
-from immortal._jetstream import last_message, read_subject, tail
+from immortal._jetstream import StoredMsg, last_message, read_subject, tail
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._schedules import Schedules
 from immortal._tenants import Retention, read_retention, write_retention
 from immortal._timers import seconds
+from immortal._transient import key_value, retry_transient
 from immortal._wire import (
     CLOSING_EVENTS,
     EventType,
@@ -69,6 +72,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _WORKERS_FRESH_S = 2.0  # how long start() trusts its last look at the live workers
+# result() reads the run's newest transition again after this many quiet seconds, doubling
+# up to the maximum (it learns of appends from a core subscription, which can miss one).
+_LOOK_AGAIN_S = 1.0
+_LOOK_AGAIN_MAX_S = 60.0
 
 R = TypeVar("R")
 
@@ -81,7 +88,6 @@ class IdReusePolicy(StrEnum):
     RETURN_EXISTING = "return_existing"  # hand back the existing run
 
 
-_RESULT_RECHECK_S = 30.0  # result() re-reads the run this often, whatever it heard
 _ABANDONED_CLAIM_MS = 30_000  # a claim whose start never reached history
 
 
@@ -151,12 +157,12 @@ class Client:
         self._nc = nc
         self._own_nc = nc is None
         self._known_queues: set[str] = set()
-        self._runs_kv: KeyValue | None = None
+        self._buckets: dict[str, KeyValue] = {}
+        self._waiting: set[asyncio.Queue[bytes]] = set()  # of result() calls
         self._workers_seen: dict[str, tuple[float, list[WorkerInfo]]] = {}
         self.schedules = Schedules(self)
         self.dead_letters = DeadLetters(self)
         self._workers_looking: dict[str, asyncio.Future[list[WorkerInfo]]] = {}
-        self._reconnected = asyncio.Event()
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -167,18 +173,14 @@ class Client:
 
     async def connect(self) -> None:
         if self._nc is None:
-            self._nc = await nats.connect(
-                self.servers,
-                name="immortal-client",
-                reconnected_cb=self._on_reconnected,
-                max_reconnect_attempts=-1,  # a server restart must not end a waiting caller
+            self._nc = await connect(
+                self.servers, name="immortal-client", on_reconnect=self._reconnected
             )
 
-    async def _on_reconnected(self) -> None:
-        # Core subscriptions miss what was published while the connection was down: wake
-        # whoever waits on one (``handle.result()``) to read again.
-        self._reconnected.set()
-        self._reconnected = asyncio.Event()
+    def _reconnected(self) -> None:
+        """What result() heard may have missed an append meanwhile: make it look again."""
+        for updates in self._waiting:
+            updates.put_nowait(b"")
 
     async def close(self) -> None:
         if self._nc is not None and self._own_nc:
@@ -261,18 +263,23 @@ class Client:
         A KV create (expected last sequence 0) is atomic and, unlike ``Nats-Msg-Id``, lasts
         beyond JetStream's duplicate window: the bucket keeps claims for 30 days.
         """
-        kv = await self.nc.jetstream().key_value(self.names.bucket_idem)
+        kv = await self._kv(self.names.bucket_idem)
         key = f"{self.tenant}.{encode_token(claim)}"
         value = pack({"workflow_id": workflow_id, "run_id": run_id, "ts": now_ms()})
         for _ in range(10):
             try:
-                await kv.create(key, value)
+                await retry_transient(partial(kv.create, key, value), what=key)
                 return None
             except KeyWrongLastSequenceError:
                 pass
-            entry = await kv.get(key)
+            try:
+                entry = await retry_transient(partial(kv.get, key), what=key)
+            except JsNotFound:  # gone meanwhile, or read from a replica not up to date yet
+                continue
             prev = unpack(entry.value or b"")
             prev_run = (str(prev["workflow_id"]), str(prev["run_id"]))
+            if prev_run[1] == run_id:
+                return None  # ours: taken by a try whose answer was lost (an election)
             state = await self._closed_or_missing(*prev_run)
             abandoned = state is None and now_ms() - int(prev["ts"]) > _ABANDONED_CLAIM_MS
             if idempotency_key is not None or (
@@ -283,7 +290,7 @@ class Client:
                 if policy is IdReusePolicy.REJECT_DUPLICATE or not state:
                     raise WorkflowAlreadyStartedError(*prev_run)
             try:
-                await kv.update(key, value, last=entry.revision)
+                await retry_transient(partial(kv.update, key, value, last=entry.revision), what=key)
                 return None
             except KeyWrongLastSequenceError:
                 continue  # another start took it meanwhile: look again
@@ -298,7 +305,7 @@ class Client:
 
     async def workers(self, queue: str | None = None) -> list[WorkerInfo]:
         """The live workers of this tenant (of one queue, if given), with their capabilities."""
-        kv = await self.nc.jetstream().key_value(self.names.bucket_workers)
+        kv = await self._kv(self.names.bucket_workers)
         pattern = f"{self.tenant}.{encode_token(queue)}.*" if queue else f"{self.tenant}.>"
         watcher = await kv.watch(pattern, ignore_deletes=True)
         found: dict[str, WorkerInfo] = {}
@@ -313,7 +320,7 @@ class Client:
 
     async def queues(self) -> list[QueueStats]:
         """Backlog and in-flight work of every queue of this tenant."""
-        kv = await self.nc.jetstream().key_value(self.names.bucket_queues)
+        kv = await self._kv(self.names.bucket_queues)
         watcher = await kv.watch(f"{self.tenant}.*", ignore_deletes=True, meta_only=True)
         names: set[str] = set()
         try:
@@ -402,23 +409,30 @@ class Client:
         if run_id is None:
             kv = await self._runs()
             try:
-                entry = await kv.get(self.names.run_key(self.tenant, workflow_id))
+                key = self.names.run_key(self.tenant, workflow_id)
+                entry = await retry_transient(partial(kv.get, key), what=key)
             except JsNotFound as exc:
                 raise WorkflowNotFoundError(f"no workflow {workflow_id!r}") from exc
             run_id = str(unpack(entry.value or b"")["run_id"])
         return WorkflowHandle(self, workflow_id, run_id, None)
 
     async def _runs(self) -> KeyValue:
-        if self._runs_kv is None:
-            self._runs_kv = await self.nc.jetstream().key_value(self.names.bucket_runs)
-        return self._runs_kv
+        return await self._kv(self.names.bucket_runs)
+
+    async def _kv(self, bucket: str) -> KeyValue:
+        """A bucket's handle, looked up once (the lookup is a request to the cluster)."""
+        kv = self._buckets.get(bucket)
+        if kv is None:
+            kv = self._buckets[bucket] = await key_value(self.nc.jetstream(), bucket)
+        return kv
 
     async def _register_queue(self, queue: str) -> None:
         # The hub watches this bucket and starts consuming the queue's inputs.
         if queue in self._known_queues:
             return
-        kv = await self.nc.jetstream().key_value(self.names.bucket_queues)
-        await kv.put(self.names.queue_key(self.tenant, queue), b"client")
+        kv = await self._kv(self.names.bucket_queues)
+        key = self.names.queue_key(self.tenant, queue)
+        await retry_transient(lambda: kv.put(key, b"client"), what=key)
         self._known_queues.add(queue)
 
 
@@ -432,6 +446,7 @@ class WorkflowHandle(Generic[R]):
         self.workflow_id = workflow_id
         self.run_id = run_id
         self._result_type = result_type
+        self._known_events = 0  # events this handle has seen exist (reads return no fewer)
 
     @property
     def _subject(self) -> str:
@@ -441,8 +456,18 @@ class WorkflowHandle(Generic[R]):
         return f"WorkflowHandle({self.workflow_id!r}, run_id={self.run_id!r})"
 
     async def _last_transition(self) -> Transition | None:
-        msg = await last_message(self.client.nc, self.client.names.stream_history, self._subject)
-        return None if msg is None else decode(Transition, msg.data)
+        nc, stream = self.client.nc, self.client.names.stream_history
+        msg = await retry_transient(
+            lambda: last_message(nc, stream, self._subject), what=self._subject
+        )
+        transition = None if msg is None else decode(Transition, msg.data)
+        self._saw(transition)
+        return transition
+
+    def _saw(self, transition: Transition | None) -> None:
+        """Remember how far this run's history is known to reach (see ``_read``)."""
+        if transition is not None:
+            self._known_events = max(self._known_events, transition.state.next_event_id - 1)
 
     async def result(self, *, timeout: float | None = None) -> R:
         """Wait for the run to close; return its result or raise :class:`WorkflowFailedError`.
@@ -464,37 +489,46 @@ class WorkflowHandle(Generic[R]):
                 if new_run is None:
                     return self._outcome(events)
                 self.run_id = new_run  # follow the chain; the handle now names the new run
+                self._known_events = 0
 
     async def _closing_events(self) -> list[HistoryEvent]:
         nc = self.client.nc
-        updates: asyncio.Queue[bytes] = asyncio.Queue()
+        updates: asyncio.Queue[bytes] = asyncio.Queue()  # b"": reconnected, look again
 
         async def on_append(msg: Any) -> None:
             updates.put_nowait(msg.data)
 
         # Subscribe before reading, so an append between the two cannot be missed.
         sub = await nc.subscribe(self._subject, cb=on_append)
+        self.client._waiting.add(updates)
         try:
             transition = await self._last_transition()
+            look_after = _LOOK_AGAIN_S
             while transition is None or not transition.state.status.closed:
-                reconnected = self.client._reconnected
-                got = asyncio.ensure_future(updates.get())
-                woke = asyncio.ensure_future(reconnected.wait())
-                done, pending = await asyncio.wait(
-                    {got, woke}, timeout=_RESULT_RECHECK_S, return_when=asyncio.FIRST_COMPLETED
-                )
-                for waiting in pending:
-                    waiting.cancel()
-                if got in done:
-                    transition = decode(Transition, got.result())
-                else:  # reconnected (appends may have been missed), or a periodic re-check
-                    transition = await self._last_transition()
+                # Core messages are not stored: one published while we reconnected to
+                # another node is lost (the client then puts b"" in the queue), and the
+                # first read may have come from a replica not yet up to date. So look
+                # again after a reconnect, and when nothing came for a while.
+                data = None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(look_after):
+                        data = await updates.get()
+                if data:
+                    transition = decode(Transition, data)
+                    self._saw(transition)
+                    continue
+                # After a reconnect, soon again too: our interest may not have reached
+                # every node yet when we looked.
+                look_after = _LOOK_AGAIN_S if data == b"" else look_after * 2
+                look_after = min(look_after, _LOOK_AGAIN_MAX_S)
+                transition = await self._last_transition()
             events = transition.events
             if not any(e.type in CLOSING_EVENTS for e in events):
                 # Late results may be recorded (as ignored) after the close.
                 events = await self.history()
             return events
         finally:
+            self.client._waiting.discard(updates)
             await sub.unsubscribe()
 
     def _outcome(self, events: list[HistoryEvent]) -> R:
@@ -574,9 +608,29 @@ class WorkflowHandle(Generic[R]):
     async def history(self, *, from_seq: int = 1) -> list[HistoryEvent]:
         """Every event of the run, in order (from stream sequence ``from_seq`` on)."""
         events: list[HistoryEvent] = []
-        async for _, batch in self.transitions(from_seq=from_seq):
-            events.extend(batch)
+        for msg in await self._read(from_seq):
+            events.extend(decode(Transition, msg.data).events)
         return events
+
+    async def _read(self, from_seq: int = 1) -> list[StoredMsg]:
+        """The run's history messages from ``from_seq`` on, reaching at least as far as this
+        handle has seen: a replica that has not applied the newest appends yet may answer a
+        direct get, so a read that falls short is repeated (briefly)."""
+        client = self.client
+        nc, stream = client.nc, client.names.stream_history
+
+        async def read() -> list[StoredMsg]:
+            return [m async for m in read_subject(nc, stream, self._subject, from_seq=from_seq)]
+
+        for _ in range(50):
+            messages = await retry_transient(read, what=self._subject)
+            last = decode(Transition, messages[-1].data) if messages else None
+            reached = last.state.next_event_id - 1 if last is not None else 0
+            if reached >= self._known_events or from_seq > 1:
+                self._saw(last)
+                return messages
+            await asyncio.sleep(0.05)
+        return messages
 
     async def transitions(
         self, *, from_seq: int = 1, follow: bool = False
@@ -605,15 +659,11 @@ class WorkflowHandle(Generic[R]):
     async def verify(self) -> IntegrityReport:
         """Check the run's history chain: no message deleted, altered or reordered."""
         client = self.client
-        messages = [
-            (m.seq, m.data)
-            async for m in read_subject(client.nc, client.names.stream_history, self._subject)
-        ]
+        messages = [(m.seq, m.data) for m in await self._read()]
         head = None
         try:
-            entry = await (await client._runs()).get(
-                client.names.run_key(client.tenant, self.workflow_id)
-            )
+            key = client.names.run_key(client.tenant, self.workflow_id)
+            entry = await retry_transient(partial((await client._runs()).get, key), what=key)
             indexed = unpack(entry.value or b"")
             if indexed.get("run_id") == self.run_id:
                 head = indexed.get("head")

@@ -15,10 +15,12 @@ import logging
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import NoStreamResponseError
+from nats.js.client import JetStreamContext
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from immortal._errors import ImmortalError, PayloadError
 from immortal._names import InputKind, Names
+from immortal._transient import retry_transient
 
 __all__ = ["BUSY", "OK", "REJECTED", "STALE", "StaleInput", "send_input"]
 
@@ -66,13 +68,32 @@ async def send_input(
             raise PayloadError(reply.data[len(REJECTED) :].decode(errors="replace").strip())
     except (NoRespondersError, NatsTimeout, TimeoutError):
         pass
+    js = nc.jetstream()
+    subject = names.input_subject(tenant, queue, kind)
+
+    async def publish() -> None:
+        try:
+            await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+        except NoStreamResponseError as exc:
+            # Nobody stores this subject: no stream at all (not transient), or a stream
+            # whose leader is being elected (transient: retried).
+            if not await _stream_may_exist(js, names.stream_in):
+                raise ImmortalError(
+                    f"no stream {names.stream_in}: start a hub (`immortal hub`) once so it "
+                    "creates Immortal's streams"
+                ) from exc
+            raise
+
+    # Deduplicated by its msg id, so a repeat after a lost ack stores it once.
+    await retry_transient(publish, what=subject)
+    return None
+
+
+async def _stream_may_exist(js: JetStreamContext, stream: str) -> bool:
     try:
-        await nc.jetstream().publish(
-            names.input_subject(tenant, queue, kind), data, headers={"Nats-Msg-Id": msg_id}
-        )
-        return None
-    except NoStreamResponseError as exc:
-        raise ImmortalError(
-            f"no stream {names.stream_in}: start a hub (`immortal hub`) once so it creates "
-            "Immortal's streams"
-        ) from exc
+        await js.stream_info(stream)
+    except NotFoundError:
+        return False
+    except Exception:  # the cluster cannot say now: assume it does
+        return True
+    return True

@@ -8,6 +8,7 @@ API itself: one request returns up to ``batch`` messages of one subject and ends
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,8 +17,9 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError
+from nats.js.errors import APIError, ServiceUnavailableError
 
 __all__ = [
     "ERR_WRONG_LAST_SEQUENCE",
@@ -31,7 +33,9 @@ __all__ = [
 ]
 
 ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_NO_MESSAGE = 10037
 _BATCH = 256
+_NO_LEADER_PAUSE = 0.5  # seconds before a pull request that met no consumer leader is retried
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +51,41 @@ def is_wrong_last_sequence(exc: BaseException) -> bool:
 
 
 async def last_message(
-    nc: NATS, stream: str, subject: str, *, timeout: float = 5.0
+    nc: NATS, stream: str, subject: str, *, timeout: float = 5.0, leader: bool = False
 ) -> StoredMsg | None:
-    """The newest message on ``subject`` by direct get, or ``None``."""
+    """The newest message on ``subject`` by direct get, or ``None``.
+
+    Any replica answers a direct get, and a follower may not have applied the newest
+    writes yet. ``leader=True`` asks the stream's leader instead (the message-get API), for
+    decisions that must see everything stored so far.
+    """
+    if leader:
+        return await _leader_last(nc, stream, subject, timeout)
     resp = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)
     return _lift(resp.headers or {}, resp.data)
+
+
+async def _leader_last(nc: NATS, stream: str, subject: str, timeout: float) -> StoredMsg | None:
+    req = json.dumps({"last_by_subj": subject}).encode()
+    try:
+        resp = await nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", req, timeout=timeout)
+    except NoRespondersError:
+        raise ServiceUnavailableError(description=f"stream {stream} has no leader") from None
+    body = json.loads(resp.data)
+    error = body.get("error")
+    if error:
+        if error.get("err_code") == ERR_NO_MESSAGE:
+            return None
+        APIError.from_error(error)  # raises the error's typed exception
+    raw = body["message"]
+    headers: dict[str, str] = {}
+    if raw.get("hdrs"):
+        for line in base64.b64decode(raw["hdrs"]).decode().split("\r\n")[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip()] = value.strip()
+    data = base64.b64decode(raw["data"]) if raw.get("data") else b""
+    return StoredMsg(subject=raw["subject"], seq=int(raw["seq"]), data=data, headers=headers)
 
 
 async def read_subject(
@@ -181,6 +215,7 @@ class Puller:
         self._inflight = 0
         self._requested = 0  # messages asked for in the open request, not yet delivered
         self._deadline = 0.0
+        self._pause_until = 0.0  # no consumer leader answered: ask again after a pause
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Any = None
@@ -199,6 +234,9 @@ class Puller:
                 now = loop.time()
                 if self._requested and now > self._deadline:
                     self._requested = 0  # the request was lost (reconnect): ask again
+                if self._pause_until > now:
+                    await asyncio.sleep(self._pause_until - now)
+                    now = loop.time()
                 free = self._slots - self._inflight - self._requested
                 if self._requested == 0 and free > 0:
                     if self._window is not None:
@@ -233,7 +271,9 @@ class Puller:
     async def _on_msg(self, msg: Msg) -> None:
         status = (msg.headers or {}).get("Status") if not msg.data else None
         if status is not None:
-            if status in ("408", "409", "404"):  # expired, or the server refused the request
+            if status in ("408", "409", "404", "503"):  # expired, or refused
+                if status == "503":  # no responders: the consumer has no leader (an election)
+                    self._pause_until = asyncio.get_running_loop().time() + _NO_LEADER_PAUSE
                 self._requested = 0
                 self._wake.set()
             return  # 100: idle heartbeat

@@ -18,6 +18,7 @@ from nats.js.errors import NotFoundError as JsNotFound
 from immortal._codec import pack, unpack
 from immortal._names import Names
 from immortal._timers import seconds
+from immortal._transient import key_value, retry_transient
 
 __all__ = ["Retention", "read_retention", "write_retention"]
 
@@ -42,9 +43,9 @@ def _positive(value: float | timedelta | None) -> float | None:
 
 
 async def read_retention(js: Any, names: Names, tenant: str) -> Retention:
-    kv = await js.key_value(names.bucket_policy)
+    kv = await key_value(js, names.bucket_policy)
     try:
-        entry = await kv.get(_key(names, tenant))
+        entry = await retry_transient(lambda: kv.get(_key(names, tenant)), what="retention")
     except (KeyNotFoundError, JsNotFound):
         return Retention()
     raw = unpack(entry.value or b"")

@@ -32,6 +32,7 @@ from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
 from immortal._codec import pack, unpack
+from immortal._connect import connect
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._integrity import transition_digest
@@ -41,6 +42,7 @@ from immortal._names import Names, decode_token
 from immortal._schedules import ScheduleSpec
 from immortal._tenants import Retention, read_retention
 from immortal._timers import schedule_headers
+from immortal._transient import is_transient, key_value, publish, retry_transient
 from immortal._wire import (
     ActivityHeartbeat,
     ActivityResult,
@@ -171,17 +173,17 @@ class Hub:
 
     async def start(self) -> None:
         if self._nc is None:
-            self._nc = await nats.connect(self.servers, name=self.hub_id, max_reconnect_attempts=-1)
+            self._nc = await connect(self.servers, name=self.hub_id)
         self.js = self.nc.jetstream()
         await ensure_resources(self.js, self.names, self.settings)
-        self._runs_kv = await self.js.key_value(self.names.bucket_runs)
-        self._queues_kv = await self.js.key_value(self.names.bucket_queues)
+        self._runs_kv = await key_value(self.js, self.names.bucket_runs)
+        self._queues_kv = await key_value(self.js, self.names.bucket_queues)
         self._running = True
         self._rpc_sub = await self.nc.subscribe(
             f"{self.names.prefix}.rpc.>", queue=f"{self.names.prefix}-hubs", cb=self._on_rpc
         )
         self._spawn(self._watch_queues())
-        self._workers_kv = await self.js.key_value(self.names.bucket_workers)
+        self._workers_kv = await key_value(self.js, self.names.bucket_workers)
         self._spawn(self._watch_workers())
         self._metrics.start(self.js)
         log.info("hub %s serving %s", self.hub_id, self.servers)
@@ -390,7 +392,8 @@ class Hub:
             raise
         except Exception as exc:
             deliveries = msg.metadata.num_delivered or 1
-            if deliveries >= _POISON_DELIVERIES:
+            # A cluster without a leader for a while is no fault of the input's.
+            if deliveries >= _POISON_DELIVERIES and not is_transient(exc):
                 log.exception("input %s failed %d times", msg.subject, deliveries)
                 await self._dead_letter(msg, f"failed {deliveries} times: {exc!r}")
             else:
@@ -562,7 +565,7 @@ class Hub:
     async def _fire_schedule(self, tenant: str, fired: TimerFired, msg: Msg) -> None:
         """A schedule fired: start one run, whose id derives from this firing (so that a
         redelivered firing starts nothing twice), unless the schedule is paused or gone."""
-        kv = await self.js.key_value(self.names.bucket_schedules)
+        kv = await key_value(self.js, self.names.bucket_schedules)
         try:
             entry = await kv.get(self.names.schedule_key(tenant, fired.timer))
             spec = ScheduleSpec.model_validate(unpack(entry.value or b""))
@@ -601,17 +604,14 @@ class Hub:
         except ValueError:
             tenant, queue, kind = "unknown", "unknown", "unknown"
         log.error("dead-lettered input %s (%s): %s", subject, ref, reason)
-        await self.js.publish(
-            self.names.dlq_subject(tenant, queue, kind),
-            data,
-            headers={
-                "Nats-Msg-Id": f"dlq:{ref}",
-                "Imm-Error": reason[:2000].replace("\r", " ").replace("\n", " "),
-                "Imm-Subject": subject,
-                "Imm-Ref": ref,
-                "Imm-Hub": self.hub_id,
-            },
-        )
+        headers = {
+            "Nats-Msg-Id": f"dlq:{ref}",
+            "Imm-Error": reason[:2000].replace("\r", " ").replace("\n", " "),
+            "Imm-Subject": subject,
+            "Imm-Ref": ref,
+            "Imm-Hub": self.hub_id,
+        }
+        await publish(self.js, self.names.dlq_subject(tenant, queue, kind), data, headers=headers)
 
     async def _apply(
         self, tenant: str, queue: str, kind: str, body: Any
@@ -619,21 +619,24 @@ class Hub:
         """Apply one input; return what was appended (None when nothing was)."""
         subject = self.names.history_subject(tenant, body.workflow_id, body.run_id)
         async with self._locks.hold(subject):
+            fresh = False  # read from the stream's leader (a follower may lag behind it)
             for _ in range(_MAX_RACES):
-                state, seq, digest, cached = await self._load(subject)
+                state, seq, digest = await self._load(subject, fresh=fresh)
                 try:
                     outcome = self._transition(state, queue, kind, body)
                 except (InvalidInput, StaleAttempt) as exc:
-                    if cached:  # judge only on fresh state: another hub may have moved on
+                    if not fresh:  # judge only on fresh state: another hub may have moved on
                         self._cache.pop(subject, None)
+                        fresh = True
                         continue
                     if isinstance(exc, StaleAttempt) and state is not None:
                         await self._emit(tenant, open_emissions(state, seq))  # as below
                     raise
-                if not outcome.events and cached:
+                if not outcome.events and not fresh:
                     # Appends are guarded by the expected sequence; decisions that append
                     # nothing are not, so they are taken on a fresh read.
                     self._cache.pop(subject, None)
+                    fresh = True
                     continue
                 if outcome.duplicate:
                     assert state is not None
@@ -649,8 +652,9 @@ class Hub:
                     return None
                 assert outcome.state is not None
                 appended = await self._append(tenant, subject, outcome, seq, digest)
-                if appended is None:
-                    continue  # another hub moved the run: reload and decide again
+                if appended is None:  # another hub moved the run (or our own lost ack
+                    fresh = True  # did): reload from the leader and decide again
+                    continue
                 new_seq, new_digest = appended
                 # Tasks first, so the index write is off the run's critical path; it still
                 # happens before the ack, and under the run lock, so this hub cannot index
@@ -670,16 +674,20 @@ class Hub:
     def _transition(state: RunState | None, queue: str, kind: str, body: Any) -> Outcome:
         return _INPUTS[kind][1](state, body, queue, now_ms())
 
-    async def _load(self, subject: str) -> tuple[RunState | None, int, bytes, bool]:
-        """(state, history sequence, digest of that transition, whether it was cached)."""
-        cached = self._cache.get(subject)
+    async def _load(self, subject: str, *, fresh: bool) -> tuple[RunState | None, int, bytes]:
+        """(state, history sequence, digest of that transition): cached, else read; with
+        ``fresh``, read from the stream's leader, which has everything appended so far."""
+        cached = None if fresh else self._cache.get(subject)
         if cached is not None:
             self._cache.move_to_end(subject)
-            return cached[0], cached[1], cached[2], True
-        msg = await last_message(self.nc, self.names.stream_history, subject)
+            return cached
+        stream = self.names.stream_history
+        msg = await retry_transient(
+            lambda: last_message(self.nc, stream, subject, leader=fresh), what=subject
+        )
         if msg is None:
-            return None, 0, b"", False
-        return decode(Transition, msg.data).state, msg.seq, transition_digest(msg.data), False
+            return None, 0, b""
+        return decode(Transition, msg.data).state, msg.seq, transition_digest(msg.data)
 
     async def _append(
         self, tenant: str, subject: str, outcome: Outcome, expected_seq: int, prev: bytes
@@ -688,12 +696,11 @@ class Hub:
         if another hub appended first."""
         assert outcome.state is not None
         body = encode(Transition(events=outcome.events, state=outcome.state, prev=prev))
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
         try:
-            ack = await self.js.publish(
-                subject,
-                body,
-                headers={"Nats-Expected-Last-Subject-Sequence": str(expected_seq)},
-            )
+            # Safe to repeat: if a try that timed out was stored, the next one is refused
+            # (wrong last sequence) and the reload finds the input applied.
+            ack = await publish(self.js, subject, body, headers=headers)
         except Exception as exc:
             self._cache.pop(subject, None)
             if is_wrong_last_sequence(exc):
@@ -727,7 +734,8 @@ class Hub:
                 "head": digest,  # the newest transition's digest: anchors `verify`
             }
         )
-        await self._runs_kv.put(self.names.run_key(tenant, state.workflow_id), value)
+        key = self.names.run_key(tenant, state.workflow_id)
+        await retry_transient(lambda: self._runs_kv.put(key, value), what=key)
 
     async def _emit(self, tenant: str, emissions: list[Emission]) -> None:
         if emissions:
@@ -736,7 +744,8 @@ class Hub:
     async def _publish_emission(self, tenant: str, e: Emission) -> None:
         if e.kind == "input":
             assert e.input_kind is not None
-            await self.js.publish(
+            await publish(
+                self.js,
                 self.names.input_subject(tenant, e.queue, e.input_kind),
                 encode(e.body),
                 headers={"Nats-Msg-Id": e.msg_id},
@@ -755,7 +764,8 @@ class Hub:
             assert e.due_ms is not None and isinstance(e.body, TimerFired)
             # One schedule per subject; it fires into the same stream, where the hub's
             # timer consumer for this queue picks it up (also after a restart).
-            await self.js.publish(
+            await publish(
+                self.js,
                 self.names.timer_subject(tenant, e.body.run_id, e.body.timer),
                 encode(e.body),
                 headers=schedule_headers(
@@ -767,4 +777,4 @@ class Hub:
         subject = self.names.task_subject(tenant, e.queue, e.kind)
         if e.sticky and self.names.worker_key(tenant, e.queue, e.sticky) in self._held_by:
             subject = self.names.sticky_subject(tenant, e.queue, e.sticky)  # it has the run
-        await self.js.publish(subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})
+        await publish(self.js, subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})

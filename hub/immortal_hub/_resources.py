@@ -17,6 +17,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
 from immortal._names import Names
+from immortal._transient import retry_transient
 
 __all__ = ["ResourceSettings", "ensure_resources", "stream_configs"]
 
@@ -131,12 +132,18 @@ def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
 async def ensure_resources(
     js: JetStreamContext, names: Names, settings: ResourceSettings | None = None
 ) -> None:
-    """Create every stream and bucket; leave existing ones as they are."""
+    """Create every stream and bucket; leave existing ones as they are. Repeated through
+    leader elections (each step is idempotent)."""
     s = settings or ResourceSettings()
+    await retry_transient(lambda: _ensure(js, names, s), what="streams and buckets")
+
+
+async def _ensure(js: JetStreamContext, names: Names, s: ResourceSettings) -> None:
     for cfg in stream_configs(names, s):
         assert cfg.name is not None
         try:
             info = await js.stream_info(cfg.name)
+            _warn_if_replicas_differ(cfg.name, info.config.num_replicas, s.replicas)
             missing = set(cfg.subjects or []) - set(info.config.subjects or [])
             direct = bool(cfg.allow_direct and not info.config.allow_direct)
             if missing or direct:  # a stream from an older version: add what it lacks
@@ -153,6 +160,19 @@ async def ensure_resources(
     for kv in bucket_configs(names, s):
         try:
             await js.key_value(kv.bucket)
+            info = await js.stream_info(f"KV_{kv.bucket}")
+            _warn_if_replicas_differ(f"KV_{kv.bucket}", info.config.num_replicas, s.replicas)
         except (NotFoundError, BadRequestError):
             await js.create_key_value(kv)
             log.info("created bucket %s", kv.bucket)
+
+
+def _warn_if_replicas_differ(stream: str, existing: int | None, wanted: int) -> None:
+    """Replicas are set when a stream is created; one made earlier keeps its own. Changing
+    them is an operator's decision (``nats stream edit --replicas``), not every hub's."""
+    if (existing or 1) != wanted:
+        log.warning(
+            "stream %s has %d replica(s), not the %d asked for: it was created so; change it "
+            "with `nats stream edit %s --replicas %d` if that is what you want",
+            stream, existing or 1, wanted, stream, wanted,
+        )  # fmt: skip

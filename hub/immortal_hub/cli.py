@@ -2,6 +2,7 @@
 
 immortal dev                        # nats-server + hub + worker + an example run
 immortal hub --server nats://...    # one hub
+immortal hub --server nats://a:4222,nats://b:4222,nats://c:4222 --replicas 3   # on a cluster
 immortal hub --tenant-limit '*=in_flight:200' --tenant-limit acme=in_flight:20,rate:100
 immortal workflow start place_order '{"id": "o2", "items": ["x"], "cents": 100}'
 immortal workflow result <workflow-id>
@@ -31,6 +32,7 @@ from immortal._logs import LogLine
 from immortal.testing import NatsServer
 from immortal_hub._hub import Hub
 from immortal_hub._limits import TenantLimits, parse_tenant_limit
+from immortal_hub._resources import ResourceSettings
 
 __all__ = ["main"]
 
@@ -42,7 +44,12 @@ app.add_typer(dlq_app, name="dlq")
 schedule_app = typer.Typer(add_completion=False, help="Start workflows on an interval or cron.")
 app.add_typer(schedule_app, name="schedule")
 
-Server = Annotated[str, typer.Option("--server", "-s", envvar="IMMORTAL_SERVER")]
+Server = Annotated[
+    str,
+    typer.Option(
+        "--server", "-s", envvar="IMMORTAL_SERVER", help="NATS URL; a cluster's, comma-separated"
+    ),
+]
 Tenant = Annotated[str, typer.Option(envvar="IMMORTAL_TENANT")]
 Prefix = Annotated[str, typer.Option(envvar="IMMORTAL_PREFIX")]
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
@@ -82,6 +89,12 @@ def hub(
     ack_wait: Annotated[
         float, typer.Option(help="seconds before a dead hub's inputs go to another hub")
     ] = 5.0,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1, help="copies of each stream and bucket the hub creates (3 on a 3-node cluster)"
+        ),
+    ] = 1,
     log_level: str = "INFO",
 ) -> None:
     """Run one hub (several may run at once against the same NATS)."""
@@ -96,6 +109,7 @@ def hub(
             concurrency=concurrency,
             tenant_limits=limits,
             ack_wait=ack_wait,
+            settings=ResourceSettings(replicas=replicas),
         )
         await h.start()
         print(f"hub {h.hub_id} ready on {server}", flush=True)

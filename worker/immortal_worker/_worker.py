@@ -18,9 +18,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
+from functools import partial
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
@@ -31,6 +31,7 @@ from nats.js.errors import NotFoundError as JsNotFound
 
 from immortal._activity import ActivityInfo, Heartbeats, current_activity, current_heartbeats
 from immortal._codec import decode_args, decode_value, encode_value, pack
+from immortal._connect import connect
 from immortal._context import WorkflowInfo
 from immortal._definitions import (
     ActivityDefinition,
@@ -46,11 +47,12 @@ from immortal._errors import (
     failure_from_exception,
 )
 from immortal._inputs import STALE, StaleInput, send_input
-from immortal._jetstream import Puller, read_subject
+from immortal._jetstream import Puller, StoredMsg, read_subject
 from immortal._locks import KeyedLocks
 from immortal._logs import LogShipper
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
 from immortal._timers import schedule_headers
+from immortal._transient import is_transient, key_value, publish, retry_transient
 from immortal._wire import (
     ActivityHeartbeat,
     ActivityResult,
@@ -59,7 +61,6 @@ from immortal._wire import (
     AppliedTransition,
     EventType,
     Failure,
-    HistoryEvent,
     TimerFired,
     Transition,
     WorkflowTask,
@@ -157,9 +158,7 @@ class Worker:
 
     async def start(self) -> None:
         if self._nc is None:
-            self._nc = await nats.connect(
-                self.servers, name=f"immortal-worker-{self.worker_id}", max_reconnect_attempts=-1
-            )
+            self._nc = await connect(self.servers, name=f"immortal-worker-{self.worker_id}")
         self.js = self.nc.jetstream()
         await self._wait_for_streams()
         self._running = True
@@ -171,12 +170,13 @@ class Worker:
             if logger.level == logging.NOTSET:
                 logger.setLevel(logging.INFO)
             logger.addHandler(self.logs)
-        self._workers_kv = await self.js.key_value(self.names.bucket_workers)
+        self._workers_kv = await key_value(self.js, self.names.bucket_workers)
         await self._register()
         self._liveness = asyncio.create_task(self._stay_registered())
+        queues_kv = await key_value(self.js, self.names.bucket_queues)
         for queue in self.queues:
-            queues_kv = await self.js.key_value(self.names.bucket_queues)
-            await queues_kv.put(self.names.queue_key(self.tenant, queue), b"worker")
+            key = self.names.queue_key(self.tenant, queue)
+            await retry_transient(partial(queues_kv.put, key, b"worker"), what=key)
             if self.workflows:
                 await self._serve(queue, "wf")
             if self.activities:
@@ -240,7 +240,9 @@ class Worker:
                 await self.js.stream_info(self.names.stream_tasks)
                 await self.js.key_value(self.names.bucket_queues)
                 return
-            except (JsNotFound, BadRequestError):
+            except Exception as exc:
+                if not isinstance(exc, (JsNotFound, BadRequestError)) and not is_transient(exc):
+                    raise
                 if not warned:
                     log.warning(
                         "waiting for a hub to create Immortal's streams at %s", self.servers
@@ -440,11 +442,10 @@ class Worker:
         )
         due = started + round(seconds * 1000)
         target = self.names.fired_subject(self.tenant, task.workflow_queue)
-        await self.js.publish(
-            self.names.timer_subject(self.tenant, task.run_id, timer),
-            encode(body),
-            headers=schedule_headers(due, target, f"{task.run_id}:{timer}:{due}"),
-        )
+        subject = self.names.timer_subject(self.tenant, task.run_id, timer)
+        headers = schedule_headers(due, target, f"{task.run_id}:{timer}:{due}")
+        data = encode(body)  # one schedule per subject, with a msg id: safe to repeat
+        await publish(self.js, subject, data, headers=headers)
 
     async def _run_activity(self, task: ActivityTask, beats: Heartbeats) -> bytes:
         defn = self.activities.get(task.name)
@@ -521,6 +522,7 @@ class Worker:
     async def _stay_registered(self) -> None:
         """Renew 4 times per TTL, and soon after the held tasks change (at most 10 times/s),
         so that a hub knows which tasks to hand back if this worker dies."""
+        renewed = True
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.liveness_ttl / 4):
@@ -529,8 +531,13 @@ class Worker:
             self._held_changed.clear()
             try:
                 await self._register()
-            except Exception as exc:  # a reconnect: the next renewal will do
-                log.warning("worker %s could not renew its registration: %s", self.worker_id, exc)
+                renewed = True
+            except Exception as exc:  # a reconnect, an election: the next renewal will do
+                if renewed:
+                    log.warning(
+                        "worker %s could not renew its registration: %r", self.worker_id, exc
+                    )
+                renewed = False
 
     async def _deregister(self) -> None:
         for queue in self.queues:
@@ -587,6 +594,10 @@ class Worker:
                 inst.close()
             await self._fail_task(msg, task, delivery, exc, through=0)
             return
+        except BaseException:
+            if inst is not None:
+                inst.close()  # dropped: unwind its code (a redelivery replays the run)
+            raise
         body = WorkflowTaskResult(
             workflow_id=task.workflow_id,
             run_id=task.run_id,
@@ -596,7 +607,17 @@ class Worker:
             worker=self.worker_id,
             commands=commands,
         )
-        applied = await self._report(task, body)
+        await self._complete(msg, task, inst, body)
+
+    async def _complete(
+        self, msg: Msg, task: WorkflowTask, inst: WorkflowInstance, body: WorkflowTaskResult
+    ) -> None:
+        """Report the activation's commands, ack the task, then keep the run or let it go."""
+        try:
+            applied = await self._report(task, body)
+        except BaseException:
+            inst.close()  # dropped: unwind its code (a redelivery replays the run)
+            raise
         await msg.ack()
         if applied is not None and applied.prev_seq == inst.last_seq:
             inst.events.extend(applied.events)  # what the hub appended: no read next time
@@ -634,17 +655,20 @@ class Worker:
             return
         subject = self.names.history_subject(self.tenant, task.workflow_id, task.run_id)
         for _ in range(50):
-            new: list[HistoryEvent] = []
-            async for stored in read_subject(
-                self.nc, self.names.stream_history, subject, from_seq=inst.last_seq + 1
-            ):
-                new.extend(decode(Transition, stored.data).events)
-                inst.last_seq = stored.seq
-            inst.events.extend(new)
+            stored = await retry_transient(
+                lambda: self._read_history(subject, inst.last_seq + 1), what=subject
+            )
+            for msg in stored:
+                inst.events.extend(decode(Transition, msg.data).events)
+                inst.last_seq = msg.seq
             if inst.last_seq >= task.hist_seq:
                 return
             await asyncio.sleep(0.05)  # a replica behind the leader: give it a moment
         raise RuntimeError(f"history of {subject} never reached sequence {task.hist_seq}")
+
+    async def _read_history(self, subject: str, from_seq: int) -> list[StoredMsg]:
+        stream = self.names.stream_history
+        return [m async for m in read_subject(self.nc, stream, subject, from_seq=from_seq)]
 
     def _remember(self, inst: WorkflowInstance) -> None:
         self._cache[inst.info.run_id] = inst

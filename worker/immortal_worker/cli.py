@@ -83,9 +83,15 @@ def load_targets(refs: list[str]) -> tuple[list[Any], list[Any]]:
 @app.command()
 def serve(
     targets: Annotated[list[str], typer.Argument(help="module:attribute references")],
-    server: Annotated[str, typer.Option("--server", "-s", envvar="IMMORTAL_SERVER")] = (
-        "nats://127.0.0.1:4222"
-    ),
+    server: Annotated[
+        str,
+        typer.Option(
+            "--server",
+            "-s",
+            envvar="IMMORTAL_SERVER",
+            help="NATS URL; a cluster's, comma-separated",
+        ),
+    ] = "nats://127.0.0.1:4222",
     queue: Annotated[list[str], typer.Option("--queue", "-q", help="queues to serve")] = [  # noqa: B006
         "default"
     ],

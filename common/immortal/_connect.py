@@ -1,0 +1,75 @@
+"""Connecting to NATS, one node or a cluster, the same way in client, hub and worker.
+
+nats-py takes a list of URLs (a comma-separated string is read as one URL), learns the
+rest of a cluster from the server it connects to, and reconnects to another node when its
+node goes away: subscriptions are re-sent, publishes wait in its buffer meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.errors import StaleConnectionError
+
+__all__ = ["connect", "server_urls"]
+
+log = logging.getLogger(__name__)
+
+
+def server_urls(servers: str | Sequence[str]) -> list[str]:
+    """One URL, several separated by commas, or a list of either: a list of URLs.
+
+    >>> server_urls("nats://a:4222, nats://b:4222")
+    ['nats://a:4222', 'nats://b:4222']
+    """
+    parts = [servers] if isinstance(servers, str) else list(servers)
+    urls = [url.strip() for part in parts for url in part.split(",") if url.strip()]
+    if not urls:
+        raise ValueError("no NATS server URL given")
+    return urls
+
+
+async def connect(
+    servers: str | Sequence[str], *, name: str, on_reconnect: Callable[[], None] | None = None
+) -> NATS:
+    """Connect to any of ``servers``; reconnect to any node of the cluster, forever.
+
+    ``on_reconnect`` is called after each reconnect (subscriptions are back; core messages
+    published meanwhile were not delivered).
+    """
+
+    async def disconnected() -> None:
+        if not nc.is_closed:  # not when we close it ourselves
+            log.warning("%s: disconnected from NATS; reconnecting", name)
+
+    async def reconnected() -> None:
+        log.warning("%s: reconnected to NATS at %s", name, _where(nc))
+        if on_reconnect is not None:
+            on_reconnect()
+
+    async def error(exc: Exception) -> None:
+        # nats-py's default logs each with a traceback at ERROR, also the refused connects
+        # and broken sockets that come with every node going away.
+        if isinstance(exc, (OSError, StaleConnectionError, TimeoutError)):
+            log.debug("%s: %r", name, exc)
+        else:
+            log.warning("%s: NATS error: %r", name, exc)
+
+    nc = await nats.connect(
+        server_urls(servers),
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        error_cb=error,
+    )
+    return nc
+
+
+def _where(nc: NATS) -> str:
+    url = nc.connected_url
+    return f"{url.hostname}:{url.port}" if url is not None else "?"
