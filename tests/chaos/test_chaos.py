@@ -98,5 +98,6 @@ def _publish(report: Report) -> None:
         f"faults: {faults}; restarts: {report.restarts}; attempts {report.attempts}, "
         f"lost {report.lost_attempts}, effects re-executed under their key "
         f"{report.reexecuted_effects}; client retries {report.client_retries}, "
-        f"duplicates sent {report.duplicates_sent}; anomalies {len(report.anomalies)} ({path})"
+        f"duplicates sent {report.duplicates_sent}; leftover messages of finished work "
+        f"{report.leftover_done}; anomalies {len(report.anomalies)} ({path})"
     )
