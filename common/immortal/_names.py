@@ -147,6 +147,10 @@ class Names:
     def history_subject(self, tenant: str, workflow_id: str, run_id: str) -> str:
         return f"{self.prefix}.hist.{tenant}.{encode_token(workflow_id)}.{encode_token(run_id)}"
 
+    def workflow_history_filter(self, tenant: str, workflow_id: str) -> str:
+        """Every run's history subject of one workflow id."""
+        return f"{self.prefix}.hist.{tenant}.{encode_token(workflow_id)}.*"
+
     def task_subject(self, tenant: str, queue: str, kind: TaskKind) -> str:
         return f"{self.prefix}.task.{tenant}.{encode_token(queue)}.{kind}"
 

@@ -644,17 +644,14 @@ class Hub:
                 if appended is None:
                     continue  # another hub moved the run: reload and decide again
                 new_seq, new_digest = appended
-                # Tasks first, so the index write is off the run's critical path; it still
-                # happens before the ack, and under the run lock, so this hub cannot index
-                # the run's close before its start. A close is indexed before its emissions,
-                # so a continued run's start always indexes after its predecessor's close.
+                # The index is written once per run, at its close (a running run is found
+                # from its history), before the closing emissions, so a continued run's
+                # close is indexed before its successor can close.
                 emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
                 if outcome.closes_run:
                     await self._index(tenant, outcome.state, new_seq, new_digest)
                     await self._arm_retention(tenant, outcome.state)
                 await self._emit(tenant, emissions)
-                if outcome.starts_run:
-                    await self._index(tenant, outcome.state, new_seq, new_digest)
                 return AppliedTransition(prev_seq=seq, seq=new_seq, events=outcome.events)
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
 

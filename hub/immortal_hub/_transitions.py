@@ -83,10 +83,6 @@ class Outcome:
     def closes_run(self) -> bool:
         return any(e.type in CLOSING_EVENTS for e in self.events)
 
-    @property
-    def starts_run(self) -> bool:
-        return any(e.type is EventType.WORKFLOW_STARTED for e in self.events)
-
 
 class _Builder:
     def __init__(self, state: RunState, now: int) -> None:
@@ -377,6 +373,10 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
         raise InvalidInput(f"activity result for unknown run {result.run_id}")
     if result.result_id in state.applied:
         return Outcome(duplicate=True)
+    if state.status.closed:
+        # Nothing is appended to a closed run, so that the newest message on a workflow's
+        # history subjects is always its newest run's (``Client.get_handle`` relies on it).
+        return Outcome(note=f"activity result for a closed run (attempt {result.attempt})")
     state = state.model_copy(deep=True)
     b = _Builder(state, now)
     common = {
@@ -388,9 +388,7 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
     }
     act = state.activities.get(result.scheduled_id)
     reason = None
-    if state.status.closed:
-        reason = "run already closed"
-    elif act is None:
+    if act is None:
         reason = "activity already closed"
     elif act.attempt != result.attempt or act.retry_at is not None:
         reason = f"attempt {result.attempt} is no longer current (timed out or retried)"
