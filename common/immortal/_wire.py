@@ -237,6 +237,7 @@ class RunState(_Model):
     last_external: int = 0  # id of the newest event workflow code has to see
     last_wft_failure: str | None = None
     sticky: str | None = None  # the worker that completed the last workflow task (cached it)
+    pushed_by: str | None = None  # the hub that may have pushed the open workflow task
     activities: dict[int, OpenActivity] = Field(default_factory=dict)
     timers: dict[int, OpenTimer] = Field(default_factory=dict)  # by TimerStarted id
     children: dict[int, OpenChild] = Field(default_factory=dict)  # by scheduled id

@@ -61,6 +61,7 @@ from immortal._wire import (
 from immortal_hub._emissions import Emission, emissions_for, open_emissions
 from immortal_hub._limits import Admission, TenantLimits
 from immortal_hub._metrics import HubMetrics
+from immortal_hub._push import PUSH_HEADER, Pushes
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._sticky import move_sticky_tasks
 from immortal_hub._transitions import (
@@ -177,6 +178,8 @@ class Hub:
         self._runs_kv = await self.js.key_value(self.names.bucket_runs)
         self._queues_kv = await self.js.key_value(self.names.bucket_queues)
         self._running = True
+        self._pushes = Pushes(self.nc, self.names, self.hub_id, self._publish_emission, self._live)
+        await self._pushes.start()
         self._rpc_sub = await self.nc.subscribe(
             f"{self.names.prefix}.rpc.>", queue=f"{self.names.prefix}-hubs", cb=self._on_rpc
         )
@@ -202,6 +205,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._queues.values(), *self._background, return_exceptions=True)
         await asyncio.gather(*(p.drain(10.0) for p in pullers))
+        await self._pushes.stop()
         await self._metrics.stop()
         if self._nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
@@ -283,6 +287,7 @@ class Hub:
         tenant, queue, worker = (*entry.key.split(".", 2), "", "")[:3]  # <t>.<q>.<worker>
         where = {"tenant": tenant, "queue": decode_token(queue)}
         if worker:  # its cached runs' workflow tasks go to every worker of the queue
+            self._pushes.worker_gone(tenant, decode_token(queue), decode_token(worker))
             self._spawn(
                 move_sticky_tasks(
                     self.nc, self.names, tenant, decode_token(queue), decode_token(worker)
@@ -634,24 +639,32 @@ class Hub:
                     continue
                 if outcome.duplicate:
                     assert state is not None
-                    await self._emit(tenant, open_emissions(state, seq))
+                    reemit = self._pushes.unpushed(subject, state, open_emissions(state, seq))
+                    await self._emit(tenant, reemit)
                     return None
                 if not outcome.events:
                     log.info("%s: %s", subject, outcome.note)
                     return None
                 assert outcome.state is not None
-                appended = await self._append(tenant, subject, outcome, seq, digest)
-                if appended is None:
-                    continue  # another hub moved the run: reload and decide again
-                new_seq, new_digest = appended
-                # The index is written once per run, at its close (a running run is found
-                # from its history), before the closing emissions, so a continued run's
-                # close is indexed before its successor can close.
-                emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
-                if outcome.closes_run:
-                    await self._index(tenant, outcome.state, new_seq, new_digest)
-                    await self._arm_retention(tenant, outcome.state)
-                await self._emit(tenant, emissions)
+                push = self._pushes.reserve(outcome.state, outcome.events)
+                try:
+                    appended = await self._append(tenant, subject, outcome, seq, digest, push)
+                    if appended is None:
+                        continue  # another hub moved the run: reload and decide again
+                    new_seq, new_digest = appended
+                    # The index is written once per run, at its close (a running run is
+                    # found from its history), before the closing emissions, so a continued
+                    # run's close is indexed before its successor can close.
+                    emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
+                    if outcome.closes_run:
+                        await self._index(tenant, outcome.state, new_seq, new_digest)
+                        await self._arm_retention(tenant, outcome.state)
+                    if push is not None:  # its workflow task goes over core NATS (_push)
+                        pushed = partial(self._pushes.push, tenant, subject, seq=new_seq)
+                        emissions = [e for e in emissions if not pushed(e)]
+                    await self._emit(tenant, emissions)
+                finally:
+                    self._pushes.release(push)
                 return AppliedTransition(prev_seq=seq, seq=new_seq, events=outcome.events)
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
 
@@ -671,18 +684,24 @@ class Hub:
         return decode(Transition, msg.data).state, msg.seq, transition_digest(msg.data), False
 
     async def _append(
-        self, tenant: str, subject: str, outcome: Outcome, expected_seq: int, prev: bytes
+        self,
+        tenant: str,
+        subject: str,
+        outcome: Outcome,
+        expected_seq: int,
+        prev: bytes,
+        push: int | None = None,
     ) -> tuple[int, bytes] | None:
         """Append one transition chained to the previous one; (sequence, digest), or None
-        if another hub appended first."""
+        if another hub appended first. ``push``: its workflow task may be pushed, which the
+        header records for the recovery of a dead hub's pushes."""
         assert outcome.state is not None
         body = encode(Transition(events=outcome.events, state=outcome.state, prev=prev))
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
+        if push is not None:
+            headers[PUSH_HEADER] = self.hub_id
         try:
-            ack = await self.js.publish(
-                subject,
-                body,
-                headers={"Nats-Expected-Last-Subject-Sequence": str(expected_seq)},
-            )
+            ack = await self.js.publish(subject, body, headers=headers)
         except Exception as exc:
             self._cache.pop(subject, None)
             if is_wrong_last_sequence(exc):
@@ -692,6 +711,7 @@ class Hub:
         self._metrics.transitions.add(1, {"tenant": tenant, "queue": outcome.state.queue})
         digest = transition_digest(body)
         self._remember(subject, outcome.state, ack.seq, digest)
+        self._pushes.appended(subject, ack.seq, outcome.state)
         return int(ack.seq), digest
 
     def _remember(self, subject: str, state: RunState, seq: int, digest: bytes) -> None:
@@ -754,6 +774,10 @@ class Hub:
             self._arm_local(tenant, e)
             return
         subject = self.names.task_subject(tenant, e.queue, e.kind)
-        if e.sticky and self.names.worker_key(tenant, e.queue, e.sticky) in self._held_by:
+        if e.sticky and self._live(tenant, e.queue, e.sticky):
             subject = self.names.sticky_subject(tenant, e.queue, e.sticky)  # it has the run
         await self.js.publish(subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})
+
+    def _live(self, tenant: str, queue: str, worker: str) -> bool:
+        """Whether this hub's watch of ``imm-workers`` has the worker's key."""
+        return self.names.worker_key(tenant, queue, worker) in self._held_by

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
-from typing import Any
+from typing import Any, Protocol
 
 import nats
 from nats.aio.client import Client as NATS
@@ -68,6 +68,7 @@ from immortal._wire import (
     now_ms,
 )
 from immortal_worker._instance import CacheStale, WorkflowInstance
+from immortal_worker._pushed import PushedTask, Pushes
 
 __all__ = ["Worker"]
 
@@ -81,6 +82,14 @@ def immortal_version() -> str:
 
 log = logging.getLogger(__name__)
 _RUN_LOGGERS = ("immortal.workflow", "immortal.activity")
+
+
+class _Task(Protocol):
+    """A workflow task's delivery: a JetStream message, or a task pushed over core NATS."""
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay: float | None = None) -> None: ...
 
 
 class Worker:
@@ -173,11 +182,15 @@ class Worker:
         self._workers_kv = await self.js.key_value(self.names.bucket_workers)
         await self._register()
         self._liveness = asyncio.create_task(self._stay_registered())
+        self._pushes = Pushes(
+            self.nc, self.names, self.tenant, self.worker_id, self.workflow_slots, self._pushed
+        )
         for queue in self.queues:
             queues_kv = await self.js.key_value(self.names.bucket_queues)
             await queues_kv.put(self.names.queue_key(self.tenant, queue), b"worker")
             if self.workflows:
                 await self._serve(queue, "wf")
+                await self._pushes.serve(queue)
             if self.activities:
                 await self._serve(queue, "act")
         log.info(
@@ -193,7 +206,7 @@ class Worker:
         for t in self._poll_tasks:
             t.cancel()
         await asyncio.gather(*self._poll_tasks, return_exceptions=True)
-        await asyncio.gather(*(p.drain(grace) for p in self._pullers))
+        await asyncio.gather(*(p.drain(grace) for p in self._pullers), self._pushes.stop(grace))
         unfinished = list(self._held.values())
         for msg in unfinished:
             with contextlib.suppress(Exception):
@@ -531,7 +544,12 @@ class Worker:
         async with self._run_locks.hold(task.run_id), self._lease(msg):
             await self._advance(msg, task, delivery)
 
-    async def _advance(self, msg: Msg, task: WorkflowTask, delivery: int) -> None:
+    async def _pushed(self, task: WorkflowTask, pushed: PushedTask) -> None:
+        """A workflow task pushed over core NATS (``_pushed``): delivery 0, no lease."""
+        async with self._run_locks.hold(task.run_id):
+            await self._advance(pushed, task, 0)
+
+    async def _advance(self, msg: _Task, task: WorkflowTask, delivery: int) -> None:
         defn = self.workflows.get(task.workflow_type)
         if defn is None:
             err = UnknownWorkflowTypeError(
@@ -630,7 +648,7 @@ class Worker:
             self.evictions += 1
 
     async def _fail_task(
-        self, msg: Msg, task: WorkflowTask, delivery: int, exc: Exception, *, through: int
+        self, msg: _Task, task: WorkflowTask, delivery: int, exc: Exception, *, through: int
     ) -> None:
         """Record the failure in history and hand the task back for a later retry."""
         body = WorkflowTaskResult(
