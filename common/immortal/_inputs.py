@@ -19,6 +19,7 @@ from nats.js.errors import NoStreamResponseError
 
 from immortal._errors import ImmortalError, PayloadError
 from immortal._names import InputKind, Names
+from immortal._requests import Requests
 
 __all__ = ["BUSY", "OK", "REJECTED", "STALE", "send_input"]
 
@@ -46,7 +47,8 @@ async def send_input(
     Returns what a hub attached to its reply (see ``AppliedTransition``), if anything.
     """
     try:
-        reply = await nc.request(names.rpc_subject(tenant, queue, kind), data, timeout=rpc_timeout)
+        subject = names.rpc_subject(tenant, queue, kind)
+        reply = await Requests.of(nc).request(subject, data, timeout=rpc_timeout)
         if reply.data == OK:
             return None
         if reply.data.startswith(OK + b":"):

@@ -38,6 +38,7 @@ from immortal._integrity import transition_digest
 from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
 from immortal._names import Names, decode_token
+from immortal._requests import Requests
 from immortal._schedules import ScheduleSpec
 from immortal._tenants import Retention, read_retention
 from immortal._timers import schedule_headers
@@ -623,8 +624,14 @@ class Hub:
         """Apply one input; return what was appended (None when nothing was)."""
         subject = self.names.history_subject(tenant, body.workflow_id, body.run_id)
         async with self._locks.hold(subject):
-            for _ in range(_MAX_RACES):
-                state, seq, digest, cached = await self._load(subject)
+            for attempt in range(_MAX_RACES):
+                if attempt == 0 and kind == "start" and subject not in self._cache:
+                    # A start's run is new, nearly always: skip the read. If it exists after
+                    # all (a redelivered start), the append expecting sequence 0 fails, and
+                    # the next round reads it and finds the start applied.
+                    state, seq, digest, cached = None, 0, b"", False
+                else:
+                    state, seq, digest, cached = await self._load(subject)
                 try:
                     outcome = self._transition(state, queue, kind, body)
                 except (InvalidInput, StaleAttempt):
@@ -701,7 +708,7 @@ class Hub:
         if push is not None:
             headers[PUSH_HEADER] = self.hub_id
         try:
-            ack = await self.js.publish(subject, body, headers=headers)
+            new_seq = await Requests.of(self.nc).publish(subject, body, headers)
         except Exception as exc:
             self._cache.pop(subject, None)
             if is_wrong_last_sequence(exc):
@@ -710,9 +717,9 @@ class Hub:
         self.transitions += 1
         self._metrics.transitions.add(1, {"tenant": tenant, "queue": outcome.state.queue})
         digest = transition_digest(body)
-        self._remember(subject, outcome.state, ack.seq, digest)
-        self._pushes.appended(subject, ack.seq, outcome.state)
-        return int(ack.seq), digest
+        self._remember(subject, outcome.state, new_seq, digest)
+        self._pushes.appended(subject, new_seq, outcome.state)
+        return new_seq, digest
 
     def _remember(self, subject: str, state: RunState, seq: int, digest: bytes) -> None:
         if state.status.closed:
@@ -776,7 +783,7 @@ class Hub:
         subject = self.names.task_subject(tenant, e.queue, e.kind)
         if e.sticky and self._live(tenant, e.queue, e.sticky):
             subject = self.names.sticky_subject(tenant, e.queue, e.sticky)  # it has the run
-        await self.js.publish(subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})
+        await Requests.of(self.nc).publish(subject, encode(e.body), {"Nats-Msg-Id": e.msg_id})
 
     def _live(self, tenant: str, queue: str, worker: str) -> bool:
         """Whether this hub's watch of ``imm-workers`` has the worker's key."""

@@ -47,6 +47,7 @@ from immortal._codec import pack, unpack
 from immortal._errors import PayloadError
 from immortal._jetstream import last_message, read_subject
 from immortal._names import Names, encode_token
+from immortal._requests import Requests
 from immortal._wire import EventType, HistoryEvent, RunState, Transition, decode, encode
 from immortal_hub._emissions import Emission, workflow_task_emission
 
@@ -190,7 +191,9 @@ class Pushes:
         sticky = e.sticky if e.sticky and self._live(p.tenant, e.queue, e.sticky) else None
         subject = self.names.push_subject(p.tenant, e.queue, sticky)
         try:
-            reply = await self.nc.request(subject, encode(e.body), timeout=PUSH_REPLY_S)
+            reply = await Requests.of(self.nc).request(
+                subject, encode(e.body), timeout=PUSH_REPLY_S
+            )
             answer = reply.data
         except NoRespondersError:
             answer = b"none"
@@ -277,10 +280,9 @@ class Pushes:
                         if entry is None or entry.key == self._key(self.hub_id):
                             continue
                         if entry.operation in (None, "PUT"):
-                            known = self._hubs.get(entry.key)
-                            # A restarted watch repeats what it saw: only news resets the clock.
-                            if known is None or known[0] != entry.revision:
-                                self._hubs[entry.key] = (entry.revision, time.monotonic())
+                            # Seen now: a watch restarted after a server outage that outlasted
+                            # HUB_DEAD_S must not make every live hub look dead.
+                            self._hubs[entry.key] = (entry.revision, time.monotonic())
                         else:
                             self._hubs.pop(entry.key, None)
                 finally:
