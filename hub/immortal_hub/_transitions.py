@@ -84,6 +84,18 @@ class Outcome:
         return any(e.type in CLOSING_EVENTS for e in self.events)
 
 
+def _fork(state: RunState) -> RunState:
+    """A copy of ``state`` to change, sharing what transitions only replace and never change
+    in place (a deep copy was a tenth of the hub's CPU). The collections transitions add to
+    or remove from are copied, and so are the open activities, which they change in place;
+    the state given (the hub's cached one) stays as it was."""
+    new = state.model_copy()
+    new.activities = {sid: act.model_copy() for sid, act in state.activities.items()}
+    new.timers = dict(state.timers)
+    new.children = dict(state.children)
+    return new
+
+
 class _Builder:
     def __init__(self, state: RunState, now: int) -> None:
         self.state = state
@@ -165,7 +177,7 @@ def apply_workflow_task_result(
         return Outcome(note=f"stale workflow task {result.wft} (open: {state.wft})")
     if result.through >= state.next_event_id:
         raise InvalidInput(f"workflow task claims to have seen event {result.through}")
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     b = _Builder(state, now)
     if result.failure is not None:
         # The task stays open; the worker retries it. Repeats of one failure are not re-recorded.
@@ -312,7 +324,7 @@ def apply_signal(state: RunState | None, signal: SignalWorkflow, now: int) -> Ou
         raise InvalidInput(
             f"signal {signal.name!r} for run {signal.run_id}, which is {state.status}"
         )
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     b = _Builder(state, now)
     ev = b.add(
         EventType.WORKFLOW_SIGNALED,
@@ -332,7 +344,7 @@ def apply_cancel_request(state: RunState | None, request: RequestCancel, now: in
         return Outcome(duplicate=True)
     if state.status.closed or state.cancel_requested:
         return Outcome(note="cancellation requested of a closed or already cancelling run")
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     state.cancel_requested = True
     b = _Builder(state, now)
     b.news(b.add(EventType.WORKFLOW_CANCEL_REQUESTED, None, reason=request.reason))
@@ -347,7 +359,7 @@ def apply_child_closed(state: RunState | None, closed: ChildClosed, now: int) ->
         return Outcome(duplicate=True)
     if state.status.closed or closed.scheduled_id not in state.children:
         return Outcome(note=f"child {closed.child_workflow_id} closed; the parent no longer waits")
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     del state.children[closed.scheduled_id]
     b = _Builder(state, now)
     ids = {"workflow_id": closed.child_workflow_id, "run_id": closed.child_run_id}
@@ -377,7 +389,7 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
         # Nothing is appended to a closed run, so that the newest message on a workflow's
         # history subjects is always its newest run's (``Client.get_handle`` relies on it).
         return Outcome(note=f"activity result for a closed run (attempt {result.attempt})")
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     b = _Builder(state, now)
     common = {
         "attempt": result.attempt,
@@ -456,7 +468,7 @@ def apply_timer_fired(state: RunState | None, fired: TimerFired, now: int) -> Ou
     stale = Outcome(note=f"timer {fired.timer} no longer needed")
     if state.status.closed:
         return stale
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     b = _Builder(state, now)
     if fired.kind in ("execution_timeout", "run_timeout"):
         if fired.kind == "execution_timeout":
@@ -534,7 +546,7 @@ def apply_activity_heartbeat(state: RunState | None, beat: ActivityHeartbeat, no
     act = state.activities.get(beat.scheduled_id)
     if state.status.closed or act is None or act.attempt != beat.attempt or act.retry_at:
         raise StaleAttempt(f"attempt {beat.attempt} no longer counts (timed out or closed)")
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     act = state.activities[beat.scheduled_id]
     act.heartbeat_details = beat.details
     act.last_heartbeat_ts = now
@@ -558,7 +570,7 @@ def apply_activity_started(state: RunState | None, started: ActivityStarted, now
     act = state.activities.get(started.scheduled_id)
     if state.status.closed or act is None or act.attempt != started.attempt or act.started:
         return Outcome(note=f"start of attempt {started.attempt} is not news")
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     state.activities[started.scheduled_id].started = True
     b = _Builder(state, now)
     b.add(
