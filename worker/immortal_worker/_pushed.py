@@ -3,7 +3,8 @@
 A worker subscribes to ``imm.push.<t>.<q>.<worker>`` (runs it has cached) and, in the queue
 group ``workers``, to ``imm.push.<t>.<q>`` (runs nobody has). It answers ``ok:<worker>`` and
 starts when it has a free workflow slot, ``busy`` otherwise; the hub then publishes the task
-durably. A pushed task has no JetStream message to ack: finishing it is acking it, and
+durably. A task whose result is on its way to a hub waits and holds no slot: how many of
+those there are is bounded by what the hubs take in. A pushed task has no JetStream message to ack: finishing it is acking it, and
 handing it back (a failure retried later, a graceful stop) publishes it durably to the
 queue's shared subject with the id a durable copy would have had, ``<run>:<wft>``.
 """
@@ -36,6 +37,11 @@ class PushedTask:
         self.task = task
         self.data = data
         self.handed_back = False
+        self.busy = True  # holds one of the worker's slots
+
+    def reporting(self) -> None:
+        """Its result is on its way to a hub: it waits, and holds no slot while it does."""
+        self.pushes.free(self)
 
     async def ack(self) -> None:
         """Done: nothing durable was written for it, so there is nothing to delete."""
@@ -63,6 +69,7 @@ class Pushes:
         self._subs: list[Any] = []
         self._running: dict[asyncio.Task[None], PushedTask] = {}
         self._handing: set[asyncio.Task[None]] = set()
+        self._busy = 0  # pushed tasks holding a slot: not yet waiting for a hub's answer
         self._open = False
         self.taken = 0  # for tests
 
@@ -95,7 +102,7 @@ class Pushes:
         await asyncio.gather(*self._handing, return_exceptions=True)
 
     async def _on_push(self, msg: Any) -> None:
-        if not self._open or len(self._running) >= self.slots:
+        if not self._open or self._busy >= self.slots:
             with contextlib.suppress(Exception):
                 await msg.respond(BUSY)
             return
@@ -112,7 +119,8 @@ class Pushes:
         pushed = PushedTask(self, task, msg.data)
         runner = asyncio.create_task(self._run(pushed))
         self._running[runner] = pushed
-        runner.add_done_callback(lambda done: self._running.pop(done, None))
+        self._busy += 1
+        runner.add_done_callback(lambda done: self.free(self._running.pop(done)))
         self.taken += 1
 
     async def _run(self, pushed: PushedTask) -> None:
@@ -123,6 +131,11 @@ class Pushes:
         except Exception:
             log.exception("pushed workflow task of run %s failed; handed back", pushed.task.run_id)
             self.hand_back(pushed, 1.0)
+
+    def free(self, pushed: PushedTask) -> None:
+        if pushed.busy:
+            pushed.busy = False
+            self._busy -= 1
 
     def hand_back(self, pushed: PushedTask, delay: float) -> None:
         if pushed.handed_back:

@@ -590,6 +590,8 @@ class Worker:
             worker=self.worker_id,
             commands=commands,
         )
+        if isinstance(msg, PushedTask):
+            msg.reporting()  # waiting for a hub now, not working: its slot is free
         applied = await self._report(task, body)
         await msg.ack()
         if applied is not None and applied.prev_seq == inst.last_seq:
