@@ -468,8 +468,14 @@ class WorkflowHandle(Generic[R]):
         try:
             transition = await self._last_transition()
             while transition is None or not transition.state.status.closed:
-                data = await updates.get()
-                transition = decode(Transition, data)
+                # A core subscriber gets a message as it is published, before the stream
+                # has stored it: one published just before we subscribed may not yet be
+                # readable when we first looked. So look again when nothing came for 1 s.
+                try:
+                    async with asyncio.timeout(1.0):
+                        transition = decode(Transition, await updates.get())
+                except TimeoutError:
+                    transition = await self._last_transition()
             events = transition.events
             if not any(e.type in CLOSING_EVENTS for e in events):
                 # Late results may be recorded (as ignored) after the close.
