@@ -79,7 +79,7 @@ async def test_a_worker_killed_holding_a_pushed_task(
         assert await handle.result(timeout=15) == 7
     history = await handle.history()
     _assert_ran_once(history)
-    assert _task_workers(history) == ["victim", "heir"]
+    assert _task_workers(history) == ["victim", "victim", "heir"]
     assert hub._pushes.handed_off == 1
     # Had the victim lived to report the task it took, its result would be stale: the task
     # it names is closed. Such a result is fenced and changes nothing.
@@ -129,7 +129,7 @@ async def test_a_dead_hubs_pushed_task_is_recovered_by_another_hub(
         await victim.kill()
         await doomed.kill()
     _assert_ran_once(history)
-    assert _task_workers(history) == ["victim", "heir"]
+    assert _task_workers(history) == ["victim", "victim", "heir"]
     assert heir_hub._pushes.recovered == 1
 
 
@@ -145,8 +145,8 @@ async def test_a_hub_killed_right_after_appending_a_pushed_task(
         ):
             appended = asyncio.Event()
 
-            async def on_append(msg: Msg) -> None:  # the transition after the activity
-                if decode(Transition, msg.data).events[0].type is EventType.ACTIVITY_COMPLETED:
+            async def on_append(msg: Msg) -> None:  # the timer's firing: a task to push
+                if decode(Transition, msg.data).events[0].type is EventType.TIMER_FIRED:
                     await doomed.kill()  # before or after it pushed the task: both must do
                     appended.set()
 

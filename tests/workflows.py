@@ -128,8 +128,9 @@ def _stall_if_marked() -> None:
 
 @immortal.workflow
 async def stalls(ctx: WorkflowContext, x: int) -> int:
-    doubled = await ctx.activity(double, x)
-    _stall_if_marked()  # in the workflow task after the activity: the sticky, pushed one
+    doubled = await ctx.activity(double, x)  # its result runs the code on to the sleep
+    await ctx.sleep(0.05)
+    _stall_if_marked()  # in the workflow task the firing schedules: a sticky, pushed one
     return doubled + 1
 
 

@@ -443,7 +443,7 @@ class Hub:
             tenant, queue, kind = self.names.parse_input_subject(msg.subject)
             body = self._decode(kind, msg.data)
             applied = await self._apply(tenant, queue, kind, body)
-            if applied is not None and kind == "wft":
+            if applied is not None and (kind == "wft" or getattr(body, "then", None)):
                 reply = OK + b":" + encode(applied)  # the worker's cache skips a read
         except StaleAttempt as exc:
             reply = STALE + b" " + str(exc).encode()

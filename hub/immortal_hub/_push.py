@@ -94,7 +94,8 @@ class Pushes:
         self._pending: dict[str, _Pushed] = {}  # history subject -> its pushed task
         self._floors: dict[int, int] = {}  # appends in flight that may push -> lowest seq
         self._tokens = count()
-        self._last_seq = 0  # the newest history sequence this hub appended
+        self._last_seq = 0  # the newest history sequence this hub appended, or saw at the end
+        self._end_seen = -1e9  # monotonic time it last read the history stream's end
         self._renewed = -1e9  # monotonic time the last successful renewal was sent
         self._hubs: dict[str, tuple[int, float]] = {}  # other hubs' keys -> (revision, seen)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -253,6 +254,12 @@ class Pushes:
 
     async def _renew(self) -> None:
         sent = time.monotonic()
+        if not self._pending and not self._floors and sent - self._end_seen > 10.0:
+            # Idle: whatever this hub appends next comes after the stream's end, so a hub
+            # that recovers this one need not read what others appended meanwhile.
+            info = await self.js.stream_info(self.names.stream_history)
+            self._last_seq = max(self._last_seq, info.state.last_seq)
+            self._end_seen = sent
         value = pack({"hub": self.hub_id, "from_seq": self._from_seq(), "ts": time.time()})
         await self._kv.put(self._key(self.hub_id), value)
         self._renewed = sent

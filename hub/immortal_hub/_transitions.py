@@ -32,6 +32,7 @@ from immortal._wire import (
     OpenTimer,
     RecordMarker,
     RequestCancel,
+    RunAhead,
     RunState,
     RunStatus,
     ScheduleActivity,
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 _APPLIED_KEPT = 64
+_AHEAD_SKEW_MS = 1000
 
 
 class InvalidInput(Exception):
@@ -191,16 +193,21 @@ def apply_workflow_task_result(
         )
         state.last_wft_failure = result.failure.message
         return b.outcome(result.result_id)
-    done = b.add(
-        EventType.WORKFLOW_TASK_COMPLETED, result.wft, through=result.through, worker=result.worker
-    )
+    _complete_workflow_task(b, result.wft, result.through, result.worker, result.commands)
+    return b.outcome(result.result_id)
+
+
+def _complete_workflow_task(
+    b: _Builder, wft: int, through: int, worker: str, commands: list[Command]
+) -> None:
+    state = b.state
+    done = b.add(EventType.WORKFLOW_TASK_COMPLETED, wft, through=through, worker=worker)
     state.wft = None
     state.last_wft_failure = None
-    state.sticky = result.worker
-    _apply_commands(b, done.id, result.commands)
-    if not state.status.closed and state.last_external > result.through:
+    state.sticky = worker
+    _apply_commands(b, done.id, commands)
+    if not state.status.closed and state.last_external > through:
         b.schedule_workflow_task(done.id)  # news arrived while the worker was busy
-    return b.outcome(result.result_id)
 
 
 def _apply_commands(b: _Builder, done_id: int, commands: list[Command]) -> None:
@@ -390,7 +397,6 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
         # history subjects is always its newest run's (``Client.get_handle`` relies on it).
         return Outcome(note=f"activity result for a closed run (attempt {result.attempt})")
     state = _fork(state)
-    b = _Builder(state, now)
     common = {
         "attempt": result.attempt,
         "delivery": result.delivery,
@@ -404,6 +410,8 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
         reason = "activity already closed"
     elif act.attempt != result.attempt or act.retry_at is not None:
         reason = f"attempt {result.attempt} is no longer current (timed out or retried)"
+    ahead = _ahead(state, result, now) if reason is None else None
+    b = _Builder(state, now if ahead is None else ahead.ts)
     if reason is not None:
         b.add(EventType.ACTIVITY_RESULT_IGNORED, result.scheduled_id, reason=reason, **common)
         return b.outcome(result.result_id)
@@ -412,7 +420,22 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
         return b.outcome(result.result_id)
     ev = b.add(EventType.ACTIVITY_COMPLETED, result.scheduled_id, result=result.result, **common)
     _close_activity(b, result.scheduled_id, ev)
+    if ahead is not None and state.wft == ahead.wft:  # the task it ran ahead is this one
+        _complete_workflow_task(b, ahead.wft, ahead.wft, result.worker, ahead.commands)
     return b.outcome(result.result_id)
+
+
+def _ahead(state: RunState, result: ActivityResult, now: int) -> RunAhead | None:
+    """The workflow task the worker ran ahead with this result, if it is the one the hub
+    schedules for it: the worker's copy of the run had every event (the next event id is
+    the one it expected), no workflow task is open, and its clock agrees with the hub's
+    (the events get the time the code saw as ``ctx.now()``)."""
+    ahead = result.then
+    if ahead is None or result.failure is not None or state.wft is not None:
+        return None
+    if ahead.wft != state.next_event_id + 1 or abs(ahead.ts - now) > _AHEAD_SKEW_MS:
+        return None
+    return ahead
 
 
 def _fail_attempt(b: _Builder, sid: int, failure: Failure, common: dict[str, Any]) -> None:

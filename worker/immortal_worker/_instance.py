@@ -291,9 +291,11 @@ class WorkflowInstance(WorkflowRuntime):
     def finished(self) -> bool:
         return self._finished
 
-    def has_completed(self, wft: int) -> bool:
+    def has_completed(self, wft: int, events: list[HistoryEvent] | None = None) -> bool:
+        """Whether workflow task ``wft`` was completed (in ``events``, else in history)."""
         return any(
-            e.type is EventType.WORKFLOW_TASK_COMPLETED and e.caused_by == wft for e in self.events
+            e.type is EventType.WORKFLOW_TASK_COMPLETED and e.caused_by == wft
+            for e in (self.events if events is None else events)
         )
 
     def releasable(self, release_after_ms: int) -> bool:

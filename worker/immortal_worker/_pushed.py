@@ -4,9 +4,10 @@ A worker subscribes to ``imm.push.<t>.<q>.<worker>`` (runs it has cached) and, i
 group ``workers``, to ``imm.push.<t>.<q>`` (runs nobody has). It answers ``ok:<worker>`` and
 starts when it has a free workflow slot, ``busy`` otherwise; the hub then publishes the task
 durably. A task whose result is on its way to a hub waits and holds no slot: how many of
-those there are is bounded by what the hubs take in. A pushed task has no JetStream message to ack: finishing it is acking it, and
-handing it back (a failure retried later, a graceful stop) publishes it durably to the
-queue's shared subject with the id a durable copy would have had, ``<run>:<wft>``.
+those there are is bounded by what the hubs take in. A pushed task has no JetStream message
+to ack: finishing it is acking it, and handing it back (a failure retried later, a graceful
+stop) publishes it durably to the queue's shared subject with the id a durable copy would
+have had, ``<run>:<wft>``.
 """
 
 from __future__ import annotations

@@ -57,8 +57,10 @@ from immortal._wire import (
     ActivityStarted,
     ActivityTask,
     AppliedTransition,
+    EventType,
     Failure,
     HistoryEvent,
+    RunAhead,
     TimerFired,
     Transition,
     WorkflowTask,
@@ -364,7 +366,7 @@ class Worker:
                 result=result,
                 failure=failure,
             )
-            await self._send(task.workflow_queue, "act", encode(body), body.result_id)
+            await self._report_result(task, body)
         await msg.ack()
 
     async def _report_start(self, task: ActivityTask, delivery: int) -> None:
@@ -597,6 +599,11 @@ class Worker:
         if applied is not None and applied.prev_seq == inst.last_seq:
             inst.events.extend(applied.events)  # what the hub appended: no read next time
             inst.last_seq = applied.seq
+        self._keep(inst)
+
+    def _keep(self, inst: WorkflowInstance) -> None:
+        """After a workflow task: close a finished run, release one that only sleeps, cache
+        the others."""
         if inst.finished:
             inst.close()
         elif inst.releasable(round(self.release_after * 1000)):
@@ -605,9 +612,69 @@ class Worker:
             inst.close()
             self.evictions += 1
             self.released += 1
-            log.info("run %s of %s sleeps: released from memory", task.run_id, task.workflow_id)
+            info = inst.info
+            log.info("run %s of %s sleeps: released from memory", info.run_id, info.workflow_id)
         else:
             self._remember(inst)
+
+    async def _report_result(self, task: ActivityTask, body: ActivityResult) -> None:
+        """Send an activity's result. If this worker holds the run, it first runs the
+        workflow code on with the result and sends the commands along (``RunAhead``): when
+        the hub finds the run as this worker saw it, it records the result and that
+        workflow task in one transition, sparing the task's push, its round trip and an
+        append. Attempts whose events the worker never sees (retries, heartbeats, reported
+        starts) would only be refused, so they go without."""
+        quiet = task.attempt == 1 and task.heartbeat_timeout is None
+        if body.failure is not None or not quiet or task.schedule_to_start is not None:
+            await self._send(task.workflow_queue, "act", encode(body), body.result_id)
+            return
+        async with self._run_locks.hold(task.run_id):
+            inst = self._cache.pop(task.run_id, None)
+            mark = len(inst.events) if inst is not None else 0
+            if inst is not None and inst.events and not inst.finished:
+                body.then = self._run_ahead(inst, task, body)
+            reply = await self._send(task.workflow_queue, "act", encode(body), body.result_id)
+            if inst is None:
+                return
+            if len(inst.events) == mark:
+                self._remember(inst)  # it did not run ahead: as it was
+                return
+            applied = decode(AppliedTransition, reply) if reply and body.then else None
+            if (
+                applied is None
+                or applied.prev_seq != inst.last_seq
+                or not inst.has_completed(body.then.wft if body.then else 0, applied.events)
+            ):
+                inst.close()  # it ran ahead of a history that went another way: replay it
+                self.evictions += 1
+                return
+            inst.events[mark:] = applied.events
+            inst.last_seq = applied.seq
+            self._keep(inst)
+
+    def _run_ahead(
+        self, inst: WorkflowInstance, task: ActivityTask, body: ActivityResult
+    ) -> RunAhead | None:
+        """Add the events the hub would append for this result (``ActivityCompleted``, then
+        ``WorkflowTaskScheduled``) and run the workflow task they make."""
+        n, ts = inst.events[-1].id + 1, now_ms()
+        attrs = body.model_dump(include={"attempt", "delivery", "worker", "started_ts", "ended_ts"})
+        inst.events += [
+            HistoryEvent(
+                id=n,
+                type=EventType.ACTIVITY_COMPLETED,
+                ts=ts,
+                caused_by=task.scheduled_id,
+                attrs={"result": body.result, **attrs},
+            ),
+            HistoryEvent(id=n + 1, type=EventType.WORKFLOW_TASK_SCHEDULED, ts=ts, caused_by=n),
+        ]
+        try:
+            commands, through = inst.activate(n + 1)
+        except Exception as exc:  # replays it from history with the task, as usual
+            log.debug("run %s: not run ahead: %r", task.run_id, exc)
+            return None
+        return RunAhead(wft=n + 1, ts=ts, commands=commands) if through == n + 1 else None
 
     async def _load(self, defn: WorkflowDefinition, task: WorkflowTask) -> WorkflowInstance:
         info = WorkflowInfo(
