@@ -61,6 +61,7 @@ from immortal._wire import (
 )
 from immortal_hub._emissions import Emission, emissions_for, open_emissions
 from immortal_hub._limits import Admission, TenantLimits
+from immortal_hub._local_timers import LocalTimers
 from immortal_hub._metrics import HubMetrics
 from immortal_hub._push import PUSH_HEADER, Pushes
 from immortal_hub._resources import ResourceSettings, ensure_resources
@@ -100,7 +101,6 @@ log = logging.getLogger(__name__)
 
 _MAX_RACES = 50
 _POISON_DELIVERIES = 10
-_MAX_LOCAL_TIMERS = 100_000
 
 
 class Hub:
@@ -152,11 +152,11 @@ class Hub:
         self.transitions = 0  # appended transitions, for tests and metrics
         self._held_by: dict[str, list[str]] = {}  # worker key -> ack subjects it holds
         self.handed_back = 0  # tasks of dead workers handed back, for tests and metrics
-        # Timers due within this many seconds are also fired from this hub's clock.
-        self.local_timer_horizon = local_timer_horizon
-        # One local timer per timer subject, as the server keeps one schedule per subject:
-        # subject -> (the timer message's id, its handle).
-        self._local_timers: dict[str, tuple[str, asyncio.TimerHandle]] = {}
+        # Timers due within local_timer_horizon seconds are also fired from this hub's clock.
+        self._timers = LocalTimers(
+            self.names, local_timer_horizon, self._on_timer, self._purge_timer, self._spawn
+        )
+        self._local_timers = self._timers.armed
         self._retentions: dict[str, tuple[int, Retention]] = {}  # tenant -> (read at, setting)
         self._metrics = HubMetrics(
             self.names,
@@ -178,7 +178,7 @@ class Hub:
         await ensure_resources(self.js, self.names, self.settings)
         self._runs_kv = await self.js.key_value(self.names.bucket_runs)
         self._queues_kv = await self.js.key_value(self.names.bucket_queues)
-        self._running = True
+        self._running = self._timers.running = True
         self._pushes = Pushes(self.nc, self.names, self.hub_id, self._publish_emission, self._live)
         await self._pushes.start()
         self._rpc_sub = await self.nc.subscribe(
@@ -193,9 +193,7 @@ class Hub:
     async def stop(self) -> None:
         """Stop fetching, finish what is in flight, disconnect."""
         self._running = False
-        for _, handle in self._local_timers.values():
-            handle.cancel()  # their scheduled messages fire them
-        self._local_timers.clear()
+        self._timers.stop()
         with contextlib.suppress(Exception):
             await self._rpc_sub.unsubscribe()
         if self._rpc_tasks:
@@ -463,52 +461,6 @@ class Hub:
 
     # -- timers ---------------------------------------------------------------------------
 
-    def _arm_local(self, tenant: str, e: Emission) -> None:
-        """Fire a timer due soon from this hub's own clock, on time to the millisecond.
-
-        The server's scheduler fires at most every 250 ms, so a scheduled message alone is
-        up to a quarter second late. The scheduled message stays the durable backstop (a
-        hub that dies takes its local timers with it); whichever fires second is recognised
-        as already applied and changes nothing.
-        """
-        assert e.due_ms is not None and isinstance(e.body, TimerFired)
-        delay = (e.due_ms - now_ms()) / 1000
-        body = e.body
-        subject = self.names.timer_subject(tenant, body.run_id, body.timer)
-        current = self._local_timers.get(subject)
-        if current is not None and current[0] == e.msg_id:
-            return  # re-emitted: already armed
-        if not self._running or delay > self.local_timer_horizon:
-            return
-        if current is None and len(self._local_timers) >= _MAX_LOCAL_TIMERS:
-            return
-        self._disarm_local(subject)  # re-armed at a new due time: the new one replaces it
-        handle = asyncio.get_running_loop().call_later(
-            max(0.0, delay),
-            lambda: self._spawn(self._fire_local(tenant, e.queue, subject, e.msg_id, body)),
-        )
-        self._local_timers[subject] = (e.msg_id, handle)
-
-    def _disarm_local(self, subject: str) -> None:
-        armed = self._local_timers.pop(subject, None)
-        if armed is not None:
-            armed[1].cancel()
-
-    async def _fire_local(
-        self, tenant: str, queue: str, subject: str, msg_id: str, fired: TimerFired
-    ) -> None:
-        if self._local_timers.get(subject, ("",))[0] == msg_id:
-            del self._local_timers[subject]
-        try:
-            await self._on_timer(tenant, queue, fired)
-        except Exception as exc:  # the scheduled message will fire it
-            log.info("local timer %s: %s; the durable timer will fire it", fired.timer, exc)
-            return
-        if subject in self._local_timers:
-            return  # re-armed meanwhile: its schedule is the new one, keep it
-        with contextlib.suppress(Exception):  # spare the backstop's firing, if still in time
-            await self.js.purge_stream(self.names.stream_timers, subject=subject)
-
     async def _on_timer(
         self, tenant: str, queue: str, fired: TimerFired, msg: Msg | None = None
     ) -> None:
@@ -743,7 +695,8 @@ class Hub:
                 "head": digest,  # the newest transition's digest: anchors `verify`
             }
         )
-        await self._runs_kv.put(self.names.run_key(tenant, state.workflow_id), value)
+        subject = f"$KV.{self.names.bucket_runs}.{self.names.run_key(tenant, state.workflow_id)}"
+        await Requests.of(self.nc).publish(subject, value, {})  # a KV put
 
     async def _emit(self, tenant: str, emissions: list[Emission]) -> None:
         if emissions:
@@ -761,9 +714,9 @@ class Hub:
         if e.kind == "purge":
             assert isinstance(e.body, TimerFired)
             subject = self.names.timer_subject(tenant, e.body.run_id, e.body.timer)
-            self._disarm_local(subject)
+            self._timers.disarm(subject)
             try:  # best effort: a timer that fires anyway is recorded as no longer needed
-                await self.js.purge_stream(self.names.stream_timers, subject=subject)
+                await self._purge_timer(subject)
             except Exception as exc:
                 log.debug("purging %s: %s", subject, exc)
             return
@@ -778,12 +731,15 @@ class Hub:
                     e.due_ms, self.names.fired_subject(tenant, e.queue), e.msg_id
                 ),
             )
-            self._arm_local(tenant, e)
+            self._timers.arm(tenant, e)
             return
         subject = self.names.task_subject(tenant, e.queue, e.kind)
         if e.sticky and self._live(tenant, e.queue, e.sticky):
             subject = self.names.sticky_subject(tenant, e.queue, e.sticky)  # it has the run
         await Requests.of(self.nc).publish(subject, encode(e.body), {"Nats-Msg-Id": e.msg_id})
+
+    async def _purge_timer(self, subject: str) -> None:
+        await self.js.purge_stream(self.names.stream_timers, subject=subject)
 
     def _live(self, tenant: str, queue: str, worker: str) -> bool:
         """Whether this hub's watch of ``imm-workers`` has the worker's key."""

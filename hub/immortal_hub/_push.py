@@ -223,10 +223,12 @@ class Pushes:
     async def _publish_durably(self, p: _Pushed, *, fresh: bool) -> None:
         if fresh:
             msg = await last_message(self.nc, self.names.stream_history, p.subject)
-            state = None if msg is None else decode(Transition, msg.data).state
-            if state is None or state.wft != p.wft:
-                self._forget(p)
-                return
+            # Closed only by a read that has the push's own transition: a replica behind the
+            # leader shows an older state, which proves nothing.
+            if msg is not None and msg.seq >= p.seq:
+                if decode(Transition, msg.data).state.wft != p.wft:
+                    self._forget(p)
+                    return
         await self._durable(p.tenant, p.emission)
         self._forget(p)
         self.handed_off += 1
@@ -325,36 +327,42 @@ class Pushes:
             return
         log.warning("hub %s is gone; publishing its pushed workflow tasks durably", hub)
         try:
-            for subject, wft in (await self._scan(hub, from_seq)).items():
+            for subject, (seq, state) in (await self._scan(hub, from_seq)).items():
                 msg = await last_message(self.nc, self.names.stream_history, subject)
-                state = None if msg is None else decode(Transition, msg.data).state
-                if msg is None or state is None or state.wft != wft:
-                    continue  # closed since (or gone)
+                if msg is not None and msg.seq >= seq:  # a read at least as new as the scan
+                    newest = decode(Transition, msg.data).state
+                    if newest.wft != state.wft:
+                        continue  # closed since
+                    state, seq = newest, msg.seq
                 tenant = subject.split(".")[2]
-                await self._durable(tenant, workflow_task_emission(state, msg.seq))
+                await self._durable(tenant, workflow_task_emission(state, seq))
                 self.recovered += 1
             with contextlib.suppress(KeyWrongLastSequenceError):  # renewed: it lives
                 await self._kv.delete(key, last=revision)
         except Exception as exc:  # the claim goes stale and is taken again
             log.warning("recovering hub %s: %s; will retry", hub, exc)
 
-    async def _scan(self, hub: str, from_seq: int) -> dict[str, int]:
-        """The runs whose newest push-intended transition by ``hub`` (from ``from_seq``
-        on) scheduled a workflow task that is still open: history subject -> task id."""
+    async def _scan(self, hub: str, from_seq: int) -> dict[str, tuple[int, RunState]]:
+        """The runs whose newest push-intended transition by ``hub`` (from ``from_seq`` on)
+        scheduled a workflow task: history subject -> (that transition's sequence, state)."""
         info = await self.js.stream_info(self.names.stream_history)
-        end = info.state.last_seq
-        found: dict[str, int] = {}
+        end, seq = info.state.last_seq, from_seq
+        found: dict[str, tuple[int, RunState]] = {}
         subjects = f"{self.names.prefix}.hist.>"
-        async for msg in read_subject(
-            self.nc, self.names.stream_history, subjects, from_seq=from_seq
-        ):
-            if msg.seq > end:
+        for _ in range(5):  # a replica behind the leader may end short of ``end``: again
+            async for msg in read_subject(
+                self.nc, self.names.stream_history, subjects, from_seq=seq
+            ):
+                if msg.seq > end:
+                    break
+                seq = msg.seq + 1
+                if msg.headers.get(PUSH_HEADER) == hub:
+                    state = decode(Transition, msg.data).state
+                    if state.wft is not None:
+                        found[msg.subject] = (msg.seq, state)
+            if seq > end:
                 break
-            if msg.headers.get(PUSH_HEADER) != hub:
-                continue
-            state = decode(Transition, msg.data).state
-            if state.wft is not None:
-                found[msg.subject] = state.wft
+            await asyncio.sleep(0.2)
         return found
 
     def _spawn(self, coro: Any) -> None:
