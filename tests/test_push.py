@@ -14,6 +14,7 @@ from immortal import Client, EventType, HistoryEvent
 from immortal._codec import encode_value
 from immortal._inputs import send_input
 from immortal._wire import CompleteWorkflow, Transition, WorkflowTaskResult, decode, encode
+from immortal.testing import NatsServer
 from immortal_hub import Hub
 from tests.helpers import assert_well_formed, running_worker
 from tests.procs import start_hub, start_worker
@@ -164,3 +165,21 @@ async def test_a_hub_killed_right_after_appending_a_pushed_task(
     finally:
         await doomed.kill()
     _assert_ran_once(history)
+
+
+async def test_a_server_restart_while_a_worker_holds_a_pushed_task(
+    nats_server: NatsServer, nats_url: str, prefix: str, client: Client, hub: Hub, test_dir: Path
+) -> None:
+    holder = await start_worker(nats_url, test_dir, prefix=prefix, worker_id="holder")
+    try:
+        (test_dir / f"stall-{holder.pid}").write_text("3")
+        handle = await client.start(stalls, 3)
+        await _stalled(test_dir, holder.pid)
+        # The task lives only in the worker's memory (and the hub's record) while the server
+        # is down; the worker reports it after reconnecting, or its key expires meanwhile
+        # and the hub publishes it durably: either way it closes once.
+        await nats_server.restart()
+        assert await handle.result(timeout=30) == 7
+    finally:
+        await holder.stop()
+    _assert_ran_once(await handle.history())
