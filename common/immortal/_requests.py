@@ -59,7 +59,11 @@ class Requests:
             self._sub = asyncio.ensure_future(
                 self.nc.subscribe(self._prefix + "*", cb=self._on_reply)
             )
-        await self._sub
+        try:
+            await self._sub
+        except Exception:
+            self._sub = None  # the next request subscribes again
+            raise
         self._next += 1
         token = str(self._next)
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
