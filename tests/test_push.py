@@ -183,3 +183,22 @@ async def test_a_server_restart_while_a_worker_holds_a_pushed_task(
     finally:
         await holder.stop()
     _assert_ran_once(await handle.history())
+
+
+async def test_a_worker_restarted_under_the_same_id_gets_its_pushed_task_back(
+    nats_url: str, prefix: str, client: Client, hub: Hub, test_dir: Path
+) -> None:
+    first = await start_worker(nats_url, test_dir, prefix=prefix, worker_id="pod-0")
+    try:
+        (test_dir / f"stall-{first.pid}").write_text("60")
+        handle = await client.start(stalls, 3)
+        await _stalled(test_dir, first.pid)
+        await first.kill()
+    finally:
+        await first.kill()
+    # Back at once under the same id (a restarted pod), before the key's TTL runs out: the
+    # key never expires, but its process changed, so the dead one's task is handed on.
+    async with running_worker(nats_url, prefix, worker_id="pod-0"):
+        assert await handle.result(timeout=15) == 7
+    _assert_ran_once(await handle.history())
+    assert hub._pushes.handed_off == 1

@@ -276,17 +276,19 @@ class Hub:
     async def _worker_update(self, entry: Any) -> None:
         if entry.operation in (None, "PUT") and entry.value:
             try:
-                self._held_by[entry.key] = list(unpack(entry.value).get("held", []))
+                registration = unpack(entry.value)
+                self._held_by[entry.key] = list(registration.get("held", []))
+                self._pushes.registered(entry.key, registration)
             except (PayloadError, AttributeError):
                 log.warning("unreadable worker registration %s", entry.key)
             return
+        self._pushes.gone(entry.key)
         held = self._held_by.pop(entry.key, [])
         if held:
             log.warning("worker %s is gone; handing back %d task(s)", entry.key, len(held))
         tenant, queue, worker = (*entry.key.split(".", 2), "", "")[:3]  # <t>.<q>.<worker>
         where = {"tenant": tenant, "queue": decode_token(queue)}
         if worker:  # its cached runs' workflow tasks go to every worker of the queue
-            self._pushes.worker_gone(tenant, decode_token(queue), decode_token(worker))
             self._spawn(
                 move_sticky_tasks(
                     self.nc, self.names, tenant, decode_token(queue), decode_token(worker)

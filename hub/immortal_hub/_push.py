@@ -4,8 +4,9 @@ A fresh workflow task is pushed by core request to the worker that has the run c
 (``imm.push.<t>.<q>.<worker>``) or, for a run no live worker has, to any worker of the queue
 (``imm.push.<t>.<q>``, a queue group). A worker with a free slot answers ``ok:<worker>`` at
 once and starts; one without answers ``busy``. That spares the task's write to ``IMM_TASKS``,
-its ack, and two fsyncs on the run's critical path. The task is not lost when something
-dies, because until the run's history shows the task closed, someone is responsible for it:
+its ack, and an fsync on the run's critical path. The task is not lost when something dies,
+because until the run's history shows the task closed, someone is responsible for it (the
+whole argument: docs/architecture.md, "Workflow tasks over core NATS"):
 
 - this hub, which keeps a record of every task it pushed (``_Pushed``) until an append shows
   the task closed. It publishes the task durably (``Nats-Msg-Id: <run>:<wft>``, as a task
@@ -18,11 +19,14 @@ dies, because until the run's history shows the task closed, someone is responsi
 - every other hub, for a hub that died: each hub renews a key in ``imm-hubs`` every
   ``RENEW_S`` naming the lowest history sequence of a transition whose task it may still
   hold (``from_seq``), and pushes only while its last renewal is younger than
-  ``PUSH_FRESH_S``. A key left unchanged for ``HUB_DEAD_S`` is claimed by one hub (delete
-  with the expected revision) which reads the history from ``from_seq`` on, takes the
-  transitions the dead hub appended with a push intended (header ``Imm-Push: <hub id>``),
-  and publishes each task still open durably. Keys stay when all hubs are down, so a hub
-  that starts later recovers them.
+  ``PUSH_FRESH_S``. A key left unchanged for ``HUB_DEAD_S`` is claimed by one hub (an
+  update expecting the revision it saw), which reads the history from ``from_seq`` on,
+  takes the transitions the dead hub appended with a push intended (header
+  ``Imm-Push: <hub id>``), publishes each task still open durably, and only then deletes the
+  key. Keys stay when all hubs are down, so a hub that starts later recovers them.
+
+"History shows the task closed" is only believed of a read at least as new as the push's
+own transition: a replica behind the leader shows an older state, which proves nothing.
 
 A task that is both pushed and published durably runs twice at worst; the second result is
 fenced like any stale one (it names a workflow task that is no longer open).
@@ -39,7 +43,6 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
-import nats
 from nats.errors import NoRespondersError
 from nats.js.errors import KeyWrongLastSequenceError
 
@@ -76,7 +79,8 @@ class _Pushed:
     wft: int
     seq: int  # the history sequence of the transition that scheduled it
     since: float
-    worker: str | None = None  # the worker that took it
+    worker: str | None = None  # the worker that took it: its key in imm-workers...
+    instance: str = ""  # ...and its process (a restart under the same id is another)
     taken: bool = False
     handoff: bool = False  # to be published durably; retried until it is
     handing: bool = False  # a durable publish is under way
@@ -98,6 +102,7 @@ class Pushes:
         self._end_seen = -1e9  # monotonic time it last read the history stream's end
         self._renewed = -1e9  # monotonic time the last successful renewal was sent
         self._hubs: dict[str, tuple[int, float]] = {}  # other hubs' keys -> (revision, seen)
+        self._instances: dict[str, str] = {}  # worker key -> the process that holds it
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
         self.pushed = 0  # for tests and the benchmark
@@ -109,8 +114,12 @@ class Pushes:
         self._kv = await self.js.key_value(self.names.bucket_hubs)
         self._running = True
         await self._renew()
+        # The first watch is set up here, not in the task: cancelled halfway through its
+        # setup (a hub stopped as soon as started), nats-py's watch leaves a callback
+        # waiting 5 s, which the connection's drain then waits for.
+        watcher = await self._kv.watchall()
         self._spawn(self._keep_renewing())
-        self._spawn(self._watch_hubs())
+        self._spawn(self._watch_hubs(watcher))
 
     async def stop(self) -> None:
         """Stop pushing; publish durably what this hub still answers for (the hub applies
@@ -176,10 +185,23 @@ class Pushes:
             answered = seen is not None and time.monotonic() - seen[1] < 3 * RENEW_S
         return [e for e in emissions if e.kind != "wf"] if answered else emissions
 
-    def worker_gone(self, tenant: str, queue: str, worker: str) -> None:
+    def registered(self, key: str, registration: dict[str, Any]) -> None:
+        """A worker renewed its key in imm-workers. If another process now holds the key
+        (a worker restarted under the same id), what the previous one took goes durable."""
+        instance = str(registration.get("instance", ""))
+        previous = self._instances.get(key)
+        self._instances[key] = instance
+        if previous is not None and previous != instance:
+            self._hand_off_taken(key, previous)
+
+    def gone(self, key: str) -> None:
         """A worker's key expired or was deleted: what it took goes durable."""
+        self._instances.pop(key, None)
+        self._hand_off_taken(key, None)
+
+    def _hand_off_taken(self, key: str, instance: str | None) -> None:
         for p in list(self._pending.values()):
-            if p.worker == worker and p.tenant == tenant and p.emission.queue == queue:
+            if p.worker == key and instance in (None, p.instance):
                 self._spawn(self._hand_off(p, fresh=True))
 
     # -- pushing ------------------------------------------------------------------------
@@ -201,8 +223,10 @@ class Pushes:
         except Exception as exc:  # a timeout, a reconnect: it may have been taken
             log.debug("push of %s unanswered: %r", e.msg_id, exc)
             answer = b""
-        if answer.startswith(b"ok:"):
-            p.worker, p.taken = answer[3:].decode(errors="replace"), True
+        if answer.startswith(b"ok:"):  # ok:<worker id>\0<instance>
+            worker, _, instance = answer[3:].decode(errors="replace").partition("\0")
+            p.worker = self.names.worker_key(p.tenant, e.queue, worker)
+            p.instance, p.taken = instance, True
             return
         # Nobody took it (``busy``, no responder), or we do not know: publish it durably.
         await self._hand_off(p, fresh=not answer)
@@ -263,11 +287,15 @@ class Pushes:
             self._last_seq = max(self._last_seq, info.state.last_seq)
             self._end_seen = sent
         value = pack({"hub": self.hub_id, "from_seq": self._from_seq(), "ts": time.time()})
-        await self._kv.put(self._key(self.hub_id), value)
+        subject = f"$KV.{self.names.bucket_hubs}.{self._key(self.hub_id)}"
+        await Requests.of(self.nc).publish(subject, value, {})  # a KV put
         self._renewed = sent
 
+    # The loops below check ``_running`` as well as being cancelled: on Python 3.11 a
+    # cancellation that lands as a ``wait_for`` inside nats-py completes is swallowed.
+
     async def _keep_renewing(self) -> None:
-        while True:
+        while self._running:
             await asyncio.sleep(RENEW_S)
             try:
                 await self._renew()
@@ -276,17 +304,14 @@ class Pushes:
             self._sweep()
             self._claim_dead()
 
-    async def _watch_hubs(self) -> None:
-        while True:
+    async def _watch_hubs(self, watcher: Any) -> None:
+        own = self._key(self.hub_id)
+        while self._running:
             try:
-                watcher = await self._kv.watchall()
+                watcher = watcher or await self._kv.watchall()
                 try:
-                    while True:
-                        try:
-                            entry = await watcher.updates(timeout=5.0)
-                        except (TimeoutError, nats.errors.TimeoutError):
-                            continue
-                        if entry is None or entry.key == self._key(self.hub_id):
+                    async for entry in watcher:  # no timeout: cancelling it is clean
+                        if entry is None or entry.key == own:
                             continue
                         if entry.operation in (None, "PUT"):
                             # Seen now: a watch restarted after a server outage that outlasted
@@ -296,6 +321,7 @@ class Pushes:
                             self._hubs.pop(entry.key, None)
                 finally:
                     await watcher.stop()
+                    watcher = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reconnects, server restarts: watch again

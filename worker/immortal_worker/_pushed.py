@@ -1,7 +1,8 @@
 """Workflow tasks a hub pushes over core NATS (the hub's ``_push`` has the whole argument).
 
 A worker subscribes to ``imm.push.<t>.<q>.<worker>`` (runs it has cached) and, in the queue
-group ``workers``, to ``imm.push.<t>.<q>`` (runs nobody has). It answers ``ok:<worker>`` and
+group ``workers``, to ``imm.push.<t>.<q>`` (runs nobody has). It answers ``ok:<worker>`` (and
+its ``instance``, the process, which its registration in ``imm-workers`` names too) and
 starts when it has a free workflow slot, ``busy`` otherwise; the hub then publishes the task
 durably. A task whose result is on its way to a hub waits and holds no slot: how many of
 those there are is bounded by what the hubs take in. A pushed task has no JetStream message
@@ -59,12 +60,20 @@ class Pushes:
     """One worker's pushed workflow tasks: subscriptions, slots, hand-backs."""
 
     def __init__(
-        self, nc: Any, names: Names, tenant: str, worker_id: str, slots: int, handle: Handler
+        self,
+        nc: Any,
+        names: Names,
+        tenant: str,
+        worker_id: str,
+        instance: str,
+        slots: int,
+        handle: Handler,
     ) -> None:
         self.nc = nc
         self.names = names
         self.tenant = tenant
         self.worker_id = worker_id
+        self.instance = instance  # this process: its registration names it too
         self.slots = slots
         self._handle = handle
         self._subs: list[Any] = []
@@ -116,7 +125,7 @@ class Pushes:
             return
         # The answer goes out first: workflow code that blocks the loop must not hold it up.
         with contextlib.suppress(Exception):
-            await msg.respond(OK + self.worker_id.encode())
+            await msg.respond(OK + f"{self.worker_id}\0{self.instance}".encode())
         pushed = PushedTask(self, task, msg.data)
         runner = asyncio.create_task(self._run(pushed))
         self._running[runner] = pushed

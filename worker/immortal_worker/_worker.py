@@ -126,6 +126,7 @@ class Worker:
         self.tenant = validate_tenant(tenant)
         self.names = Names(prefix)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.instance = uuid.uuid4().hex
         self.workflows: dict[str, WorkflowDefinition] = {}
         for wf in workflows:
             d = workflow_definition(wf)
@@ -185,7 +186,13 @@ class Worker:
         await self._register()
         self._liveness = asyncio.create_task(self._stay_registered())
         self._pushes = Pushes(
-            self.nc, self.names, self.tenant, self.worker_id, self.workflow_slots, self._pushed
+            self.nc,
+            self.names,
+            self.tenant,
+            self.worker_id,
+            self.instance,
+            self.workflow_slots,
+            self._pushed,
         )
         for queue in self.queues:
             queues_kv = await self.js.key_value(self.names.bucket_queues)
@@ -488,6 +495,7 @@ class Worker:
         """What ``imm-workers`` says about this worker (discovery and liveness)."""
         return {
             "worker": self.worker_id,
+            "instance": self.instance,  # this process, for a restart under the same id
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "version": immortal_version(),
