@@ -55,6 +55,12 @@ def test_prefix_changes_every_name() -> None:
     n = Names("blue")
     assert n.stream_in == "BLUE_IN" and n.bucket_runs == "blue-runs"
     assert n.task_subject("t", "q", "wf") == "blue.task.t.q.wf"
+    assert n.bucket_hubs == "blue-hubs"
+    # Pushed workflow tasks: a core subject outside every stream, one per worker and one
+    # per queue; a worker id with a dot stays one token.
+    assert n.push_subject("t", "q.1") == "blue.push.t.q=2E1"
+    assert n.push_subject("t", "q", "w.1") == "blue.push.t.q.w=2E1"
+    assert n.workflow_history_filter("t", "order.7") == "blue.hist.t.order=2E7.*"
     with pytest.raises(ValueError, match="invalid prefix"):
         Names("no.dots")
 

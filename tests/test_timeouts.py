@@ -38,14 +38,21 @@ async def timeouts(ctx: WorkflowContext, which: str) -> str:
     return await ctx.activity(which, 1, result_type=str)
 
 
+@immortal.workflow(name="timeouts_then_wait")
+async def timeouts_then_wait(ctx: WorkflowContext, which: str) -> str:
+    result = await ctx.activity(which, 1, result_type=str)
+    await ctx.sleep(2.5)  # still open when a late result arrives (a closed run records none)
+    return result
+
+
 ACTS = [slow_first, never_in_time, hangs]
 
 
 async def test_start_to_close_times_out_retries_and_ignores_the_late_result(
     nats_url: str, prefix: str, client: Client
 ) -> None:
-    async with running_worker(nats_url, prefix, workflows=[timeouts], activities=ACTS):
-        handle = await client.start(timeouts, "slow_first")
+    async with running_worker(nats_url, prefix, workflows=[timeouts_then_wait], activities=ACTS):
+        handle = await client.start(timeouts_then_wait, "slow_first")
         assert await handle.result(timeout=20) == "fast"
         history = await wait_for_history(
             client,

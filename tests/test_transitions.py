@@ -7,23 +7,35 @@ import pytest
 from immortal._codec import encode_args, encode_value
 from immortal._retry import RetryPolicy
 from immortal._wire import (
+    ActivityHeartbeat,
     ActivityResult,
     ActivityStarted,
+    ChildClosed,
     CompleteWorkflow,
     EventType,
     Failure,
+    RequestCancel,
     RunStatus,
     ScheduleActivity,
+    SignalWorkflow,
+    StartChild,
+    StartTimer,
     StartWorkflow,
+    TimerFired,
     WorkflowTaskResult,
 )
 from immortal_hub._emissions import emissions_for, open_emissions
 from immortal_hub._transitions import (
     InvalidInput,
     StaleAttempt,
+    apply_activity_heartbeat,
     apply_activity_result,
     apply_activity_started,
+    apply_cancel_request,
+    apply_child_closed,
+    apply_signal,
     apply_start,
+    apply_timer_fired,
     apply_workflow_task_result,
 )
 
@@ -144,9 +156,8 @@ def test_completion_closes_the_run_and_abandons_activities() -> None:
     s = _act(s, 4).state
     out = _wft(s, 6, CompleteWorkflow(result=encode_value(1)), rid="final-task")
     assert out.closes_run and out.state is not None and out.state.status is RunStatus.COMPLETED
-    assert [e.type for e in _act(out.state, 4, rid="zz").events] == [
-        EventType.ACTIVITY_RESULT_IGNORED
-    ]
+    late = _act(out.state, 4, rid="zz")  # nothing is appended to a closed run
+    assert late.events == [] and late.note is not None and "closed run" in late.note
 
 
 def _redelivered(state, attempt, delivery):  # type: ignore[no-untyped-def]
@@ -175,3 +186,48 @@ def test_a_redelivered_attempt_counts_as_lost_until_the_policy_gives_up() -> Non
     failed, *_ = _redelivered(out.state, 2, 2).events  # and is lost too: 2 attempts used
     assert failed.type is EventType.ACTIVITY_FAILED
     assert failed.attrs["failure"]["type"] == "WorkerLost"
+
+
+def test_transitions_never_change_the_state_they_are_given() -> None:
+    """The hub caches the state it last appended and applies the next input to it; a
+    transition works on its own copy (sharing what it never changes in place)."""
+    retry = RetryPolicy(initial_interval=1, jitter=0, maximum_attempts=3).to_wire()
+    run = _wft(
+        _start().state,
+        2,
+        ScheduleActivity(seq=1, name="a", input=b"\x90", retry=retry, heartbeat_timeout=5),
+        StartTimer(seq=2, duration_ms=1000),
+        StartChild(seq=3, workflow_type="c", workflow_id="cw", input=b"\x90"),
+    ).state
+    assert run is not None and run.activities and run.timers and run.children
+    timer_id, child_id = next(iter(run.timers)), next(iter(run.children))
+    common = {"workflow_id": "w", "run_id": "r"}
+    failed = ActivityResult(
+        **common, scheduled_id=4, attempt=1, delivery=1, result_id="f", worker="wk",
+        started_ts=1, ended_ts=2, failure=Failure(type="Boom", message="m"),
+    )  # fmt: skip
+    inputs = [
+        lambda s: apply_activity_result(s, failed, 3000),
+        lambda s: _act(s, 4),
+        lambda s: apply_activity_heartbeat(
+            s, ActivityHeartbeat(**common, scheduled_id=4, attempt=1, worker="wk", result_id="h"), 3000
+        ),
+        lambda s: apply_activity_started(
+            s, ActivityStarted(**common, scheduled_id=4, attempt=1, delivery=1, worker="wk", result_id="st"), 3000
+        ),
+        lambda s: apply_timer_fired(s, TimerFired(**common, timer=f"t-{timer_id}", kind="timer", scheduled_id=timer_id), 3000),
+        lambda s: apply_child_closed(
+            s, ChildClosed(**common, scheduled_id=child_id, child_workflow_id="cw", child_run_id="cr", status="completed"), 3000
+        ),
+        lambda s: apply_signal(s, SignalWorkflow(**common, name="go", input=b"\x90", signal_id="sg"), 3000),
+        lambda s: apply_cancel_request(s, RequestCancel(**common, request_id="rc"), 3000),
+    ]  # fmt: skip
+    for apply in inputs:
+        before = run.model_dump()
+        out = apply(run)
+        assert run.model_dump() == before
+        assert out.events and out.state is not None and out.state is not run
+    news = _act(run, 4).state  # a workflow task open: the code completes the run
+    before = news.model_dump()
+    assert _wft(news, news.last_external, CompleteWorkflow(result=b"\x90"), rid="done").events
+    assert news.model_dump() == before

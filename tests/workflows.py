@@ -114,3 +114,24 @@ async def waits_for_go(ctx: WorkflowContext, x: int) -> int:
 
 
 workflows = [*workflows, waits_for_go]
+
+
+def _stall_if_marked() -> None:
+    """A test hook in workflow code: block this worker while ``stall-<pid>`` (holding a
+    number of seconds) exists in the test directory, after saying so with ``stalled-<pid>``."""
+    d, pid = _dir(), os.getpid()
+    mark = d / f"stall-{pid}"
+    if mark.exists():
+        (d / f"stalled-{pid}").touch()
+        time.sleep(float(mark.read_text() or "60"))
+
+
+@immortal.workflow
+async def stalls(ctx: WorkflowContext, x: int) -> int:
+    doubled = await ctx.activity(double, x)  # its result runs the code on to the sleep
+    await ctx.sleep(0.05)
+    _stall_if_marked()  # in the workflow task the firing schedules: a sticky, pushed one
+    return doubled + 1
+
+
+workflows = [*workflows, stalls]

@@ -405,15 +405,28 @@ class Client:
         return await read_retention(self.nc.jetstream(), self.names, self.tenant)
 
     async def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[Any]:
-        """A handle on an existing run: the newest one of ``workflow_id`` if no run id."""
+        """A handle on an existing run: the newest one of ``workflow_id`` if no run id.
+
+        The newest run is the one with the newest history message: a run starts after its
+        predecessor closed, and nothing is appended to a closed run. The runs index, written
+        when a run closes, is the fallback for a run whose history is gone.
+        """
         if run_id is None:
-            kv = await self._runs()
-            try:
-                key = self.names.run_key(self.tenant, workflow_id)
-                entry = await retry_transient(partial(kv.get, key), what=key)
-            except JsNotFound as exc:
-                raise WorkflowNotFoundError(f"no workflow {workflow_id!r}") from exc
-            run_id = str(unpack(entry.value or b"")["run_id"])
+            history = self.names.stream_history
+            subjects = self.names.workflow_history_filter(self.tenant, workflow_id)
+            newest = await retry_transient(
+                partial(last_message, self.nc, history, subjects), what=subjects
+            )
+            if newest is not None:
+                run_id = decode_token(newest.subject.rsplit(".", 1)[1])
+            else:
+                kv = await self._runs()
+                try:
+                    key = self.names.run_key(self.tenant, workflow_id)
+                    entry = await retry_transient(partial(kv.get, key), what=key)
+                except JsNotFound as exc:
+                    raise WorkflowNotFoundError(f"no workflow {workflow_id!r}") from exc
+                run_id = str(unpack(entry.value or b"")["run_id"])
         return WorkflowHandle(self, workflow_id, run_id, None)
 
     async def _runs(self) -> KeyValue:

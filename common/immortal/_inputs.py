@@ -20,6 +20,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from immortal._errors import ImmortalError, PayloadError
 from immortal._names import InputKind, Names
+from immortal._requests import Requests
 from immortal._transient import retry_transient
 
 __all__ = ["BUSY", "OK", "REJECTED", "STALE", "StaleInput", "send_input"]
@@ -57,7 +58,8 @@ async def send_input(
             f"{nc.max_payload:,} bytes"
         )
     try:
-        reply = await nc.request(names.rpc_subject(tenant, queue, kind), data, timeout=rpc_timeout)
+        subject = names.rpc_subject(tenant, queue, kind)
+        reply = await Requests.of(nc).request(subject, data, timeout=rpc_timeout)
         if reply.data == OK:
             return None
         if reply.data.startswith(OK + b":"):

@@ -3,7 +3,7 @@
 A run's history subject is a hash chain. Deleting a message, altering one (in JetStream:
 removing it and writing a changed copy), or reordering breaks a link, and the event ids,
 contiguous from 1 across transitions, show a gap. The runs index keeps the digest of the
-newest transition at the start and the close, which anchors the chain's end.
+closing transition, which anchors a closed run's chain at its end.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class IntegrityReport:
 def verify_chain(messages: list[tuple[int, bytes]], head: bytes | None = None) -> IntegrityReport:
     """Check a run's history messages, given as (stream sequence, data) in stream order.
 
-    ``head`` is the digest the runs index recorded for the newest transition it saw (at the
-    start or the close), if any: the chain must reach it.
+    ``head`` is the digest the runs index recorded for the run's closing transition, if
+    any: the chain must reach it.
     """
     report = IntegrityReport()
     prev, next_id = b"", 1

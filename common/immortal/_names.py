@@ -130,6 +130,10 @@ class Names:
         return f"{self.prefix}-queues"
 
     @property
+    def bucket_hubs(self) -> str:
+        return f"{self.prefix}-hubs"
+
+    @property
     def bucket_schedules(self) -> str:
         return f"{self.prefix}-schedules"
 
@@ -147,12 +151,22 @@ class Names:
     def history_subject(self, tenant: str, workflow_id: str, run_id: str) -> str:
         return f"{self.prefix}.hist.{tenant}.{encode_token(workflow_id)}.{encode_token(run_id)}"
 
+    def workflow_history_filter(self, tenant: str, workflow_id: str) -> str:
+        """Every run's history subject of one workflow id."""
+        return f"{self.prefix}.hist.{tenant}.{encode_token(workflow_id)}.*"
+
     def task_subject(self, tenant: str, queue: str, kind: TaskKind) -> str:
         return f"{self.prefix}.task.{tenant}.{encode_token(queue)}.{kind}"
 
     def sticky_subject(self, tenant: str, queue: str, worker_id: str) -> str:
         """Workflow tasks for the one worker that has the run cached (see ``_sticky``)."""
         return f"{self.prefix}.task.{tenant}.{encode_token(queue)}.wf.{encode_token(worker_id)}"
+
+    def push_subject(self, tenant: str, queue: str, worker_id: str | None = None) -> str:
+        """Core subject of workflow tasks pushed to one worker, or to any worker of the queue
+        (a queue group) when ``worker_id`` is None (see the hub's ``_push``)."""
+        base = f"{self.prefix}.push.{tenant}.{encode_token(queue)}"
+        return base if worker_id is None else f"{base}.{encode_token(worker_id)}"
 
     def sticky_consumer(self, tenant: str, queue: str, worker_id: str) -> str:
         return f"wfs_{tenant}_{encode_token(queue)}_{encode_token(worker_id)}"

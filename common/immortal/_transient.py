@@ -17,6 +17,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from nats.aio.client import Client as NATS
 from nats.errors import (
     ConnectionReconnectingError,
     NoRespondersError,
@@ -24,10 +25,11 @@ from nats.errors import (
     StaleConnectionError,
 )
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 from nats.js.kv import KeyValue
+
+from immortal._requests import Requests
 
 __all__ = ["RETRY_BUDGET", "is_transient", "key_value", "publish", "retry_transient"]
 
@@ -91,12 +93,12 @@ async def retry_transient(
             delay = min(delay * 2, _MAX_DELAY)
 
 
-async def publish(
-    js: JetStreamContext, subject: str, data: bytes, *, headers: dict[str, str]
-) -> PubAck:
-    """``js.publish`` through leader elections. Only for a publish that a repeat stores once:
-    one with a ``Nats-Msg-Id``, or an expected sequence."""
-    return await retry_transient(lambda: js.publish(subject, data, headers=headers), what=subject)
+async def publish(nc: NATS, subject: str, data: bytes, *, headers: dict[str, str]) -> int:
+    """A JetStream publish (timer-free, see ``_requests``) through leader elections; returns
+    the stream sequence. Only for a publish that a repeat stores once: one with a
+    ``Nats-Msg-Id``, or an expected sequence."""
+    requests = Requests.of(nc)
+    return await retry_transient(lambda: requests.publish(subject, data, headers), what=subject)
 
 
 async def key_value(js: JetStreamContext, bucket: str) -> KeyValue:

@@ -40,6 +40,7 @@ __all__ = [
     "ParentRef",
     "RecordMarker",
     "RequestCancel",
+    "RunAhead",
     "RunState",
     "RunStatus",
     "ScheduleActivity",
@@ -237,6 +238,7 @@ class RunState(_Model):
     last_external: int = 0  # id of the newest event workflow code has to see
     last_wft_failure: str | None = None
     sticky: str | None = None  # the worker that completed the last workflow task (cached it)
+    pushed_by: str | None = None  # the hub that may have pushed the open workflow task
     activities: dict[int, OpenActivity] = Field(default_factory=dict)
     timers: dict[int, OpenTimer] = Field(default_factory=dict)  # by TimerStarted id
     children: dict[int, OpenChild] = Field(default_factory=dict)  # by scheduled id
@@ -408,6 +410,18 @@ class WorkflowTaskResult(_Model):
     failure: Failure | None = None
 
 
+class RunAhead(_Model):
+    """Workflow code that the worker holding the run ran on with an activity's result, as if
+    the result were the run's only news: the commands of the workflow task the hub would
+    schedule for it (``wft``, the id it would get), seeing the events at ``ts``. The hub
+    records result and task in one transition if the run is as the worker saw it, and
+    otherwise records the result alone and schedules the task as usual."""
+
+    wft: int
+    ts: int
+    commands: list[Command] = Field(default_factory=list)
+
+
 class ActivityResult(_Model):
     workflow_id: str
     run_id: str
@@ -420,6 +434,7 @@ class ActivityResult(_Model):
     ended_ts: int
     result: bytes | None = None
     failure: Failure | None = None
+    then: RunAhead | None = None
 
 
 class TimerFired(_Model):

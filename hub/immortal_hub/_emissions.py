@@ -28,7 +28,7 @@ from immortal._wire import (
     WorkflowTask,
 )
 
-__all__ = ["Emission", "emissions_for", "open_emissions"]
+__all__ = ["Emission", "emissions_for", "open_emissions", "workflow_task_emission"]
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,12 @@ def open_emissions(state: RunState, hist_seq: int) -> list[Emission]:
     if state.wft is not None:
         out.append(_workflow_task(state, state.wft, hist_seq))
     return out
+
+
+def workflow_task_emission(state: RunState, hist_seq: int) -> Emission:
+    """The run's open workflow task, as re-emitted (the worker reads what it lacks)."""
+    assert state.wft is not None
+    return _workflow_task(state, state.wft, hist_seq)
 
 
 def _workflow_task(state: RunState, wft: int, hist_seq: int) -> Emission:

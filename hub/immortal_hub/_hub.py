@@ -62,7 +62,9 @@ from immortal._wire import (
 )
 from immortal_hub._emissions import Emission, emissions_for, open_emissions
 from immortal_hub._limits import Admission, TenantLimits
+from immortal_hub._local_timers import LocalTimers
 from immortal_hub._metrics import HubMetrics
+from immortal_hub._push import PUSH_HEADER, Pushes
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._sticky import move_sticky_tasks
 from immortal_hub._transitions import (
@@ -100,7 +102,6 @@ log = logging.getLogger(__name__)
 
 _MAX_RACES = 50
 _POISON_DELIVERIES = 10
-_MAX_LOCAL_TIMERS = 100_000
 
 
 class Hub:
@@ -152,11 +153,11 @@ class Hub:
         self.transitions = 0  # appended transitions, for tests and metrics
         self._held_by: dict[str, list[str]] = {}  # worker key -> ack subjects it holds
         self.handed_back = 0  # tasks of dead workers handed back, for tests and metrics
-        # Timers due within this many seconds are also fired from this hub's clock.
-        self.local_timer_horizon = local_timer_horizon
-        # One local timer per timer subject, as the server keeps one schedule per subject:
-        # subject -> (the timer message's id, its handle).
-        self._local_timers: dict[str, tuple[str, asyncio.TimerHandle]] = {}
+        # Timers due within local_timer_horizon seconds are also fired from this hub's clock.
+        self._timers = LocalTimers(
+            self.names, local_timer_horizon, self._on_timer, self._purge_timer, self._spawn
+        )
+        self._local_timers = self._timers.armed
         self._retentions: dict[str, tuple[int, Retention]] = {}  # tenant -> (read at, setting)
         self._metrics = HubMetrics(
             self.names,
@@ -178,7 +179,9 @@ class Hub:
         await ensure_resources(self.js, self.names, self.settings)
         self._runs_kv = await key_value(self.js, self.names.bucket_runs)
         self._queues_kv = await key_value(self.js, self.names.bucket_queues)
-        self._running = True
+        self._running = self._timers.running = True
+        self._pushes = Pushes(self.nc, self.names, self.hub_id, self._publish_emission, self._live)
+        await self._pushes.start()
         self._rpc_sub = await self.nc.subscribe(
             f"{self.names.prefix}.rpc.>", queue=f"{self.names.prefix}-hubs", cb=self._on_rpc
         )
@@ -191,9 +194,7 @@ class Hub:
     async def stop(self) -> None:
         """Stop fetching, finish what is in flight, disconnect."""
         self._running = False
-        for _, handle in self._local_timers.values():
-            handle.cancel()  # their scheduled messages fire them
-        self._local_timers.clear()
+        self._timers.stop()
         with contextlib.suppress(Exception):
             await self._rpc_sub.unsubscribe()
         if self._rpc_tasks:
@@ -204,6 +205,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._queues.values(), *self._background, return_exceptions=True)
         await asyncio.gather(*(p.drain(10.0) for p in pullers))
+        await self._pushes.stop()
         await self._metrics.stop()
         if self._nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
@@ -275,10 +277,13 @@ class Hub:
     async def _worker_update(self, entry: Any) -> None:
         if entry.operation in (None, "PUT") and entry.value:
             try:
-                self._held_by[entry.key] = list(unpack(entry.value).get("held", []))
+                registration = unpack(entry.value)
+                self._held_by[entry.key] = list(registration.get("held", []))
+                self._pushes.registered(entry.key, registration)
             except (PayloadError, AttributeError):
                 log.warning("unreadable worker registration %s", entry.key)
             return
+        self._pushes.gone(entry.key)
         held = self._held_by.pop(entry.key, [])
         if held:
             log.warning("worker %s is gone; handing back %d task(s)", entry.key, len(held))
@@ -440,8 +445,9 @@ class Hub:
             tenant, queue, kind = self.names.parse_input_subject(msg.subject)
             body = self._decode(kind, msg.data)
             applied = await self._apply(tenant, queue, kind, body)
-            if applied is not None and kind in ("wft", "started"):
-                # wft: the worker's cache skips a read; started: whether the attempt was lost
+            if applied is not None and (kind in ("wft", "started") or getattr(body, "then", None)):
+                # wft, run ahead: the worker's cache skips a read; started: whether the
+                # attempt was lost
                 reply = OK + b":" + encode(applied)
         except StaleAttempt as exc:
             reply = STALE + b" " + str(exc).encode()
@@ -460,52 +466,6 @@ class Hub:
             await msg.respond(reply)
 
     # -- timers ---------------------------------------------------------------------------
-
-    def _arm_local(self, tenant: str, e: Emission) -> None:
-        """Fire a timer due soon from this hub's own clock, on time to the millisecond.
-
-        The server's scheduler fires at most every 250 ms, so a scheduled message alone is
-        up to a quarter second late. The scheduled message stays the durable backstop (a
-        hub that dies takes its local timers with it); whichever fires second is recognised
-        as already applied and changes nothing.
-        """
-        assert e.due_ms is not None and isinstance(e.body, TimerFired)
-        delay = (e.due_ms - now_ms()) / 1000
-        body = e.body
-        subject = self.names.timer_subject(tenant, body.run_id, body.timer)
-        current = self._local_timers.get(subject)
-        if current is not None and current[0] == e.msg_id:
-            return  # re-emitted: already armed
-        if not self._running or delay > self.local_timer_horizon:
-            return
-        if current is None and len(self._local_timers) >= _MAX_LOCAL_TIMERS:
-            return
-        self._disarm_local(subject)  # re-armed at a new due time: the new one replaces it
-        handle = asyncio.get_running_loop().call_later(
-            max(0.0, delay),
-            lambda: self._spawn(self._fire_local(tenant, e.queue, subject, e.msg_id, body)),
-        )
-        self._local_timers[subject] = (e.msg_id, handle)
-
-    def _disarm_local(self, subject: str) -> None:
-        armed = self._local_timers.pop(subject, None)
-        if armed is not None:
-            armed[1].cancel()
-
-    async def _fire_local(
-        self, tenant: str, queue: str, subject: str, msg_id: str, fired: TimerFired
-    ) -> None:
-        if self._local_timers.get(subject, ("",))[0] == msg_id:
-            del self._local_timers[subject]
-        try:
-            await self._on_timer(tenant, queue, fired)
-        except Exception as exc:  # the scheduled message will fire it
-            log.info("local timer %s: %s; the durable timer will fire it", fired.timer, exc)
-            return
-        if subject in self._local_timers:
-            return  # re-armed meanwhile: its schedule is the new one, keep it
-        with contextlib.suppress(Exception):  # spare the backstop's firing, if still in time
-            await self.js.purge_stream(self.names.stream_timers, subject=subject)
 
     async def _on_timer(
         self, tenant: str, queue: str, fired: TimerFired, msg: Msg | None = None
@@ -611,7 +571,7 @@ class Hub:
             "Imm-Ref": ref,
             "Imm-Hub": self.hub_id,
         }
-        await publish(self.js, self.names.dlq_subject(tenant, queue, kind), data, headers=headers)
+        await publish(self.nc, self.names.dlq_subject(tenant, queue, kind), data, headers=headers)
 
     async def _apply(
         self, tenant: str, queue: str, kind: str, body: Any
@@ -620,8 +580,14 @@ class Hub:
         subject = self.names.history_subject(tenant, body.workflow_id, body.run_id)
         async with self._locks.hold(subject):
             fresh = False  # read from the stream's leader (a follower may lag behind it)
-            for _ in range(_MAX_RACES):
-                state, seq, digest = await self._load(subject, fresh=fresh)
+            for attempt in range(_MAX_RACES):
+                if attempt == 0 and kind == "start" and subject not in self._cache:
+                    # A start's run is new, nearly always: skip the read. If it exists after
+                    # all (a redelivered start), the append expecting sequence 0 fails, and
+                    # the next round reads it and finds the start applied.
+                    state, seq, digest = None, 0, b""
+                else:
+                    state, seq, digest = await self._load(subject, fresh=fresh)
                 try:
                     outcome = self._transition(state, queue, kind, body)
                 except (InvalidInput, StaleAttempt) as exc:
@@ -630,7 +596,7 @@ class Hub:
                         fresh = True
                         continue
                     if isinstance(exc, StaleAttempt) and state is not None:
-                        await self._emit(tenant, open_emissions(state, seq))  # as below
+                        await self._reemit(tenant, subject, state, seq)  # as below
                     raise
                 if not outcome.events and not fresh:
                     # Appends are guarded by the expected sequence; decisions that append
@@ -638,37 +604,53 @@ class Hub:
                     self._cache.pop(subject, None)
                     fresh = True
                     continue
-                if outcome.duplicate:
-                    assert state is not None
-                    await self._emit(tenant, open_emissions(state, seq))
-                    return None
                 if not outcome.events:
-                    log.info("%s: %s", subject, outcome.note)
+                    if not outcome.duplicate:
+                        log.info("%s: %s", subject, outcome.note)
                     if state is not None:
                         # Whatever the run still owes goes out again (deduped by id): an
                         # earlier transition's tasks may have been lost to an outage between
                         # its append and its publishes, and this input is its sender's retry.
-                        await self._emit(tenant, open_emissions(state, seq))
+                        await self._reemit(tenant, subject, state, seq)
                     return None
-                assert outcome.state is not None
-                appended = await self._append(tenant, subject, outcome, seq, digest)
-                if appended is None:  # another hub moved the run (or our own lost ack
-                    fresh = True  # did): reload from the leader and decide again
+                applied = await self._commit(tenant, subject, outcome, seq, digest)
+                if applied is None:  # another hub moved the run (or our own lost ack did):
+                    fresh = True  # reload from the leader and decide again
                     continue
-                new_seq, new_digest = appended
-                # Tasks first, so the index write is off the run's critical path; it still
-                # happens before the ack, and under the run lock, so this hub cannot index
-                # the run's close before its start. A close is indexed before its emissions,
-                # so a continued run's start always indexes after its predecessor's close.
-                emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
-                if outcome.closes_run:
-                    await self._index(tenant, outcome.state, new_seq, new_digest)
-                    await self._arm_retention(tenant, outcome.state)
-                await self._emit(tenant, emissions)
-                if outcome.starts_run:
-                    await self._index(tenant, outcome.state, new_seq, new_digest)
-                return AppliedTransition(prev_seq=seq, seq=new_seq, events=outcome.events)
+                return applied
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
+
+    async def _commit(
+        self, tenant: str, subject: str, outcome: Outcome, seq: int, digest: bytes
+    ) -> AppliedTransition | None:
+        """Append the outcome after ``seq`` and publish what it asks for; None if the
+        history had moved on."""
+        assert outcome.state is not None
+        push = self._pushes.reserve(outcome.state, outcome.events)
+        try:
+            appended = await self._append(tenant, subject, outcome, seq, digest, push)
+            if appended is None:
+                return None
+            new_seq, new_digest = appended
+            # The index is written once per run, at its close (a running run is found from
+            # its history), before the closing emissions, so a continued run's close is
+            # indexed before its successor can close.
+            emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
+            if outcome.closes_run:
+                await self._index(tenant, outcome.state, new_seq, new_digest)
+                await self._arm_retention(tenant, outcome.state)
+            if push is not None:  # its workflow task goes over core NATS (_push)
+                pushed = partial(self._pushes.push, tenant, subject, seq=new_seq)
+                emissions = [e for e in emissions if not pushed(e)]
+            await self._emit(tenant, emissions)
+        finally:
+            self._pushes.release(push)
+        return AppliedTransition(prev_seq=seq, seq=new_seq, events=outcome.events)
+
+    async def _reemit(self, tenant: str, subject: str, state: RunState, seq: int) -> None:
+        """Publish again what the run owes, but a workflow task that a live hub pushed and
+        still answers for (``_push``)."""
+        await self._emit(tenant, self._pushes.unpushed(subject, state, open_emissions(state, seq)))
 
     @staticmethod
     def _transition(state: RunState | None, queue: str, kind: str, body: Any) -> Outcome:
@@ -690,17 +672,26 @@ class Hub:
         return decode(Transition, msg.data).state, msg.seq, transition_digest(msg.data)
 
     async def _append(
-        self, tenant: str, subject: str, outcome: Outcome, expected_seq: int, prev: bytes
+        self,
+        tenant: str,
+        subject: str,
+        outcome: Outcome,
+        expected_seq: int,
+        prev: bytes,
+        push: int | None = None,
     ) -> tuple[int, bytes] | None:
         """Append one transition chained to the previous one; (sequence, digest), or None
-        if another hub appended first."""
+        if another hub appended first. ``push``: its workflow task may be pushed, which the
+        header records for the recovery of a dead hub's pushes."""
         assert outcome.state is not None
         body = encode(Transition(events=outcome.events, state=outcome.state, prev=prev))
         headers = {"Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
+        if push is not None:
+            headers[PUSH_HEADER] = self.hub_id
         try:
             # Safe to repeat: if a try that timed out was stored, the next one is refused
             # (wrong last sequence) and the reload finds the input applied.
-            ack = await publish(self.js, subject, body, headers=headers)
+            new_seq = await publish(self.nc, subject, body, headers=headers)
         except Exception as exc:
             self._cache.pop(subject, None)
             if is_wrong_last_sequence(exc):
@@ -709,8 +700,9 @@ class Hub:
         self.transitions += 1
         self._metrics.transitions.add(1, {"tenant": tenant, "queue": outcome.state.queue})
         digest = transition_digest(body)
-        self._remember(subject, outcome.state, ack.seq, digest)
-        return int(ack.seq), digest
+        self._remember(subject, outcome.state, new_seq, digest)
+        self._pushes.appended(subject, new_seq, outcome.state)
+        return new_seq, digest
 
     def _remember(self, subject: str, state: RunState, seq: int, digest: bytes) -> None:
         if state.status.closed:
@@ -734,8 +726,8 @@ class Hub:
                 "head": digest,  # the newest transition's digest: anchors `verify`
             }
         )
-        key = self.names.run_key(tenant, state.workflow_id)
-        await retry_transient(lambda: self._runs_kv.put(key, value), what=key)
+        subject = f"$KV.{self.names.bucket_runs}.{self.names.run_key(tenant, state.workflow_id)}"
+        await publish(self.nc, subject, value, headers={})  # a KV put: the same value, repeatable
 
     async def _emit(self, tenant: str, emissions: list[Emission]) -> None:
         if emissions:
@@ -745,7 +737,7 @@ class Hub:
         if e.kind == "input":
             assert e.input_kind is not None
             await publish(
-                self.js,
+                self.nc,
                 self.names.input_subject(tenant, e.queue, e.input_kind),
                 encode(e.body),
                 headers={"Nats-Msg-Id": e.msg_id},
@@ -754,9 +746,9 @@ class Hub:
         if e.kind == "purge":
             assert isinstance(e.body, TimerFired)
             subject = self.names.timer_subject(tenant, e.body.run_id, e.body.timer)
-            self._disarm_local(subject)
+            self._timers.disarm(subject)
             try:  # best effort: a timer that fires anyway is recorded as no longer needed
-                await self.js.purge_stream(self.names.stream_timers, subject=subject)
+                await self._purge_timer(subject)
             except Exception as exc:
                 log.debug("purging %s: %s", subject, exc)
             return
@@ -765,16 +757,23 @@ class Hub:
             # One schedule per subject; it fires into the same stream, where the hub's
             # timer consumer for this queue picks it up (also after a restart).
             await publish(
-                self.js,
+                self.nc,
                 self.names.timer_subject(tenant, e.body.run_id, e.body.timer),
                 encode(e.body),
                 headers=schedule_headers(
                     e.due_ms, self.names.fired_subject(tenant, e.queue), e.msg_id
                 ),
             )
-            self._arm_local(tenant, e)
+            self._timers.arm(tenant, e)
             return
         subject = self.names.task_subject(tenant, e.queue, e.kind)
-        if e.sticky and self.names.worker_key(tenant, e.queue, e.sticky) in self._held_by:
+        if e.sticky and self._live(tenant, e.queue, e.sticky):
             subject = self.names.sticky_subject(tenant, e.queue, e.sticky)  # it has the run
-        await publish(self.js, subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})
+        await publish(self.nc, subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})
+
+    async def _purge_timer(self, subject: str) -> None:
+        await self.js.purge_stream(self.names.stream_timers, subject=subject)
+
+    def _live(self, tenant: str, queue: str, worker: str) -> bool:
+        """Whether this hub's watch of ``imm-workers`` has the worker's key."""
+        return self.names.worker_key(tenant, queue, worker) in self._held_by

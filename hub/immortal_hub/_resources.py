@@ -125,6 +125,8 @@ def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
         ),
         KeyValueConfig(bucket=names.bucket_policy, description="policy documents", **common),
         KeyValueConfig(bucket=names.bucket_queues, description="tenant queue registry", **common),
+        # One key per live hub, renewed every second: what it may still have pushed.
+        KeyValueConfig(bucket=names.bucket_hubs, description="live hubs", **common),
         KeyValueConfig(bucket=names.bucket_schedules, description="workflow schedules", **common),
     ]
 

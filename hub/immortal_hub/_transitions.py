@@ -32,6 +32,7 @@ from immortal._wire import (
     OpenTimer,
     RecordMarker,
     RequestCancel,
+    RunAhead,
     RunState,
     RunStatus,
     ScheduleActivity,
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 _APPLIED_KEPT = 64
+_AHEAD_SKEW_MS = 1000
 
 
 class InvalidInput(Exception):
@@ -83,9 +85,17 @@ class Outcome:
     def closes_run(self) -> bool:
         return any(e.type in CLOSING_EVENTS for e in self.events)
 
-    @property
-    def starts_run(self) -> bool:
-        return any(e.type is EventType.WORKFLOW_STARTED for e in self.events)
+
+def _fork(state: RunState) -> RunState:
+    """A copy of ``state`` to change, sharing what transitions only replace and never change
+    in place (a deep copy was a tenth of the hub's CPU). The collections transitions add to
+    or remove from are copied, and so are the open activities, which they change in place;
+    the state given (the hub's cached one) stays as it was."""
+    new = state.model_copy()
+    new.activities = {sid: act.model_copy() for sid, act in state.activities.items()}
+    new.timers = dict(state.timers)
+    new.children = dict(state.children)
+    return new
 
 
 class _Builder:
@@ -169,7 +179,7 @@ def apply_workflow_task_result(
         return Outcome(note=f"stale workflow task {result.wft} (open: {state.wft})")
     if result.through >= state.next_event_id:
         raise InvalidInput(f"workflow task claims to have seen event {result.through}")
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     b = _Builder(state, now)
     if result.failure is not None:
         # The task stays open; the worker retries it. Repeats of one failure are not re-recorded.
@@ -183,16 +193,21 @@ def apply_workflow_task_result(
         )
         state.last_wft_failure = result.failure.message
         return b.outcome(result.result_id)
-    done = b.add(
-        EventType.WORKFLOW_TASK_COMPLETED, result.wft, through=result.through, worker=result.worker
-    )
+    _complete_workflow_task(b, result.wft, result.through, result.worker, result.commands)
+    return b.outcome(result.result_id)
+
+
+def _complete_workflow_task(
+    b: _Builder, wft: int, through: int, worker: str, commands: list[Command]
+) -> None:
+    state = b.state
+    done = b.add(EventType.WORKFLOW_TASK_COMPLETED, wft, through=through, worker=worker)
     state.wft = None
     state.last_wft_failure = None
-    state.sticky = result.worker
-    _apply_commands(b, done.id, result.commands)
-    if not state.status.closed and state.last_external > result.through:
+    state.sticky = worker
+    _apply_commands(b, done.id, commands)
+    if not state.status.closed and state.last_external > through:
         b.schedule_workflow_task(done.id)  # news arrived while the worker was busy
-    return b.outcome(result.result_id)
 
 
 def _apply_commands(b: _Builder, done_id: int, commands: list[Command]) -> None:
@@ -316,7 +331,7 @@ def apply_signal(state: RunState | None, signal: SignalWorkflow, now: int) -> Ou
         raise InvalidInput(
             f"signal {signal.name!r} for run {signal.run_id}, which is {state.status}"
         )
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     b = _Builder(state, now)
     ev = b.add(
         EventType.WORKFLOW_SIGNALED,
@@ -336,7 +351,7 @@ def apply_cancel_request(state: RunState | None, request: RequestCancel, now: in
         return Outcome(duplicate=True)
     if state.status.closed or state.cancel_requested:
         return Outcome(note="cancellation requested of a closed or already cancelling run")
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     state.cancel_requested = True
     b = _Builder(state, now)
     b.news(b.add(EventType.WORKFLOW_CANCEL_REQUESTED, None, reason=request.reason))
@@ -351,7 +366,7 @@ def apply_child_closed(state: RunState | None, closed: ChildClosed, now: int) ->
         return Outcome(duplicate=True)
     if state.status.closed or closed.scheduled_id not in state.children:
         return Outcome(note=f"child {closed.child_workflow_id} closed; the parent no longer waits")
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     del state.children[closed.scheduled_id]
     b = _Builder(state, now)
     ids = {"workflow_id": closed.child_workflow_id, "run_id": closed.child_run_id}
@@ -377,8 +392,11 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
         raise InvalidInput(f"activity result for unknown run {result.run_id}")
     if result.result_id in state.applied:
         return Outcome(duplicate=True)
-    state = state.model_copy(deep=True)
-    b = _Builder(state, now)
+    if state.status.closed:
+        # Nothing is appended to a closed run, so that the newest message on a workflow's
+        # history subjects is always its newest run's (``Client.get_handle`` relies on it).
+        return Outcome(note=f"activity result for a closed run (attempt {result.attempt})")
+    state = _fork(state)
     common = {
         "attempt": result.attempt,
         "delivery": result.delivery,
@@ -388,12 +406,12 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
     }
     act = state.activities.get(result.scheduled_id)
     reason = None
-    if state.status.closed:
-        reason = "run already closed"
-    elif act is None:
+    if act is None:
         reason = "activity already closed"
     elif act.attempt != result.attempt or act.retry_at is not None:
         reason = f"attempt {result.attempt} is no longer current (timed out or retried)"
+    ahead = _ahead(state, result, now) if reason is None else None
+    b = _Builder(state, now if ahead is None else ahead.ts)
     if reason is not None:
         b.add(EventType.ACTIVITY_RESULT_IGNORED, result.scheduled_id, reason=reason, **common)
         return b.outcome(result.result_id)
@@ -402,7 +420,22 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
         return b.outcome(result.result_id)
     ev = b.add(EventType.ACTIVITY_COMPLETED, result.scheduled_id, result=result.result, **common)
     _close_activity(b, result.scheduled_id, ev)
+    if ahead is not None and state.wft == ahead.wft:  # the task it ran ahead is this one
+        _complete_workflow_task(b, ahead.wft, ahead.wft, result.worker, ahead.commands)
     return b.outcome(result.result_id)
+
+
+def _ahead(state: RunState, result: ActivityResult, now: int) -> RunAhead | None:
+    """The workflow task the worker ran ahead with this result, if it is the one the hub
+    schedules for it: the worker's copy of the run had every event (the next event id is
+    the one it expected), no workflow task is open, and its clock agrees with the hub's
+    (the events get the time the code saw as ``ctx.now()``)."""
+    ahead = result.then
+    if ahead is None or result.failure is not None or state.wft is not None:
+        return None
+    if ahead.wft != state.next_event_id + 1 or abs(ahead.ts - now) > _AHEAD_SKEW_MS:
+        return None
+    return ahead
 
 
 def _fail_attempt(
@@ -460,7 +493,7 @@ def apply_timer_fired(state: RunState | None, fired: TimerFired, now: int) -> Ou
     stale = Outcome(note=f"timer {fired.timer} no longer needed")
     if state.status.closed:
         return stale
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     b = _Builder(state, now)
     if fired.kind in ("execution_timeout", "run_timeout"):
         if fired.kind == "execution_timeout":
@@ -538,7 +571,7 @@ def apply_activity_heartbeat(state: RunState | None, beat: ActivityHeartbeat, no
     act = state.activities.get(beat.scheduled_id)
     if state.status.closed or act is None or act.attempt != beat.attempt or act.retry_at:
         raise StaleAttempt(f"attempt {beat.attempt} no longer counts (timed out or closed)")
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     act = state.activities[beat.scheduled_id]
     act.heartbeat_details = beat.details
     act.last_heartbeat_ts = now
@@ -577,7 +610,7 @@ def apply_activity_started(state: RunState | None, started: ActivityStarted, now
         and act.retry_at is None
     )
     if current and started.delivery > 1:
-        state = state.model_copy(deep=True)
+        state = _fork(state)
         b = _Builder(state, now)
         lost = Failure(
             type="WorkerLost",
@@ -595,7 +628,7 @@ def apply_activity_started(state: RunState | None, started: ActivityStarted, now
         raise StaleAttempt(f"attempt {started.attempt} no longer counts")
     if act.started:
         return Outcome(note=f"start of attempt {started.attempt} is not news")
-    state = state.model_copy(deep=True)
+    state = _fork(state)
     state.activities[started.scheduled_id].started = True
     b = _Builder(state, now)
     b.add(

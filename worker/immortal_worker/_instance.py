@@ -32,6 +32,7 @@ from immortal._errors import (
 )
 from immortal._wire import (
     COMMAND_EVENTS,
+    ActivityResult,
     AnyCommand,
     CancelActivity,
     CancelTimer,
@@ -43,11 +44,13 @@ from immortal._wire import (
     FailWorkflow,
     HistoryEvent,
     RecordMarker,
+    RunAhead,
     ScheduleActivity,
     SetStatus,
     StartChild,
     StartTimer,
 )
+from immortal._wire import now_ms as wall_ms
 from immortal_worker._loop import WorkflowLoop
 
 __all__ = ["CacheStale", "WorkflowInstance"]
@@ -291,9 +294,11 @@ class WorkflowInstance(WorkflowRuntime):
     def finished(self) -> bool:
         return self._finished
 
-    def has_completed(self, wft: int) -> bool:
+    def has_completed(self, wft: int, events: list[HistoryEvent] | None = None) -> bool:
+        """Whether workflow task ``wft`` was completed (in ``events``, else in history)."""
         return any(
-            e.type is EventType.WORKFLOW_TASK_COMPLETED and e.caused_by == wft for e in self.events
+            e.type is EventType.WORKFLOW_TASK_COMPLETED and e.caused_by == wft
+            for e in (self.events if events is None else events)
         )
 
     def releasable(self, release_after_ms: int) -> bool:
@@ -304,6 +309,32 @@ class WorkflowInstance(WorkflowRuntime):
         if any(t.release for t in self._timers.values()):
             return True
         return min(t.due for t in self._timers.values()) - self.loop.now_ms >= release_after_ms
+
+    def run_ahead(self, scheduled_id: int, result: ActivityResult) -> RunAhead | None:
+        """Add the events a hub would append for this activity result
+        (``ActivityCompleted``, then ``WorkflowTaskScheduled``) and run the workflow task they
+        make; the commands go with the result (``RunAhead``). None if the code cannot run
+        that task through here (the task then comes from the hub, as usual)."""
+        n, ts = self.events[-1].id + 1, wall_ms()
+        attrs = result.model_dump(
+            include={"attempt", "delivery", "worker", "started_ts", "ended_ts"}
+        )
+        self.events += [
+            HistoryEvent(
+                id=n,
+                type=EventType.ACTIVITY_COMPLETED,
+                ts=ts,
+                caused_by=scheduled_id,
+                attrs={"result": result.result, **attrs},
+            ),
+            HistoryEvent(id=n + 1, type=EventType.WORKFLOW_TASK_SCHEDULED, ts=ts, caused_by=n),
+        ]
+        try:
+            commands, through = self.activate(n + 1)
+        except Exception as exc:  # replayed from history with the task, as usual
+            log.debug("run %s: not run ahead: %r", self.info.run_id, exc)
+            return None
+        return RunAhead(wft=n + 1, ts=ts, commands=commands) if through == n + 1 else None
 
     def activate(self, wft: int) -> tuple[list[_Command], int]:
         """Replay what is recorded in ``events`` past this point, run the live activation.

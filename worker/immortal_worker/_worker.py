@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -70,6 +70,7 @@ from immortal._wire import (
     now_ms,
 )
 from immortal_worker._instance import CacheStale, WorkflowInstance
+from immortal_worker._pushed import PushedTask, Pushes
 
 __all__ = ["Worker"]
 
@@ -83,6 +84,14 @@ def immortal_version() -> str:
 
 log = logging.getLogger(__name__)
 _RUN_LOGGERS = ("immortal.workflow", "immortal.activity")
+
+
+class _Task(Protocol):
+    """A workflow task's delivery: a JetStream message, or a task pushed over core NATS."""
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay: float | None = None) -> None: ...
 
 
 class Worker:
@@ -117,6 +126,7 @@ class Worker:
         self.tenant = validate_tenant(tenant)
         self.names = Names(prefix)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.instance = uuid.uuid4().hex
         self.workflows: dict[str, WorkflowDefinition] = {}
         for wf in workflows:
             d = workflow_definition(wf)
@@ -173,12 +183,22 @@ class Worker:
         self._workers_kv = await key_value(self.js, self.names.bucket_workers)
         await self._register()
         self._liveness = asyncio.create_task(self._stay_registered())
+        self._pushes = Pushes(
+            self.nc,
+            self.names,
+            self.tenant,
+            self.worker_id,
+            self.instance,
+            self.workflow_slots,
+            self._pushed,
+        )
         queues_kv = await key_value(self.js, self.names.bucket_queues)
         for queue in self.queues:
             key = self.names.queue_key(self.tenant, queue)
             await retry_transient(partial(queues_kv.put, key, b"worker"), what=key)
             if self.workflows:
                 await self._serve(queue, "wf")
+                await self._pushes.serve(queue)
             if self.activities:
                 await self._serve(queue, "act")
         log.info(
@@ -194,7 +214,7 @@ class Worker:
         for t in self._poll_tasks:
             t.cancel()
         await asyncio.gather(*self._poll_tasks, return_exceptions=True)
-        await asyncio.gather(*(p.drain(grace) for p in self._pullers))
+        await asyncio.gather(*(p.drain(grace) for p in self._pullers), self._pushes.stop(grace))
         unfinished = list(self._held.values())
         for msg in unfinished:
             with contextlib.suppress(Exception):
@@ -359,7 +379,7 @@ class Worker:
                 result=result,
                 failure=failure,
             )
-            await self._send(task.workflow_queue, "act", encode(body), body.result_id)
+            await self._report_result(task, body)
         await msg.ack()
 
     async def _report_start(self, task: ActivityTask, delivery: int) -> bool:
@@ -445,7 +465,7 @@ class Worker:
         subject = self.names.timer_subject(self.tenant, task.run_id, timer)
         headers = schedule_headers(due, target, f"{task.run_id}:{timer}:{due}")
         data = encode(body)  # one schedule per subject, with a msg id: safe to repeat
-        await publish(self.js, subject, data, headers=headers)
+        await publish(self.nc, subject, data, headers=headers)
 
     async def _run_activity(self, task: ActivityTask, beats: Heartbeats) -> bytes:
         defn = self.activities.get(task.name)
@@ -498,6 +518,7 @@ class Worker:
         """What ``imm-workers`` says about this worker (discovery and liveness)."""
         return {
             "worker": self.worker_id,
+            "instance": self.instance,  # this process, for a restart under the same id
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "version": immortal_version(),
@@ -562,7 +583,12 @@ class Worker:
         async with self._run_locks.hold(task.run_id), self._lease(msg):
             await self._advance(msg, task, delivery)
 
-    async def _advance(self, msg: Msg, task: WorkflowTask, delivery: int) -> None:
+    async def _pushed(self, task: WorkflowTask, pushed: PushedTask) -> None:
+        """A workflow task pushed over core NATS (``_pushed``): delivery 0, no lease."""
+        async with self._run_locks.hold(task.run_id):
+            await self._advance(pushed, task, 0)
+
+    async def _advance(self, msg: _Task, task: WorkflowTask, delivery: int) -> None:
         defn = self.workflows.get(task.workflow_type)
         if defn is None:
             err = UnknownWorkflowTypeError(
@@ -610,9 +636,11 @@ class Worker:
         await self._complete(msg, task, inst, body)
 
     async def _complete(
-        self, msg: Msg, task: WorkflowTask, inst: WorkflowInstance, body: WorkflowTaskResult
+        self, msg: _Task, task: WorkflowTask, inst: WorkflowInstance, body: WorkflowTaskResult
     ) -> None:
         """Report the activation's commands, ack the task, then keep the run or let it go."""
+        if isinstance(msg, PushedTask):
+            msg.reporting()  # waiting for a hub now, not working: its slot is free
         try:
             applied = await self._report(task, body)
         except BaseException:
@@ -622,6 +650,11 @@ class Worker:
         if applied is not None and applied.prev_seq == inst.last_seq:
             inst.events.extend(applied.events)  # what the hub appended: no read next time
             inst.last_seq = applied.seq
+        self._keep(inst)
+
+    def _keep(self, inst: WorkflowInstance) -> None:
+        """After a workflow task: close a finished run, release one that only sleeps, cache
+        the others."""
         if inst.finished:
             inst.close()
         elif inst.releasable(round(self.release_after * 1000)):
@@ -630,9 +663,50 @@ class Worker:
             inst.close()
             self.evictions += 1
             self.released += 1
-            log.info("run %s of %s sleeps: released from memory", task.run_id, task.workflow_id)
+            info = inst.info
+            log.info("run %s of %s sleeps: released from memory", info.run_id, info.workflow_id)
         else:
             self._remember(inst)
+
+    async def _report_result(self, task: ActivityTask, body: ActivityResult) -> None:
+        """Send an activity's result. If this worker holds the run, it first runs the
+        workflow code on with the result and sends the commands along (``RunAhead``): when
+        the hub finds the run as this worker saw it, it records the result and that
+        workflow task in one transition, sparing the task's push, its round trip and an
+        append. Attempts whose events the worker never sees (retries, heartbeats, reported
+        starts) would only be refused, so they go without."""
+        quiet = task.attempt == 1 and task.heartbeat_timeout is None
+        if body.failure is not None or not quiet or task.schedule_to_start is not None:
+            await self._send(task.workflow_queue, "act", encode(body), body.result_id)
+            return
+        async with self._run_locks.hold(task.run_id):
+            inst = self._cache.pop(task.run_id, None)
+            mark = len(inst.events) if inst is not None else 0
+            if inst is not None and inst.events and not inst.finished:
+                body.then = inst.run_ahead(task.scheduled_id, body)
+            try:
+                reply = await self._send(task.workflow_queue, "act", encode(body), body.result_id)
+            except BaseException:
+                if inst is not None:
+                    inst.close()  # dropped: unwind its code (the next task replays the run)
+                raise
+            if inst is None:
+                return
+            if len(inst.events) == mark:
+                self._remember(inst)  # it did not run ahead: as it was
+                return
+            applied = decode(AppliedTransition, reply) if reply and body.then else None
+            if (
+                applied is None
+                or applied.prev_seq != inst.last_seq
+                or not inst.has_completed(body.then.wft if body.then else 0, applied.events)
+            ):
+                inst.close()  # it ran ahead of a history that went another way: replay it
+                self.evictions += 1
+                return
+            inst.events[mark:] = applied.events
+            inst.last_seq = applied.seq
+            self._keep(inst)
 
     async def _load(self, defn: WorkflowDefinition, task: WorkflowTask) -> WorkflowInstance:
         info = WorkflowInfo(
@@ -678,7 +752,7 @@ class Worker:
             self.evictions += 1
 
     async def _fail_task(
-        self, msg: Msg, task: WorkflowTask, delivery: int, exc: Exception, *, through: int
+        self, msg: _Task, task: WorkflowTask, delivery: int, exc: Exception, *, through: int
     ) -> None:
         """Record the failure in history and hand the task back for a later retry."""
         body = WorkflowTaskResult(
