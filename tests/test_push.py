@@ -134,6 +134,46 @@ async def test_a_dead_hubs_pushed_task_is_recovered_by_another_hub(
     assert heir_hub._pushes.recovered == 1
 
 
+async def test_a_hub_started_after_another_died_recovers_it_without_watching_it(
+    nats_url: str, prefix: str, test_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key's age is read from the server's clock, so a hub that starts after another
+    died claims the dead one's key at once: hubs that crash-loop faster than HUB_DEAD_S
+    still recover each other's pushes (the chaos suite's hub-sigkill stranded 19 runs of
+    2,000 when each hub had to watch a key stay unchanged for HUB_DEAD_S itself)."""
+    monkeypatch.setattr(immortal_hub._push, "HUB_DEAD_S", 2.0)
+    doomed = await start_hub(nats_url, prefix)
+    victim = await start_worker(nats_url, test_dir, prefix=prefix, worker_id="victim")
+    try:
+        (test_dir / f"stall-{victim.pid}").write_text("60")
+        async with Client(nats_url, prefix=prefix) as client:
+            handle = await client.start(stalls, 3)
+            await _stalled(test_dir, victim.pid)
+            await doomed.kill()
+            await victim.kill()
+            await asyncio.sleep(2.5)  # the dead hub's key is older than HUB_DEAD_S now
+            heir_hub = Hub(nats_url, prefix=prefix)
+            await heir_hub.start()
+            started = asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout(20):
+                    while heir_hub._pushes.recovered == 0:
+                        await asyncio.sleep(0.05)
+                recovered_after = asyncio.get_running_loop().time() - started
+                async with running_worker(nats_url, prefix, worker_id="heir"):
+                    assert await handle.result(timeout=20) == 7
+            finally:
+                await heir_hub.stop()
+            history = await handle.history()
+    finally:
+        await victim.kill()
+        await doomed.kill()
+    # Sooner than it could have watched the key stay unchanged for HUB_DEAD_S itself.
+    assert recovered_after < 2.0
+    _assert_ran_once(history)
+    assert _task_workers(history) == ["victim", "victim", "heir"]
+
+
 async def test_a_hub_killed_right_after_appending_a_pushed_task(
     nats_url: str, prefix: str, test_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

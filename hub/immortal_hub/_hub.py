@@ -628,7 +628,13 @@ class Hub:
         assert outcome.state is not None
         push = self._pushes.reserve(outcome.state, outcome.events)
         try:
-            appended = await self._append(tenant, subject, outcome, seq, digest, push)
+            try:
+                appended = await self._append(tenant, subject, outcome, seq, digest, push)
+            except Exception:
+                if push is not None:  # stored or not? (_push settles it)
+                    assert outcome.state.wft is not None
+                    self._pushes.doubt(tenant, subject, outcome.state.wft, seq)
+                raise
             if appended is None:
                 return None
             new_seq, new_digest = appended

@@ -44,7 +44,7 @@ from itertools import count
 from typing import Any
 
 from nats.errors import NoRespondersError
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from immortal._codec import pack, unpack
 from immortal._errors import PayloadError
@@ -63,7 +63,8 @@ PUSH_REPLY_S = 2.0
 HOLD_S = 30.0
 RENEW_S = 1.0
 PUSH_FRESH_S = 3.0
-HUB_DEAD_S = 10.0
+HUB_DEAD_S = 5.0  # a key unchanged this long (by the server's clock) is a dead hub's
+WATCH_QUIET_S = 5.0  # no sight of our own renewals this long: the watch is restarted
 
 Durable = Callable[[str, Emission], Awaitable[None]]
 Live = Callable[[str, str, str], bool]
@@ -101,7 +102,14 @@ class Pushes:
         self._last_seq = 0  # the newest history sequence this hub appended, or saw at the end
         self._end_seen = -1e9  # monotonic time it last read the history stream's end
         self._renewed = -1e9  # monotonic time the last successful renewal was sent
-        self._hubs: dict[str, tuple[int, float]] = {}  # other hubs' keys -> (revision, seen)
+        # Other hubs' keys -> (revision, when it was stored, by the server's clock). Ages
+        # are judged by the server's clock alone: our own renewals, as the watch shows them,
+        # tell what time it is there (``_server_now``), so hosts' clocks never matter, and a
+        # hub that just started can tell a key left unchanged long before it started.
+        self._hubs: dict[str, tuple[int, float]] = {}
+        self._own_seen: tuple[float, float] | None = None  # (stored, monotonic) of our key
+        self._watch: asyncio.Task[Any] | None = None
+        self._watch_started = 0.0
         self._instances: dict[str, str] = {}  # worker key -> the process that holds it
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
@@ -118,8 +126,9 @@ class Pushes:
         # setup (a hub stopped as soon as started), nats-py's watch leaves a callback
         # waiting 5 s, which the connection's drain then waits for.
         watcher = await self._kv.watchall()
+        self._watch_started = time.monotonic()
         self._spawn(self._keep_renewing())
-        self._spawn(self._watch_hubs(watcher))
+        self._watch = self._spawn(self._watch_hubs(watcher))
 
     async def stop(self) -> None:
         """Stop pushing; publish durably what this hub still answers for (the hub applies
@@ -179,11 +188,42 @@ class Pushes:
         another whose key is being renewed). Otherwise it is published durably now."""
         hub = state.pushed_by
         if hub == self.hub_id:
-            answered = subject in self._pending
+            pushed = self._pending.get(subject)
+            answered = pushed is not None and pushed.wft == state.wft
         else:
             seen = self._hubs.get(self._key(hub)) if hub is not None else None
-            answered = seen is not None and time.monotonic() - seen[1] < 3 * RENEW_S
+            now = self._server_now()
+            answered = seen is not None and now is not None and now - seen[1] < 3 * RENEW_S
         return [e for e in emissions if e.kind != "wf"] if answered else emissions
+
+    def doubt(self, tenant: str, subject: str, wft: int, after_seq: int) -> None:
+        """An append that may push failed without an answer: it may have been stored,
+        naming this hub as the pusher of a task it never pushed, which nobody else would
+        publish while this hub lives. Look on the leader until it is known, and publish the
+        task durably if so. The key's ``from_seq`` stays at or below that append meanwhile."""
+        token = next(self._tokens)
+        self._floors[token] = after_seq + 1
+        self._spawn(self._settle(token, tenant, subject, wft, after_seq))
+
+    async def _settle(self, token: int, tenant: str, subject: str, wft: int, after: int) -> None:
+        stream = self.names.stream_history
+        try:
+            while self._running:
+                try:
+                    msg = await last_message(self.nc, stream, subject, leader=True)
+                except Exception as exc:  # still cut off: look again
+                    log.debug("settling the append after %s on %s: %s", after, subject, exc)
+                    await asyncio.sleep(RENEW_S)
+                    continue
+                if msg is not None and msg.seq > after:
+                    state = decode(Transition, msg.data).state
+                    if state.wft == wft and state.pushed_by == self.hub_id:
+                        await self._durable(tenant, workflow_task_emission(state, msg.seq))
+                        self.handed_off += 1
+                return
+        finally:
+            if self._running:  # stopped: the key stays, and another hub scans for it
+                self._floors.pop(token, None)
 
     def registered(self, key: str, registration: dict[str, Any]) -> None:
         """A worker renewed its key in imm-workers. If another process now holds the key
@@ -302,7 +342,31 @@ class Pushes:
             except Exception as exc:  # pushing pauses (``_can_push``) until a renewal lands
                 log.warning("hub %s could not renew its key: %s", self.hub_id, exc)
             self._sweep()
+            self._check_watch()
             self._claim_dead()
+
+    def _server_now(self) -> float | None:
+        """The server's time now, from when it stored our newest renewal (None before the
+        watch showed one, or while it shows none: then no other key's age is known)."""
+        if self._own_seen is None:
+            return None
+        stored, at = self._own_seen
+        if time.monotonic() - at > WATCH_QUIET_S:
+            return None
+        return stored + (time.monotonic() - at)
+
+    def _check_watch(self) -> None:
+        """Renewals land but the watch has not shown one for a while: a watch can go quiet
+        after a server restart without an error, so start it again."""
+        last = self._own_seen[1] if self._own_seen is not None else self._watch_started
+        quiet = time.monotonic() - last > WATCH_QUIET_S
+        renewing = time.monotonic() - self._renewed < 2 * RENEW_S
+        if quiet and renewing and self._watch is not None and self._running:
+            log.info("hub %s: the imm-hubs watch went quiet; watching again", self.hub_id)
+            self._watch.cancel()
+            self._own_seen = None  # until the new watch shows a renewal
+            self._watch_started = time.monotonic()
+            self._watch = self._spawn(self._watch_hubs(None))
 
     async def _watch_hubs(self, watcher: Any) -> None:
         own = self._key(self.hub_id)
@@ -311,12 +375,13 @@ class Pushes:
                 watcher = watcher or await self._kv.watchall()
                 try:
                     async for entry in watcher:  # no timeout: cancelling it is clean
-                        if entry is None or entry.key == own:
+                        if entry is None:
                             continue
-                        if entry.operation in (None, "PUT"):
-                            # Seen now: a watch restarted after a server outage that outlasted
-                            # HUB_DEAD_S must not make every live hub look dead.
-                            self._hubs[entry.key] = (entry.revision, time.monotonic())
+                        stored = entry.created.timestamp() if entry.created else time.time()
+                        if entry.key == own:
+                            self._own_seen = (stored, time.monotonic())
+                        elif entry.operation in (None, "PUT"):
+                            self._hubs[entry.key] = (entry.revision, stored)
                         else:
                             self._hubs.pop(entry.key, None)
                 finally:
@@ -329,13 +394,15 @@ class Pushes:
                 await asyncio.sleep(1.0)
 
     def _claim_dead(self) -> None:
-        now = time.monotonic()
-        for key, (revision, seen) in list(self._hubs.items()):
-            if now - seen > HUB_DEAD_S:
+        now = self._server_now()
+        if now is None:
+            return
+        for key, (revision, stored) in list(self._hubs.items()):
+            if now - stored > HUB_DEAD_S:
                 self._hubs.pop(key, None)
-                self._spawn(self._recover(key, revision))
+                self._spawn(self._recover(key, revision, stored))
 
-    async def _recover(self, key: str, revision: int) -> None:
+    async def _recover(self, key: str, revision: int, stored: float) -> None:
         """Claim a dead hub's key, publish durably the pushed tasks it left open, then
         delete the key. The claim (an update with the expected revision) lets one hub do
         it; the key goes only once all is published, so if the claimer dies too, its claim
@@ -346,10 +413,14 @@ class Pushes:
             hub, from_seq = str(dead["hub"]), int(dead["from_seq"])
             claimed = pack({**dead, "claimed_by": self.hub_id})
             revision = await self._kv.update(key, claimed, last=revision)
-        except KeyWrongLastSequenceError:
-            return  # renewed (alive after all), or claimed by another hub
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            return  # renewed (alive after all), claimed by another hub, or gone
         except (PayloadError, AttributeError, KeyError, TypeError, ValueError) as exc:
             log.warning("unreadable hub key %s: %s", key, exc)
+            return
+        except Exception as exc:  # cut off (an election, a reconnect): claim it again later
+            log.debug("claiming hub key %s: %s", key, exc)
+            self._hubs.setdefault(key, (revision, stored))
             return
         log.warning("hub %s is gone; publishing its pushed workflow tasks durably", hub)
         try:
@@ -387,11 +458,14 @@ class Pushes:
                     if state.wft is not None:
                         found[msg.subject] = (msg.seq, state)
             if seq > end:
-                break
+                return found
             await asyncio.sleep(0.2)
-        return found
+        # Never a partial answer: the key would go with tasks unexamined. The claim goes
+        # stale instead, and another try reads it all.
+        raise RuntimeError(f"history read ended at {seq - 1}, short of {end}")
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
