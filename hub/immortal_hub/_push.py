@@ -65,6 +65,7 @@ RENEW_S = 1.0
 PUSH_FRESH_S = 3.0
 HUB_DEAD_S = 5.0  # a key unchanged this long (by the server's clock) is a dead hub's
 WATCH_QUIET_S = 5.0  # no sight of our own renewals this long: the watch is restarted
+SETTLE_S = 2.5  # in touch again (or just started): others get this long to renew first
 
 Durable = Callable[[str, Emission], Awaitable[None]]
 Live = Callable[[str, str, str], bool]
@@ -110,6 +111,7 @@ class Pushes:
         self._own_seen: tuple[float, float] | None = None  # (stored, monotonic) of our key
         self._watch: asyncio.Task[Any] | None = None
         self._watch_started = 0.0
+        self._in_touch_since = 0.0  # monotonic: our renewals show without a gap since
         self._instances: dict[str, str] = {}  # worker key -> the process that holds it
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
@@ -355,6 +357,14 @@ class Pushes:
             return None
         return stored + (time.monotonic() - at)
 
+    def _saw_own(self, stored: float) -> None:
+        now = time.monotonic()
+        if self._own_seen is None or now - self._own_seen[1] > 2 * RENEW_S:
+            # The first of our renewals in a while: other hubs that were cut off too (a
+            # server outage) renew as soon as they are back; give them the time to.
+            self._in_touch_since = now
+        self._own_seen = (stored, now)
+
     def _check_watch(self) -> None:
         """Renewals land but the watch has not shown one for a while: a watch can go quiet
         after a server restart without an error, so start it again."""
@@ -379,7 +389,7 @@ class Pushes:
                             continue
                         stored = entry.created.timestamp() if entry.created else time.time()
                         if entry.key == own:
-                            self._own_seen = (stored, time.monotonic())
+                            self._saw_own(stored)
                         elif entry.operation in (None, "PUT"):
                             self._hubs[entry.key] = (entry.revision, stored)
                         else:
@@ -395,7 +405,7 @@ class Pushes:
 
     def _claim_dead(self) -> None:
         now = self._server_now()
-        if now is None:
+        if now is None or time.monotonic() - self._in_touch_since < SETTLE_S:
             return
         for key, (revision, stored) in list(self._hubs.items()):
             if now - stored > HUB_DEAD_S:
