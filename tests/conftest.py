@@ -74,3 +74,13 @@ async def hub(nats_url: str, prefix: str) -> AsyncIterator[Hub]:
 async def client(nats_url: str, prefix: str, hub: Hub) -> AsyncIterator[Client]:
     async with Client(nats_url, prefix=prefix) as c:
         yield c
+
+
+@pytest.fixture
+def test_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory the test workflows and activities of worker processes use to signal
+    (``tests.workflows``: stall files and the like)."""
+    d = tmp_path / "work"
+    d.mkdir()
+    monkeypatch.setenv("IMMORTAL_TEST_DIR", str(d))
+    return d

@@ -10,6 +10,7 @@ from typing import Any
 
 from immortal import Client, EventType, HistoryEvent
 from immortal._wire import CLOSING_EVENTS
+from immortal_hub import Hub
 from immortal_worker import Worker
 
 
@@ -28,6 +29,16 @@ def assert_well_formed(history: list[HistoryEvent]) -> None:
     assert all(n == 1 for n in closed.values()), f"activity closed twice: {closed}"
     outcomes = [e for e in history if e.type in CLOSING_EVENTS]
     assert len(outcomes) <= 1, "run closed twice"
+
+
+@asynccontextmanager
+async def running_hub(url: str, prefix: str, **kwargs: Any) -> AsyncIterator[Hub]:
+    hub = Hub(url, prefix=prefix, **kwargs)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
 
 
 @asynccontextmanager

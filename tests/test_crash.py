@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from immortal import Client, EventType
 from immortal._codec import unpack
 from immortal_hub import Hub
@@ -32,14 +30,6 @@ async def _wait_until_registered_holding(client: Client, prefix: str, worker: st
             if entry.value and unpack(entry.value)["held"]:
                 return
             await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def test_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
-    monkeypatch.setenv("IMMORTAL_TEST_DIR", str(d))
-    return d
 
 
 async def test_worker_killed_mid_activity_another_finishes(

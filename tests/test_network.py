@@ -46,14 +46,6 @@ async def test_a_worker_with_four_slots_never_holds_more_than_four_activity_task
     assert MOST == 4  # busy enough to use every slot, and never more
 
 
-@pytest.fixture
-def test_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
-    monkeypatch.setenv("IMMORTAL_TEST_DIR", str(d))
-    return d
-
-
 @pytest.mark.parametrize("finish_in_grace", [True, False])
 async def test_sigterm_with_three_activities_in_flight_loses_and_repeats_nothing(
     nats_url: str, prefix: str, client: Client, test_dir: Path, finish_in_grace: bool

@@ -4,29 +4,24 @@ worker that took one, or the hub that pushed it, or both, die (hub/immortal_hub/
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.msg import Msg
 
 import immortal_hub._push
-from immortal import Client, EventType, HistoryEvent
+from immortal import Client, EventType, HistoryEvent, WorkflowHandle
 from immortal._codec import encode_value
 from immortal._inputs import send_input
 from immortal._wire import CompleteWorkflow, Transition, WorkflowTaskResult, decode, encode
 from immortal.testing import NatsServer
 from immortal_hub import Hub
-from tests.helpers import assert_well_formed, running_worker
+from tests.helpers import assert_well_formed, running_hub, running_worker
 from tests.procs import start_hub, start_worker
 from tests.workflows import stalls
-
-
-@pytest.fixture
-def test_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
-    monkeypatch.setenv("IMMORTAL_TEST_DIR", str(d))
-    return d
 
 
 async def _stalled(test_dir: Path, pid: int) -> None:
@@ -101,11 +96,13 @@ async def test_a_worker_killed_holding_a_pushed_task(
     assert await handle.result() == 7
 
 
-async def test_a_dead_hubs_pushed_task_is_recovered_by_another_hub(
-    nats_url: str, prefix: str, test_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The hub in this process claims a silent hub's key after 4 s instead of 10.
-    monkeypatch.setattr(immortal_hub._push, "HUB_DEAD_S", 4.0)
+@asynccontextmanager
+async def _orphaned_task(
+    nats_url: str, prefix: str, test_dir: Path
+) -> AsyncIterator[WorkflowHandle[Any]]:
+    """A run whose pushed workflow task was taken, then the hub that pushed it and the
+    worker that took it die together: no process remembers the task and no copy of it
+    exists; only history shows it."""
     doomed = await start_hub(nats_url, prefix)
     victim = await start_worker(nats_url, test_dir, prefix=prefix, worker_id="victim")
     try:
@@ -113,22 +110,25 @@ async def test_a_dead_hubs_pushed_task_is_recovered_by_another_hub(
         async with Client(nats_url, prefix=prefix) as client:
             handle = await client.start(stalls, 3)
             await _stalled(test_dir, victim.pid)
-            # The hub that pushed the task and the worker that took it die together: no
-            # process remembers the task and no copy of it exists; only history shows it.
             await doomed.kill()
             await victim.kill()
             assert await _tasks_published(client) == 1
-            heir_hub = Hub(nats_url, prefix=prefix)
-            await heir_hub.start()
-            try:
-                async with running_worker(nats_url, prefix, worker_id="heir"):
-                    assert await handle.result(timeout=20) == 7
-            finally:
-                await heir_hub.stop()
-            history = await handle.history()
+            yield handle
     finally:
         await victim.kill()
         await doomed.kill()
+
+
+async def test_a_dead_hubs_pushed_task_is_recovered_by_another_hub(
+    nats_url: str, prefix: str, test_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hub in this process claims a silent hub's key after 4 s instead of 5.
+    monkeypatch.setattr(immortal_hub._push, "HUB_DEAD_S", 4.0)
+    async with _orphaned_task(nats_url, prefix, test_dir) as handle:
+        async with running_hub(nats_url, prefix) as heir_hub:
+            async with running_worker(nats_url, prefix, worker_id="heir"):
+                assert await handle.result(timeout=20) == 7
+        history = await handle.history()
     _assert_ran_once(history)
     assert _task_workers(history) == ["victim", "victim", "heir"]
     assert heir_hub._pushes.recovered == 1
@@ -143,32 +143,17 @@ async def test_a_hub_started_after_another_died_recovers_it_without_watching_it(
     2,000 when each hub had to watch a key stay unchanged for HUB_DEAD_S itself)."""
     monkeypatch.setattr(immortal_hub._push, "HUB_DEAD_S", 4.0)
     monkeypatch.setattr(immortal_hub._push, "SETTLE_S", 1.0)
-    doomed = await start_hub(nats_url, prefix)
-    victim = await start_worker(nats_url, test_dir, prefix=prefix, worker_id="victim")
-    try:
-        (test_dir / f"stall-{victim.pid}").write_text("60")
-        async with Client(nats_url, prefix=prefix) as client:
-            handle = await client.start(stalls, 3)
-            await _stalled(test_dir, victim.pid)
-            await doomed.kill()
-            await victim.kill()
-            await asyncio.sleep(4.5)  # the dead hub's key is older than HUB_DEAD_S now
-            heir_hub = Hub(nats_url, prefix=prefix)
-            await heir_hub.start()
+    async with _orphaned_task(nats_url, prefix, test_dir) as handle:
+        await asyncio.sleep(4.5)  # the dead hub's key is older than HUB_DEAD_S now
+        async with running_hub(nats_url, prefix) as heir_hub:
             started = asyncio.get_running_loop().time()
-            try:
-                async with asyncio.timeout(20):
-                    while heir_hub._pushes.recovered == 0:
-                        await asyncio.sleep(0.05)
-                recovered_after = asyncio.get_running_loop().time() - started
-                async with running_worker(nats_url, prefix, worker_id="heir"):
-                    assert await handle.result(timeout=20) == 7
-            finally:
-                await heir_hub.stop()
-            history = await handle.history()
-    finally:
-        await victim.kill()
-        await doomed.kill()
+            async with asyncio.timeout(20):
+                while heir_hub._pushes.recovered == 0:
+                    await asyncio.sleep(0.05)
+            recovered_after = asyncio.get_running_loop().time() - started
+            async with running_worker(nats_url, prefix, worker_id="heir"):
+                assert await handle.result(timeout=20) == 7
+        history = await handle.history()
     # Sooner than it could have watched the key stay unchanged for HUB_DEAD_S itself.
     assert recovered_after < 4.0
     _assert_ran_once(history)
@@ -196,12 +181,8 @@ async def test_a_hub_killed_right_after_appending_a_pushed_task(
             handle = await client.start(stalls, 3)
             await asyncio.wait_for(appended.wait(), 20)
             await sub.unsubscribe()
-            heir_hub = Hub(nats_url, prefix=prefix)
-            await heir_hub.start()
-            try:
+            async with running_hub(nats_url, prefix):
                 assert await handle.result(timeout=20) == 7
-            finally:
-                await heir_hub.stop()
             history = await handle.history()
     finally:
         await doomed.kill()

@@ -95,7 +95,7 @@ async def test_a_rearmed_timer_replaces_its_local_firing(hub: Hub, client: Clien
         emission = Emission("timer", "default", f"r:hb-4-1:{due}", body, due)
         await hub._publish_emission("default", emission)
     subject = client.names.timer_subject("default", "r", "hb-4-1")
-    assert [msg_id for msg_id, _ in hub._local_timers.values()] == [f"r:hb-4-1:{second}"]
+    assert [msg_id for msg_id, _ in hub._timers.armed.values()] == [f"r:hb-4-1:{second}"]
     stored = await client.nc.jetstream().get_last_msg(client.names.stream_timers, subject)
     assert stored.headers is not None
     assert stored.headers["Nats-Msg-Id"] == f"r:hb-4-1:{second}"

@@ -537,7 +537,8 @@ class WorkflowHandle(Generic[R]):
                 transition = await self._last_transition()
             events = transition.events
             if not any(e.type in CLOSING_EVENTS for e in events):
-                # Late results may be recorded (as ignored) after the close.
+                # Histories written before closed runs were sealed may record late
+                # results (as ignored) after the close.
                 events = await self.history()
             return events
         finally:

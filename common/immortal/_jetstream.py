@@ -8,7 +8,6 @@ API itself: one request returns up to ``batch`` messages of one subject and ends
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,9 +16,8 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError
 
 __all__ = [
     "ERR_WRONG_LAST_SEQUENCE",
@@ -66,26 +64,16 @@ async def last_message(
 
 
 async def _leader_last(nc: NATS, stream: str, subject: str, timeout: float) -> StoredMsg | None:
-    req = json.dumps({"last_by_subj": subject}).encode()
     try:
-        resp = await nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", req, timeout=timeout)
-    except NoRespondersError:
-        raise ServiceUnavailableError(description=f"stream {stream} has no leader") from None
-    body = json.loads(resp.data)
-    error = body.get("error")
-    if error:
-        if error.get("err_code") == ERR_NO_MESSAGE:
+        raw = await nc.jetstream(timeout=timeout).get_msg(stream, subject=subject)
+    except NotFoundError as exc:
+        if exc.err_code == ERR_NO_MESSAGE:
             return None
-        APIError.from_error(error)  # raises the error's typed exception
-    raw = body["message"]
-    headers: dict[str, str] = {}
-    if raw.get("hdrs"):
-        for line in base64.b64decode(raw["hdrs"]).decode().split("\r\n")[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip()] = value.strip()
-    data = base64.b64decode(raw["data"]) if raw.get("data") else b""
-    return StoredMsg(subject=raw["subject"], seq=int(raw["seq"]), data=data, headers=headers)
+        raise
+    assert raw.subject is not None and raw.seq is not None
+    return StoredMsg(
+        subject=raw.subject, seq=raw.seq, data=raw.data or b"", headers=raw.headers or {}
+    )
 
 
 async def read_subject(

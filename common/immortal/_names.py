@@ -206,6 +206,10 @@ class Names:
         return parts[2], decode_token(parts[3]), parts[4]
 
     # keys and consumers ----------------------------------------------------------------
+    def kv_subject(self, bucket: str, key: str) -> str:
+        """The subject a put of ``key`` in ``bucket`` is published on (a put is a publish)."""
+        return f"$KV.{bucket}.{key}"
+
     def run_key(self, tenant: str, workflow_id: str) -> str:
         return f"{tenant}.{encode_token(workflow_id)}"
 

@@ -157,7 +157,6 @@ class Hub:
         self._timers = LocalTimers(
             self.names, local_timer_horizon, self._on_timer, self._purge_timer, self._spawn
         )
-        self._local_timers = self._timers.armed
         self._retentions: dict[str, tuple[int, Retention]] = {}  # tenant -> (read at, setting)
         self._metrics = HubMetrics(
             self.names,
@@ -627,11 +626,12 @@ class Hub:
         history had moved on."""
         assert outcome.state is not None
         push = self._pushes.reserve(outcome.state, outcome.events)
+        pushing = push is not None
         try:
             try:
-                appended = await self._append(tenant, subject, outcome, seq, digest, push)
+                appended = await self._append(tenant, subject, outcome, seq, digest, pushing)
             except Exception:
-                if push is not None:  # stored or not? (_push settles it)
+                if pushing:  # stored or not? (_push settles it)
                     assert outcome.state.wft is not None
                     self._pushes.doubt(tenant, subject, outcome.state.wft, seq)
                 raise
@@ -645,7 +645,7 @@ class Hub:
             if outcome.closes_run:
                 await self._index(tenant, outcome.state, new_seq, new_digest)
                 await self._arm_retention(tenant, outcome.state)
-            if push is not None:  # its workflow task goes over core NATS (_push)
+            if pushing:  # its workflow task goes over core NATS (_push)
                 pushed = partial(self._pushes.push, tenant, subject, seq=new_seq)
                 emissions = [e for e in emissions if not pushed(e)]
             await self._emit(tenant, emissions)
@@ -684,15 +684,15 @@ class Hub:
         outcome: Outcome,
         expected_seq: int,
         prev: bytes,
-        push: int | None = None,
+        pushing: bool = False,
     ) -> tuple[int, bytes] | None:
         """Append one transition chained to the previous one; (sequence, digest), or None
-        if another hub appended first. ``push``: its workflow task may be pushed, which the
-        header records for the recovery of a dead hub's pushes."""
+        if another hub appended first. ``pushing``: its workflow task may be pushed, which
+        the header records for the recovery of a dead hub's pushes."""
         assert outcome.state is not None
         body = encode(Transition(events=outcome.events, state=outcome.state, prev=prev))
         headers = {"Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
-        if push is not None:
+        if pushing:
             headers[PUSH_HEADER] = self.hub_id
         try:
             # Safe to repeat: if a try that timed out was stored, the next one is refused
@@ -732,7 +732,8 @@ class Hub:
                 "head": digest,  # the newest transition's digest: anchors `verify`
             }
         )
-        subject = f"$KV.{self.names.bucket_runs}.{self.names.run_key(tenant, state.workflow_id)}"
+        key = self.names.run_key(tenant, state.workflow_id)
+        subject = self.names.kv_subject(self.names.bucket_runs, key)
         await publish(self.nc, subject, value, headers={})  # a KV put: the same value, repeatable
 
     async def _emit(self, tenant: str, emissions: list[Emission]) -> None:

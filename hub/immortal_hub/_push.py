@@ -48,6 +48,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from immortal._codec import pack, unpack
 from immortal._errors import PayloadError
+from immortal._inputs import OK
 from immortal._jetstream import last_message, read_subject
 from immortal._names import Names, encode_token
 from immortal._requests import Requests
@@ -59,6 +60,7 @@ __all__ = ["HUB_DEAD_S", "PUSH_HEADER", "Pushes"]
 log = logging.getLogger(__name__)
 
 PUSH_HEADER = "Imm-Push"
+TAKEN = OK + b":"  # a worker's answer to a push it took: ok:<worker id>\0<instance>
 PUSH_REPLY_S = 2.0
 HOLD_S = 30.0
 RENEW_S = 1.0
@@ -83,9 +85,12 @@ class _Pushed:
     since: float
     worker: str | None = None  # the worker that took it: its key in imm-workers...
     instance: str = ""  # ...and its process (a restart under the same id is another)
-    taken: bool = False
     handoff: bool = False  # to be published durably; retried until it is
     handing: bool = False  # a durable publish is under way
+
+    @property
+    def taken(self) -> bool:
+        return self.worker is not None
 
 
 class Pushes:
@@ -265,10 +270,10 @@ class Pushes:
         except Exception as exc:  # a timeout, a reconnect: it may have been taken
             log.debug("push of %s unanswered: %r", e.msg_id, exc)
             answer = b""
-        if answer.startswith(b"ok:"):  # ok:<worker id>\0<instance>
-            worker, _, instance = answer[3:].decode(errors="replace").partition("\0")
+        if answer.startswith(TAKEN):  # ok:<worker id>\0<instance>
+            worker, _, instance = answer[len(TAKEN) :].decode(errors="replace").partition("\0")
             p.worker = self.names.worker_key(p.tenant, e.queue, worker)
-            p.instance, p.taken = instance, True
+            p.instance = instance
             return
         # Nobody took it (``busy``, no responder), or we do not know: publish it durably.
         await self._hand_off(p, fresh=not answer)
@@ -329,7 +334,7 @@ class Pushes:
             self._last_seq = max(self._last_seq, info.state.last_seq)
             self._end_seen = sent
         value = pack({"hub": self.hub_id, "from_seq": self._from_seq(), "ts": time.time()})
-        subject = f"$KV.{self.names.bucket_hubs}.{self._key(self.hub_id)}"
+        subject = self.names.kv_subject(self.names.bucket_hubs, self._key(self.hub_id))
         await Requests.of(self.nc).publish(subject, value, {})  # a KV put
         self._renewed = sent
 

@@ -20,15 +20,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from immortal._errors import PayloadError
+from immortal._inputs import BUSY, OK
 from immortal._names import Names
+from immortal._transient import publish
 from immortal._wire import WorkflowTask, decode
 
 __all__ = ["PushedTask", "Pushes"]
 
 log = logging.getLogger(__name__)
-
-OK = b"ok:"
-BUSY = b"busy"
 
 
 class PushedTask:
@@ -125,7 +124,7 @@ class Pushes:
             return
         # The answer goes out first: workflow code that blocks the loop must not hold it up.
         with contextlib.suppress(Exception):
-            await msg.respond(OK + f"{self.worker_id}\0{self.instance}".encode())
+            await msg.respond(OK + f":{self.worker_id}\0{self.instance}".encode())
         pushed = PushedTask(self, task, msg.data)
         runner = asyncio.create_task(self._run(pushed))
         self._running[runner] = pushed
@@ -160,12 +159,8 @@ class Pushes:
             await asyncio.sleep(delay)  # cut short by a stop: publish now
         task = pushed.task
         subject = self.names.task_subject(self.tenant, task.queue, "wf")
-        for attempt in range(10):
-            try:
-                await self.nc.jetstream().publish(
-                    subject, pushed.data, headers={"Nats-Msg-Id": f"{task.run_id}:{task.wft}"}
-                )
-                return
-            except Exception as exc:  # the hub publishes it if this worker goes away
-                log.warning("handing back workflow task of run %s: %s", task.run_id, exc)
-                await asyncio.sleep(0.2 * 2**attempt)
+        headers = {"Nats-Msg-Id": f"{task.run_id}:{task.wft}"}
+        try:
+            await publish(self.nc, subject, pushed.data, headers=headers)
+        except Exception as exc:  # the hub publishes it if this worker goes away
+            log.warning("handing back workflow task of run %s: %s", task.run_id, exc)

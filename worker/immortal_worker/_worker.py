@@ -536,9 +536,8 @@ class Worker:
         for queue in self.queues:
             key = self.names.worker_key(self.tenant, queue, self.worker_id)
             # A KV put with a per-message TTL (nats-py's put has no TTL parameter).
-            await self.js.publish(
-                f"$KV.{self.names.bucket_workers}.{key}", data, msg_ttl=self.liveness_ttl
-            )
+            subject = self.names.kv_subject(self.names.bucket_workers, key)
+            await self.js.publish(subject, data, msg_ttl=self.liveness_ttl)
 
     async def _stay_registered(self) -> None:
         """Renew 4 times per TTL, and soon after the held tasks change (at most 10 times/s),
