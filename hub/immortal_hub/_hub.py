@@ -50,6 +50,7 @@ from immortal._wire import (
     AppliedTransition,
     ChildClosed,
     RequestCancel,
+    RequestTerminate,
     RunState,
     SignalWorkflow,
     StartWorkflow,
@@ -78,6 +79,7 @@ from immortal_hub._transitions import (
     apply_child_closed,
     apply_signal,
     apply_start,
+    apply_terminate,
     apply_timer_fired,
     apply_workflow_task_result,
 )
@@ -95,6 +97,7 @@ _INPUTS: dict[str, tuple[type[BaseModel], _Apply]] = {
     "heartbeat": (ActivityHeartbeat, lambda s, b, q, now: apply_activity_heartbeat(s, b, now)),
     "signal": (SignalWorkflow, lambda s, b, q, now: apply_signal(s, b, now)),
     "cancel": (RequestCancel, lambda s, b, q, now: apply_cancel_request(s, b, now)),
+    "terminate": (RequestTerminate, lambda s, b, q, now: apply_terminate(s, b, now)),
     "child": (ChildClosed, lambda s, b, q, now: apply_child_closed(s, b, now)),
 }
 
@@ -604,6 +607,9 @@ class Hub:
                     fresh = True
                     continue
                 if not outcome.events:
+                    if not outcome.reemit:
+                        log.debug("%s: %s", subject, outcome.note)
+                        return None
                     if not outcome.duplicate:
                         log.info("%s: %s", subject, outcome.note)
                     if state is not None:

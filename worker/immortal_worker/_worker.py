@@ -84,6 +84,7 @@ def immortal_version() -> str:
 
 log = logging.getLogger(__name__)
 _RUN_LOGGERS = ("immortal.workflow", "immortal.activity")
+_MAX_TASK_RETRY_DELAY = 60.0  # seconds: a failing workflow task is retried at least this often
 
 
 class _Task(Protocol):
@@ -642,6 +643,11 @@ class Worker:
             msg.reporting()  # waiting for a hub now, not working: its slot is free
         try:
             applied = await self._report(task, body)
+        except StaleInput as exc:  # the run closed, or its task was completed elsewhere
+            log.info("run %s: workflow task %d no longer open: %s", task.run_id, task.wft, exc)
+            inst.close()
+            await msg.ack()
+            return
         except BaseException:
             inst.close()  # dropped: unwind its code (a redelivery replays the run)
             raise
@@ -753,7 +759,8 @@ class Worker:
     async def _fail_task(
         self, msg: _Task, task: WorkflowTask, delivery: int, exc: Exception, *, through: int
     ) -> None:
-        """Record the failure in history and hand the task back for a later retry."""
+        """Record the failure in history and hand the task back for a later retry, backing
+        off with each delivery up to a minute; a task no longer open is dropped."""
         body = WorkflowTaskResult(
             workflow_id=task.workflow_id,
             run_id=task.run_id,
@@ -763,8 +770,14 @@ class Worker:
             worker=self.worker_id,
             failure=Failure.model_validate(failure_from_exception(exc)),
         )
-        await self._report(task, body)
-        await msg.nak(delay=self.workflow_task_retry_delay)
+        try:
+            await self._report(task, body)
+        except StaleInput as exc:  # closed (cancelled, terminated) or moved on meanwhile
+            log.info("run %s: dropping workflow task %d: %s", task.run_id, task.wft, exc)
+            await msg.ack()
+            return
+        backoff = self.workflow_task_retry_delay * 2 ** max(delivery - 1, 0)
+        await msg.nak(delay=min(backoff, _MAX_TASK_RETRY_DELAY))
 
     async def _report(
         self, task: WorkflowTask, body: WorkflowTaskResult
