@@ -176,7 +176,9 @@ def test_a_redelivered_attempt_counts_as_lost_until_the_policy_gives_up() -> Non
     s = _wft(_start().state, 2, ScheduleActivity(seq=1, name="a", input=b"\x90", retry=retry)).state
     first = _redelivered(s, 1, 1)  # a first delivery: confirmed, nothing to record
     assert first.events == [] and first.confirmed == (4, 4000)
-    timed = _wft(_start().state, 2, ScheduleActivity(seq=1, name="a", input=b"\x90", schedule_to_start=5)).state
+    timed = _wft(
+        _start().state, 2, ScheduleActivity(seq=1, name="a", input=b"\x90", schedule_to_start=5)
+    ).state
     recorded = _redelivered(timed, 1, 1).events  # its start disarms the schedule-to-start
     assert [e.type for e in recorded] == [EventType.ACTIVITY_ATTEMPT_STARTED]
 
