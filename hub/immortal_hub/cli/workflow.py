@@ -179,7 +179,22 @@ def workflow_cancel(
     on_run(server, tenant, prefix, workflow_id, run, cancel)
 
 
-# `workflow terminate` goes here (issue 14).
+@app.command("terminate")
+def workflow_terminate(
+    workflow_id: str,
+    reason: Annotated[str, typer.Option(help="recorded in history with the termination")] = "",
+    run: RunId = None,
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+) -> None:
+    """Close a run at once, without running its code (it cannot clean up: cancel lets it)."""
+
+    async def terminate(handle: WorkflowHandle[Any]) -> None:
+        await handle.terminate(reason)
+        print(f"terminated {handle.workflow_id} (run {handle.run_id})")
+
+    on_run(server, tenant, prefix, workflow_id, run, terminate)
 
 
 @app.command("status")
