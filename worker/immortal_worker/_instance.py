@@ -380,8 +380,10 @@ class WorkflowInstance(WorkflowRuntime):
         return list(self._pending), through  # kept pending: matched when recorded
 
     def close(self) -> None:
-        """Unwind the code's pending coroutines (on eviction) without issuing commands."""
+        """Unwind the code's pending coroutines (on eviction) without issuing commands, or
+        logging: what they do now is not part of the run."""
         self._finished = True
+        self._replaying = True
         if not self.loop.tasks:
             return
         for task in list(self.loop.tasks):
