@@ -20,16 +20,18 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.errors import NoRespondersError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
 from immortal._codec import decode_value, encode_args, encode_value, pack, unpack
-from immortal._connect import connect
+from immortal._connect import connect, display_urls
 from immortal._definitions import workflow_definition
 from immortal._dlq import DeadLetters
 from immortal._errors import (
     ImmortalError,
+    NotSetUpError,
     PayloadError,
     WorkflowAlreadyStartedError,
     WorkflowClosedError,
@@ -141,7 +143,12 @@ class RunDescription:
 
 
 class Client:
-    """A connection to an Immortal deployment for one tenant."""
+    """A connection to an Immortal deployment for one tenant.
+
+    Until NATS answers, connecting logs why (a WARNING, then INFO with a growing pause)
+    and keeps trying; with ``connect_timeout`` it gives up after that many seconds with
+    :class:`ServerUnreachableError`.
+    """
 
     def __init__(
         self,
@@ -150,8 +157,10 @@ class Client:
         tenant: str = "default",
         prefix: str = "imm",
         nc: NATS | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.servers = servers
+        self.connect_timeout = connect_timeout
         self.tenant = validate_tenant(tenant)
         self.names = Names(prefix)
         self._nc = nc
@@ -174,8 +183,38 @@ class Client:
     async def connect(self) -> None:
         if self._nc is None:
             self._nc = await connect(
-                self.servers, name="immortal-client", on_reconnect=self._reconnected
+                self.servers,
+                name="immortal-client",
+                on_reconnect=self._reconnected,
+                timeout=self.connect_timeout,
             )
+
+    async def check_set_up(self) -> None:
+        """Raise :class:`NotSetUpError` unless a hub has created Immortal's streams and
+        buckets on this server (under this client's prefix): a read would otherwise wait
+        out its retries and fail with NATS' own error."""
+        history = self.names.stream_history
+        # The server says in its INFO whether it runs JetStream; a leaf node without it may
+        # still reach a JetStream domain, so then one look decides, with no retries.
+        jetstream = bool(self.nc._server_info.get("jetstream"))
+        try:
+            info = partial(self.nc.jetstream().stream_info, history)
+            await (retry_transient(info, what=history) if jetstream else info())
+        except JsNotFound as exc:
+            raise self._not_set_up(f"stream {history}") from exc
+        except (ServiceUnavailableError, NoRespondersError) as exc:
+            if jetstream:
+                raise
+            raise NotSetUpError(
+                f"the NATS server at {display_urls(self.servers)} runs without JetStream: "
+                "start it with -js, or `jetstream {}` in its config (see nats.conf)"
+            ) from exc
+
+    def _not_set_up(self, missing: str) -> NotSetUpError:
+        return NotSetUpError(
+            f"no Immortal hub has set up {display_urls(self.servers)} with prefix "
+            f"{self.names.prefix!r} yet ({missing} not found): start one (`immortal hub`)"
+        )
 
     def _reconnected(self) -> None:
         """What result() heard may have missed an append meanwhile: make it look again."""
@@ -436,7 +475,10 @@ class Client:
         """A bucket's handle, looked up once (the lookup is a request to the cluster)."""
         kv = self._buckets.get(bucket)
         if kv is None:
-            kv = self._buckets[bucket] = await key_value(self.nc.jetstream(), bucket)
+            try:
+                kv = self._buckets[bucket] = await key_value(self.nc.jetstream(), bucket)
+            except BucketNotFoundError as exc:
+                raise self._not_set_up(f"bucket {bucket}") from exc
         return kv
 
     async def _register_queue(self, queue: str) -> None:

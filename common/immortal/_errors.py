@@ -12,7 +12,9 @@ __all__ = [
     "ChildWorkflowError",
     "ImmortalError",
     "NonDeterminismError",
+    "NotSetUpError",
     "PayloadError",
+    "ServerUnreachableError",
     "UnknownWorkflowTypeError",
     "WorkflowAlreadyStartedError",
     "WorkflowClosedError",
@@ -124,6 +126,16 @@ class PayloadError(ImmortalError):
 
 class WorkflowNotFoundError(ImmortalError):
     """No run is known under that workflow id (and run id)."""
+
+
+class NotSetUpError(ImmortalError):
+    """The NATS server has none of Immortal's streams and buckets (under this prefix): no
+    hub has started there yet."""
+
+
+class ServerUnreachableError(ImmortalError):
+    """No NATS server answered within the connect timeout; the message names the address
+    and why (connection refused, unknown host, no answer, ...)."""
 
 
 def failure_from_exception(exc: BaseException) -> dict[str, Any]:

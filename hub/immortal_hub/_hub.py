@@ -32,7 +32,7 @@ from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
 from immortal._codec import pack, unpack
-from immortal._connect import connect
+from immortal._connect import connect, display_urls
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._integrity import transition_digest
@@ -188,7 +188,7 @@ class Hub:
         self._workers_kv = await key_value(self.js, self.names.bucket_workers)
         self._spawn(self._watch_workers())
         self._metrics.start(self.js)
-        log.info("hub %s serving %s", self.hub_id, self.servers)
+        log.info("hub %s serving %s", self.hub_id, display_urls(self.servers))
 
     async def stop(self) -> None:
         """Stop fetching, finish what is in flight, disconnect."""

@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError as JsNotFound
 
 from immortal._activity import ActivityInfo, Heartbeats, current_activity, current_heartbeats
 from immortal._codec import decode_args, decode_value, encode_value, pack
-from immortal._connect import connect
+from immortal._connect import connect, display_urls
 from immortal._context import WorkflowInfo
 from immortal._definitions import (
     ActivityDefinition,
@@ -166,11 +166,24 @@ class Worker:
         assert self._nc is not None, "worker not started"
         return self._nc
 
+    @property
+    def taking_work(self) -> bool:
+        """Started past the waits for NATS and for a hub: a stop must now hand work back."""
+        return self._running
+
     async def start(self) -> None:
+        """Connect, wait for a hub's streams, serve; cancelled while waiting, it leaves
+        nothing open."""
         if self._nc is None:
             self._nc = await connect(self.servers, name=f"immortal-worker-{self.worker_id}")
         self.js = self.nc.jetstream()
-        await self._wait_for_streams()
+        try:
+            await self._wait_for_streams()
+        except BaseException:
+            if self._own_nc:
+                await self.nc.close()
+                self._nc = None
+            raise
         self._running = True
         self._lease_ticker = asyncio.create_task(self._extend_leases())
         # Log lines of this worker's runs go to IMM_LOGS (ctx.log, immortal.activity.logger).
@@ -265,7 +278,8 @@ class Worker:
                     raise
                 if not warned:
                     log.warning(
-                        "waiting for a hub to create Immortal's streams at %s", self.servers
+                        "waiting for a hub to create Immortal's streams at %s",
+                        display_urls(self.servers),
                     )
                     warned = True
                 await asyncio.sleep(0.5)

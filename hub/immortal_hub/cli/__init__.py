@@ -15,13 +15,38 @@ the commands that need them, so a read command starts without loading the hub.
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Annotated
+
 import typer
 
 from immortal_hub.cli import dev, dlq, hub, logs, ops, replay, schedule, workflow
+from immortal_hub.cli._exit import report
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, help="Immortal: durable workflows on NATS JetStream.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,  # a bug's traceback in plain text; a user's error in one line
+    help="Immortal: durable workflows on NATS JetStream. Exit codes: 0 done, 1 failed (the "
+    "run failed, not found, closed, too large), 2 could not run (usage, NATS unreachable, no "
+    "hub has set the server up).",
+)
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", envvar="IMMORTAL_DEBUG", help="tracebacks with errors (any position)"
+        ),
+    ] = False,
+) -> None:
+    """Immortal: durable workflows on NATS JetStream."""
+
+
 app.command()(hub.hub)
 app.command()(dev.dev)
 app.command()(ops.queues)
@@ -36,4 +61,14 @@ app.add_typer(schedule.app, name="schedule")
 
 
 def main() -> None:
-    app()
+    """The ``immortal`` command: errors a user can act on as one line, with exit codes."""
+    args = sys.argv[1:]
+    debug = "--debug" in args or os.environ.get("IMMORTAL_DEBUG", "") not in ("", "0")
+    if "--debug" in args:  # taken anywhere, after the command too
+        args = ["--debug", *(a for a in args if a != "--debug")]
+    try:
+        app(args=args)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        sys.exit(report(exc, debug=debug))

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from immortal import Client, WorkflowHandle
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_SERVER",
+    "ConnectTimeout",
     "Prefix",
     "RunId",
     "Server",
@@ -45,7 +47,14 @@ Server = Annotated[
 Tenant = Annotated[str, typer.Option(envvar="IMMORTAL_TENANT")]
 Prefix = Annotated[str, typer.Option(envvar="IMMORTAL_PREFIX")]
 RunId = Annotated[str | None, typer.Option("--run", help="run id (default: newest)")]
+ConnectTimeout = Annotated[
+    float,
+    typer.Option(
+        envvar="IMMORTAL_CONNECT_TIMEOUT", help="seconds to wait for NATS before giving up (exit 2)"
+    ),
+]
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
+DEFAULT_CONNECT_TIMEOUT = 3.0
 
 
 def setup_logging(level: str) -> None:
@@ -63,13 +72,20 @@ async def until_signalled() -> None:
 
 
 def with_client(
-    server: str, tenant: str, prefix: str, action: Callable[[Client], Awaitable[None]]
+    server: str,
+    tenant: str,
+    prefix: str,
+    connect_timeout: float,
+    action: Callable[[Client], Awaitable[None]],
 ) -> None:
-    """Connect as the tenant, run ``action``, disconnect."""
+    """Connect as the tenant (giving up after ``connect_timeout`` seconds), check that a hub
+    has set the server up, run ``action``, disconnect."""
     from immortal import Client
 
     async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
+        client = Client(server, tenant=tenant, prefix=prefix, connect_timeout=connect_timeout)
+        async with client:
+            await client.check_set_up()
             await action(client)
 
     asyncio.run(go())
@@ -79,6 +95,7 @@ def on_run(
     server: str,
     tenant: str,
     prefix: str,
+    connect_timeout: float,
     workflow_id: str,
     run: str | None,
     action: Callable[[WorkflowHandle[Any]], Awaitable[None]],
@@ -88,7 +105,7 @@ def on_run(
     async def act(client: Client) -> None:
         await action(await client.get_handle(workflow_id, run))
 
-    with_client(server, tenant, prefix, act)
+    with_client(server, tenant, prefix, connect_timeout, act)
 
 
 def json_args(args: list[str]) -> list[Any]:
@@ -108,13 +125,19 @@ def print_json(value: Any) -> None:
 
 
 async def print_result(handle: WorkflowHandle[Any], timeout: float | None = None) -> None:
-    from immortal import WorkflowFailedError
+    from immortal import ImmortalError, WorkflowFailedError
 
     try:
         print_json(await handle.result(timeout=timeout))
     except WorkflowFailedError as exc:
         print(f"failed: {exc.cause}", file=sys.stderr)
         raise typer.Exit(1) from exc
+    except TimeoutError as exc:
+        if timeout is None:  # a request's own timeout, not ours
+            raise
+        raise ImmortalError(
+            f"run {handle.run_id} of {handle.workflow_id!r} is still open after {timeout:g} s"
+        ) from exc
 
 
 def event_line(seq: int, workflow_id: str, e: Any, as_json: bool, run_id: str | None = None) -> str:

@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from immortal_hub.cli._common import DEFAULT_SERVER, Prefix, Server, Tenant, readable, with_client
+from immortal_hub.cli._common import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_SERVER,
+    ConnectTimeout,
+    Prefix,
+    Server,
+    Tenant,
+    readable,
+    with_client,
+)
 
 if TYPE_CHECKING:
     from immortal import Client
@@ -23,6 +32,7 @@ def dlq_list(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """List the tenant's dead letters with the reason each was set aside."""
 
@@ -33,7 +43,7 @@ def dlq_list(
             else:
                 print(f"{d.seq:>7} {d.queue}/{d.kind:<10} {d.error}")
 
-    with_client(server, tenant, prefix, show)
+    with_client(server, tenant, prefix, connect_timeout, show)
 
 
 @app.command("redrive")
@@ -43,6 +53,7 @@ def dlq_redrive(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Send dead letters back to their queue's input subject (after fixing the cause)."""
 
@@ -54,4 +65,4 @@ def dlq_redrive(
             await client.dead_letters.redrive(seq)
             print(f"{seq}: re-driven")
 
-    with_client(server, tenant, prefix, redrive)
+    with_client(server, tenant, prefix, connect_timeout, redrive)

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from immortal_hub.cli._common import (
+    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SERVER,
+    ConnectTimeout,
     Prefix,
     RunId,
     Server,
@@ -36,6 +38,7 @@ def events(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """The tenant's whole event stream, every run, in the order the hubs appended it."""
 
@@ -44,7 +47,7 @@ def events(
             print(event_line(seq, workflow_id, e, as_json, run_id), flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        with_client(server, tenant, prefix, go)
+        with_client(server, tenant, prefix, connect_timeout, go)
 
 
 def logs(
@@ -59,6 +62,7 @@ def logs(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """A run's log lines from all its workers, in one ordered stream."""
     if with_history and follow:
@@ -91,4 +95,4 @@ def logs(
                 print("      " + line(entry))
 
     with contextlib.suppress(KeyboardInterrupt):
-        on_run(server, tenant, prefix, workflow_id, run, show)
+        on_run(server, tenant, prefix, connect_timeout, workflow_id, run, show)

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from immortal_hub.cli._common import (
+    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SERVER,
+    ConnectTimeout,
     Prefix,
     Server,
     Tenant,
@@ -26,6 +28,7 @@ def queues(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Backlog and in-flight work per queue (what an autoscaler watches)."""
 
@@ -43,7 +46,7 @@ def queues(
                 f"{q.activity_backlog:>11} {q.activity_in_flight:>9}"
             )
 
-    with_client(server, tenant, prefix, go)
+    with_client(server, tenant, prefix, connect_timeout, go)
 
 
 def workers(
@@ -52,6 +55,7 @@ def workers(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """List the live workers of a tenant and what they serve."""
 
@@ -71,7 +75,7 @@ def workers(
                 f"    activities: {', '.join(w.activities) or '-'}"
             )
 
-    with_client(server, tenant, prefix, go)
+    with_client(server, tenant, prefix, connect_timeout, go)
 
 
 def retention(
@@ -82,6 +86,7 @@ def retention(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Show the tenant's retention of closed runs, or set it (with --history/--logs)."""
 
@@ -92,4 +97,4 @@ def retention(
             current = await client.set_retention(history=history, logs=logs)
         print_json(current.__dict__)
 
-    with_client(server, tenant, prefix, go)
+    with_client(server, tenant, prefix, connect_timeout, go)

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from immortal_hub.cli._common import (
+    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SERVER,
+    ConnectTimeout,
     Prefix,
     Server,
     Tenant,
@@ -36,6 +38,7 @@ def schedule_create(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Create (or replace) a schedule."""
 
@@ -46,14 +49,17 @@ def schedule_create(
         print_json(info.__dict__)
 
     try:
-        with_client(server, tenant, prefix, create)
+        with_client(server, tenant, prefix, connect_timeout, create)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
 
 @app.command("list")
 def schedule_list(
-    server: Server = DEFAULT_SERVER, tenant: Tenant = "default", prefix: Prefix = "imm"
+    server: Server = DEFAULT_SERVER,
+    tenant: Tenant = "default",
+    prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """List this tenant's schedules."""
 
@@ -62,7 +68,7 @@ def schedule_list(
             state = "paused" if s.paused else "active"
             print(f"{s.schedule_id:<24} {s.workflow_type:<20} {s.queue:<12} {state:<7} {s.spec}")
 
-    with_client(server, tenant, prefix, show)
+    with_client(server, tenant, prefix, connect_timeout, show)
 
 
 def _schedule_action(verb: str) -> Callable[..., None]:
@@ -71,12 +77,13 @@ def _schedule_action(verb: str) -> Callable[..., None]:
         server: Server = DEFAULT_SERVER,
         tenant: Tenant = "default",
         prefix: Prefix = "imm",
+        connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         async def act(client: Client) -> None:
             await getattr(client.schedules, verb)(schedule_id)
             print(f"{schedule_id}: {verb}d")
 
-        with_client(server, tenant, prefix, act)
+        with_client(server, tenant, prefix, connect_timeout, act)
 
     command.__doc__ = f"{verb.capitalize()} a schedule."
     return command

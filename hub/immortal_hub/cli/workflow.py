@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from immortal_hub.cli._common import (
+    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SERVER,
+    ConnectTimeout,
     Prefix,
     RunId,
     Server,
@@ -40,6 +42,7 @@ def workflow_start(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Start a run; print its workflow id and run id."""
 
@@ -49,7 +52,7 @@ def workflow_start(
         if wait:
             await print_result(handle)
 
-    with_client(server, tenant, prefix, go)
+    with_client(server, tenant, prefix, connect_timeout, go)
 
 
 @app.command("result")
@@ -60,9 +63,18 @@ def workflow_result(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Wait for a run to close and print its result."""
-    on_run(server, tenant, prefix, workflow_id, run, lambda h: print_result(h, timeout))
+    on_run(
+        server,
+        tenant,
+        prefix,
+        connect_timeout,
+        workflow_id,
+        run,
+        lambda h: print_result(h, timeout),
+    )
 
 
 @app.command("describe")
@@ -72,13 +84,14 @@ def workflow_describe(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Print where a run stands."""
 
     async def describe(handle: WorkflowHandle[Any]) -> None:
         print_json((await handle.describe()).__dict__)
 
-    on_run(server, tenant, prefix, workflow_id, run, describe)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, describe)
 
 
 @app.command("history")
@@ -95,6 +108,7 @@ def workflow_history(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Print a run's history as a timeline grouped by step (or export it as JSON that
     `immortal replay` and immortal.history_from_json read back). With --from-seq or
@@ -115,7 +129,7 @@ def workflow_history(
         print(f"workflow {handle.workflow_id}  run {handle.run_id}")
         print(format_timeline(events), end="")
 
-    on_run(server, tenant, prefix, workflow_id, run, history)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, history)
 
 
 @app.command("verify")
@@ -125,6 +139,7 @@ def workflow_verify(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Check a run's history chain: exit 1, naming each problem, if a message was deleted,
     altered or reordered."""
@@ -140,7 +155,7 @@ def workflow_verify(
         if not report.ok:
             raise typer.Exit(1)
 
-    on_run(server, tenant, prefix, workflow_id, run, verify)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, verify)
 
 
 @app.command("signal")
@@ -152,6 +167,7 @@ def workflow_signal(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Send a signal to a running workflow (recorded in its history in arrival order)."""
     [value] = json_args([payload])
@@ -159,7 +175,7 @@ def workflow_signal(
     async def send(handle: WorkflowHandle[Any]) -> None:
         await handle.signal(name, value)
 
-    on_run(server, tenant, prefix, workflow_id, run, send)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, send)
 
 
 @app.command("cancel")
@@ -170,13 +186,14 @@ def workflow_cancel(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Ask a run to cancel; its code may clean up before it closes."""
 
     async def cancel(handle: WorkflowHandle[Any]) -> None:
         await handle.cancel(reason)
 
-    on_run(server, tenant, prefix, workflow_id, run, cancel)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, cancel)
 
 
 # `workflow terminate` goes here (issue 14).
@@ -189,10 +206,11 @@ def workflow_status(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Print the value the workflow last published with ctx.set_status."""
 
     async def status(handle: WorkflowHandle[Any]) -> None:
         print_json(await handle.status())
 
-    on_run(server, tenant, prefix, workflow_id, run, status)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, status)
