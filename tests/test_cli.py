@@ -56,6 +56,74 @@ async def test_immortal_dev_runs_the_example_and_stops_cleanly(tmp_path: Path) -
     assert "stopped" in rest[0].decode()
 
 
+USER_MODULE = """
+import immortal
+
+
+@immortal.activity
+async def hold(seat: str) -> str:
+    return f"held {seat}"
+
+
+@immortal.workflow
+async def reserve_seats(ctx: immortal.WorkflowContext, seats: list[str]) -> list[str]:
+    return [await ctx.activity(hold, s) for s in seats]
+"""
+
+
+async def _until(proc: asyncio.subprocess.Process, marker: str) -> str:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    async with asyncio.timeout(40):
+        while not any(marker in line for line in lines):
+            line = (await proc.stdout.readline()).decode()
+            assert line, "exited early:\n" + "".join(lines)
+            lines.append(line)
+    return "".join(lines)
+
+
+async def test_immortal_dev_serves_your_module_and_runs_once_per_store(tmp_path: Path) -> None:
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "seats.py").write_text(USER_MODULE)
+    dev = [sys.executable, "-m", "immortal_hub", "dev", "--port", "0", "--store", "data"]
+    proc = await asyncio.create_subprocess_exec(
+        *dev, "--worker", "myapp.seats", cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        out = await _until(proc, "Ctrl-C stops everything")
+        assert "serving      workflows reserve_seats" in out
+        assert "example run" not in out  # your code instead of the bundled example
+        url = next(w for w in out.split() if w.startswith("nats://"))
+        started = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "immortal_hub", "workflow", "start", "reserve_seats",
+             '["1A", "1B"]', "--wait", "-s", url],
+            capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        assert json.loads(started.stdout.split("\n", 1)[1]) == ["held 1A", "held 1B"]
+
+        second = await asyncio.to_thread(
+            subprocess.run, dev, capture_output=True, text=True, timeout=30, cwd=tmp_path
+        )
+        assert second.returncode == 1
+        assert second.stdout.strip() == f"immortal dev is already running at {url}, data in ./data"
+        # ... and the first one still serves, its store untouched by a second nats-server.
+        again = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "immortal_hub", "workflow", "start", "reserve_seats",
+             '["2C"]', "--wait", "-s", url],
+            capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, rest[0].decode()
+
+
 def test_worker_targets_resolve_modules_lists_and_functions() -> None:
     wfs, acts = load_targets(["immortal.examples.orders"])
     assert {w.__name__ for w in wfs} == {"place_order"}
