@@ -42,6 +42,14 @@ def hub(
             min=1, help="copies of each stream and bucket the hub creates (3 on a 3-node cluster)"
         ),
     ] = 1,
+    monitor: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IMMORTAL_MONITOR",
+            help="nats-server's monitoring URL, to check that JetStream syncs every write "
+            "(default: port 8222 of the server's host)",
+        ),
+    ] = None,
     log_level: str = "INFO",
 ) -> None:
     """Run one hub (several may run at once against the same NATS)."""
@@ -50,6 +58,7 @@ def hub(
 
     async def serve() -> None:
         from immortal._connect import display_urls
+        from immortal_hub._durability import check_sync_always
         from immortal_hub._hub import Hub
         from immortal_hub._resources import ResourceSettings
 
@@ -77,6 +86,7 @@ def hub(
             return
         stopping.cancel()
         await starting
+        await check_sync_always(h.nc, display_urls(server), monitor)
         print(f"hub {h.hub_id} ready on {display_urls(server)}", flush=True)
         await stop.wait()
         await h.stop()
