@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
@@ -107,6 +107,9 @@ class WorkerInfo:
     slots: dict[str, int]
     tasks_held: int
     last_seen: datetime
+    # workflow:<name> / activity:<name> -> a hash, and the signature it was made of
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    signatures: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -740,6 +743,8 @@ def _worker_info(raw: dict[str, Any]) -> WorkerInfo:
         slots=dict(raw.get("slots", {})),
         tasks_held=len(raw.get("held", [])),
         last_seen=_ts(int(raw.get("ts", 0))),
+        fingerprints=dict(raw.get("fingerprints", {})),
+        signatures=dict(raw.get("signatures", {})),
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import logging
 import os
 import socket
@@ -27,11 +26,10 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
-from nats.js.errors import NotFoundError as JsNotFound
 
 from immortal._activity import ActivityInfo, Heartbeats, current_activity, current_heartbeats
 from immortal._codec import decode_args, decode_value, encode_value, pack
-from immortal._connect import connect, display_urls
+from immortal._connect import connect
 from immortal._context import WorkflowInfo
 from immortal._definitions import (
     ActivityDefinition,
@@ -52,7 +50,7 @@ from immortal._locks import KeyedLocks
 from immortal._logs import LogShipper
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
 from immortal._timers import schedule_headers
-from immortal._transient import is_transient, key_value, publish, retry_transient
+from immortal._transient import key_value, publish, retry_transient
 from immortal._wire import (
     ActivityHeartbeat,
     ActivityResult,
@@ -71,15 +69,9 @@ from immortal._wire import (
 )
 from immortal_worker._instance import CacheStale, WorkflowInstance
 from immortal_worker._pushed import PushedTask, Pushes
+from immortal_worker._registration import registration, wait_for_streams, warn_of_conflicts
 
 __all__ = ["Worker"]
-
-
-def immortal_version() -> str:
-    try:
-        return importlib.metadata.version("immortal")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 log = logging.getLogger(__name__)
@@ -178,7 +170,7 @@ class Worker:
             self._nc = await connect(self.servers, name=f"immortal-worker-{self.worker_id}")
         self.js = self.nc.jetstream()
         try:
-            await self._wait_for_streams()
+            await wait_for_streams(self)
         except BaseException:
             if self._own_nc:
                 await self.nc.close()
@@ -194,6 +186,7 @@ class Worker:
                 logger.setLevel(logging.INFO)
             logger.addHandler(self.logs)
         self._workers_kv = await key_value(self.js, self.names.bucket_workers)
+        await warn_of_conflicts(self)
         await self._register()
         self._liveness = asyncio.create_task(self._stay_registered())
         self._pushes = Pushes(
@@ -265,24 +258,6 @@ class Worker:
             await asyncio.Event().wait()
         finally:
             await self.stop()
-
-    async def _wait_for_streams(self) -> None:
-        warned = False
-        while True:
-            try:
-                await self.js.stream_info(self.names.stream_tasks)
-                await self.js.key_value(self.names.bucket_queues)
-                return
-            except Exception as exc:
-                if not isinstance(exc, (JsNotFound, BadRequestError)) and not is_transient(exc):
-                    raise
-                if not warned:
-                    log.warning(
-                        "waiting for a hub to create Immortal's streams at %s",
-                        display_urls(self.servers),
-                    )
-                    warned = True
-                await asyncio.sleep(0.5)
 
     async def _serve(self, queue: str, kind: TaskKind) -> None:
         if kind == "wf":
@@ -530,20 +505,7 @@ class Worker:
 
     def registration(self) -> dict[str, Any]:
         """What ``imm-workers`` says about this worker (discovery and liveness)."""
-        return {
-            "worker": self.worker_id,
-            "instance": self.instance,  # this process, for a restart under the same id
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "version": immortal_version(),
-            "tenant": self.tenant,
-            "queues": self.queues,
-            "workflows": sorted(self.workflows),
-            "activities": sorted(self.activities),
-            "slots": {"workflow": self.workflow_slots, "activity": self.activity_slots},
-            "held": [m.reply for m in self._held.values() if m.reply],
-            "ts": now_ms(),
-        }
+        return registration(self)
 
     async def _register(self) -> None:
         data = pack(self.registration())

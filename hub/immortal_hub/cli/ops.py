@@ -59,6 +59,8 @@ def workers(
 ) -> None:
     """List the live workers of a tenant and what they serve."""
 
+    from immortal._fingerprints import conflicts
+
     async def go(client: Client) -> None:
         live = await client.workers(queue)
         if as_json:
@@ -66,14 +68,17 @@ def workers(
             return
         if not live:
             where = f" on queue {queue!r}" if queue else ""
-            print(f"no live workers for tenant {tenant!r}{where}")
+            print(f"none: no live workers for tenant {tenant!r}{where}")
         for w in live:
+            slots = f"wf {w.slots.get('workflow', '?')} / act {w.slots.get('activity', '?')}"
             print(
-                f"{w.worker}  {w.host}:{w.pid}  v{w.version}  queues={','.join(w.queues)}  "
-                f"slots={w.slots}  holding={w.tasks_held}\n"
+                f"{w.worker}  {w.host}:{w.pid}  v{w.version}  queues {','.join(w.queues)}  "
+                f"slots {slots}  holding {w.tasks_held}\n"
                 f"    workflows: {', '.join(w.workflows) or '-'}\n"
                 f"    activities: {', '.join(w.activities) or '-'}"
             )
+        for conflict in conflicts(live):
+            print(f"CONFLICT: {conflict}")
 
     with_client(server, tenant, prefix, connect_timeout, go)
 
