@@ -13,8 +13,10 @@ import pytest
 import typer
 
 from immortal import Client, WorkflowFailedError
+from immortal._codec import unpack
 from immortal_worker.cli import load_targets
 from tests.helpers import running_worker
+from tests.workflows import three_step
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -215,3 +217,60 @@ async def test_signal_status_cancel_and_schedules_from_the_cli(
             _cli, nats_url, prefix, "schedule", "create", "x", "tick_counter", "--cron", "* *"
         )
         assert bad.returncode != 0 and "5 or 6 fields" in bad.stderr
+
+
+async def test_arguments_from_files_and_standard_input(
+    nats_url: str, prefix: str, client: Client, tmp_path: Path
+) -> None:
+    from tests.test_toolbox import approvals
+
+    conn = ["-s", nats_url, "--prefix", prefix]
+    (tmp_path / "two.json").write_text("2\n")
+    (tmp_path / "note.json").write_text(json.dumps('it\'s "fine"\nsigned: ops'))
+    (tmp_path / "three.json").write_text("3")
+
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "immortal_hub", *args, *conn],
+            input=stdin, capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        )  # fmt: skip
+
+    async with running_worker(nats_url, prefix, workflows=[approvals, three_step]):
+        started = await asyncio.to_thread(
+            cli, "workflow", "start", "approvals", "-i", "two.json", "--id", "two-ok"
+        )
+        assert started.returncode == 0, started.stderr
+        for signal_args, stdin in (
+            (["-i", "note.json"], ""),
+            (["--input-file", "-"], '"from stdin"'),
+        ):
+            sent = await asyncio.to_thread(
+                cli, "workflow", "signal", "two-ok", "approve", *signal_args, stdin=stdin
+            )
+            assert sent.returncode == 0, sent.stderr
+        handle = await client.get_handle("two-ok")
+        assert await handle.result(timeout=20) == ['it\'s "fine"\nsigned: ops', "from stdin"]
+
+        made = await asyncio.to_thread(
+            cli, "schedule", "create", "every-sec", "three_step", "-i", "three.json",
+            "--every", "1",
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        async with asyncio.timeout(20):  # the first scheduled run got its argument
+            async for _, workflow_id, _, e in client.events(follow=True):
+                if workflow_id.startswith("every-sec@") and e.type.value == "WorkflowCompleted":
+                    assert unpack(e.attrs["result"]) == 15
+                    break
+        await client.schedules.delete("every-sec")
+
+    both = await asyncio.to_thread(cli, "workflow", "start", "three_step", "3", "-i", "three.json")
+    assert both.returncode == 2 and "not both" in both.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    bad = await asyncio.to_thread(cli, "workflow", "start", "three_step", "-i", "bad.json")
+    assert bad.returncode == 2 and "bad.json is not JSON" in bad.stderr
+    # Near and over the payload limit: no argv limit, no quoting; too large is one line.
+    (tmp_path / "huge.json").write_text(json.dumps("x" * 300_000))
+    huge = await asyncio.to_thread(cli, "workflow", "start", "three_step", "-i", "huge.json")
+    assert huge.returncode == 1
+    [line] = huge.stderr.splitlines()
+    assert line.startswith("error: arguments of 300,0") and "exceed" in line, line

@@ -261,6 +261,7 @@ class Client:
         else:
             defn = workflow_definition(workflow)
             name, result_type = defn.name, defn.return_type
+        encoded = encode_args(args)  # too large: raise before anything is claimed or said
         workflow_id = id or str(uuid.uuid4())
         run_id = uuid.uuid4().hex
         claim = f"key:{idempotency_key}" if idempotency_key else (f"id:{id}" if id else None)
@@ -282,7 +283,7 @@ class Client:
             workflow_id=workflow_id,
             run_id=run_id,
             workflow_type=name,
-            input=encode_args(args),
+            input=encoded,
             execution_timeout=seconds(execution_timeout),
             run_timeout=seconds(run_timeout),
         )

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -23,11 +24,13 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_SERVER",
     "ConnectTimeout",
+    "InputFiles",
     "Prefix",
     "RunId",
     "Server",
     "Tenant",
     "event_line",
+    "inputs",
     "json_args",
     "on_run",
     "print_json",
@@ -51,6 +54,14 @@ ConnectTimeout = Annotated[
     float,
     typer.Option(
         envvar="IMMORTAL_CONNECT_TIMEOUT", help="seconds to wait for NATS before giving up (exit 2)"
+    ),
+]
+InputFiles = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input-file",
+        "-i",
+        help="a file holding one argument as JSON ('-': standard input); repeatable, in order",
     ),
 ]
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
@@ -115,6 +126,28 @@ def json_args(args: list[str]) -> list[Any]:
             out.append(json.loads(a))
         except json.JSONDecodeError as exc:
             raise typer.BadParameter(f"argument {a!r} is not JSON: {exc}") from exc
+    return out
+
+
+def inputs(args: list[str] | None, files: list[str] | None) -> list[Any]:
+    """The arguments: JSON values on the command line, or one per ``--input-file``."""
+    if args and files:
+        raise typer.BadParameter("give the arguments on the command line or in files, not both")
+    if not files:
+        return json_args(args or [])
+    if files.count("-") > 1:
+        raise typer.BadParameter("standard input can be read once", param_hint="--input-file")
+    out = []
+    for name in files:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {name}: {exc.strerror}") from exc
+        try:
+            out.append(json.loads(text))
+        except json.JSONDecodeError as exc:
+            where = "standard input" if name == "-" else name
+            raise typer.BadParameter(f"{where} is not JSON: {exc}") from exc
     return out
 
 

@@ -11,10 +11,11 @@ from immortal_hub.cli._common import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SERVER,
     ConnectTimeout,
+    InputFiles,
     Prefix,
     Server,
     Tenant,
-    json_args,
+    inputs,
     print_json,
     with_client,
 )
@@ -32,6 +33,7 @@ def schedule_create(
     schedule_id: str,
     workflow_type: Annotated[str, typer.Argument(help="registered workflow name")],
     args: Annotated[list[str] | None, typer.Argument(help="arguments, one JSON value each")] = None,
+    input_file: InputFiles = None,
     every: Annotated[float | None, typer.Option(help="seconds between runs")] = None,
     cron: Annotated[str | None, typer.Option(help="cron expression (5 or 6 fields, UTC)")] = None,
     queue: str = "default",
@@ -42,9 +44,11 @@ def schedule_create(
 ) -> None:
     """Create (or replace) a schedule."""
 
+    values = inputs(args, input_file)
+
     async def create(client: Client) -> None:
         info = await client.schedules.create(
-            schedule_id, workflow_type, *json_args(args or []), every=every, cron=cron, queue=queue
+            schedule_id, workflow_type, *values, every=every, cron=cron, queue=queue
         )
         print_json(info.__dict__)
 

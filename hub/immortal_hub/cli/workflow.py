@@ -12,12 +12,13 @@ from immortal_hub.cli._common import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SERVER,
     ConnectTimeout,
+    InputFiles,
     Prefix,
     RunId,
     Server,
     Tenant,
     event_line,
-    json_args,
+    inputs,
     on_run,
     print_json,
     print_result,
@@ -36,6 +37,7 @@ app = typer.Typer(add_completion=False, help="Start runs and read their state.")
 def workflow_start(
     workflow_type: Annotated[str, typer.Argument(help="registered workflow name")],
     args: Annotated[list[str] | None, typer.Argument(help="arguments, one JSON value each")] = None,
+    input_file: InputFiles = None,
     id: Annotated[str | None, typer.Option("--id", help="workflow id (default: random)")] = None,
     queue: str = "default",
     wait: Annotated[bool, typer.Option(help="wait for the result")] = False,
@@ -46,8 +48,10 @@ def workflow_start(
 ) -> None:
     """Start a run; print its workflow id and run id."""
 
+    values = inputs(args, input_file)
+
     async def go(client: Client) -> None:
-        handle = await client.start(workflow_type, *json_args(args or []), id=id, queue=queue)
+        handle = await client.start(workflow_type, *values, id=id, queue=queue)
         print(json.dumps({"workflow_id": handle.workflow_id, "run_id": handle.run_id}))
         if wait:
             await print_result(handle)
@@ -162,7 +166,11 @@ def workflow_verify(
 def workflow_signal(
     workflow_id: str,
     name: Annotated[str, typer.Argument(help="signal name")],
-    payload: Annotated[str, typer.Argument(help="payload, as one JSON value")] = "null",
+    payload: Annotated[str | None, typer.Argument(help="payload, as one JSON value")] = None,
+    input_file: Annotated[
+        str | None,
+        typer.Option("--input-file", "-i", help="a file holding the payload ('-': stdin)"),
+    ] = None,
     run: RunId = None,
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
@@ -170,7 +178,8 @@ def workflow_signal(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Send a signal to a running workflow (recorded in its history in arrival order)."""
-    [value] = json_args([payload])
+    given = inputs([payload] if payload is not None else None, [input_file] if input_file else None)
+    value = given[0] if given else None
 
     async def send(handle: WorkflowHandle[Any]) -> None:
         await handle.signal(name, value)
