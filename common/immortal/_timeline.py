@@ -270,8 +270,8 @@ class _Timeline:
 
     def _timer(self, step: _Step) -> list[str]:
         e = step.opener
-        canceled = any(c.type is EventType.TIMER_CANCELED for c in step.children)
-        what = "timer" if canceled else "sleep"
+        cancelled = any(c.type is EventType.TIMER_CANCELED for c in step.children)
+        what = "timer" if cancelled else "sleep"
         head = f"{what} {_duration(int(e.attrs.get('duration_ms') or 0))}"
         if isinstance(e.attrs.get("due"), int):
             head += f"  (due {_offset(e.attrs['due'] - self.t0)})"
@@ -281,7 +281,7 @@ class _Timeline:
                 late = int(c.attrs.get("late_ms") or 0)
                 text = f"fired after {_duration(c.ts - e.ts)}, {_duration(late)} late"
             elif c.type is EventType.TIMER_CANCELED:
-                text = f"canceled after {_duration(c.ts - e.ts)}"
+                text = f"cancelled after {_duration(c.ts - e.ts)}"
             else:
                 text = _top_text(c, self.t0)
             out.append(self._line(c, text, 1))
@@ -321,7 +321,7 @@ def _activity_texts(e: HistoryEvent, beats: list[HistoryEvent], t0: int) -> list
         late = int(a.get("late_ms") or 0)
         return [f"{attempt}  dispatched after its backoff, {_duration(late)} late"]
     if e.type is EventType.ACTIVITY_CANCELED:
-        return ["canceled by the workflow"]
+        return ["cancelled by the workflow"]
     ran = _ran(a, beats) + _beats(beats)
     if e.type is EventType.ACTIVITY_COMPLETED:
         return [f"{attempt}{ran}  ->  {_value(a.get('result'))}"]
@@ -383,7 +383,7 @@ def _top_text(e: HistoryEvent, t0: int) -> str:  # noqa: C901 - one branch per e
     if t is EventType.WORKFLOW_FAILED:
         return f"failed after {_duration(e.ts - t0)}  {_failure(a.get('failure'))}"
     if t is EventType.WORKFLOW_CANCELED:
-        return f"canceled after {_duration(e.ts - t0)}" + (
+        return f"cancelled after {_duration(e.ts - t0)}" + (
             f": {a['reason']}" if a.get("reason") else ""
         )
     if t is EventType.WORKFLOW_CONTINUED_AS_NEW:
