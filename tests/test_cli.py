@@ -274,3 +274,51 @@ async def test_arguments_from_files_and_standard_input(
     assert huge.returncode == 1
     [line] = huge.stderr.splitlines()
     assert line.startswith("error: arguments of 300,0") and "exceed" in line, line
+
+
+async def test_output_says_what_happened_and_follows_end_with_the_run(
+    nats_url: str, prefix: str, client: Client
+) -> None:
+    from tests.test_toolbox import approvals
+
+    conn = ["-s", nats_url, "--prefix", prefix]
+    empty = await asyncio.to_thread(_cli, nats_url, prefix, "schedule", "list")
+    assert empty.stdout == "none: no schedules for tenant 'default'\n"
+    kept = await asyncio.to_thread(_cli, nats_url, prefix, "retention", "--history", "7d")
+    assert kept.stdout.splitlines() == ["history  7 d (604800 s)", "logs     the stream's limits"]
+
+    async with running_worker(nats_url, prefix, workflows=[approvals]):
+        handle = await client.start(approvals, 1, id="needs-one")
+        followers = []
+        for args in (["logs"], ["workflow", "history"]):
+            follower = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "immortal_hub", *args, "needs-one", "--follow", *conn,
+                cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            followers.append(follower)
+        await asyncio.sleep(1)  # both are following
+        sent = await asyncio.to_thread(
+            _cli, nats_url, prefix, "workflow", "signal", "needs-one", "approve", '"ok"'
+        )
+        assert sent.stdout == f"signal 'approve' sent to needs-one (run {handle.run_id})\n"
+        async with asyncio.timeout(20):  # neither needs a Ctrl-C once the run closed
+            (logs_out, logs_err), (hist_out, hist_err) = [await p.communicate() for p in followers]
+    assert [p.returncode for p in followers] == [0, 0], (logs_err, hist_err)
+    assert logs_out.decode() == f"none: no log lines for run {handle.run_id} of 'needs-one'\n"
+    lines = hist_out.decode().splitlines()
+    assert lines[0].split()[:3] == ["seq", "workflow", "id"] and "WorkflowCompleted" in lines[-1]
+    assert b"Traceback" not in logs_err + hist_err
+
+    again = await asyncio.to_thread(_cli, nats_url, prefix, "workflow", "cancel", "needs-one")
+    assert again.returncode == 1
+    assert again.stderr == (
+        f"error: run {handle.run_id} of 'needs-one' is already completed: nothing to cancel\n"
+    )
+    # events --json encodes payloads as history --json does.
+    streamed = await asyncio.to_thread(_cli, nats_url, prefix, "events", "--json")
+    started = json.loads(streamed.stdout.splitlines()[0])["event"]
+    exported = await asyncio.to_thread(
+        _cli, nats_url, prefix, "workflow", "history", "needs-one", "--json"
+    )
+    assert started == json.loads(exported.stdout)["events"][0]
+    assert set(started["attrs"]["input"]) == {"$bytes"}

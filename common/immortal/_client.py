@@ -698,13 +698,15 @@ class WorkflowHandle(Generic[R]):
         """(stream sequence, events) of each history message from ``from_seq`` on; with
         ``follow``, then each new one live, until the run closes."""
         client = self.client
-        async for msg in tail(
+        records = tail(
             client.nc, client.names.stream_history, self._subject, from_seq=from_seq, follow=follow
-        ):
-            transition = decode(Transition, msg.data)
-            yield msg.seq, transition.events
-            if follow and transition.state.status.closed:
-                return
+        )
+        async with contextlib.aclosing(records):  # its subscription ends with us, not at exit
+            async for msg in records:
+                transition = decode(Transition, msg.data)
+                yield msg.seq, transition.events
+                if follow and transition.state.status.closed:
+                    return
 
     async def logs(self, *, from_seq: int = 1, follow: bool = False) -> AsyncIterator[LogLine]:
         """The run's log lines from every worker, in the server's order (``seq``), from

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +100,7 @@ async def message_at(nc: NATS, stream: str, seq: int, *, timeout: float = 5.0) -
 
 async def tail(
     nc: NATS, stream: str, subject: str, *, from_seq: int = 1, follow: bool = False
-) -> AsyncIterator[StoredMsg]:
+) -> AsyncGenerator[StoredMsg, None]:
     """Messages on ``subject`` (wildcards allowed) from ``from_seq`` on, in stream order;
     with ``follow``, then each new one as it is stored, until the caller stops."""
     seq = max(from_seq, 1)
@@ -130,7 +130,9 @@ async def tail(
                 headers=new.headers or {},
             )
     finally:
-        await sub.unsubscribe()
+        # Left while the connection drains or is closed, the subscription goes with it.
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 async def _direct_batch(
@@ -154,7 +156,8 @@ async def _direct_batch(
                 return
             yield msg
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(Exception):  # see tail()
+            await sub.unsubscribe()
 
 
 def _lift(headers: dict[str, str], data: bytes) -> StoredMsg | None:

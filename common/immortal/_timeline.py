@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +22,7 @@ from immortal._wire import EventType, HistoryEvent
 
 __all__ = [
     "HistoryExport",
+    "event_to_json",
     "format_timeline",
     "history_from_json",
     "history_to_json",
@@ -50,6 +51,11 @@ def history_to_json(
             doc[key] = value
     doc["events"] = [_tag(_event_dict(e)) for e in events]
     return json.dumps(doc, indent=1, ensure_ascii=False)
+
+
+def event_to_json(event: HistoryEvent) -> dict[str, Any]:
+    """One event as :func:`history_to_json` writes it (payload bytes as ``$bytes``)."""
+    return dict(_tag(_event_dict(event)))
 
 
 def history_from_json(text: str) -> list[HistoryEvent]:
@@ -86,15 +92,20 @@ def load_history(text: str) -> HistoryExport:
     return HistoryExport(events, **ids)
 
 
-def format_timeline(events: Sequence[HistoryEvent]) -> str:
+def format_timeline(
+    events: Sequence[HistoryEvent], *, notes: Mapping[int, Sequence[str]] | None = None
+) -> str:
     """The history as people read it: one line per step in the order the steps began, what
     happened to each step nested under it (an activity's attempts, a sleep's firing, a
     child's outcome), each line with its time since the start and its event id.
     Workflow-task bookkeeping is left out, except a task that failed.
+
+    ``notes`` are lines to print under the line of an event id (``immortal logs
+    --with-history`` puts each log line there); those of ids not shown come last.
     """
     if not events:
         return "(no events)\n"
-    return "\n".join(_Timeline(list(events)).lines()) + "\n"
+    return "\n".join(_Timeline(list(events), notes).lines()) + "\n"
 
 
 # -- JSON tagging ------------------------------------------------------------------------
@@ -169,8 +180,11 @@ class _Step:
 
 
 class _Timeline:
-    def __init__(self, events: list[HistoryEvent]) -> None:
+    def __init__(
+        self, events: list[HistoryEvent], notes: Mapping[int, Sequence[str]] | None = None
+    ) -> None:
         self.events = events
+        self.notes = _under_shown(events, notes or {})
         started = next((e for e in events if e.type is EventType.WORKFLOW_STARTED), events[0])
         self.t0 = started.ts
         self.queue = started.attrs.get("queue")
@@ -212,12 +226,19 @@ class _Timeline:
                 out.extend(self._timer(step))
             else:
                 out.extend(self._child(step))
+        for event_id in sorted(self.notes):  # of events the timeline leaves out
+            out.append(self._line(None, f"(event #{event_id})") + self._notes(event_id, 0))
         return out
 
     def _line(self, e: HistoryEvent | None, text: str, depth: int = 0) -> str:
         when = _offset(e.ts - self.t0) if e is not None else ""
         ref = f"#{e.id}" if e is not None else ""
-        return f"{when:>10} {ref:>5}  {'  ' * depth}{text}"
+        line = f"{when:>10} {ref:>5}  {'  ' * depth}{text}"
+        return line + self._notes(e.id, depth) if e is not None else line
+
+    def _notes(self, event_id: int, depth: int) -> str:
+        pad = " " * 18 + "  " * (depth + 1)
+        return "".join(f"\n{pad}{note}" for note in self.notes.pop(event_id, []))
 
     def _activity(self, step: _Step) -> list[str]:
         e = step.opener
@@ -309,6 +330,23 @@ class _Timeline:
         if not step.children and not self.closed:
             out.append(self._line(None, "running", 1))
         return out
+
+
+def _under_shown(
+    events: list[HistoryEvent], notes: Mapping[int, Sequence[str]]
+) -> dict[int, list[str]]:
+    """Notes of a left-out event (workflow-task bookkeeping) go under the shown event before
+    it: workflow code logs against the last event it saw, often a task's scheduling."""
+    shown: dict[int, int] = {}  # event id -> the id of the line its notes go under
+    last = 0
+    for e in events:
+        if e.type not in _HIDDEN:
+            last = e.id
+        shown[e.id] = last or e.id
+    out: dict[int, list[str]] = {}
+    for event_id in sorted(notes):
+        out.setdefault(shown.get(event_id, event_id), []).extend(notes[event_id])
+    return out
 
 
 def _activity_texts(e: HistoryEvent, beats: list[HistoryEvent], t0: int) -> list[str]:

@@ -68,6 +68,9 @@ def main() -> None:
         args = ["--debug", *(a for a in args if a != "--debug")]
     try:
         app(args=args)
+    except BrokenPipeError:  # `immortal events | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise

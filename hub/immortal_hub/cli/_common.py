@@ -7,13 +7,14 @@ a read command should start fast (the SDK and nats-py are imported when a comman
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -23,16 +24,20 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_SERVER",
+    "EVENT_HEADER",
     "ConnectTimeout",
     "InputFiles",
     "Prefix",
     "RunId",
     "Server",
     "Tenant",
+    "closing",
+    "duration_text",
     "event_line",
     "inputs",
     "json_args",
     "on_run",
+    "parse_duration",
     "print_json",
     "print_result",
     "readable",
@@ -66,6 +71,7 @@ InputFiles = Annotated[
 ]
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 DEFAULT_CONNECT_TIMEOUT = 3.0
+T = TypeVar("T")
 
 
 def setup_logging(level: str) -> None:
@@ -117,6 +123,18 @@ def on_run(
         await action(await client.get_handle(workflow_id, run))
 
     with_client(server, tenant, prefix, connect_timeout, act)
+
+
+@contextlib.asynccontextmanager
+async def closing(items: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close an async generator when the block ends, so its subscription ends with the
+    command rather than after the connection is gone."""
+    try:
+        yield items
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def json_args(args: list[str]) -> list[Any]:
@@ -173,12 +191,43 @@ async def print_result(handle: WorkflowHandle[Any], timeout: float | None = None
         ) from exc
 
 
+EVENT_HEADER = f"{'seq':>7} {'workflow':<12} {'id':>4} {'event':<24} attributes"
+
+
 def event_line(seq: int, workflow_id: str, e: Any, as_json: bool, run_id: str | None = None) -> str:
+    """One event a line: stream sequence, workflow id, event id, type, attributes; as JSON,
+    the event as ``history --json`` writes it (payload bytes as ``$bytes``)."""
     if as_json:
+        from immortal._timeline import event_to_json
+
         line = {"seq": seq, "workflow_id": workflow_id, "run_id": run_id}
-        return json.dumps({**line, "event": e.model_dump(mode="json")})
+        return json.dumps({**line, "event": event_to_json(e)}, ensure_ascii=False)
     attrs = json.dumps({k: readable(v) for k, v in e.attrs.items()}, default=str)
-    return f"{seq:>7} {workflow_id} {e.id:>4} {e.type.value:<24} {attrs}"
+    return f"{seq:>7} {workflow_id:<12} {e.id:>4} {e.type.value:<24} {attrs}"
+
+
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``12h`` or ``7d``."""
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = text[len(number) :].strip() or "s"
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError) as exc:
+        raise typer.BadParameter(f"{text!r} is not a duration (e.g. 90s, 15m, 12h, 7d)") from exc
+    if value <= 0:
+        raise typer.BadParameter(f"{text!r}: a duration must be positive")
+    return value
+
+
+def duration_text(seconds: float) -> str:
+    """``604800`` as ``7 d``, ``5400`` as ``90 min``: the largest unit that divides it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def readable(value: Any) -> Any:

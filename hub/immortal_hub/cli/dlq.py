@@ -37,7 +37,10 @@ def dlq_list(
     """List the tenant's dead letters with the reason each was set aside."""
 
     async def show(client: Client) -> None:
-        for d in await client.dead_letters.list():
+        letters = await client.dead_letters.list()
+        if not letters and not as_json:
+            print(f"none: no dead letters for tenant {tenant!r}")
+        for d in letters:
             if as_json:
                 print(json.dumps({**d.__dict__, "data": readable(d.data)}, default=str))
             else:

@@ -13,6 +13,8 @@ from immortal_hub.cli._common import (
     Prefix,
     Server,
     Tenant,
+    duration_text,
+    parse_duration,
     print_json,
     with_client,
 )
@@ -36,6 +38,9 @@ def queues(
         stats = await client.queues()
         if as_json:
             print_json([q.__dict__ for q in stats])
+            return
+        if not stats:
+            print(f"none: no queues for tenant {tenant!r}")
             return
         print(
             f"{'queue':<24} {'wf backlog':>10} {'wf held':>8} {'act backlog':>11} {'act held':>9}"
@@ -85,21 +90,32 @@ def workers(
 
 def retention(
     history: Annotated[
-        float | None, typer.Option(help="seconds a closed run's history is kept")
+        str | None, typer.Option(help="how long a closed run's history is kept (90s, 12h, 7d)")
     ] = None,
-    logs: Annotated[float | None, typer.Option(help="seconds a closed run's logs are kept")] = None,
+    logs: Annotated[str | None, typer.Option(help="how long a closed run's logs are kept")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
-    """Show the tenant's retention of closed runs, or set it (with --history/--logs)."""
+    """Show the tenant's retention of closed runs, or set it (with --history/--logs; the
+    one not given stays as it is)."""
+    keep_history = parse_duration(history) if history is not None else None
+    keep_logs = parse_duration(logs) if logs is not None else None
 
     async def go(client: Client) -> None:
-        if history is None and logs is None:
-            current = await client.retention()
-        else:
-            current = await client.set_retention(history=history, logs=logs)
-        print_json(current.__dict__)
+        current = await client.retention()
+        if keep_history is not None or keep_logs is not None:
+            current = await client.set_retention(
+                history=keep_history if keep_history is not None else current.history,
+                logs=keep_logs if keep_logs is not None else current.logs,
+            )
+        if as_json:
+            print_json(current.__dict__)
+            return
+        for what, kept in (("history", current.history), ("logs", current.logs)):
+            shown = f"{duration_text(kept)} ({kept:g} s)" if kept else "the stream's limits"
+            print(f"{what:<8} {shown}")
 
     with_client(server, tenant, prefix, connect_timeout, go)

@@ -68,7 +68,10 @@ def schedule_list(
     """List this tenant's schedules."""
 
     async def show(client: Client) -> None:
-        for s in await client.schedules.list():
+        schedules = await client.schedules.list()
+        if not schedules:
+            print(f"none: no schedules for tenant {tenant!r}")
+        for s in schedules:
             state = "paused" if s.paused else "active"
             print(f"{s.schedule_id:<24} {s.workflow_type:<20} {s.queue:<12} {state:<7} {s.spec}")
 

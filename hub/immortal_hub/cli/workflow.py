@@ -11,6 +11,7 @@ import typer
 from immortal_hub.cli._common import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SERVER,
+    EVENT_HEADER,
     ConnectTimeout,
     InputFiles,
     Prefix,
@@ -121,6 +122,8 @@ def workflow_history(
 
     async def history(handle: WorkflowHandle[Any]) -> None:
         if from_seq > 1 or follow:
+            if not as_json:
+                print(EVENT_HEADER, flush=True)
             async for seq, batch in handle.transitions(from_seq=from_seq, follow=follow):
                 for e in batch:
                     print(event_line(seq, handle.workflow_id, e, as_json), flush=True)
@@ -177,12 +180,14 @@ def workflow_signal(
     prefix: Prefix = "imm",
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
-    """Send a signal to a running workflow (recorded in its history in arrival order)."""
+    """Send a signal to a running workflow (recorded in its history in arrival order); a
+    closed run refuses it (exit 1)."""
     given = inputs([payload] if payload is not None else None, [input_file] if input_file else None)
     value = given[0] if given else None
 
     async def send(handle: WorkflowHandle[Any]) -> None:
         await handle.signal(name, value)
+        print(f"signal {name!r} sent to {handle.workflow_id} (run {handle.run_id})")
 
     on_run(server, tenant, prefix, connect_timeout, workflow_id, run, send)
 
@@ -197,10 +202,23 @@ def workflow_cancel(
     prefix: Prefix = "imm",
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
-    """Ask a run to cancel; its code may clean up before it closes."""
+    """Ask a run to cancel; its code may clean up before it closes. A closed run has
+    nothing to cancel (exit 1)."""
 
     async def cancel(handle: WorkflowHandle[Any]) -> None:
+        from immortal import WorkflowClosedError
+
+        status = (await handle.describe()).status
+        if status.closed:
+            raise WorkflowClosedError(
+                f"run {handle.run_id} of {handle.workflow_id!r} is already {status}: "
+                "nothing to cancel"
+            )
         await handle.cancel(reason)
+        print(
+            f"cancel requested for {handle.workflow_id} (run {handle.run_id}); "
+            "its code may clean up before it closes"
+        )
 
     on_run(server, tenant, prefix, connect_timeout, workflow_id, run, cancel)
 
