@@ -33,7 +33,8 @@ async def _spawn(name: str, args: list[str], env: dict[str, str], ready: str) ->
 
 
 async def start_hub(url: str, prefix: str = "imm", *options: str) -> Proc:
-    args = ["-m", "immortal_hub", "hub", "--server", url, "--prefix", prefix, *options]
+    args = ["-m", "immortal_hub", "hub", "--server", url, "--prefix", prefix, "--monitor", "off"]
+    args += options
     return await _spawn("hub", [*args, "--ack-wait", "2", "--log-level", "WARNING"], {}, "ready")
 
 

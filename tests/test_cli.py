@@ -15,7 +15,7 @@ import typer
 from immortal import Client, WorkflowFailedError
 from immortal._codec import unpack
 from immortal_worker.cli import load_targets
-from tests.helpers import running_worker
+from tests.helpers import running_worker, wait_for_history
 from tests.workflows import three_step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,3 +322,20 @@ async def test_output_says_what_happened_and_follows_end_with_the_run(
     )
     assert started == json.loads(exported.stdout)["events"][0]
     assert set(started["attrs"]["input"]) == {"$bytes"}
+
+
+async def test_a_read_command_loads_neither_the_hub_nor_the_worker(
+    nats_url: str, prefix: str, client: Client
+) -> None:
+    handle = await client.start("three_step", 1, id="just-read")
+    await wait_for_history(client, "just-read", handle.run_id, bool)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-X", "importtime", "-m", "immortal_hub", "workflow", "describe",
+         "just-read", "-s", nats_url, "--prefix", prefix],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "immortal._client" in loaded  # what it needs
+    assert not {"immortal_hub._hub", "immortal.testing", "immortal_worker"} & loaded

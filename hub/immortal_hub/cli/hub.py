@@ -47,7 +47,7 @@ def hub(
         typer.Option(
             envvar="IMMORTAL_MONITOR",
             help="nats-server's monitoring URL, to check that JetStream syncs every write "
-            "(default: port 8222 of the server's host)",
+            "(default: port 8222 of the server's host; off: no check)",
         ),
     ] = None,
     log_level: str = "INFO",
@@ -86,7 +86,8 @@ def hub(
             return
         stopping.cancel()
         await starting
-        await check_sync_always(h.nc, display_urls(server), monitor)
+        if monitor != "off":
+            await check_sync_always(h.nc, display_urls(server), monitor)
         print(f"hub {h.hub_id} ready on {display_urls(server)}", flush=True)
         await stop.wait()
         await h.stop()
