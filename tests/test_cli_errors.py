@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from immortal import Client
-from immortal.testing import NatsServer
+from immortal.testing import NatsServer, find_nats_server
 from tests.helpers import running_worker, wait_for_history
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,3 +153,34 @@ async def test_debug_shows_the_traceback(nats_url: str, prefix: str, client: Cli
     assert after.returncode == 1
     assert "Traceback" in after.stderr and "WorkflowNotFoundError" in after.stderr
     assert after.stderr.splitlines()[-1] == "error: no workflow 'no-such-order'"
+
+
+async def test_a_server_without_jetstream_is_named_by_every_command() -> None:
+    port = _free_port()
+    server = await asyncio.create_subprocess_exec(
+        find_nats_server(), "-a", "127.0.0.1", "-p", str(port), stderr=asyncio.subprocess.PIPE
+    )  # a plain nats-server: no -js
+    assert server.stderr is not None
+    try:
+        async with asyncio.timeout(10):
+            while b"Server is ready" not in await server.stderr.readline():
+                pass
+        url = f"nats://127.0.0.1:{port}"
+        said = (
+            f"error: the NATS server at {url} runs without JetStream: start it with -js, or "
+            "`jetstream {}` in its config (see nats.conf)"
+        )
+        for args in (
+            ["-m", "immortal_hub", "workers", "-s", url],
+            ["-m", "immortal_hub", "hub", "-s", url],
+            ["-m", "immortal_worker", "tests.workflows", "-s", url],
+        ):
+            done = await asyncio.to_thread(
+                subprocess.run, [sys.executable, *args],
+                capture_output=True, text=True, timeout=30, cwd=ROOT,
+            )  # fmt: skip
+            assert done.returncode == 2, (args, done.stderr)
+            assert done.stderr.splitlines()[-1] == said, (args, done.stderr)
+    finally:
+        server.terminate()
+        await server.wait()

@@ -20,8 +20,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
@@ -41,7 +40,7 @@ from immortal._errors import (
 )
 from immortal._inputs import send_input
 from immortal._integrity import IntegrityReport, verify_chain
-from immortal._jetstream import StoredMsg, last_message, read_subject, tail
+from immortal._jetstream import StoredMsg, last_message, read_subject, require_jetstream, tail
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._schedules import Schedules
@@ -197,21 +196,11 @@ class Client:
         buckets on this server (under this client's prefix): a read would otherwise wait
         out its retries and fail with NATS' own error."""
         history = self.names.stream_history
-        # The server says in its INFO whether it runs JetStream; a leaf node without it may
-        # still reach a JetStream domain, so then one look decides, with no retries.
-        jetstream = bool(self.nc._server_info.get("jetstream"))
+        await require_jetstream(self.nc, display_urls(self.servers))
         try:
-            info = partial(self.nc.jetstream().stream_info, history)
-            await (retry_transient(info, what=history) if jetstream else info())
+            await retry_transient(partial(self.nc.jetstream().stream_info, history), what=history)
         except JsNotFound as exc:
             raise self._not_set_up(f"stream {history}") from exc
-        except (ServiceUnavailableError, NoRespondersError) as exc:
-            if jetstream:
-                raise
-            raise NotSetUpError(
-                f"the NATS server at {display_urls(self.servers)} runs without JetStream: "
-                "start it with -js, or `jetstream {}` in its config (see nats.conf)"
-            ) from exc
 
     def _not_set_up(self, missing: str) -> NotSetUpError:
         return NotSetUpError(

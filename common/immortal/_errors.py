@@ -129,8 +129,8 @@ class WorkflowNotFoundError(ImmortalError):
 
 
 class NotSetUpError(ImmortalError):
-    """The NATS server has none of Immortal's streams and buckets (under this prefix): no
-    hub has started there yet."""
+    """The NATS server is not set up for Immortal: it runs without JetStream, or no hub has
+    created Immortal's streams and buckets there (under this prefix) yet."""
 
 
 class ServerUnreachableError(ImmortalError):

@@ -16,8 +16,9 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 __all__ = [
     "ERR_WRONG_LAST_SEQUENCE",
@@ -27,6 +28,7 @@ __all__ = [
     "last_message",
     "message_at",
     "read_subject",
+    "require_jetstream",
     "tail",
 ]
 
@@ -42,6 +44,25 @@ class StoredMsg:
     seq: int
     data: bytes
     headers: dict[str, str]
+
+
+async def require_jetstream(nc: NATS, where: str) -> bool:
+    """Raise :class:`NotSetUpError` if the server runs without JetStream; return whether its
+    INFO said it runs it. A server without it in its INFO (a leaf node may still reach a
+    JetStream domain) gets one account-info request, with no retries: a plain server
+    without JetStream answers it at once with 503, where retrying would take 20 s."""
+    from immortal._errors import NotSetUpError
+
+    if nc._server_info.get("jetstream"):  # the INFO the server sent on connect
+        return True
+    try:
+        await nc.jetstream().account_info()
+    except (ServiceUnavailableError, NoRespondersError) as exc:
+        raise NotSetUpError(
+            f"the NATS server at {where} runs without JetStream: start it with -js, or "
+            "`jetstream {}` in its config (see nats.conf)"
+        ) from exc
+    return False
 
 
 def is_wrong_last_sequence(exc: BaseException) -> bool:

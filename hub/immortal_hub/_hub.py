@@ -36,7 +36,7 @@ from immortal._connect import connect, display_urls
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._integrity import transition_digest
-from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
+from immortal._jetstream import Puller, is_wrong_last_sequence, last_message, require_jetstream
 from immortal._locks import KeyedLocks
 from immortal._names import Names, decode_token
 from immortal._schedules import ScheduleSpec
@@ -175,6 +175,7 @@ class Hub:
         if self._nc is None:
             self._nc = await connect(self.servers, name=self.hub_id)
         self.js = self.nc.jetstream()
+        await require_jetstream(self.nc, display_urls(self.servers))
         await ensure_resources(self.js, self.names, self.settings)
         self._runs_kv = await key_value(self.js, self.names.bucket_runs)
         self._queues_kv = await key_value(self.js, self.names.bucket_queues)

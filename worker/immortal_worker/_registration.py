@@ -18,6 +18,7 @@ from nats.js.errors import NotFoundError as JsNotFound
 from immortal._connect import display_urls
 from immortal._definitions import ActivityDefinition, WorkflowDefinition
 from immortal._fingerprints import conflicts, definition_key, fingerprint, signature
+from immortal._jetstream import require_jetstream
 from immortal._transient import is_transient
 from immortal._wire import now_ms
 
@@ -61,7 +62,9 @@ def registration(worker: Worker) -> dict[str, Any]:
 
 
 async def wait_for_streams(worker: Worker) -> None:
-    """Until a hub has created the task stream and the queues bucket (said once)."""
+    """Until a hub has created the task stream and the queues bucket (said once); a server
+    without JetStream is an error at once."""
+    await require_jetstream(worker.nc, display_urls(worker.servers))
     warned = False
     while True:
         try:

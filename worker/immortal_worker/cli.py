@@ -29,6 +29,7 @@ from typing import Annotated, Any
 import typer
 
 from immortal._definitions import activity_definition, workflow_definition
+from immortal._errors import ImmortalError, NotSetUpError, ServerUnreachableError
 from immortal_worker._worker import Worker
 from immortal_worker.replay import replay_file
 
@@ -210,7 +211,13 @@ def replay(
 
 def main() -> None:
     sys.path.insert(0, "")  # let `module:attr` find modules in the working directory
-    if sys.argv[1:2] == ["replay"]:
-        replay_app(args=sys.argv[2:], prog_name="immortal-worker replay")
-    else:
-        app()
+    try:
+        if sys.argv[1:2] == ["replay"]:
+            replay_app(args=sys.argv[2:], prog_name="immortal-worker replay")
+        else:
+            app()
+    except ImmortalError as exc:  # as `immortal` reports them: one line, exit 2 or 1
+        if os.environ.get("IMMORTAL_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, (NotSetUpError, ServerUnreachableError)) else 1)
