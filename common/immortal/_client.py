@@ -636,7 +636,8 @@ class WorkflowHandle(Generic[R]):
         state = transition.state
         if state.status.closed and kind == "signal":
             raise WorkflowClosedError(
-                f"run {self.run_id} of {self.workflow_id!r} is {state.status}"
+                f"run {self.run_id} of {self.workflow_id!r} has closed ({state.status}): "
+                "it takes no more signals"
             )
         client = self.client
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -199,5 +200,7 @@ def _shown(store: Path) -> str:
 
 
 def _last_line(text: str) -> str:
+    """nats-server's last log line, without its ``[pid] date time [FTL]`` prefix."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else text
+    last = lines[-1] if lines else text
+    return re.sub(r"^\[\d+\] \S+ \S+ \[\w+\] ", "", last)

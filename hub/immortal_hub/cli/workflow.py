@@ -211,7 +211,7 @@ def workflow_cancel(
         status = (await handle.describe()).status
         if status.closed:
             raise WorkflowClosedError(
-                f"run {handle.run_id} of {handle.workflow_id!r} is already {status}: "
+                f"run {handle.run_id} of {handle.workflow_id!r} has closed ({status}): "
                 "nothing to cancel"
             )
         await handle.cancel(reason)
