@@ -8,6 +8,7 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench --hubs 2 --workers 2    # scale-out
     python -m bench -w throughput -n 5000   # one workload
     python -m bench -w fairness             # tenant B's latency while tenant A bursts
+    python -m bench -w cli                  # `immortal workflow describe` as a process
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import nats
 from nats.js.api import StorageType, StreamConfig
 
+from bench._cli import cli
 from bench._fleet import fairness, fairness_batch, frozen_worker, wait_marks
 from bench._harness import (
     Completions,
@@ -43,7 +45,7 @@ from immortal.testing import NatsServer
 
 WORKLOADS = [
     "jetstream", "throughput", "sequential5", "fanout10", "latency", "timers", "dead_worker",
-    "frozen_worker", "fairness",
+    "frozen_worker", "fairness", "cli",
 ]  # fmt: skip
 OPTIONAL = ["soak", "fairness_batch"]  # run with -w
 STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "KV_imm-runs"]
@@ -97,6 +99,9 @@ class Bench:
             pipe_m.values.append(n / (time.perf_counter() - t0))
             await js.delete_stream(name)
         await nc.close()
+
+    async def w_cli(self) -> None:
+        await cli(self)  # bench/_cli.py: whole-process time of read commands
 
     # -- Immortal workloads ------------------------------------------------------------
 

@@ -13,23 +13,24 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
 from typing import Any, Generic, TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
 from immortal._codec import decode_value, encode_args, encode_value, pack, unpack
-from immortal._connect import connect
+from immortal._connect import connect, display_urls
 from immortal._definitions import workflow_definition
 from immortal._dlq import DeadLetters
 from immortal._errors import (
     ImmortalError,
+    NotSetUpError,
     PayloadError,
     WorkflowAlreadyStartedError,
     WorkflowClosedError,
@@ -39,7 +40,7 @@ from immortal._errors import (
 )
 from immortal._inputs import send_input
 from immortal._integrity import IntegrityReport, verify_chain
-from immortal._jetstream import StoredMsg, last_message, read_subject, tail
+from immortal._jetstream import StoredMsg, last_message, read_subject, require_jetstream, tail
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._schedules import Schedules
@@ -106,6 +107,9 @@ class WorkerInfo:
     slots: dict[str, int]
     tasks_held: int
     last_seen: datetime
+    # workflow:<name> / activity:<name> -> a hash, and the signature it was made of
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    signatures: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,12 @@ class RunDescription:
 
 
 class Client:
-    """A connection to an Immortal deployment for one tenant."""
+    """A connection to an Immortal deployment for one tenant.
+
+    Until NATS answers, connecting logs why (a WARNING, then INFO with a growing pause)
+    and keeps trying; with ``connect_timeout`` it gives up after that many seconds with
+    :class:`ServerUnreachableError`.
+    """
 
     def __init__(
         self,
@@ -151,8 +160,10 @@ class Client:
         tenant: str = "default",
         prefix: str = "imm",
         nc: NATS | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.servers = servers
+        self.connect_timeout = connect_timeout
         self.tenant = validate_tenant(tenant)
         self.names = Names(prefix)
         self._nc = nc
@@ -175,8 +186,28 @@ class Client:
     async def connect(self) -> None:
         if self._nc is None:
             self._nc = await connect(
-                self.servers, name="immortal-client", on_reconnect=self._reconnected
+                self.servers,
+                name="immortal-client",
+                on_reconnect=self._reconnected,
+                timeout=self.connect_timeout,
             )
+
+    async def check_set_up(self) -> None:
+        """Raise :class:`NotSetUpError` unless a hub has created Immortal's streams and
+        buckets on this server (under this client's prefix): a read would otherwise wait
+        out its retries and fail with NATS' own error."""
+        history = self.names.stream_history
+        await require_jetstream(self.nc, display_urls(self.servers))
+        try:
+            await retry_transient(partial(self.nc.jetstream().stream_info, history), what=history)
+        except JsNotFound as exc:
+            raise self._not_set_up(f"stream {history}") from exc
+
+    def _not_set_up(self, missing: str) -> NotSetUpError:
+        return NotSetUpError(
+            f"no Immortal hub has set up {display_urls(self.servers)} with prefix "
+            f"{self.names.prefix!r} yet ({missing} not found): start one (`immortal hub`)"
+        )
 
     def _reconnected(self) -> None:
         """What result() heard may have missed an append meanwhile: make it look again."""
@@ -220,6 +251,7 @@ class Client:
         else:
             defn = workflow_definition(workflow)
             name, result_type = defn.name, defn.return_type
+        encoded = encode_args(args)  # too large: raise before anything is claimed or said
         workflow_id = id or str(uuid.uuid4())
         run_id = uuid.uuid4().hex
         claim = f"key:{idempotency_key}" if idempotency_key else (f"id:{id}" if id else None)
@@ -241,7 +273,7 @@ class Client:
             workflow_id=workflow_id,
             run_id=run_id,
             workflow_type=name,
-            input=encode_args(args),
+            input=encoded,
             execution_timeout=seconds(execution_timeout),
             run_timeout=seconds(run_timeout),
         )
@@ -437,7 +469,10 @@ class Client:
         """A bucket's handle, looked up once (the lookup is a request to the cluster)."""
         kv = self._buckets.get(bucket)
         if kv is None:
-            kv = self._buckets[bucket] = await key_value(self.nc.jetstream(), bucket)
+            try:
+                kv = self._buckets[bucket] = await key_value(self.nc.jetstream(), bucket)
+            except BucketNotFoundError as exc:
+                raise self._not_set_up(f"bucket {bucket}") from exc
         return kv
 
     async def _register_queue(self, queue: str) -> None:
@@ -673,13 +708,15 @@ class WorkflowHandle(Generic[R]):
         """(stream sequence, events) of each history message from ``from_seq`` on; with
         ``follow``, then each new one live, until the run closes."""
         client = self.client
-        async for msg in tail(
+        records = tail(
             client.nc, client.names.stream_history, self._subject, from_seq=from_seq, follow=follow
-        ):
-            transition = decode(Transition, msg.data)
-            yield msg.seq, transition.events
-            if follow and transition.state.status.closed:
-                return
+        )
+        async with contextlib.aclosing(records):  # its subscription ends with us, not at exit
+            async for msg in records:
+                transition = decode(Transition, msg.data)
+                yield msg.seq, transition.events
+                if follow and transition.state.status.closed:
+                    return
 
     async def logs(self, *, from_seq: int = 1, follow: bool = False) -> AsyncIterator[LogLine]:
         """The run's log lines from every worker, in the server's order (``seq``), from
@@ -719,6 +756,8 @@ def _worker_info(raw: dict[str, Any]) -> WorkerInfo:
         slots=dict(raw.get("slots", {})),
         tasks_held=len(raw.get("held", [])),
         last_seen=_ts(int(raw.get("ts", 0))),
+        fingerprints=dict(raw.get("fingerprints", {})),
+        signatures=dict(raw.get("signatures", {})),
     )
 
 
