@@ -8,6 +8,7 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench --hubs 2 --workers 2    # scale-out
     python -m bench -w throughput -n 5000   # one workload
     python -m bench -w fairness             # tenant B's latency while tenant A bursts
+    python -m bench -w policy               # policy decision cost (no broker involved)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import nats
 from nats.js.api import StorageType, StreamConfig
 
+from bench import _policy
 from bench._harness import (
     ROOT,
     Completions,
@@ -44,7 +46,7 @@ from immortal.testing import NatsServer
 
 WORKLOADS = [
     "jetstream", "throughput", "sequential5", "fanout10", "latency", "timers", "dead_worker",
-    "fairness",
+    "fairness", "policy",
 ]  # fmt: skip
 OPTIONAL = ["soak"]  # long: run with -w soak
 STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "KV_imm-runs"]
@@ -384,6 +386,12 @@ class Bench:
                 f"A done in {report['all_done_s']:.1f} s, {durable} inputs via IMM_IN",
                 flush=True,
             )
+
+    async def w_policy(self) -> None:
+        """Decision cost, built-in engine and Cedar, 1,000 rules and 10,000 tuples."""
+        shape = _policy.measure(self.metric, trials=self.args.trials)
+        self.extra["policy"] = shape
+        print(f"  {_policy.report(shape)}", flush=True)
 
 
 async def _batch(client: Client, done: Completions, n: int) -> list[float]:

@@ -283,9 +283,10 @@ def test_the_cedar_translation_keeps_rule_ids() -> None:
     assert text.count("@id(") == len(ACME.rules)
     assert (
         '@id("r-clerk-limit")\nforbid (principal, action in [Action::"workflow.start"], resource)\n'
-        'when { principal.roles.containsAny(["clerk"]) && (context.input["amount"] > 10000) };'
+        'when { context.principal.roles.containsAny(["clerk"]) && (context.input["amount"] > 10000) };'
     ) in text
-    assert '&& principal in resource.facets.queue["path:r-queue-managers"])' in text
+    reached = 'context.facets.queue["path:r-queue-managers"]'
+    assert f"&& (principal in {reached} || context.claimed.containsAny({reached})))" in text
 
 
 def test_cedar_takes_whole_numbers_only() -> None:

@@ -1,12 +1,18 @@
 """The same policy document decided by Cedar (``cedarpy``, the Rust engine in-process).
 
 Translation: every rule becomes one Cedar policy annotated ``@id("<rule id>")``, so the
-policy ids Cedar names as deciding map back to rule ids. ``member`` tuples become entity
+policy ids Cedar names as deciding map back to rule ids; each action gets the set of the
+policies that cover it, so Cedar reads only those. ``member`` tuples become entity
 parents, which Cedar's ``in`` follows transitively. A relation path is walked once per
 policy version from every entity at its resource end, and what it reaches is stored on
-that entity (``"path:<rule id>"``); the policy then asks ``principal in`` that set.
-Each request adds two entities, the principal (whose parents are its own entity and its
-claimed groups) and the resource (its fields, attributes and facets).
+that entity (``"path:<rule id>"``); the policy then asks whether the principal is ``in``
+that set.
+
+A request adds no entities (copying a large entity set per request costs milliseconds):
+the principal is its own entity (``user::"ann"``), and what the request knows travels in
+the context: ``context.principal`` and ``context.resource`` (their fields), ``facets``
+(the resource's entities), ``claimed`` (the groups the principal's claims name, with the
+groups those belong to), ``input`` and ``env`` (the time fields and the caller's context).
 
 Cedar has no fractional numbers: a value such as ``input.amount: 12.5`` is left out of
 what Cedar sees (a whole ``12.0`` becomes ``12``), so a condition reading it has no value.
@@ -34,7 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CedarEngine", "to_cedar"]
 
-_PRINCIPAL = {"type": "Principal", "id": "request"}
 _RESOURCE = {"type": "Resource", "id": "request"}
 _RESERVED_KEYS = frozenset({"__entity", "__extn", "__expr"})
 _POSITIONAL = re.compile(r"policy `policy(\d+)`")
@@ -53,7 +58,10 @@ class CedarEngine:
         self.policy = CompiledPolicy(document)
         self.policies_text = to_cedar(self.policy)
         try:
-            self._policies = self._cedar.PolicySet.from_str(self.policies_text)
+            self._sets = {
+                action: self._cedar.PolicySet.from_str(_policies(index.all))
+                for action, index in self.policy.by_action.items()
+            }
             self._entities = self._cedar.Entities.from_json_str(
                 json.dumps(_base_entities(self.policy))
             )
@@ -83,16 +91,15 @@ class CedarEngine:
             return hit
         req = self.policy.facts(principal, resource, context)
         omitted: list[str] = []
-        delta = [_principal_entity(req, omitted), _resource_entity(req, omitted)]
         result = self._cedar.is_authorized(
             {
-                "principal": _PRINCIPAL,
+                "principal": _uid(req.pentity),
                 "action": {"type": "Action", "id": action},
                 "resource": _RESOURCE,
                 "context": _context(req, omitted),
             },
-            self._policies,
-            self._entities.with_added_json_str(json.dumps(delta)),
+            self._sets[action],
+            self._entities,
         )
         decision = self._decision(req, action, result, omitted)
         if cacheable:
@@ -116,22 +123,27 @@ class CedarEngine:
             if result.diagnostics.errors:
                 # Policies whose condition erred (a missing name, say) were skipped, as
                 # ours are; after a default deny, that is what a reader wants to know.
-                extra["cedar.errors"] = [self._named(e) for e in result.diagnostics.errors]
+                rules_here = self.policy.by_action[action].all
+                extra["cedar.errors"] = [_named(e, rules_here) for e in result.diagnostics.errors]
         if omitted:
             extra["cedar.omitted"] = omitted
         if not extra:
             return decision
         return decision.model_copy(update={"facts": {**decision.facts, **extra}})
 
-    def _named(self, error: str) -> str:
-        # Cedar numbers policies in the order of the text, which is the rules' order.
-        rules = self.policy.rules
-        return _POSITIONAL.sub(lambda m: f"rule {rules[int(m[1])].id}", error)
-
 
 def to_cedar(policy: CompiledPolicy) -> str:
     """The Cedar policies for ``policy``, one per rule, in document order."""
-    return "\n\n".join(_policy(rule) for rule in policy.rules) + "\n"
+    return _policies(policy.rules)
+
+
+def _policies(rules: list[CompiledRule]) -> str:
+    return "\n\n".join(_policy(rule) for rule in rules) + "\n"
+
+
+def _named(error: str, rules: list[CompiledRule]) -> str:
+    # Cedar numbers policies in the order of their text, which is the rules' order.
+    return _POSITIONAL.sub(lambda m: f"rule {rules[int(m[1])].id}", error)
 
 
 def _import_cedarpy() -> Any:
@@ -152,22 +164,23 @@ def _policy(rule: CompiledRule) -> str:
     scope = ", ".join(f"Action::{_string(a)}" for a in actions)
     parts: list[str] = []
     if rule.roles:
-        parts.append(
-            f"principal.roles.containsAny([{', '.join(_string(r) for r in rule.rule.roles)}])"
-        )
+        roles = ", ".join(_string(r) for r in rule.rule.roles)
+        parts.append(f"context.principal.roles.containsAny([{roles}])")
     if rule.groups:
-        parts.append(f"principal in [{', '.join(_entity(g) for g in sorted(rule.groups))}]")
+        groups = f"[{', '.join(_entity(g) for g in sorted(rule.groups))}]"
+        parts.append(f"(principal in {groups} || context.claimed.containsAny({groups}))")
     if rule.principals:
         parts.append(
-            f"[{', '.join(_entity(p) for p in sorted(rule.principals))}].contains(principal.entity)"
+            f"[{', '.join(_entity(p) for p in sorted(rule.principals))}].contains(principal)"
         )
     if rule.patterns:
         parts.append("(" + " || ".join(_pattern(fields) for fields in rule.rule.resources) + ")")
     if rule.relation is not None:
         facet, attr = rule.relation.facet, _string(f"path:{rule.id}")
+        reached = f"context.facets.{facet}[{attr}]"
         parts.append(
-            f"(resource.facets has {facet} && resource.facets.{facet} has {attr} "
-            f"&& principal in resource.facets.{facet}[{attr}])"
+            f"(context.facets has {facet} && context.facets.{facet} has {attr} "
+            f"&& (principal in {reached} || context.claimed.containsAny({reached})))"
         )
     if rule.condition is not None:
         parts.append(_expr(rule.condition.node, rule.id))
@@ -181,7 +194,7 @@ def _pattern(fields: Mapping[str, str]) -> str:
     tests = []
     for name, glob in fields.items():
         op = "like" if "*" in glob else "=="
-        tests.append(f"resource has {name} && resource.{name} {op} {_string(glob)}")
+        tests.append(f"context.resource has {name} && context.resource.{name} {op} {_string(glob)}")
     return "(" + " && ".join(tests) + ")"
 
 
@@ -209,12 +222,14 @@ def _path(path: Path) -> str:
     if path.root == "input":
         return "context.input" + "".join(f"[{_string(p)}]" for p in path.parts)
     if path.root == "context":
-        return "context" + "".join(f"[{_string(p)}]" for p in path.parts)
+        return "context.env" + "".join(f"[{_string(p)}]" for p in path.parts)
     head, *rest = path.parts
-    return f"{path.root}.{head}" + "".join(f"[{_string(p)}]" for p in rest)
+    return f"context.{path.root}.{head}" + "".join(f"[{_string(p)}]" for p in rest)
 
 
 def _literal(value: Any, rule_id: str) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v, rule_id) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -284,51 +299,40 @@ def _base_entities(policy: CompiledPolicy) -> list[dict[str, Any]]:
     ]
 
 
-def _principal_entity(req: RequestFacts, omitted: list[str]) -> dict[str, Any]:
-    p = req.principal
-    return {
-        "uid": _PRINCIPAL,
-        "attrs": {
+def _context(req: RequestFacts, omitted: list[str]) -> dict[str, Any]:
+    p, r, graph = req.principal, req.resource, req.policy.graph
+    claimed = {g for group in req.claimed_groups for g in (group, *graph.ancestors(group))}
+    fields = {
+        name: getattr(r, name)
+        for name in (
+            "tenant", "queue", "workflow_type", "workflow_id", "activity_type", "schedule_id",
+            "status",
+        )
+        if getattr(r, name) is not None
+    }  # fmt: skip
+    context: dict[str, Any] = {
+        "principal": {
             "subject": p.subject,
             "tenant": p.tenant,
             "roles": list(p.roles),
             "groups": list(p.groups),
             "attributes": _value(p.attributes, "principal.attributes", omitted) or {},
-            "entity": {"__entity": _uid(req.pentity)},
         },
-        "parents": [_uid(req.pentity), *(_uid(g) for g in req.claimed_groups)],
+        "resource": {
+            **fields,
+            "attributes": _value(r.attributes, "resource.attributes", omitted) or {},
+        },
+        "facets": {
+            facet: {"__entity": _uid(entity)}
+            for facet in RESOURCE_FACETS
+            if (entity := r.facet(facet)) is not None
+        },
+        "claimed": [{"__entity": _uid(g)} for g in sorted(claimed)],
+        "env": _value(req.context_fields(), "context", omitted) or {},
     }
-
-
-def _resource_entity(req: RequestFacts, omitted: list[str]) -> dict[str, Any]:
-    r = req.resource
-    attrs: dict[str, Any] = {
-        name: getattr(r, name)
-        for name in (
-            "tenant",
-            "queue",
-            "workflow_type",
-            "workflow_id",
-            "activity_type",
-            "schedule_id",
-            "status",
-        )
-        if getattr(r, name) is not None
-    }
-    attrs["attributes"] = _value(r.attributes, "resource.attributes", omitted) or {}
-    attrs["facets"] = {
-        facet: {"__entity": _uid(entity)}
-        for facet in RESOURCE_FACETS
-        if (entity := r.facet(facet)) is not None
-    }
-    return {"uid": _RESOURCE, "attrs": attrs, "parents": []}
-
-
-def _context(req: RequestFacts, omitted: list[str]) -> dict[str, Any]:
-    fields = dict(req.context_fields())
-    if req.resource.input is not None:
-        fields["input"] = req.resource.input
-    return _value(fields, "context", omitted) or {}
+    if r.input is not None:
+        context["input"] = _value(r.input, "input", omitted) or {}
+    return context
 
 
 def _value(value: Any, where: str, omitted: list[str]) -> Any:
@@ -344,8 +348,6 @@ def _value(value: Any, where: str, omitted: list[str]) -> Any:
         out = {}
         for key, item in value.items():
             name = f"{where}.{key}"
-            if name == "context.input" or name.startswith("context.input."):
-                name = name.removeprefix("context.")  # as a condition names it
             if str(key) in _RESERVED_KEYS:
                 omitted.append(name)
                 continue

@@ -106,6 +106,7 @@ class RequestFacts:
     __slots__ = (
         "_groups",
         "_pset",
+        "_reached",
         "context",
         "env",
         "pentity",
@@ -129,6 +130,7 @@ class RequestFacts:
         self.pentity = principal_entity(principal.subject, policy.document.principal_types)
         self._groups: list[str] | None = None
         self._pset: frozenset[str] | None = None
+        self._reached: dict[str, bool] = {}  # rules often share a path: walk it once
         self.env = ConditionEnv(principal, resource, self.context_fields)
         self.volatile = False  # set once a rule's condition read input or context
 
@@ -145,12 +147,16 @@ class RequestFacts:
             self._pset = self.policy.graph.principal_set(self.pentity, self.claimed_groups)
         return self._pset
 
-    def related(self, path: RelationPath) -> frozenset[str]:
-        """The principal-end entities of ``path`` that are the principal or its groups."""
-        start = self.resource.facet(path.facet)
-        if start is None:
-            return frozenset()
-        return frozenset(self.policy.graph.reach(path, start) & self.pset)
+    def related(self, path: RelationPath) -> bool:
+        """Whether ``path`` leads from the resource to the principal or one of its groups."""
+        known = self._reached.get(path.text)
+        if known is None:
+            start = self.resource.facet(path.facet)
+            known = start is not None and not self.pset.isdisjoint(
+                self.policy.graph.reach(path, start)
+            )
+            self._reached[path.text] = known
+        return known
 
     def context_fields(self) -> Mapping[str, Any]:
         """What ``context.<name>`` reads for this request."""
@@ -176,8 +182,14 @@ def _compile_rule(rule: Rule, index: int, group_type: str) -> CompiledRule:
 
 
 def _matcher(glob: str) -> Matcher:
-    if "*" not in glob:
+    stars = glob.count("*")
+    if stars == 0:
         return glob.__eq__
+    if glob == "*":
+        return lambda value: True
+    if stars == 1 and glob.endswith("*"):  # the common "refund*": no regex needed
+        prefix = glob[:-1]
+        return lambda value: value.startswith(prefix)
     regex = re.compile(".*".join(re.escape(part) for part in glob.split("*")), re.DOTALL)
     return lambda value: regex.fullmatch(value) is not None
 

@@ -52,6 +52,10 @@ class Path:
 @dataclass(frozen=True, slots=True)
 class Literal:
     value: Any
+    shown: str = ""  # the value as a reason writes it, once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shown", format_value(self.value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,8 @@ class ConditionEnv:
                 value = list(value)
             parts = parts[1:]
         for part in parts:
-            if not isinstance(value, Mapping) or part not in value:
+            # type() first: isinstance against an ABC is slow, and inputs are dicts
+            if not (type(value) is dict or isinstance(value, Mapping)) or part not in value:
                 raise Undefined(f"{path.text} is missing")
             value = value[part]
         if value is None:
@@ -126,11 +131,12 @@ class ConditionEnv:
 class Condition:
     """A parsed condition: ``holds(env)`` decides, ``explain(env)`` says why."""
 
-    __slots__ = ("node", "paths", "reads_attributes", "text", "volatile")
+    __slots__ = ("_holds", "node", "paths", "reads_attributes", "text", "volatile")
 
     def __init__(self, text: str, node: Node) -> None:
         self.text = text
         self.node = node
+        self._holds = _compiled(node)
         self.paths = frozenset(_paths(node))
         # Input and time differ on every request: a decision that read them is not cached.
         self.volatile = any(p.root in ("input", "context") for p in self.paths)
@@ -145,16 +151,16 @@ class Condition:
 
     def holds(self, env: ConditionEnv) -> bool:
         """Whether the condition is true; :class:`Undefined` when it has no value."""
-        return bool(_value(self.node, env))
+        return _truth(self._holds(env), self.node)
 
     def explain(self, env: ConditionEnv) -> tuple[bool | None, list[str], dict[str, Any]]:
         """(value or None when undefined, phrases a person reads, the facts it read)."""
         facts: dict[str, Any] = {}
         try:
             value, phrases = _explain(self.node, env, facts)
+            return _truth(value, self.node), phrases, facts
         except Undefined as why:
             return None, [str(why)], facts
-        return bool(value), phrases, facts
 
 
 def parse_condition(text: str) -> Condition:
@@ -203,7 +209,10 @@ def _node(tree: ast.expr, text: str) -> Node:
     if isinstance(tree, ast.Attribute | ast.Subscript | ast.Name):
         return _path_or_name(tree, text)
     if isinstance(tree, ast.List | ast.Tuple):
-        return ListOf(tuple(_node(v, text) for v in tree.elts))
+        items = tuple(_node(v, text) for v in tree.elts)
+        if all(isinstance(i, Literal) for i in items):  # a constant list: build it once
+            return Literal([i.value for i in items if isinstance(i, Literal)])
+        return ListOf(items)
     if isinstance(tree, ast.Constant) or (
         isinstance(tree, ast.UnaryOp) and isinstance(tree.op, ast.USub | ast.UAdd)
     ):
@@ -338,6 +347,91 @@ def _value(node: Node, env: ConditionEnv) -> Any:
     return [_value(item, env) for item in node.items]
 
 
+# -- the same, compiled into closures once, for decisions -------------------------------
+
+Eval = Callable[[ConditionEnv], Any]
+_NUMBER = (int, float)
+
+
+def _compiled(node: Node) -> Eval:
+    """``node`` as nested closures: what ``_value`` does, without dispatching on the node
+    type at every step (a decision evaluates conditions; only reasons need the tree)."""
+    if isinstance(node, Path):
+        return lambda env: env.lookup(node)
+    if isinstance(node, Literal):
+        value = node.value
+        return lambda env: value
+    if isinstance(node, ListOf):
+        items = [_compiled(item) for item in node.items]
+        return lambda env: [item(env) for item in items]
+    if isinstance(node, Not):
+        inner, operand = _compiled(node.operand), node.operand
+        return lambda env: not _truth(inner(env), operand)
+    if isinstance(node, And | Or):
+        parts = [(_compiled(op), op) for op in node.operands]
+        if isinstance(node, And):
+            return lambda env: all(_truth(f(env), op) for f, op in parts)
+        return lambda env: any(_truth(f(env), op) for f, op in parts)
+    return _compiled_compare(node)
+
+
+def _compiled_compare(node: Compare) -> Eval:
+    left, right, op = _compiled(node.left), _compiled(node.right), node.op
+    order = {"<": _lt, "<=": _le, ">": _gt, ">=": _ge}.get(op)
+    if order is not None:
+
+        def ordered(env: ConditionEnv) -> bool:
+            a, b = left(env), right(env)
+            if type(a) in _NUMBER and type(b) in _NUMBER:  # exact types: bool is not a number
+                return order(a, b)
+            return _compare_values(op, a, b, node)
+
+        return ordered
+    if (
+        op in ("in", "not in")
+        and isinstance(node.right, Literal)
+        and _kind(node.right.value) == "set"
+    ):
+        members = _members(node.right.value)
+        if members is not None:
+            inside = op == "in"
+
+            def member(env: ConditionEnv) -> bool:
+                value = left(env)
+                kind = _KINDS.get(type(value))
+                if kind in ("bool", "number", "string"):
+                    return ((kind, value) in members) is inside
+                return _compare_values(op, value, node.right.value, node)  # type: ignore[union-attr]
+
+            return member
+    return lambda env: _compare_values(op, left(env), right(env), node)
+
+
+def _members(values: Any) -> frozenset[tuple[str, Any]] | None:
+    """A constant list of plain values as a set of (kind, value): ``in`` becomes a lookup.
+    The kind keeps ``true`` apart from ``1``, as the comparison does."""
+    kinds = [_KINDS.get(type(v)) for v in values]
+    if not all(k in ("bool", "number", "string") for k in kinds):
+        return None
+    return frozenset(zip(kinds, values, strict=True))  # type: ignore[arg-type]
+
+
+def _lt(a: Any, b: Any) -> bool:
+    return bool(a < b)
+
+
+def _le(a: Any, b: Any) -> bool:
+    return bool(a <= b)
+
+
+def _gt(a: Any, b: Any) -> bool:
+    return bool(a > b)
+
+
+def _ge(a: Any, b: Any) -> bool:
+    return bool(a >= b)
+
+
 def _truth(value: Any, node: Node) -> bool:
     if not isinstance(value, bool):
         what = node.text if isinstance(node, Path) else format_value(value)
@@ -345,7 +439,16 @@ def _truth(value: Any, node: Node) -> bool:
     return value
 
 
+_KINDS = {
+    bool: "bool", int: "number", float: "number", str: "string", list: "set", tuple: "set",
+    set: "set", frozenset: "set", dict: "record",
+}  # fmt: skip
+
+
 def _kind(value: Any) -> str:
+    kind = _KINDS.get(type(value))
+    if kind is not None:
+        return kind
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int | float):
@@ -443,7 +546,8 @@ def _phrase(node: Compare, left: Any, right: Any, value: bool) -> str:
     if not isinstance(a, Path) or isinstance(b, Path):
         holds = "holds" if value else "does not hold"
         return f"{_side(a, av)} {op} {_side(b, bv)} {holds}"
-    name, subject, other = a.text, _side(a, av), format_value(bv)
+    name, subject = a.text, _side(a, av)
+    other = b.shown if isinstance(b, Literal) else format_value(bv)
     if op in ("==", "!="):
         same = value if op == "==" else not value
         return f"{name} is {format_value(av)}" + ("" if same else f", not {other}")
