@@ -80,7 +80,8 @@ def group_entity(name: str, group_type: str) -> str:
     """The entity a group claim names: ``team:ops`` as is, a bare ``ops`` as
     ``<group_type>:ops``."""
     kind, sep, _ = name.partition(":")
-    return name if sep and _TYPE.match(kind) else f"{group_type}:{name}"
+    typed = sep and _TYPE.match(kind) and kind not in _RESERVED
+    return name if typed else f"{group_type}:{name}"
 
 
 @dataclass(frozen=True, slots=True)
