@@ -122,6 +122,15 @@ def test_attributes_are_part_of_the_key_when_a_rule_reads_them() -> None:
     assert len(engine.cache) == 4
 
 
+def test_the_cache_is_bounded_and_drops_its_oldest_entry() -> None:
+    engine = BuiltinEngine(ACME, cache_size=2)
+    read = [engine.decide(_p(f"u{i}", "reader"), "logs.read", _r(queue="q")) for i in range(3)]
+    assert len(engine.cache) == 2
+    assert engine.decide(_p("u2", "reader"), "logs.read", _r(queue="q")) is read[2]
+    again = engine.decide(_p("u0", "reader"), "logs.read", _r(queue="q"))
+    assert again == read[0] and again is not read[0]  # decided afresh, the same answer
+
+
 def test_a_new_version_is_a_new_engine_with_its_own_answers() -> None:
     v7 = BuiltinEngine(ACME)
     ann = _p("ann", "writer")
@@ -201,6 +210,17 @@ def test_explain_lists_every_rule_covering_the_action() -> None:
         "  r-clerk-limit     deny   rbac+abac  applies  applies: input.amount 12,000 exceeds"
         in text
     )
+
+
+def test_explain_of_a_refusal_before_any_rule() -> None:
+    stranger = PolicyPrincipal(subject="ann", tenant="beta")
+    explanation = BuiltinEngine(ACME).explain(stranger, "workflow.read", _r(workflow_id="x"))
+    assert explanation.considered == ()
+    assert render_explanation(explanation).splitlines() == [
+        "denied: principal of tenant beta may not act in tenant acme (policy v7)",
+        "facts: principal.tenant = beta, resource.tenant = acme",
+        "rules considered for workflow.read: none (no rule was looked at)",
+    ]
 
 
 def test_explain_decides_as_decide_does_for_every_case() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -26,7 +27,9 @@ class DecisionCache:
     def __init__(self, policy: CompiledPolicy, size: int) -> None:
         self._policy = policy
         self._size = size
-        self._entries: dict[Key, Decision] = {}
+        # An OrderedDict drops its oldest entry in O(1); a dict's first key gets slower to
+        # find as deletions at its front pile up.
+        self._entries: OrderedDict[Key, Decision] = OrderedDict()
 
     def key(self, principal: PrincipalLike, action: str, resource: Resource) -> Key:
         p, r = principal, resource
@@ -46,7 +49,7 @@ class DecisionCache:
         if self._size <= 0:
             return
         if len(self._entries) >= self._size:
-            del self._entries[next(iter(self._entries))]  # the oldest entry
+            self._entries.popitem(last=False)
         self._entries[key] = decision
 
     def __len__(self) -> int:

@@ -138,7 +138,8 @@ class Decision(_Frozen):
 
     ``rule_ids`` are the rules that decided (every matching deny rule when denied by one,
     every matching allow rule when allowed; none for a default deny). ``facts`` are the
-    values the deciding rules read, such as ``{"input.amount": 12000}``.
+    values the deciding rules read, such as ``{"input.amount": 12000}``. A decision may be
+    served again from the cache: treat it, facts included, as read-only.
     """
 
     allow: bool

@@ -6,21 +6,35 @@ the rules Cedar names as deciding. Only the sentence is written here, never the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from immortal.policy._actions import VERBS
 from immortal.policy._compile import CompiledRule, RequestFacts
 from immortal.policy._model import Decision, Resource
 
-__all__ = ["allowed", "denied_by_default", "denied_by_rules", "describe_entity", "rule_story"]
+__all__ = [
+    "Story", "allowed", "denied_by_default", "denied_by_rules", "describe_entity", "rule_story",
+]  # fmt: skip
+
+
+@dataclass(slots=True)
+class Story:
+    """What about a request made a rule apply (or would have)."""
+
+    who: str  # "role clerk", "user bob", "" for a rule that names no one
+    who_long: str  # the same in an allow: "role writer of tenant acme", "anyone in ..."
+    tuples: list[str] = field(default_factory=list)  # relation tuples walked, as written
+    conditions: list[str] = field(default_factory=list)  # the condition's phrases
+    facts: dict[str, Any] = field(default_factory=dict)  # the values read
 
 
 def allowed(rules: list[CompiledRule], req: RequestFacts, action: str) -> Decision:
     """Allowed by ``rules`` (document order); the first one tells the story."""
     first = rules[0]
     story = rule_story(first, req)
-    who = story["who_long"]
-    sentence = f"allowed: {who} may {_act(action, req.resource, first)}{_because(story)}"
+    act = _act(action, req.resource, first)
+    sentence = f"allowed: {story.who_long} may {act}{_because(story)}"
     return _decision(True, sentence, rules, req, story)
 
 
@@ -28,13 +42,12 @@ def denied_by_rules(rules: list[CompiledRule], req: RequestFacts, action: str) -
     """Denied by ``rules``, deny rules that applied (document order)."""
     first = rules[0]
     story = rule_story(first, req)
-    if story["conditions"]:
-        who = f" for {story['who']}" if story["who"] else ""
-        sentence = f"denied: {' and '.join(story['conditions'])}{who}{_through(story)}"
-    elif story["who"]:
-        sentence = (
-            f"denied: {story['who']} may not {_act(action, req.resource, first)}{_through(story)}"
-        )
+    if story.conditions:
+        who = f" for {story.who}" if story.who else ""
+        sentence = f"denied: {' and '.join(story.conditions)}{who}{_through(story)}"
+    elif story.who:
+        act = _act(action, req.resource, first)
+        sentence = f"denied: {story.who} may not {act}{_through(story)}"
     else:
         sentence = f"denied: no one may {_act(action, req.resource, first)}"
     return _decision(False, sentence, rules, req, story)
@@ -50,9 +63,9 @@ def denied_by_default(
     facts: dict[str, Any] = {}
     if near_miss is not None:
         story = rule_story(near_miss, req)
-        facts = story["facts"]
-        if story["conditions"]:
-            sentence += f"; rule {near_miss.id} would, but {' and '.join(story['conditions'])}"
+        facts = story.facts
+        if story.conditions:
+            sentence += f"; rule {near_miss.id} would, but {' and '.join(story.conditions)}"
     return Decision(
         allow=False,
         reason=f"{sentence} (policy v{req.policy.version})",
@@ -68,41 +81,37 @@ def describe_entity(entity: str) -> str:
     return f"{kind} {ident}"
 
 
-def rule_story(rule: CompiledRule, req: RequestFacts) -> dict[str, Any]:
-    """What about the request made ``rule`` apply (or would have): who, the relation
-    tuples walked, the condition's phrases, and the facts read."""
+def rule_story(rule: CompiledRule, req: RequestFacts) -> Story:
+    """Who ``rule`` matched, the relation tuples walked, the condition's phrases and the
+    facts read, for ``req``."""
     facts: dict[str, Any] = {}
     who = _who(rule, req, facts)
-    tuples: list[str] = []
-    if rule.relation is not None:
-        start = req.resource.facet(rule.relation.facet)
-        if start is not None:
-            walk = req.policy.graph.witness(rule.relation, start, req.pset)
-            if walk:
-                end = _principal_end(walk, rule)
-                walk += req.policy.graph.membership(req.pentity, req.claimed_groups, end)
-                tuples = [" ".join(t) for t in walk]
-                facts["relation"] = tuples
-    conditions: list[str] = []
-    if rule.condition is not None:
-        _, conditions, read = rule.condition.explain(req.env)
-        facts.update(read)
-    for fields in rule.patterns:
-        for name, _ in fields:
-            facts[f"resource.{name}"] = getattr(req.resource, name)
     if not who:
         who_long = f"anyone in tenant {req.policy.tenant}"
     elif who.startswith("role ") and "(" not in who:
         who_long = f"{who} of tenant {req.policy.tenant}"
     else:
         who_long = who
-    return {
-        "who": who,
-        "who_long": who_long,
-        "tuples": tuples,
-        "conditions": conditions,
-        "facts": facts,
-    }
+    story = Story(who=who, who_long=who_long, facts=facts)
+    if rule.relation is not None:
+        start = req.resource.facet(rule.relation.facet)
+        walk = req.policy.graph.witness(rule.relation, start, req.pset) if start else []
+        if walk:
+            end = _principal_end(walk, rule)
+            walk += req.policy.graph.membership(req.pentity, req.claimed_groups, end)
+            story.tuples = [" ".join(t) for t in walk]
+            facts["relation"] = story.tuples
+    if rule.condition is not None:
+        _, story.conditions, read = rule.condition.explain(req.env)
+        facts.update(read)
+    matched = next((p for p in rule.patterns if _matches(p, req.resource)), ())
+    for name, _ in matched:
+        facts[f"resource.{name}"] = getattr(req.resource, name)
+    return story
+
+
+def _matches(pattern: tuple[tuple[str, Any], ...], resource: Resource) -> bool:
+    return all((v := getattr(resource, name)) is not None and test(v) for name, test in pattern)
 
 
 def _principal_end(walk: list[tuple[str, str, str]], rule: CompiledRule) -> str:
@@ -138,19 +147,19 @@ def _principal(req: RequestFacts) -> str:
     return describe_entity(req.pentity)
 
 
-def _because(story: dict[str, Any]) -> str:
+def _because(story: Story) -> str:
     text = _through(story)
-    if story["conditions"]:
-        text += f", as {' and '.join(story['conditions'])}"
+    if story.conditions:
+        text += f", as {' and '.join(story.conditions)}"
     return text
 
 
-def _through(story: dict[str, Any]) -> str:
-    return f", through {' and '.join(story['tuples'])}" if story["tuples"] else ""
+def _through(story: Story) -> str:
+    return f", through {' and '.join(story.tuples)}" if story.tuples else ""
 
 
 def _decision(
-    allow: bool, sentence: str, rules: list[CompiledRule], req: RequestFacts, story: dict[str, Any]
+    allow: bool, sentence: str, rules: list[CompiledRule], req: RequestFacts, story: Story
 ) -> Decision:
     first = rules[0]
     return Decision(
@@ -158,7 +167,7 @@ def _decision(
         reason=f"{sentence} (rule {first.id}, policy v{req.policy.version})",
         rule_ids=tuple(r.id for r in rules),
         policy_version=req.policy.version,
-        facts=story["facts"],
+        facts=story.facts,
     )
 
 
