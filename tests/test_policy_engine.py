@@ -196,7 +196,7 @@ def test_explain_lists_every_rule_covering_the_action() -> None:
         ("r-admins", False, "needs role admin"),
         ("r-queue-managers", False, "no relation 'resource.queue managed-by principal' links the resource to user carl"),
         ("r-clerk-start", False, "condition 'input.amount <= 10000' is false: input.amount 12,000 exceeds the 10,000 limit"),
-        ("r-clerk-limit", True, "applies: input.amount 12,000 exceeds the 10,000 limit"),
+        ("r-clerk-limit", True, "role clerk; input.amount 12,000 exceeds the 10,000 limit"),
         ("r-finance-small", False, "condition 'principal.attributes.department == \"finance\" and input.amount <= 500' has no value: principal.attributes.department is missing"),
         ("r-suspended", False, "needs membership of group suspended"),
     ]  # fmt: skip
@@ -207,7 +207,7 @@ def test_explain_lists_every_rule_covering_the_action() -> None:
         "rules covering workflow.start: 7 of 13",
     ]
     assert (
-        "  r-clerk-limit     deny   rbac+abac  applies  applies: input.amount 12,000 exceeds"
+        "  r-clerk-limit     deny   rbac+abac  applies  role clerk; input.amount 12,000 exceeds"
         in text
     )
 

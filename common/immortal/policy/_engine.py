@@ -13,7 +13,13 @@ from immortal.policy._conditions import Undefined
 from immortal.policy._document import PolicyDocument
 from immortal.policy._errors import PolicyError
 from immortal.policy._model import Context, Decision, PrincipalLike, Resource
-from immortal.policy._reasons import allowed, denied_by_default, denied_by_rules, describe_entity
+from immortal.policy._reasons import (
+    allowed,
+    denied_by_default,
+    denied_by_rules,
+    describe_entity,
+    rule_story,
+)
 
 __all__ = ["BuiltinEngine", "Explanation", "PolicyEngine", "RuleTrace", "refuse_other_tenant"]
 
@@ -242,12 +248,14 @@ def _detail(rule: CompiledRule, req: RequestFacts, outcome: int) -> str:
         )
     if outcome == NOT_RELATED:
         return f"no relation {r.relation!r} links the resource to {describe_entity(req.pentity)}"
-    if rule.condition is not None:
-        _, phrases, _ = rule.condition.explain(req.env)
-        said = " and ".join(phrases)
-        if outcome == CONDITION_UNDEFINED:
-            return f"condition {r.when!r} has no value: {said}"
-        if outcome == CONDITION_FALSE:
-            return f"condition {r.when!r} is false: {said}"
-        return f"applies: {said}"
-    return "applies"
+    if outcome != APPLIES:
+        assert rule.condition is not None
+        said = " and ".join(rule.condition.explain(req.env)[1])
+        verdict = "has no value" if outcome == CONDITION_UNDEFINED else "is false"
+        return f"condition {r.when!r} {verdict}: {said}"
+    story = rule_story(rule, req)
+    parts = [
+        story.who or "anyone",
+        *(["through " + " and ".join(story.tuples)] if story.tuples else []),
+    ]
+    return "; ".join([", ".join(parts), *story.conditions])
