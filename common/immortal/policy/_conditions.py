@@ -43,10 +43,10 @@ class Undefined(Exception):  # a value, not a failure: the condition has none
 class Path:
     root: str
     parts: tuple[str, ...]
+    text: str = ""  # "input.amount", joined once
 
-    @property
-    def text(self) -> str:
-        return ".".join((self.root, *self.parts))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", ".".join((self.root, *self.parts)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,8 +507,15 @@ _MIRROR = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
 def _explain(node: Node, env: ConditionEnv, facts: dict[str, Any]) -> tuple[Any, list[str]]:
-    if isinstance(node, And | Or):
-        want = isinstance(node, Or)  # the value that decides: true for or, false for and
+    kind = type(node)
+    if kind is Compare:
+        assert isinstance(node, Compare)
+        left, right = _operand(node.left, env, facts), _operand(node.right, env, facts)
+        value = _compare_values(node.op, left, right, node)
+        return value, [_phrase(node, left, right, value)]
+    if kind is And or kind is Or:
+        assert isinstance(node, And | Or)
+        want = kind is Or  # the value that decides: true for or, false for and
         seen: list[str] = []
         for op in node.operands:
             value, phrases = _explain(op, env, facts)
@@ -517,21 +524,20 @@ def _explain(node: Node, env: ConditionEnv, facts: dict[str, Any]) -> tuple[Any,
                 return want, phrases
             seen += phrases
         return not want, seen
-    if isinstance(node, Not):
+    if kind is Not:
+        assert isinstance(node, Not)
         value, phrases = _explain(node.operand, env, facts)
         return not _truth(value, node.operand), phrases
-    if isinstance(node, Compare):
-        left, right = _operand(node.left, env, facts), _operand(node.right, env, facts)
-        value = _compare_values(node.op, left, right, node)
-        return value, [_phrase(node, left, right, value)]
     value = _operand(node, env, facts)
     name = node.text if isinstance(node, Path) else "the condition"
     return value, [f"{name} is {format_value(value)}"]
 
 
 def _operand(node: Node, env: ConditionEnv, facts: dict[str, Any]) -> Any:
+    if type(node) is Literal:
+        return node.value
     value = _value(node, env)
-    if isinstance(node, Path):
+    if type(node) is Path:
         facts[node.text] = value
     return value
 
