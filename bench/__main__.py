@@ -63,6 +63,8 @@ class Bench:
             self.hub_options += ["--max-in-flight", str(args.hub_max_in_flight)]
         if args.hub_concurrency:
             self.hub_options += ["--concurrency", str(args.hub_concurrency)]
+        if args.hub_max_writes:
+            self.hub_options += ["--max-writes", str(args.hub_max_writes)]
 
     def metric(self, name: str, unit: str, target: str = "") -> Metric:
         return self.metrics.setdefault(name, Metric(name, unit, target=target))
@@ -362,6 +364,7 @@ def main() -> None:
     )
     ap.add_argument("--hub-max-in-flight", type=int, help="passed to every hub")
     ap.add_argument("--hub-concurrency", type=int, help="passed to every hub")
+    ap.add_argument("--hub-max-writes", type=int, help="passed to every hub")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()

@@ -47,6 +47,30 @@ async def test_a_tenant_over_its_limits_completes_everything_while_another_is_se
     assert hub.refused["b"] == 0  # b stayed under its limits: never pushed aside
 
 
+async def test_a_quiet_tenants_steps_wait_behind_no_burst(nats_url: str, prefix: str) -> None:
+    # Tenant a fills the hub with 300 starts at once; tenant b runs workflows one at a time
+    # meanwhile. b's inputs take the slots a burst leaves free, and its writes never wait
+    # for a's in the write gate (a's do, two at a time in flight here).
+    hub = Hub(nats_url, prefix=prefix, concurrency=16, max_writes=2)
+    await hub.start()
+    try:
+        async with (
+            Client(nats_url, prefix=prefix, tenant="a") as a,
+            Client(nats_url, prefix=prefix, tenant="b") as b,
+            running_worker(nats_url, prefix, tenant="a"),
+            running_worker(nats_url, prefix, tenant="b"),
+        ):
+            burst = asyncio.gather(*(a.start(chain, 1) for _ in range(300)))
+            b_results = [await (await b.start(chain, 2)).result(timeout=30) for _ in range(5)]
+            a_runs = await burst
+            assert await asyncio.gather(*(h.result(timeout=60) for h in a_runs)) == [[0]] * 300
+    finally:
+        await hub.stop()
+    assert b_results == [[0, 2]] * 5
+    assert hub._writes.waited["a"] > 0  # the burst was held back at the gate...
+    assert hub._writes.waited["b"] == 0  # ...and the quiet tenant never was
+
+
 async def test_the_hub_command_takes_tenant_limits(nats_url: str, prefix: str) -> None:
     bad = subprocess.run(
         [sys.executable, "-m", "immortal_hub", "hub", "--tenant-limit", "a=in_flight:x"],

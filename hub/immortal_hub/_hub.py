@@ -86,6 +86,7 @@ from immortal_hub._transitions import (
     apply_timer_fired,
     apply_workflow_task_result,
 )
+from immortal_hub._writes import WriteGate
 
 __all__ = ["Hub"]
 
@@ -109,6 +110,7 @@ log = logging.getLogger(__name__)
 _MAX_RACES = 50
 _POISON_DELIVERIES = 10
 _EARLY_FIRING_MS = 2  # a durable timer's firing this much before its due time waits
+_LIGHT_TENANT = 2  # a tenant holding this few inputs: its writes never wait (_writes)
 
 
 class Hub:
@@ -131,6 +133,7 @@ class Hub:
         settings: ResourceSettings | None = None,
         max_in_flight: int = 1024,
         concurrency: int = 64,
+        max_writes: int = 8,
         tenant_limits: Mapping[str, TenantLimits] | None = None,
         ack_wait: float = 5.0,
         cache_size: int = 10_000,
@@ -148,6 +151,7 @@ class Hub:
         self._own_nc = nc is None
         self.max_in_flight = max_in_flight
         self.admission = Admission(tenant_limits, total=max_in_flight, slots=concurrency)
+        self._writes = WriteGate(max_writes, self.admission.in_flight, light=_LIGHT_TENANT)
         self.refused: Counter[str] = Counter()  # busy replies per tenant, for tests
         self._rpc_tasks: set[asyncio.Task[None]] = set()
         self._pullers: set[Puller] = set()
@@ -536,7 +540,7 @@ class Hub:
             "Imm-Ref": ref,
             "Imm-Hub": self.hub_id,
         }
-        await publish(self.nc, self.names.dlq_subject(tenant, queue, kind), data, headers=headers)
+        await self._write(tenant, self.names.dlq_subject(tenant, queue, kind), data, headers)
 
     async def _apply(
         self, tenant: str, queue: str, kind: str, body: Any
@@ -679,7 +683,7 @@ class Hub:
         try:
             # Safe to repeat: if a try that timed out was stored, the next one is refused
             # (wrong last sequence) and the reload finds the input applied.
-            new_seq = await publish(self.nc, subject, body, headers=headers)
+            new_seq = await self._write(tenant, subject, body, headers)
         except Exception as exc:
             self._cache.pop(subject, None)
             if is_wrong_last_sequence(exc):
@@ -719,7 +723,7 @@ class Hub:
         )
         key = self.names.run_key(tenant, state.workflow_id)
         subject = self.names.kv_subject(self.names.bucket_runs, key)
-        await publish(self.nc, subject, value, headers={})  # a KV put: the same value, repeatable
+        await self._write(tenant, subject, value, {})  # a KV put: the same value, repeatable
 
     async def _emit(self, tenant: str, emissions: list[Emission]) -> None:
         if emissions:
@@ -728,12 +732,8 @@ class Hub:
     async def _publish_emission(self, tenant: str, e: Emission) -> None:
         if e.kind == "input":
             assert e.input_kind is not None
-            await publish(
-                self.nc,
-                self.names.input_subject(tenant, e.queue, e.input_kind),
-                encode(e.body),
-                headers={"Nats-Msg-Id": e.msg_id},
-            )
+            subject = self.names.input_subject(tenant, e.queue, e.input_kind)
+            await self._write(tenant, subject, encode(e.body), {"Nats-Msg-Id": e.msg_id})
             return
         if e.kind == "purge":
             assert isinstance(e.body, TimerFired)
@@ -748,20 +748,23 @@ class Hub:
             assert e.due_ms is not None and isinstance(e.body, TimerFired)
             # One schedule per subject; it fires into the same stream, where the hub's
             # timer consumer for this queue picks it up (also after a restart).
-            await publish(
-                self.nc,
+            await self._write(
+                tenant,
                 self.names.timer_subject(tenant, e.body.run_id, e.body.timer),
                 encode(e.body),
-                headers=schedule_headers(
-                    e.due_ms, self.names.fired_subject(tenant, e.queue), e.msg_id
-                ),
+                schedule_headers(e.due_ms, self.names.fired_subject(tenant, e.queue), e.msg_id),
             )
             self._timers.arm(tenant, e)
             return
         subject = self.names.task_subject(tenant, e.queue, e.kind)
         if e.sticky and self._live(tenant, e.queue, e.sticky):
             subject = self.names.sticky_subject(tenant, e.queue, e.sticky)  # it has the run
-        await publish(self.nc, subject, encode(e.body), headers={"Nats-Msg-Id": e.msg_id})
+        await self._write(tenant, subject, encode(e.body), {"Nats-Msg-Id": e.msg_id})
+
+    async def _write(self, tenant: str, subject: str, data: bytes, headers: dict[str, str]) -> int:
+        """A JetStream write of ``tenant``'s, through the write gate (``_writes``)."""
+        async with self._writes.slot(tenant):
+            return await publish(self.nc, subject, data, headers=headers)
 
     async def _purge_timer(self, subject: str) -> None:
         await self.js.purge_stream(self.names.stream_timers, subject=subject)

@@ -130,6 +130,7 @@ class _Tenant:
     limits: TenantLimits
     bucket: TokenBucket | None
     held: int = 0  # entered: waiting for a slot, or being applied
+    applying: int = 0  # holding a slot
     peak: int = 0  # the most held at once, for tests
     ready: bool = False  # in the round of tenants waiting for a slot
     entering: deque[asyncio.Future[None]] = field(default_factory=deque)
@@ -152,6 +153,7 @@ class Admission:
         self.limits = dict(limits or {})
         self.total = total
         self.slots = slots
+        self.reserve = max(1, slots // 16) if slots > 1 else 0  # see _slots_for
         self._clock = clock
         self._tenants: dict[str, _Tenant] = {}
         self._held = 0
@@ -213,8 +215,8 @@ class Admission:
     async def start(self, tenant: str) -> None:
         """Wait for a slot to apply an input that has entered."""
         t = self._tenants[tenant]
-        if self._applying < self.slots and not self._ready:
-            self._applying += 1
+        if self._applying < self._slots_for(t) and not self._ready:
+            self._take_slot(t)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         t.queued.append(fut)
@@ -228,7 +230,7 @@ class Admission:
             with contextlib.suppress(ValueError):
                 t.queued.remove(fut)
             if fut.done() and not fut.cancelled():
-                self._applying -= 1
+                self._free_slot(t)
             self._leave(t)
             raise
 
@@ -239,8 +241,9 @@ class Admission:
 
     def release(self, tenant: str) -> None:
         """The input has been applied (or given up): free its slot and its place."""
-        self._applying -= 1
-        self._leave(self._tenants[tenant])
+        t = self._tenants[tenant]
+        self._free_slot(t)
+        self._leave(t)
 
     async def window(self, tenant: str, wanted: int) -> int:
         """How many of ``wanted`` inputs could enter now; waits until at least one.
@@ -353,19 +356,39 @@ class Admission:
                     soonest = min(soonest, delay)
         return soonest
 
+    def _slots_for(self, t: _Tenant) -> int:
+        """The slots ``t`` may fill: all of them, but the last few (``reserve``) only while
+        it applies fewer than that. A tenant whose burst fills the hub leaves them free, so
+        a quiet tenant's input starts at once instead of when one of the burst's ends."""
+        return self.slots if t.applying < self.reserve else self.slots - self.reserve
+
+    def _take_slot(self, t: _Tenant) -> None:
+        self._applying += 1
+        t.applying += 1
+
+    def _free_slot(self, t: _Tenant) -> None:
+        self._applying -= 1
+        t.applying -= 1
+
     def _pump_slots(self) -> None:
-        """Hand out free slots round-robin among the tenants with inputs waiting."""
+        """Hand out free slots round-robin among the tenants with inputs waiting (a tenant
+        that may not fill the reserved slots keeps its turn)."""
+        passed: list[_Tenant] = []
         while self._applying < self.slots and self._ready:
             t = self._ready.popleft()
             while t.queued and t.queued[0].done():  # cancelled
                 t.queued.popleft()
+            if t.queued and self._applying >= self._slots_for(t):
+                passed.append(t)
+                continue
             if t.queued:
-                self._applying += 1
+                self._take_slot(t)
                 t.queued.popleft().set_result(None)
             if t.queued:
                 self._ready.append(t)  # to the back of the round
             else:
                 t.ready = False
+        self._ready.extendleft(reversed(passed))
 
     def _pump_later(self, delay: float) -> None:
         loop = asyncio.get_running_loop()

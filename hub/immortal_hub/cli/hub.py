@@ -26,6 +26,13 @@ def hub(
     concurrency: Annotated[
         int, typer.Option(help="inputs applied at once; slots go round-robin to tenants")
     ] = 64,
+    max_writes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="JetStream writes in flight at once (a quiet tenant's never wait)",
+        ),
+    ] = 8,
     tenant_limit: Annotated[
         list[str] | None,
         typer.Option(
@@ -67,6 +74,7 @@ def hub(
             prefix=prefix,
             max_in_flight=max_in_flight,
             concurrency=concurrency,
+            max_writes=max_writes,
             tenant_limits=limits,
             ack_wait=ack_wait,
             settings=ResourceSettings(replicas=replicas),

@@ -1,0 +1,79 @@
+"""One tenant's burst must not stand in front of another's single workflow: the hub keeps a
+few slots for tenants that apply little, and bounds its JetStream writes in flight, a quiet
+tenant's going first (hub/_limits.py, hub/_writes.py). The arithmetic, without NATS."""
+
+from __future__ import annotations
+
+import asyncio
+
+from immortal_hub._limits import Admission
+from immortal_hub._writes import WriteGate
+
+
+async def test_a_burst_leaves_the_reserved_slots_to_a_quiet_tenant() -> None:
+    a = Admission(slots=64)
+    assert a.reserve == 4
+    for _ in range(80):
+        assert a.try_enter("burst")
+    started = [asyncio.create_task(a.start("burst")) for _ in range(80)]
+    await asyncio.sleep(0)
+    assert sum(t.done() for t in started) == 60  # the last 4 slots are not the burst's
+    assert a.try_enter("quiet")
+    await asyncio.wait_for(a.start("quiet"), 1)  # at once, without one of the burst's ending
+    a.release("quiet")
+    a.release("burst")  # a slot freed goes to the burst again, up to the reserve
+    await asyncio.sleep(0)
+    assert sum(t.done() for t in started) == 61
+    for task in started:
+        task.cancel()
+    await asyncio.gather(*started, return_exceptions=True)
+
+
+async def test_writes_are_bounded_and_the_lightest_tenant_goes_first() -> None:
+    held = {"burst": 50, "steady": 5, "quiet": 1}
+    gate = WriteGate(2, held.__getitem__, light=2)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def write(tenant: str, tag: str) -> None:
+        async with gate.slot(tenant):
+            order.append(tag)
+            await release.wait()
+
+    first = [asyncio.create_task(write("burst", f"burst-{i}")) for i in range(2)]
+    await asyncio.sleep(0)
+    assert gate.in_flight == 2
+    queued = [asyncio.create_task(write("burst", f"burst-{i}")) for i in range(2, 5)]
+    queued.append(asyncio.create_task(write("steady", "steady")))
+    await asyncio.sleep(0)
+    assert gate.waiting == 4 and order == ["burst-0", "burst-1"]
+    # A light tenant's write never waits: it goes now, beside the two in flight.
+    quiet = asyncio.create_task(write("quiet", "quiet"))
+    await asyncio.sleep(0)
+    assert order[-1] == "quiet" and gate.in_flight == 3
+    release.set()
+    await asyncio.gather(*first, *queued, quiet)
+    # Then the lighter of the waiting tenants, then the burst in arrival order.
+    assert order[3:] == ["steady", "burst-2", "burst-3", "burst-4"]
+    assert gate.in_flight == 0 and gate.waiting == 0
+
+
+async def test_a_write_cancelled_while_waiting_gives_its_turn_on() -> None:
+    gate = WriteGate(1, lambda tenant: 10)
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def write(tag: str) -> None:
+        async with gate.slot("t"):
+            await release.wait()
+            done.append(tag)
+
+    holder = asyncio.create_task(write("holder"))
+    await asyncio.sleep(0)
+    doomed = asyncio.create_task(write("doomed"))
+    after = asyncio.create_task(write("after"))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    release.set()
+    await asyncio.gather(holder, after, doomed, return_exceptions=True)
+    assert done == ["holder", "after"] and gate.in_flight == 0
