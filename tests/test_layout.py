@@ -37,8 +37,8 @@ def test_dependencies_flow_one_way() -> None:
 def test_public_api_is_pinned() -> None:
     assert sorted(immortal.__all__) == [
         "ActivityCancelledError", "ActivityError", "ApplicationError", "ChildWorkflowError", "Client", "EventType",
-        "HistoryEvent", "IdReusePolicy", "ImmortalError", "Names", "NonDeterminismError", "PayloadError", "QueueStats",
-        "RetryPolicy", "RunDescription", "RunStatus", "ScheduleInfo", "UnknownWorkflowTypeError", "WorkerInfo",
+        "HistoryEvent", "IdReusePolicy", "ImmortalError", "InvalidQueryError", "Names", "NonDeterminismError", "PayloadError", "QueueStats",
+        "RetryPolicy", "RunDescription", "RunInfo", "RunPage", "RunStatus", "ScheduleInfo", "UnknownWorkflowTypeError", "WorkerInfo",
         "WorkflowAlreadyStartedError", "WorkflowClosedError", "WorkflowContext", "WorkflowFailedError",
         "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError", "activity", "format_timeline",
         "history_from_json", "history_to_json", "workflow",

@@ -25,6 +25,7 @@ from immortal._errors import (
     ApplicationError,
     ChildWorkflowError,
     ImmortalError,
+    InvalidQueryError,
     NonDeterminismError,
     PayloadError,
     UnknownWorkflowTypeError,
@@ -38,6 +39,7 @@ from immortal._retry import RetryPolicy
 from immortal._schedules import ScheduleInfo
 from immortal._timeline import format_timeline, history_from_json, history_to_json
 from immortal._wire import EventType, HistoryEvent, RunStatus
+from immortal.runs import RunInfo, RunPage
 
 workflow = WorkflowDecorator()
 activity = ActivityDecorator()
@@ -52,12 +54,15 @@ __all__ = [
     "HistoryEvent",
     "IdReusePolicy",
     "ImmortalError",
+    "InvalidQueryError",
     "Names",
     "NonDeterminismError",
     "PayloadError",
     "QueueStats",
     "RetryPolicy",
     "RunDescription",
+    "RunInfo",
+    "RunPage",
     "RunStatus",
     "ScheduleInfo",
     "UnknownWorkflowTypeError",

@@ -60,6 +60,7 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal.runs import RunInfo, RunPage, find_closed_record, list_runs, runs_of
 
 __all__ = [
     "Client",
@@ -408,8 +409,7 @@ class Client:
         """A handle on an existing run: the newest one of ``workflow_id`` if no run id.
 
         The newest run is the one with the newest history message: a run starts after its
-        predecessor closed, and nothing is appended to a closed run. The runs index, written
-        when a run closes, is the fallback for a run whose history is gone.
+        predecessor closed, and nothing is appended to a closed run.
         """
         if run_id is None:
             history = self.names.stream_history
@@ -417,20 +417,50 @@ class Client:
             newest = await retry_transient(
                 partial(last_message, self.nc, history, subjects), what=subjects
             )
-            if newest is not None:
-                run_id = decode_token(newest.subject.rsplit(".", 1)[1])
-            else:
-                kv = await self._runs()
-                try:
-                    key = self.names.run_key(self.tenant, workflow_id)
-                    entry = await retry_transient(partial(kv.get, key), what=key)
-                except JsNotFound as exc:
-                    raise WorkflowNotFoundError(f"no workflow {workflow_id!r}") from exc
-                run_id = str(unpack(entry.value or b"")["run_id"])
+            if newest is None:
+                raise WorkflowNotFoundError(f"no workflow {workflow_id!r}")
+            run_id = decode_token(newest.subject.rsplit(".", 1)[1])
         return WorkflowHandle(self, workflow_id, run_id, None)
 
-    async def _runs(self) -> KeyValue:
-        return await self._kv(self.names.bucket_runs)
+    async def list_workflows(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        limit: int = 50,
+        page_token: str | None = None,
+    ) -> RunPage:
+        """This tenant's runs, newest first: open runs (newest started first), then closed
+        ones (newest closed first). ``status`` is ``running``, ``closed``, or a closed
+        status (``completed``, ``failed``, ``cancelled``, ``terminated``,
+        ``continued_as_new``); ``type`` a workflow type. Pass the page's
+        ``next_page_token`` to get the next page.
+
+        >>> page = await client.list_workflows(status="failed", limit=20)
+        """
+        listing = partial(
+            list_runs,
+            self.nc,
+            self.names,
+            self.tenant,
+            status=status,
+            workflow_type=type,
+            queue=queue,
+            started_after=started_after,
+            started_before=started_before,
+            limit=limit,
+            page_token=page_token,
+        )
+        return await retry_transient(listing, what="the runs index")
+
+    async def workflow_runs(self, workflow_id: str) -> list[RunInfo]:
+        """Every run of ``workflow_id`` that still has a history, newest started first: its
+        continue-as-new chain (``continued_from``/``continued_to``) and the runs of earlier
+        uses of the id."""
+        return await runs_of(self.nc, self.names, self.tenant, workflow_id)
 
     async def _kv(self, bucket: str) -> KeyValue:
         """A bucket's handle, looked up once (the lookup is a request to the cluster)."""
@@ -673,16 +703,17 @@ class WorkflowHandle(Generic[R]):
     async def verify(self) -> IntegrityReport:
         """Check the run's history chain: no message deleted, altered or reordered."""
         client = self.client
-        messages = [(m.seq, m.data) for m in await self._read()]
+        read = await self._read()
+        messages = [(m.seq, m.data) for m in read]
         head = None
-        try:
-            key = client.names.run_key(client.tenant, self.workflow_id)
-            entry = await retry_transient(partial((await client._runs()).get, key), what=key)
-            indexed = unpack(entry.value or b"")
-            if indexed.get("run_id") == self.run_id:
-                head = indexed.get("head")
-        except JsNotFound:
-            pass
+        if read:  # a closed run's index record anchors its newest message
+            state = decode(Transition, read[-1].data).state
+            found = await retry_transient(
+                lambda: find_closed_record(client.nc, client.names, client.tenant, state),
+                what="the runs index",
+            )
+            anchor = found[1].get("head") if found is not None else None
+            head = anchor if isinstance(anchor, bytes) else None
         return verify_chain(messages, head)
 
 

@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError as JsNotFound
 from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
-from immortal._codec import pack, unpack
+from immortal._codec import unpack
 from immortal._connect import connect
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
@@ -40,7 +40,6 @@ from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
 from immortal._names import Names, decode_token
 from immortal._schedules import ScheduleSpec
-from immortal._tenants import Retention, read_retention
 from immortal._timers import schedule_headers
 from immortal._transient import is_transient, key_value, publish, retry_transient
 from immortal._wire import (
@@ -49,6 +48,7 @@ from immortal._wire import (
     ActivityStarted,
     AppliedTransition,
     ChildClosed,
+    EventType,
     RequestCancel,
     RunState,
     SignalWorkflow,
@@ -66,6 +66,8 @@ from immortal_hub._local_timers import LocalTimers
 from immortal_hub._metrics import HubMetrics
 from immortal_hub._push import PUSH_HEADER, Pushes
 from immortal_hub._resources import ResourceSettings, ensure_resources
+from immortal_hub._retention import Retentions
+from immortal_hub._runs_index import RunsIndex
 from immortal_hub._sticky import move_sticky_tasks
 from immortal_hub._transitions import (
     InvalidInput,
@@ -80,6 +82,7 @@ from immortal_hub._transitions import (
     apply_start,
     apply_timer_fired,
     apply_workflow_task_result,
+    input_id,
 )
 
 __all__ = ["Hub"]
@@ -157,7 +160,6 @@ class Hub:
         self._timers = LocalTimers(
             self.names, local_timer_horizon, self._on_timer, self._purge_timer, self._spawn
         )
-        self._retentions: dict[str, tuple[int, Retention]] = {}  # tenant -> (read at, setting)
         self._metrics = HubMetrics(
             self.names,
             queues=lambda: list(self._queues),
@@ -176,7 +178,10 @@ class Hub:
             self._nc = await connect(self.servers, name=self.hub_id)
         self.js = self.nc.jetstream()
         await ensure_resources(self.js, self.names, self.settings)
-        self._runs_kv = await key_value(self.js, self.names.bucket_runs)
+        self._runs = RunsIndex(self.nc, self.names)
+        self._retentions = Retentions(
+            self.nc, self.names, self._runs, self._publish_emission, self._forget_cached
+        )
         self._queues_kv = await key_value(self.js, self.names.bucket_queues)
         self._running = self._timers.running = True
         self._pushes = Pushes(self.nc, self.names, self.hub_id, self._publish_emission, self._live)
@@ -475,51 +480,9 @@ class Hub:
             assert msg is not None, "schedules fire from the stream only"
             await self._fire_schedule(tenant, fired, msg)
         elif fired.kind == "retention":
-            await self._expire(tenant, fired)
+            await self._retentions.expire(tenant, fired)
         else:
             await self._apply(tenant, queue, "timer", fired)
-
-    async def _retention(self, tenant: str) -> Retention:
-        """The tenant's retention setting, re-read at most every 10 s."""
-        now = now_ms()
-        known = self._retentions.get(tenant)
-        if known is None or now - known[0] > 10_000:
-            known = (now, await read_retention(self.js, self.names, tenant))
-            self._retentions[tenant] = known
-        return known[1]
-
-    async def _arm_retention(self, tenant: str, state: RunState) -> None:
-        """A run closed: if its tenant keeps closed runs for a while only, time their end."""
-        retention = await self._retention(tenant)
-        for what, seconds in (("history", retention.history), ("logs", retention.logs)):
-            if seconds is None:
-                continue
-            due = (state.closed_ts or now_ms()) + round(seconds * 1000)
-            body = TimerFired(
-                workflow_id=state.workflow_id,
-                run_id=state.run_id,
-                timer=f"retention-{what}",
-                kind="retention",
-            )
-            msg_id = f"{state.run_id}:retention-{what}:{due}"
-            await self._publish_emission(tenant, Emission("timer", state.queue, msg_id, body, due))
-
-    async def _expire(self, tenant: str, fired: TimerFired) -> None:
-        """A closed run's retention ran out: purge its history or its logs."""
-        if fired.timer == "retention-logs":
-            subject = self.names.log_subject(tenant, fired.workflow_id, fired.run_id)
-            await self.js.purge_stream(self.names.stream_logs, subject=subject)
-            log.info("logs of run %s expired (tenant retention)", fired.run_id)
-            return
-        key = self.names.run_key(tenant, fired.workflow_id)
-        with contextlib.suppress(KeyNotFoundError, JsNotFound):
-            entry = await self._runs_kv.get(key)
-            if unpack(entry.value or b"").get("run_id") == fired.run_id:
-                await self._runs_kv.delete(key, last=entry.revision)
-        subject = self.names.history_subject(tenant, fired.workflow_id, fired.run_id)
-        await self.js.purge_stream(self.names.stream_history, subject=subject)
-        self._cache.pop(subject, None)
-        log.info("history of run %s expired (tenant retention)", fired.run_id)
 
     async def _fire_schedule(self, tenant: str, fired: TimerFired, msg: Msg) -> None:
         """A schedule fired: start one run, whose id derives from this firing (so that a
@@ -595,7 +558,7 @@ class Hub:
                         fresh = True
                         continue
                     if isinstance(exc, StaleAttempt) and state is not None:
-                        await self._reemit(tenant, subject, state, seq)  # as below
+                        await self._reemit(tenant, subject, state, seq, digest)  # as below
                     raise
                 if not outcome.events and not fresh:
                     # Appends are guarded by the expected sequence; decisions that append
@@ -610,7 +573,8 @@ class Hub:
                         # Whatever the run still owes goes out again (deduped by id): an
                         # earlier transition's tasks may have been lost to an outage between
                         # its append and its publishes, and this input is its sender's retry.
-                        await self._reemit(tenant, subject, state, seq)
+                        closing = state.applied[-1:] == [input_id(body)]
+                        await self._reemit(tenant, subject, state, seq, digest, closing=closing)
                     return None
                 applied = await self._commit(tenant, subject, outcome, seq, digest)
                 if applied is None:  # another hub moved the run (or our own lost ack did):
@@ -629,7 +593,7 @@ class Hub:
         pushing = push is not None
         try:
             try:
-                appended = await self._append(tenant, subject, outcome, seq, digest, pushing)
+                appended = await self._append_listed(tenant, subject, outcome, seq, digest, pushing)
             except Exception:
                 if pushing:  # stored or not? (_push settles it)
                     assert outcome.state.wft is not None
@@ -638,25 +602,39 @@ class Hub:
             if appended is None:
                 return None
             new_seq, new_digest = appended
-            # The index is written once per run, at its close (a running run is found from
-            # its history), before the closing emissions, so a continued run's close is
-            # indexed before its successor can close.
             emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
-            if outcome.closes_run:
-                await self._index(tenant, outcome.state, new_seq, new_digest)
-                await self._arm_retention(tenant, outcome.state)
             if pushing:  # its workflow task goes over core NATS (_push)
                 pushed = partial(self._pushes.push, tenant, subject, seq=new_seq)
                 emissions = [e for e in emissions if not pushed(e)]
-            await self._emit(tenant, emissions)
+            if outcome.closes_run:  # the runs index, beside the closing emissions
+                await asyncio.gather(
+                    self._runs.closed(tenant, outcome.state, new_seq, new_digest),
+                    self._retentions.arm(tenant, outcome.state),
+                    self._emit(tenant, emissions),
+                )
+            else:
+                await self._emit(tenant, emissions)
         finally:
             self._pushes.release(push)
         return AppliedTransition(prev_seq=seq, seq=new_seq, events=outcome.events)
 
-    async def _reemit(self, tenant: str, subject: str, state: RunState, seq: int) -> None:
+    async def _reemit(
+        self,
+        tenant: str,
+        subject: str,
+        state: RunState,
+        seq: int,
+        digest: bytes,
+        *,
+        closing: bool = False,
+    ) -> None:
         """Publish again what the run owes, but a workflow task that a live hub pushed and
-        still answers for (``_push``)."""
-        await self._emit(tenant, self._pushes.unpushed(subject, state, open_emissions(state, seq)))
+        still answers for (``_push``); and what the runs index may lack (``closing``: the
+        input being redelivered is the one that closed the run)."""
+        await asyncio.gather(
+            self._emit(tenant, self._pushes.unpushed(subject, state, open_emissions(state, seq))),
+            self._runs.reemit(tenant, state, seq, digest, closing=closing),
+        )
 
     @staticmethod
     def _transition(state: RunState | None, queue: str, kind: str, body: Any) -> Outcome:
@@ -710,6 +688,9 @@ class Hub:
         self._pushes.appended(subject, new_seq, outcome.state)
         return new_seq, digest
 
+    def _forget_cached(self, subject: str) -> None:
+        self._cache.pop(subject, None)
+
     def _remember(self, subject: str, state: RunState, seq: int, digest: bytes) -> None:
         if state.status.closed:
             self._cache.pop(subject, None)
@@ -719,22 +700,32 @@ class Hub:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    async def _index(self, tenant: str, state: RunState, seq: int, digest: bytes) -> None:
-        value = pack(
-            {
-                "run_id": state.run_id,
-                "status": str(state.status),
-                "workflow_type": state.workflow_type,
-                "queue": state.queue,
-                "started_ts": state.started_ts,
-                "closed_ts": state.closed_ts,
-                "hist_seq": seq,
-                "head": digest,  # the newest transition's digest: anchors `verify`
-            }
-        )
-        key = self.names.run_key(tenant, state.workflow_id)
-        subject = self.names.kv_subject(self.names.bucket_runs, key)
-        await publish(self.nc, subject, value, headers={})  # a KV put: the same value, repeatable
+    async def _append_listed(
+        self,
+        tenant: str,
+        subject: str,
+        outcome: Outcome,
+        expected_seq: int,
+        prev: bytes,
+        pushing: bool,
+    ) -> tuple[int, bytes] | None:
+        """``_append``; a start's runs-index record is written meanwhile, and awaited before
+        the run's first workflow task goes out (so the run cannot close unlisted)."""
+        started = next((e for e in outcome.events if e.type is EventType.WORKFLOW_STARTED), None)
+        if started is None:
+            return await self._append(tenant, subject, outcome, expected_seq, prev, pushing)
+        assert outcome.state is not None
+        from_run = started.attrs.get("continued_from")
+        listing = asyncio.ensure_future(self._runs.opened(tenant, outcome.state, from_run))
+        try:
+            appended = await self._append(tenant, subject, outcome, expected_seq, prev, pushing)
+        except BaseException:
+            await asyncio.wait([listing])
+            if not listing.cancelled():
+                listing.exception()  # seen; the append's failure is the one to report
+            raise
+        await listing  # if it failed, so does the input: its repeat re-emits the record
+        return appended
 
     async def _emit(self, tenant: str, emissions: list[Emission]) -> None:
         if emissions:

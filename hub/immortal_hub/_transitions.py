@@ -58,6 +58,7 @@ __all__ = [
     "apply_start",
     "apply_timer_fired",
     "apply_workflow_task_result",
+    "input_id",
 ]
 
 _APPLIED_KEPT = 64
@@ -133,6 +134,21 @@ class _Builder:
         applied = [*self.state.applied, input_id]
         self.state.applied = applied[-_APPLIED_KEPT:]
         return Outcome(events=self.events, state=self.state)
+
+
+def input_id(body: Any) -> str:
+    """The id an input is kept under in the run's ``applied`` ring once applied."""
+    if isinstance(body, StartWorkflow):
+        return body.run_id
+    if isinstance(body, SignalWorkflow):
+        return body.signal_id
+    if isinstance(body, RequestCancel):
+        return body.request_id
+    if isinstance(body, ChildClosed):
+        return f"child:{body.child_run_id}"
+    if isinstance(body, TimerFired):
+        return f"timer:{body.timer}"
+    return str(body.result_id)  # results, starts of attempts, heartbeats
 
 
 def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: int) -> Outcome:
