@@ -152,6 +152,11 @@ async def test_list_filters_and_pages_over_thousands_of_runs(
                 await asyncio.sleep(0.05)
         assert [(r.run_id, r.status) for r in cancelled] == [(waiting[0].run_id, "canceled")]
         assert (await client.list_workflows(status="canceled")).runs == cancelled
+        await waiting[1].terminate("stuck")
+        async with asyncio.timeout(20):
+            while not (terminated := (await client.list_workflows(status="terminated")).runs):
+                await asyncio.sleep(0.05)
+        assert [(r.run_id, r.status) for r in terminated] == [(waiting[1].run_id, "terminated")]
 
 
 async def test_list_says_what_it_cannot_understand(client: Client) -> None:

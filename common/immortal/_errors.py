@@ -12,6 +12,7 @@ __all__ = [
     "ChildWorkflowError",
     "ImmortalError",
     "InvalidQueryError",
+    "LeaseMismatchError",
     "NonDeterminismError",
     "PayloadError",
     "UnknownWorkflowTypeError",
@@ -117,6 +118,10 @@ class NonDeterminismError(ImmortalError):
 
 class UnknownWorkflowTypeError(ImmortalError):
     """A workflow task names a workflow type that this worker does not serve."""
+
+
+class LeaseMismatchError(ImmortalError):
+    """A worker asked for a lease its queue cannot honour (longer than the queue's)."""
 
 
 class PayloadError(ImmortalError):

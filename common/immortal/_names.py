@@ -17,7 +17,9 @@ _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 _ESCAPE = "="
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
-InputKind = Literal["start", "wft", "act", "started", "heartbeat", "signal", "cancel", "child"]
+InputKind = Literal[
+    "start", "wft", "act", "started", "heartbeat", "signal", "cancel", "terminate", "child"
+]
 TaskKind = Literal["wf", "act"]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from immortal._codec import unpack
 from immortal._errors import PayloadError
-from immortal._wire import EventType, HistoryEvent
+from immortal._wire import CLOSING_EVENTS, EventType, HistoryEvent
 
 __all__ = [
     "HistoryExport",
@@ -174,16 +174,7 @@ class _Timeline:
         started = next((e for e in events if e.type is EventType.WORKFLOW_STARTED), events[0])
         self.t0 = started.ts
         self.queue = started.attrs.get("queue")
-        self.closed = any(
-            e.type
-            in (
-                EventType.WORKFLOW_COMPLETED,
-                EventType.WORKFLOW_FAILED,
-                EventType.WORKFLOW_CANCELED,
-                EventType.WORKFLOW_CONTINUED_AS_NEW,
-            )
-            for e in events
-        )
+        self.closed = any(e.type in CLOSING_EVENTS for e in events)
         self.steps: dict[int, _Step] = {}
         self.top: list[HistoryEvent] = []
         for e in events:
@@ -384,6 +375,10 @@ def _top_text(e: HistoryEvent, t0: int) -> str:  # noqa: C901 - one branch per e
         return f"failed after {_duration(e.ts - t0)}  {_failure(a.get('failure'))}"
     if t is EventType.WORKFLOW_CANCELED:
         return f"canceled after {_duration(e.ts - t0)}" + (
+            f": {a['reason']}" if a.get("reason") else ""
+        )
+    if t is EventType.WORKFLOW_TERMINATED:
+        return f"terminated after {_duration(e.ts - t0)}" + (
             f": {a['reason']}" if a.get("reason") else ""
         )
     if t is EventType.WORKFLOW_CONTINUED_AS_NEW:

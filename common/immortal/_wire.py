@@ -40,6 +40,7 @@ __all__ = [
     "ParentRef",
     "RecordMarker",
     "RequestCancel",
+    "RequestTerminate",
     "RunAhead",
     "RunState",
     "RunStatus",
@@ -124,6 +125,7 @@ class EventType(StrEnum):
     WORKFLOW_FAILED = "WorkflowFailed"
     WORKFLOW_CANCELED = "WorkflowCanceled"
     WORKFLOW_CONTINUED_AS_NEW = "WorkflowContinuedAsNew"
+    WORKFLOW_TERMINATED = "WorkflowTerminated"
 
 
 # Events that echo a command the workflow code issued, in the order it issued them.
@@ -149,6 +151,7 @@ CLOSING_EVENTS = frozenset(
         EventType.WORKFLOW_FAILED,
         EventType.WORKFLOW_CANCELED,
         EventType.WORKFLOW_CONTINUED_AS_NEW,
+        EventType.WORKFLOW_TERMINATED,
     }
 )
 
@@ -169,6 +172,7 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     CONTINUED_AS_NEW = "continued_as_new"
+    TERMINATED = "terminated"
 
     @property
     def closed(self) -> bool:
@@ -230,6 +234,7 @@ class RunState(_Model):
     queue: str
     status: RunStatus = RunStatus.RUNNING
     next_event_id: int = 1
+    last_ts: int = 0  # the newest event's time: history time never goes backwards
     started_ts: int = 0
     closed_ts: int | None = None
     execution_timeout: float | None = None
@@ -238,6 +243,7 @@ class RunState(_Model):
     last_external: int = 0  # id of the newest event workflow code has to see
     last_wft_failure: str | None = None
     sticky: str | None = None  # the worker that completed the last workflow task (cached it)
+    ran: bool = False  # a workflow task has completed: the code has run (and may clean up)
     pushed_by: str | None = None  # the hub that may have pushed the open workflow task
     activities: dict[int, OpenActivity] = Field(default_factory=dict)
     timers: dict[int, OpenTimer] = Field(default_factory=dict)  # by TimerStarted id
@@ -385,6 +391,15 @@ class RequestCancel(_Model):
     request_id: str
 
 
+class RequestTerminate(_Model):
+    """Close the run at once, without running its code (``handle.terminate``)."""
+
+    workflow_id: str
+    run_id: str
+    reason: str = ""
+    request_id: str
+
+
 class ChildClosed(_Model):
     """A child run closed: sent by its hub to the parent's queue (``workflow_id``/``run_id``
     are the parent's)."""
@@ -413,9 +428,11 @@ class WorkflowTaskResult(_Model):
 class RunAhead(_Model):
     """Workflow code that the worker holding the run ran on with an activity's result, as if
     the result were the run's only news: the commands of the workflow task the hub would
-    schedule for it (``wft``, the id it would get), seeing the events at ``ts``. The hub
-    records result and task in one transition if the run is as the worker saw it, and
-    otherwise records the result alone and schedules the task as usual."""
+    schedule for it (``wft``, the id it would get), seeing the events at ``ts``: the time on
+    the hub's clock as the worker reckons it (its newest event's time plus the time elapsed
+    since it learned of it), never earlier than that event. The hub records result and task
+    in one transition if the run is as the worker saw it and ``ts`` is within its bounds,
+    and otherwise records the result alone and schedules the task as usual."""
 
     wft: int
     ts: int
@@ -457,6 +474,9 @@ class TimerFired(_Model):
     ] = "retry"
     scheduled_id: int = 0  # the activity it concerns...
     attempt: int = 0  # ...and the attempt
+    # When it is due on the hub's clock (ms): a firing earlier than that (a server whose
+    # clock runs ahead) waits until then. 0: fire when it arrives (schedules).
+    due: int = 0
 
 
 class ActivityStarted(_Model):

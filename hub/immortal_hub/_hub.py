@@ -18,7 +18,6 @@ import socket
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -26,8 +25,6 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, KeyNotFoundError
-from nats.js.errors import NotFoundError as JsNotFound
 from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
@@ -36,10 +33,9 @@ from immortal._connect import connect
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._integrity import transition_digest
-from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
+from immortal._jetstream import Puller, create_consumer, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
 from immortal._names import Names, decode_token
-from immortal._schedules import ScheduleSpec
 from immortal._timers import schedule_headers
 from immortal._transient import is_transient, key_value, publish, retry_transient
 from immortal._wire import (
@@ -48,8 +44,8 @@ from immortal._wire import (
     ActivityStarted,
     AppliedTransition,
     ChildClosed,
-    EventType,
     RequestCancel,
+    RequestTerminate,
     RunState,
     SignalWorkflow,
     StartWorkflow,
@@ -60,7 +56,7 @@ from immortal._wire import (
     encode,
     now_ms,
 )
-from immortal_hub._emissions import Emission, emissions_for, open_emissions
+from immortal_hub._emissions import Emission, attempt_timers, emissions_for, open_emissions
 from immortal_hub._limits import Admission, TenantLimits
 from immortal_hub._local_timers import LocalTimers
 from immortal_hub._metrics import HubMetrics
@@ -68,6 +64,7 @@ from immortal_hub._push import PUSH_HEADER, Pushes
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._retention import Retentions
 from immortal_hub._runs_index import RunsIndex
+from immortal_hub._schedule_firing import scheduled_start
 from immortal_hub._sticky import move_sticky_tasks
 from immortal_hub._transitions import (
     InvalidInput,
@@ -80,6 +77,7 @@ from immortal_hub._transitions import (
     apply_child_closed,
     apply_signal,
     apply_start,
+    apply_terminate,
     apply_timer_fired,
     apply_workflow_task_result,
     input_id,
@@ -98,6 +96,7 @@ _INPUTS: dict[str, tuple[type[BaseModel], _Apply]] = {
     "heartbeat": (ActivityHeartbeat, lambda s, b, q, now: apply_activity_heartbeat(s, b, now)),
     "signal": (SignalWorkflow, lambda s, b, q, now: apply_signal(s, b, now)),
     "cancel": (RequestCancel, lambda s, b, q, now: apply_cancel_request(s, b, now)),
+    "terminate": (RequestTerminate, lambda s, b, q, now: apply_terminate(s, b, now)),
     "child": (ChildClosed, lambda s, b, q, now: apply_child_closed(s, b, now)),
 }
 
@@ -105,6 +104,7 @@ log = logging.getLogger(__name__)
 
 _MAX_RACES = 50
 _POISON_DELIVERIES = 10
+_EARLY_FIRING_MS = 2  # a durable timer's firing this much before its due time waits
 
 
 class Hub:
@@ -180,7 +180,7 @@ class Hub:
         await ensure_resources(self.js, self.names, self.settings)
         self._runs = RunsIndex(self.nc, self.names)
         self._retentions = Retentions(
-            self.nc, self.names, self._runs, self._publish_emission, self._forget_cached
+            self.nc, self.names, self._runs, self._publish_emission, self._forget
         )
         self._queues_kv = await key_value(self.js, self.names.bucket_queues)
         self._running = self._timers.running = True
@@ -366,8 +366,15 @@ class Hub:
             max_deliver=-1,
             max_ack_pending=20_000,
         )
-        with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
-            await self.js.add_consumer(stream, config)
+        # Shared by every hub: created once, never changed by a hub with other settings.
+        info = await create_consumer(self.nc, stream, config)
+        if info.config.ack_wait is not None and abs(info.config.ack_wait - self.ack_wait) > 1e-3:
+            log.warning(
+                "consumer %s keeps its ack-wait of %g s (this hub's --ack-wait is %g s)",
+                durable,
+                info.config.ack_wait,
+                self.ack_wait,
+            )
 
     # -- one input ----------------------------------------------------------------------
 
@@ -388,6 +395,12 @@ class Hub:
                 return
             try:
                 if isinstance(body, TimerFired):
+                    early = body.due - now_ms()
+                    if body.due and early > _EARLY_FIRING_MS:
+                        # The server's clock runs ahead of this hub's, which is the one due
+                        # times are reckoned on: a sleep never ends early. Back when due.
+                        await msg.nak(delay=early / 1000)
+                        return
                     await self._on_timer(tenant, queue, body, msg)
                 else:
                     await self._apply(tenant, queue, kind, body)
@@ -485,28 +498,9 @@ class Hub:
             await self._apply(tenant, queue, "timer", fired)
 
     async def _fire_schedule(self, tenant: str, fired: TimerFired, msg: Msg) -> None:
-        """A schedule fired: start one run, whose id derives from this firing (so that a
-        redelivered firing starts nothing twice), unless the schedule is paused or gone."""
-        kv = await key_value(self.js, self.names.bucket_schedules)
-        try:
-            entry = await kv.get(self.names.schedule_key(tenant, fired.timer))
-            spec = ScheduleSpec.model_validate(unpack(entry.value or b""))
-        except (KeyNotFoundError, JsNotFound):
-            log.info("schedule %s/%s fired but no longer exists", tenant, fired.timer)
-            return
-        if spec.paused:
-            log.info("schedule %s/%s fired while paused: nothing started", tenant, fired.timer)
-            return
-        at = msg.metadata.timestamp or datetime.now(UTC)
-        seq = msg.metadata.sequence.stream if msg.metadata.sequence else 0
-        start = StartWorkflow(
-            workflow_id=f"{spec.schedule_id}@{at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z",
-            run_id=uuid.uuid5(uuid.NAMESPACE_URL, f"immortal:sched/{tenant}/{seq}").hex,
-            workflow_type=spec.workflow_type,
-            input=spec.input,
-            execution_timeout=spec.execution_timeout,
-        )
-        await self._apply(tenant, spec.queue, "start", start)
+        made = await scheduled_start(self.js, self.names, tenant, fired, msg)
+        if made is not None:
+            await self._apply(tenant, made[0], "start", made[1])
 
     @staticmethod
     def _decode(kind: str, data: bytes) -> Any:
@@ -560,6 +554,13 @@ class Hub:
                     if isinstance(exc, StaleAttempt) and state is not None:
                         await self._reemit(tenant, subject, state, seq, digest)  # as below
                     raise
+                if outcome.confirmed is not None:
+                    # An attempt about to run, checked on what this hub knows: a stale
+                    # verdict is taken on a fresh read (above), a confirmation needs none,
+                    # nor a re-emission. The attempt's timers start now, on this clock.
+                    assert state is not None
+                    await self._emit(tenant, attempt_timers(state, *outcome.confirmed))
+                    return None
                 if not outcome.events and not fresh:
                     # Appends are guarded by the expected sequence; decisions that append
                     # nothing are not, so they are taken on a fresh read.
@@ -567,14 +568,10 @@ class Hub:
                     fresh = True
                     continue
                 if not outcome.events:
-                    if not outcome.duplicate:
-                        log.info("%s: %s", subject, outcome.note)
-                    if state is not None:
-                        # Whatever the run still owes goes out again (deduped by id): an
-                        # earlier transition's tasks may have been lost to an outage between
-                        # its append and its publishes, and this input is its sender's retry.
-                        closing = state.applied[-1:] == [input_id(body)]
-                        await self._reemit(tenant, subject, state, seq, digest, closing=closing)
+                    closing = state is not None and state.applied[-1:] == [input_id(body)]
+                    await self._appended_nothing(
+                        tenant, subject, outcome, state, seq, digest, closing=closing
+                    )
                     return None
                 applied = await self._commit(tenant, subject, outcome, seq, digest)
                 if applied is None:  # another hub moved the run (or our own lost ack did):
@@ -582,6 +579,30 @@ class Hub:
                     continue
                 return applied
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
+
+    async def _appended_nothing(
+        self,
+        tenant: str,
+        subject: str,
+        outcome: Outcome,
+        state: RunState | None,
+        seq: int,
+        digest: bytes,
+        *,
+        closing: bool,
+    ) -> None:
+        """An input that changes nothing (decided on a fresh read); ``closing``: it is the
+        input that closed the run, redelivered."""
+        if not outcome.reemit:
+            log.debug("%s: %s", subject, outcome.note)
+            return
+        if not outcome.duplicate:
+            log.info("%s: %s", subject, outcome.note)
+        if state is not None:
+            # Whatever the run still owes goes out again (deduped by id): an earlier
+            # transition's tasks may have been lost to an outage between its append and its
+            # publishes, and this input is its sender's retry.
+            await self._reemit(tenant, subject, state, seq, digest, closing=closing)
 
     async def _commit(
         self, tenant: str, subject: str, outcome: Outcome, seq: int, digest: bytes
@@ -593,7 +614,10 @@ class Hub:
         pushing = push is not None
         try:
             try:
-                appended = await self._append_listed(tenant, subject, outcome, seq, digest, pushing)
+                appending = self._append(tenant, subject, outcome, seq, digest, pushing)
+                appended = await self._runs.alongside(
+                    tenant, outcome.state, outcome.events, appending
+                )
             except Exception:
                 if pushing:  # stored or not? (_push settles it)
                     assert outcome.state.wft is not None
@@ -688,7 +712,7 @@ class Hub:
         self._pushes.appended(subject, new_seq, outcome.state)
         return new_seq, digest
 
-    def _forget_cached(self, subject: str) -> None:
+    def _forget(self, subject: str) -> None:
         self._cache.pop(subject, None)
 
     def _remember(self, subject: str, state: RunState, seq: int, digest: bytes) -> None:
@@ -699,33 +723,6 @@ class Hub:
         self._cache.move_to_end(subject)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-
-    async def _append_listed(
-        self,
-        tenant: str,
-        subject: str,
-        outcome: Outcome,
-        expected_seq: int,
-        prev: bytes,
-        pushing: bool,
-    ) -> tuple[int, bytes] | None:
-        """``_append``; a start's runs-index record is written meanwhile, and awaited before
-        the run's first workflow task goes out (so the run cannot close unlisted)."""
-        started = next((e for e in outcome.events if e.type is EventType.WORKFLOW_STARTED), None)
-        if started is None:
-            return await self._append(tenant, subject, outcome, expected_seq, prev, pushing)
-        assert outcome.state is not None
-        from_run = started.attrs.get("continued_from")
-        listing = asyncio.ensure_future(self._runs.opened(tenant, outcome.state, from_run))
-        try:
-            appended = await self._append(tenant, subject, outcome, expected_seq, prev, pushing)
-        except BaseException:
-            await asyncio.wait([listing])
-            if not listing.cancelled():
-                listing.exception()  # seen; the append's failure is the one to report
-            raise
-        await listing  # if it failed, so does the input: its repeat re-emits the record
-        return appended
 
     async def _emit(self, tenant: str, emissions: list[Emission]) -> None:
         if emissions:

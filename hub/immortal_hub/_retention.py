@@ -1,5 +1,11 @@
-"""Tenant retention: when a run closes, time the end of its history and logs; when that
-time comes, purge them (and forget the run in the runs index)."""
+"""Per-tenant retention of closed runs: a durable timer at the close, a purge when it fires.
+
+``client.set_retention(history=, logs=)`` writes the tenant's setting; when a run closes,
+its hub reads the setting (cached 10 s) and arms ``retention-history`` / ``retention-logs``
+for the close time plus each period. When they fire, the hub purges the run's history or
+log subject and deletes the run's closed record from the runs index. Open runs are never
+expired.
+"""
 
 from __future__ import annotations
 
@@ -21,28 +27,37 @@ __all__ = ["Retentions"]
 
 log = logging.getLogger(__name__)
 
-_REREAD_MS = 10_000  # a tenant's setting is re-read at most this often
+_REREAD_MS = 10_000
 
 
 class Retentions:
+    """Arms and carries out the retention of one hub's closed runs."""
+
     def __init__(
         self,
         nc: NATS,
         names: Names,
         runs: RunsIndex,
         publish: Callable[[str, Emission], Awaitable[None]],
-        forget_cached: Callable[[str], None],
+        forget: Callable[[str], None],
     ) -> None:
-        self.nc = nc
-        self.names = names
-        self._runs = runs
+        self._nc, self._names, self._runs = nc, names, runs
         self._publish = publish
-        self._forget_cached = forget_cached
+        self._forget = forget  # a history subject purged: drop it from the hub's cache
         self._known: dict[str, tuple[int, Retention]] = {}  # tenant -> (read at, setting)
+
+    async def setting(self, tenant: str) -> Retention:
+        """The tenant's retention setting, re-read at most every 10 s."""
+        now = now_ms()
+        known = self._known.get(tenant)
+        if known is None or now - known[0] > _REREAD_MS:
+            known = (now, await read_retention(self._nc.jetstream(), self._names, tenant))
+            self._known[tenant] = known
+        return known[1]
 
     async def arm(self, tenant: str, state: RunState) -> None:
         """A run closed: if its tenant keeps closed runs for a while only, time their end."""
-        retention = await self._setting(tenant)
+        retention = await self.setting(tenant)
         for what, seconds in (("history", retention.history), ("logs", retention.logs)):
             if seconds is None:
                 continue
@@ -58,30 +73,22 @@ class Retentions:
 
     async def expire(self, tenant: str, fired: TimerFired) -> None:
         """A closed run's retention ran out: purge its history or its logs."""
-        js = self.nc.jetstream()
+        js = self._nc.jetstream()
         if fired.timer == "retention-logs":
-            subject = self.names.log_subject(tenant, fired.workflow_id, fired.run_id)
-            await js.purge_stream(self.names.stream_logs, subject=subject)
+            subject = self._names.log_subject(tenant, fired.workflow_id, fired.run_id)
+            await js.purge_stream(self._names.stream_logs, subject=subject)
             log.info("logs of run %s expired (tenant retention)", fired.run_id)
             return
-        subject = self.names.history_subject(tenant, fired.workflow_id, fired.run_id)
-        stream = self.names.stream_history
+        subject = self._names.history_subject(tenant, fired.workflow_id, fired.run_id)
+        stream = self._names.stream_history
         newest = await retry_transient(
-            lambda: last_message(self.nc, stream, subject, leader=True), what=subject
+            lambda: last_message(self._nc, stream, subject, leader=True), what=subject
         )
         if newest is not None:  # the index forgets the run with its history
             state = decode(Transition, newest.data).state
-            found = await find_closed_record(self.nc, self.names, tenant, state)
+            found = await find_closed_record(self._nc, self._names, tenant, state)
             if found is not None:
                 await self._runs.forget(found[0].seq)
         await js.purge_stream(stream, subject=subject)
-        self._forget_cached(subject)
+        self._forget(subject)
         log.info("history of run %s expired (tenant retention)", fired.run_id)
-
-    async def _setting(self, tenant: str) -> Retention:
-        now = now_ms()
-        known = self._known.get(tenant)
-        if known is None or now - known[0] > _REREAD_MS:
-            known = (now, await read_retention(self.nc.jetstream(), self.names, tenant))
-            self._known[tenant] = known
-        return known[1]

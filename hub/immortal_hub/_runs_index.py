@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError, NotFoundError
@@ -20,18 +22,40 @@ from immortal._jetstream import is_wrong_last_sequence
 from immortal._names import Names
 from immortal._requests import Requests
 from immortal._transient import publish, retry_transient
-from immortal._wire import RunState
+from immortal._wire import EventType, HistoryEvent, RunState
 from immortal.runs import closed_record, open_record
 
 __all__ = ["RunsIndex"]
 
 _TOMBSTONE = {"Nats-Rollup": "sub", "Nats-TTL": "1s"}
+T = TypeVar("T")
 
 
 class RunsIndex:
     def __init__(self, nc: NATS, names: Names) -> None:
         self.nc = nc
         self.names = names
+
+    async def alongside(
+        self, tenant: str, state: RunState, events: list[HistoryEvent], append: Awaitable[T]
+    ) -> T:
+        """Await ``append``; if it appends a start, list the run meanwhile, and return only
+        once the record is stored too (so the run's first workflow task goes out after it,
+        and the run cannot close unlisted)."""
+        started = next((e for e in events if e.type is EventType.WORKFLOW_STARTED), None)
+        if started is None:
+            return await append
+        from_run = started.attrs.get("continued_from")
+        listing = asyncio.ensure_future(self.opened(tenant, state, from_run))
+        try:
+            appended = await append
+        except BaseException:
+            await asyncio.wait([listing])
+            if not listing.cancelled():
+                listing.exception()  # seen; the append's failure is the one to report
+            raise
+        await listing  # if it failed, so does the input: its repeat re-emits the record
+        return appended
 
     async def opened(self, tenant: str, state: RunState, continued_from: str | None) -> None:
         """List a run that starts. At most one record per run, ever: the publish expects

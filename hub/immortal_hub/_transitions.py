@@ -32,6 +32,7 @@ from immortal._wire import (
     OpenTimer,
     RecordMarker,
     RequestCancel,
+    RequestTerminate,
     RunAhead,
     RunState,
     RunStatus,
@@ -56,13 +57,17 @@ __all__ = [
     "apply_child_closed",
     "apply_signal",
     "apply_start",
+    "apply_terminate",
     "apply_timer_fired",
     "apply_workflow_task_result",
     "input_id",
 ]
 
 _APPLIED_KEPT = 64
-_AHEAD_SKEW_MS = 1000
+# A run-ahead's time (the hub's clock as the worker reckons it) may lag the hub's clock by
+# this much (the time its result took to arrive), and lead it by this much (clock drift).
+_AHEAD_LAG_MS = 1000
+_AHEAD_LEAD_MS = 50
 
 
 class InvalidInput(Exception):
@@ -80,7 +85,14 @@ class Outcome:
     events: list[HistoryEvent] = field(default_factory=list)
     state: RunState | None = None
     duplicate: bool = False  # already applied: append nothing, re-emit what is open
+    # An activity attempt began, confirmed as still counting (nothing to append): the hub
+    # arms its start-to-close and heartbeat timers from its own clock. (scheduled id, time)
+    confirmed: tuple[int, int] | None = None
     note: str | None = None  # why nothing happened, for the log
+    # Appending nothing, the hub re-publishes what the run owes (an outage may have lost
+    # it) unless the input's sender is known to hold it: a workflow task's repeated failure
+    # comes from the worker that holds the task and hands it back itself.
+    reemit: bool = True
 
     @property
     def closes_run(self) -> bool:
@@ -100,9 +112,13 @@ def _fork(state: RunState) -> RunState:
 
 
 class _Builder:
+    """Adds events stamped ``now``: the hub's clock, or for the events a worker ran ahead on
+    the time the code saw, never earlier than the run's newest event (``RunState.last_ts``),
+    so history time never goes backwards, whatever clock stamped what came before."""
+
     def __init__(self, state: RunState, now: int) -> None:
         self.state = state
-        self.now = now
+        self.now = max(now, state.last_ts)
         self.events: list[HistoryEvent] = []
 
     def add(self, type_: EventType, caused_by: int | None = None, **attrs: Any) -> HistoryEvent:
@@ -110,6 +126,7 @@ class _Builder:
             id=self.state.next_event_id, type=type_, ts=self.now, caused_by=caused_by, attrs=attrs
         )
         self.state.next_event_id += 1
+        self.state.last_ts = self.now
         self.events.append(event)
         return event
 
@@ -190,9 +207,10 @@ def apply_workflow_task_result(
     if result.result_id in state.applied:
         return Outcome(duplicate=True)
     if state.status.closed:
-        return Outcome(note="workflow task result for a closed run")
+        # Stale, so the worker drops the task instead of handing it back again.
+        raise StaleAttempt(f"workflow task {result.wft} of a {state.status} run")
     if result.wft != state.wft:
-        return Outcome(note=f"stale workflow task {result.wft} (open: {state.wft})")
+        raise StaleAttempt(f"stale workflow task {result.wft} (open: {state.wft})")
     if result.through >= state.next_event_id:
         raise InvalidInput(f"workflow task claims to have seen event {result.through}")
     state = _fork(state)
@@ -200,7 +218,7 @@ def apply_workflow_task_result(
     if result.failure is not None:
         # The task stays open; the worker retries it. Repeats of one failure are not re-recorded.
         if state.last_wft_failure == result.failure.message:
-            return Outcome(note="repeated workflow task failure")
+            return Outcome(note="repeated workflow task failure", reemit=False)
         b.add(
             EventType.WORKFLOW_TASK_FAILED,
             result.wft,
@@ -221,6 +239,7 @@ def _complete_workflow_task(
     state.wft = None
     state.last_wft_failure = None
     state.sticky = worker
+    state.ran = True
     _apply_commands(b, done.id, commands)
     if not state.status.closed and state.last_external > through:
         b.schedule_workflow_task(done.id)  # news arrived while the worker was busy
@@ -300,10 +319,7 @@ def _close_by(
         b.close(RunStatus.FAILED)
         state.close_failure = command.failure
     elif isinstance(command, CancelWorkflow):
-        b.add(EventType.WORKFLOW_CANCELED, done_id, reason=command.reason)
-        b.close(RunStatus.CANCELED)
-        message = "workflow cancelled" + (f": {command.reason}" if command.reason else "")
-        state.close_failure = Failure(type="WorkflowCancelled", message=message)
+        _cancelled(b, done_id, command.reason)
     else:
         new_run = uuid.uuid5(uuid.NAMESPACE_URL, f"immortal:{state.run_id}/continue").hex
         b.add(EventType.WORKFLOW_CONTINUED_AS_NEW, done_id, new_run_id=new_run, input=command.input)
@@ -370,7 +386,39 @@ def apply_cancel_request(state: RunState | None, request: RequestCancel, now: in
     state = _fork(state)
     state.cancel_requested = True
     b = _Builder(state, now)
-    b.news(b.add(EventType.WORKFLOW_CANCEL_REQUESTED, None, reason=request.reason))
+    asked = b.add(EventType.WORKFLOW_CANCEL_REQUESTED, None, reason=request.reason)
+    if not (state.ran or state.sticky):
+        # No workflow task has completed: the code never ran, so it has nothing to clean
+        # up (it issued no command yet) and perhaps no worker can ever run it (an unknown
+        # type, a crash on its first task). The run closes now.
+        _cancelled(b, asked.id, request.reason, before_code=True)
+        return b.outcome(request.request_id)
+    b.news(asked)
+    return b.outcome(request.request_id)
+
+
+def _cancelled(b: _Builder, caused_by: int, reason: str, **attrs: Any) -> None:
+    b.add(EventType.WORKFLOW_CANCELED, caused_by, reason=reason, **attrs)
+    b.close(RunStatus.CANCELED)
+    message = "workflow cancelled" + (f": {reason}" if reason else "")
+    b.state.close_failure = Failure(type="WorkflowCancelled", message=message)
+
+
+def apply_terminate(state: RunState | None, request: RequestTerminate, now: int) -> Outcome:
+    """Close the run at once, whatever its code is doing, without running it: timers are
+    purged, children asked to cancel and the parent told, as for any close."""
+    if state is None:
+        raise InvalidInput(f"termination of unknown run {request.run_id}")
+    if request.request_id in state.applied:
+        return Outcome(duplicate=True)
+    if state.status.closed:
+        return Outcome(note=f"termination requested of a {state.status} run")
+    state = _fork(state)
+    b = _Builder(state, now)
+    b.add(EventType.WORKFLOW_TERMINATED, None, reason=request.reason)
+    b.close(RunStatus.TERMINATED)
+    message = "workflow terminated" + (f": {request.reason}" if request.reason else "")
+    state.close_failure = Failure(type="WorkflowTerminated", message=message)
     return b.outcome(request.request_id)
 
 
@@ -427,6 +475,8 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
     elif act.attempt != result.attempt or act.retry_at is not None:
         reason = f"attempt {result.attempt} is no longer current (timed out or retried)"
     ahead = _ahead(state, result, now) if reason is None else None
+    # The two events the worker ran ahead on carry the time its code saw (a replay then sees
+    # the same); what follows them is stamped by the hub's clock, due times included.
     b = _Builder(state, now if ahead is None else ahead.ts)
     if reason is not None:
         b.add(EventType.ACTIVITY_RESULT_IGNORED, result.scheduled_id, reason=reason, **common)
@@ -437,6 +487,7 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
     ev = b.add(EventType.ACTIVITY_COMPLETED, result.scheduled_id, result=result.result, **common)
     _close_activity(b, result.scheduled_id, ev)
     if ahead is not None and state.wft == ahead.wft:  # the task it ran ahead is this one
+        b.now = max(b.now, now)
         _complete_workflow_task(b, ahead.wft, ahead.wft, result.worker, ahead.commands)
     return b.outcome(result.result_id)
 
@@ -444,12 +495,15 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
 def _ahead(state: RunState, result: ActivityResult, now: int) -> RunAhead | None:
     """The workflow task the worker ran ahead with this result, if it is the one the hub
     schedules for it: the worker's copy of the run had every event (the next event id is
-    the one it expected), no workflow task is open, and its clock agrees with the hub's
-    (the events get the time the code saw as ``ctx.now()``)."""
+    the one it expected), no workflow task is open, and the time the code saw (the events
+    get it) is not after the hub's clock, nor before the run's newest event, nor more than
+    a second behind (a hub that slow records the result alone)."""
     ahead = result.then
     if ahead is None or result.failure is not None or state.wft is not None:
         return None
-    if ahead.wft != state.next_event_id + 1 or abs(ahead.ts - now) > _AHEAD_SKEW_MS:
+    if ahead.wft != state.next_event_id + 1 or ahead.ts < state.last_ts:
+        return None
+    if ahead.ts > now + _AHEAD_LEAD_MS or now - ahead.ts > _AHEAD_LAG_MS:
         return None
     return ahead
 
@@ -603,8 +657,10 @@ def apply_activity_heartbeat(state: RunState | None, beat: ActivityHeartbeat, no
 
 
 def apply_activity_started(state: RunState | None, started: ActivityStarted, now: int) -> Outcome:
-    """A worker began an attempt: sent when the activity has a schedule-to-start timeout
-    (which it disarms), and for every redelivered task.
+    """A worker is about to run an attempt, and asks whether it still counts (every
+    delivery, before any user code runs): a delivery of an attempt that no longer counts is
+    refused (``StaleAttempt``). An attempt that counts is confirmed (and its start recorded
+    when it has a schedule-to-start timeout, which that disarms).
 
     A redelivered task (delivery 2 or later) means an earlier delivery of the same attempt
     ended without a result: its worker died, froze past its lease, or stopped before
@@ -642,8 +698,10 @@ def apply_activity_started(state: RunState | None, started: ActivityStarted, now
         # A delivery of an attempt that already ended (lost, timed out, or its run closed):
         # it must not run, or a task that crashes its worker would be redelivered forever.
         raise StaleAttempt(f"attempt {started.attempt} no longer counts")
-    if act.started:
-        return Outcome(note=f"start of attempt {started.attempt} is not news")
+    if act.schedule_to_start is None or act.started:
+        # The attempt counts: the worker runs it. Only a schedule-to-start timeout needs the
+        # start recorded; the attempt's own timers are armed now, on the hub's clock.
+        return Outcome(confirmed=(started.scheduled_id, now))
     state = _fork(state)
     state.activities[started.scheduled_id].started = True
     b = _Builder(state, now)

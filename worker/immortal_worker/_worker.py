@@ -17,20 +17,16 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import copy_context
 from functools import partial
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import BadRequestError
 from nats.js.errors import NotFoundError as JsNotFound
 
-from immortal._activity import ActivityInfo, Heartbeats, current_activity, current_heartbeats
-from immortal._codec import decode_args, decode_value, encode_value, pack
+from immortal._codec import pack
 from immortal._connect import connect
 from immortal._context import WorkflowInfo
 from immortal._definitions import (
@@ -40,28 +36,23 @@ from immortal._definitions import (
     workflow_definition,
 )
 from immortal._errors import (
-    ApplicationError,
+    LeaseMismatchError,
     NonDeterminismError,
     PayloadError,
     UnknownWorkflowTypeError,
     failure_from_exception,
 )
-from immortal._inputs import STALE, StaleInput, send_input
-from immortal._jetstream import Puller, StoredMsg, read_subject
+from immortal._inputs import StaleInput, send_input
+from immortal._jetstream import Puller, StoredMsg, create_consumer, read_subject
 from immortal._locks import KeyedLocks
 from immortal._logs import LogShipper
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
-from immortal._timers import schedule_headers
-from immortal._transient import is_transient, key_value, publish, retry_transient
+from immortal._transient import is_transient, key_value, retry_transient
 from immortal._wire import (
-    ActivityHeartbeat,
     ActivityResult,
-    ActivityStarted,
     ActivityTask,
     AppliedTransition,
-    EventType,
     Failure,
-    TimerFired,
     Transition,
     WorkflowTask,
     WorkflowTaskResult,
@@ -69,6 +60,7 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal_worker._activities import ActivityRunner
 from immortal_worker._instance import CacheStale, WorkflowInstance
 from immortal_worker._pushed import PushedTask, Pushes
 
@@ -84,6 +76,8 @@ def immortal_version() -> str:
 
 log = logging.getLogger(__name__)
 _RUN_LOGGERS = ("immortal.workflow", "immortal.activity")
+DEFAULT_LEASE = 30.0  # seconds: a queue's lease when its first worker asks for none
+_MAX_TASK_RETRY_DELAY = 60.0  # seconds: a failing workflow task is retried at least this often
 
 
 class _Task(Protocol):
@@ -114,7 +108,7 @@ class Worker:
         worker_id: str | None = None,
         workflow_slots: int = 256,
         activity_slots: int = 64,
-        lease: float = 30.0,
+        lease: float | None = None,
         max_cached_runs: int = 1000,
         workflow_task_retry_delay: float = 5.0,
         liveness_ttl: float = 2.0,
@@ -137,13 +131,18 @@ class Worker:
             self.activities[a.name] = a
         self.workflow_slots = workflow_slots
         self.activity_slots = activity_slots
+        # Seconds a task stays this worker's once it falls silent (None: the queue's lease,
+        # which the first worker to serve the queue sets). See _lease_of.
         self.lease = lease
+        self._ack_waits: list[float] = []  # the leases of the queues' consumers it pulls
         self.workflow_task_retry_delay = workflow_task_retry_delay
         # A run that only waits on a timer at least this far off is dropped from memory.
         self.release_after = release_after
         # A dead worker is detected when its key in imm-workers expires: within this many
         # seconds of its last renewal (renewed 4 times per TTL). Whole seconds (Nats-TTL).
-        self.liveness_ttl = max(1.0, float(round(liveness_ttl)))
+        # No longer than the lease: a lease shorter than the TTL is honoured by the key.
+        self.liveness_ttl = max(1.0, float(round(min(liveness_ttl, lease or liveness_ttl))))
+        self._pull_expires = max(0.5, min(5.0, self.liveness_ttl / 2))
         self._nc = nc
         self._own_nc = nc is None
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
@@ -171,8 +170,32 @@ class Worker:
             self._nc = await connect(self.servers, name=f"immortal-worker-{self.worker_id}")
         self.js = self.nc.jetstream()
         await self._wait_for_streams()
+        try:  # before anything runs: a lease the queues cannot honour refuses the start
+            kinds: list[TaskKind] = ["wf"] if self.workflows else []
+            kinds += ["act"] if self.activities else []
+            consumers = [
+                (queue, kind, await self._consumers(queue, kind))
+                for queue in self.queues
+                for kind in kinds
+            ]
+        except BaseException:
+            if self._own_nc:
+                await self.nc.close()
+                self._nc = None
+            raise
         self._running = True
         self._lease_ticker = asyncio.create_task(self._extend_leases())
+        self._activity_runner = ActivityRunner(
+            self.nc,
+            self.names,
+            self.tenant,
+            self.worker_id,
+            self.activities,
+            self._executor,
+            hold=self._lease,
+            send=self._send,
+            report_result=self._report_result,
+        )
         # Log lines of this worker's runs go to IMM_LOGS (ctx.log, immortal.activity.logger).
         self.logs = LogShipper(self.js, self.names, self.tenant, self.worker_id)
         for name in _RUN_LOGGERS:
@@ -196,11 +219,10 @@ class Worker:
         for queue in self.queues:
             key = self.names.queue_key(self.tenant, queue)
             await retry_transient(partial(queues_kv.put, key, b"worker"), what=key)
-            if self.workflows:
-                await self._serve(queue, "wf")
+        for queue, kind, durables in consumers:
+            self._pull(kind, durables)
+            if kind == "wf":
                 await self._pushes.serve(queue)
-            if self.activities:
-                await self._serve(queue, "act")
         log.info(
             "worker %s serving %s/%s: workflows %s, activities %s",
             self.worker_id, self.tenant, ",".join(self.queues),
@@ -270,11 +292,9 @@ class Worker:
                     warned = True
                 await asyncio.sleep(0.5)
 
-    async def _serve(self, queue: str, kind: TaskKind) -> None:
-        if kind == "wf":
-            slots, handle = self.workflow_slots, self._workflow_task
-        else:
-            slots, handle = self.activity_slots, self._activity_task
+    async def _consumers(self, queue: str, kind: TaskKind) -> list[str]:
+        """Create (or find) the task consumers this worker pulls for ``queue``'s ``kind``
+        of tasks; returns their names."""
         # (consumer, subject, seconds it may stay unused before the server removes it)
         subjects: list[tuple[str, str, float | None]] = [
             (
@@ -297,16 +317,59 @@ class Worker:
                 filter_subject=subject,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self.lease,
+                ack_wait=self.lease or DEFAULT_LEASE,
                 max_deliver=-1,
                 max_ack_pending=100_000,
                 inactive_threshold=inactive,
             )
-            with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
+            if inactive is not None:  # this worker's own consumer: its lease, whatever it was
                 await self.js.add_consumer(self.names.stream_tasks, config)
-            puller = Puller(self.nc, self.names.stream_tasks, durable, slots, self._guarded(handle))
+            else:  # the queue's, shared: never changed by a worker (see _lease_of)
+                info = await create_consumer(self.nc, self.names.stream_tasks, config)
+                self._ack_waits.append(self._lease_of(queue, durable, info))
+        return [durable for durable, _, _ in subjects]
+
+    def _pull(self, kind: TaskKind, durables: list[str]) -> None:
+        if kind == "wf":
+            slots, handle = self.workflow_slots, self._workflow_task
+        else:
+            slots, handle = self.activity_slots, self._activity_runner.handle
+        for durable in durables:
+            # A pull request open while this worker is frozen would hand it tasks that nobody
+            # knows it holds (they wait out its lease): it expires before the liveness key.
+            puller = Puller(
+                self.nc,
+                self.names.stream_tasks,
+                durable,
+                slots,
+                self._guarded(handle),
+                expires=self._pull_expires,
+            )
             self._pullers.append(puller)
             self._poll_tasks.append(asyncio.create_task(puller.run()))
+
+    def _lease_of(self, queue: str, durable: str, info: ConsumerInfo) -> float:
+        """The lease of a queue's task consumer (its ack-wait, which the server applies to
+        every worker of the queue), checked against the lease this worker asked for.
+
+        A worker never changes it: one started with another ``--lease`` would otherwise
+        set it for every worker of the queue, and healthy workers with longer tasks would
+        lose them to redelivery. A shorter lease is honoured by this worker alone: it
+        extends its tasks more often and its liveness key, whose expiry hands its tasks
+        back, lives no longer than its lease. A longer one cannot be: the server hands a
+        silent worker's tasks on after the queue's ack-wait.
+        """
+        ack_wait = float(info.config.ack_wait or DEFAULT_LEASE)
+        if self.lease is not None and self.lease > ack_wait + 1e-3:
+            raise LeaseMismatchError(
+                f"this worker asked for a lease of {self.lease:g} s, but queue {queue!r} of "
+                f"tenant {self.tenant!r} has a lease of {ack_wait:g} s (the ack-wait of its "
+                f"consumer {durable}, set when the queue was first served, and kept for every "
+                "worker of the queue): the server would hand this worker's tasks to another "
+                f"after {ack_wait:g} s of silence. Start it with --lease {ack_wait:g} or less, "
+                "or without --lease; an operator may change the consumer's ack-wait"
+            )
+        return ack_wait
 
     @staticmethod
     def _guarded(handle: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
@@ -322,185 +385,7 @@ class Worker:
 
         return guarded
 
-    # -- activities ---------------------------------------------------------------------
-
-    async def _activity_task(self, msg: Msg) -> None:
-        task = decode(ActivityTask, msg.data)
-        delivery = msg.metadata.num_delivered or 1
-        started = now_ms()
-        # The lease is held until the result is delivered, not just while the code runs:
-        # a hub that is slow to answer must not cost the task to another worker.
-        async with self._lease(msg):
-            if task.schedule_to_start is not None or delivery > 1:
-                if await self._report_start(task, delivery):
-                    # This attempt no longer counts: an earlier delivery of it was lost (the
-                    # hub counted it and sends the next attempt as its own task), or it ended
-                    # meanwhile. Either way this delivery must not run.
-                    await msg.ack()
-                    return
-            if task.start_to_close is not None:
-                await self._arm_timer(task, "start_to_close", task.start_to_close, started)
-            if task.heartbeat_timeout is not None:
-                await self._arm_timer(task, "heartbeat_timeout", task.heartbeat_timeout, started)
-            beats = Heartbeats()
-            runner = asyncio.create_task(self._run_activity(task, beats))
-            sender = None
-            if task.heartbeat_timeout is not None:
-                sender = asyncio.create_task(self._send_heartbeats(task, delivery, beats, runner))
-            result: bytes | None = None
-            failure: Failure | None = None
-            try:
-                result = await runner
-            except asyncio.CancelledError:
-                if not beats.cancelled.is_set():
-                    raise
-            except Exception as exc:
-                failure = Failure.model_validate(failure_from_exception(exc))
-            finally:
-                if sender is not None:
-                    sender.cancel()
-            if beats.cancelled.is_set():
-                # The attempt no longer counts (timed out, or retried elsewhere): stop here.
-                log.warning(
-                    "activity %s attempt %d cancelled: %s", task.name, task.attempt, beats.reason
-                )
-                await msg.ack()
-                return
-            body = ActivityResult(
-                workflow_id=task.workflow_id,
-                run_id=task.run_id,
-                scheduled_id=task.scheduled_id,
-                attempt=task.attempt,
-                delivery=delivery,
-                result_id=f"{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}",
-                worker=self.worker_id,
-                started_ts=started,
-                ended_ts=now_ms(),
-                result=result,
-                failure=failure,
-            )
-            await self._report_result(task, body)
-        await msg.ack()
-
-    async def _report_start(self, task: ActivityTask, delivery: int) -> bool:
-        """Tell the hub this attempt started, which disarms its schedule-to-start timer.
-
-        Returns whether this delivery must not run: the hub counted its attempt as lost
-        (a redelivered task), or the attempt no longer counts at all. If no hub answered
-        (the report went durable), the attempt runs: at worst it runs again as the next
-        attempt, which an idempotency key absorbs.
-        """
-        body = ActivityStarted(
-            workflow_id=task.workflow_id,
-            run_id=task.run_id,
-            scheduled_id=task.scheduled_id,
-            attempt=task.attempt,
-            delivery=delivery,
-            worker=self.worker_id,
-            result_id=f"started:{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}",
-        )
-        try:
-            reply = await self._send(task.workflow_queue, "started", encode(body), body.result_id)
-        except StaleInput as exc:  # this attempt already ended: running it would be waste
-            log.info("activity %s: not running a stale delivery: %s", task.name, exc)
-            return True
-        if reply is None or delivery == 1:
-            return False
-        applied = decode(AppliedTransition, reply)
-        return any(
-            e.caused_by == task.scheduled_id
-            and e.type in (EventType.ACTIVITY_ATTEMPT_FAILED, EventType.ACTIVITY_FAILED)
-            for e in applied.events
-        )
-
-    async def _send_heartbeats(
-        self, task: ActivityTask, delivery: int, beats: Heartbeats, runner: asyncio.Task[bytes]
-    ) -> None:
-        """Send progress to the hub (only when there was some), a third of the timeout apart.
-
-        The hub's reply says whether the attempt still counts; if not, the attempt is
-        cancelled (an async activity at once, a sync one at its next ``heartbeat()``).
-        """
-        assert task.heartbeat_timeout is not None
-        sent, n = 0, 0
-        subject = self.names.rpc_subject(self.tenant, task.workflow_queue, "heartbeat")
-        while not runner.done():
-            await asyncio.sleep(task.heartbeat_timeout / 3)
-            if beats.beats == sent:
-                continue  # no progress: let the heartbeat timer run out
-            sent, n = beats.beats, n + 1
-            body = ActivityHeartbeat(
-                workflow_id=task.workflow_id,
-                run_id=task.run_id,
-                scheduled_id=task.scheduled_id,
-                attempt=task.attempt,
-                worker=self.worker_id,
-                result_id=f"hb:{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}:{n}",
-                details=None if beats.details is None else encode_value(beats.details),
-            )
-            try:
-                reply = await self.nc.request(subject, encode(body), timeout=5.0)
-            except (NoRespondersError, NatsTimeout):
-                continue  # no hub now; the timer decides
-            if reply.data.startswith(STALE):
-                beats.reason = reply.data[len(STALE) :].decode(errors="replace").strip()
-                beats.cancelled.set()
-                runner.cancel()
-                return
-
-    async def _arm_timer(self, task: ActivityTask, kind: Any, seconds: float, started: int) -> None:
-        """The attempt's clock starts now, where it runs: a durable timer tells the hub."""
-        prefix = "stc" if kind == "start_to_close" else "hb"
-        timer = f"{prefix}-{task.scheduled_id}-{task.attempt}"
-        body = TimerFired(
-            workflow_id=task.workflow_id,
-            run_id=task.run_id,
-            timer=timer,
-            kind=kind,
-            scheduled_id=task.scheduled_id,
-            attempt=task.attempt,
-        )
-        due = started + round(seconds * 1000)
-        target = self.names.fired_subject(self.tenant, task.workflow_queue)
-        subject = self.names.timer_subject(self.tenant, task.run_id, timer)
-        headers = schedule_headers(due, target, f"{task.run_id}:{timer}:{due}")
-        data = encode(body)  # one schedule per subject, with a msg id: safe to repeat
-        await publish(self.nc, subject, data, headers=headers)
-
-    async def _run_activity(self, task: ActivityTask, beats: Heartbeats) -> bytes:
-        defn = self.activities.get(task.name)
-        if defn is None:
-            raise ApplicationError(
-                f"activity {task.name!r} is not registered on worker {self.worker_id} "
-                f"(registered: {', '.join(sorted(self.activities)) or 'none'})",
-                type="UnknownActivityType",
-            )
-        args = decode_args(task.input, defn.arg_types)
-        info = ActivityInfo(
-            tenant=self.tenant,
-            workflow_id=task.workflow_id,
-            run_id=task.run_id,
-            workflow_type=task.workflow_type,
-            activity_id=task.scheduled_id,
-            name=task.name,
-            attempt=task.attempt,
-            worker=self.worker_id,
-            heartbeat_details=decode_value(task.heartbeat_details),
-        )
-        token = current_activity.set(info)
-        beats_token = current_heartbeats.set(beats)
-        try:
-            if defn.is_async:
-                value = await defn.fn(*args)
-            else:
-                ctx = copy_context()
-                value = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, lambda: ctx.run(defn.fn, *args)
-                )
-        finally:
-            current_activity.reset(token)
-            current_heartbeats.reset(beats_token)
-        return encode_value(value)
+    # -- leases and liveness ------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _lease(self, msg: Msg) -> AsyncIterator[None]:
@@ -567,9 +452,10 @@ class Worker:
                 )
 
     async def _extend_leases(self) -> None:
-        """One ticker for every held task: ``in_progress`` each third of the lease."""
+        """One ticker for every held task: ``in_progress`` each third of the shortest lease
+        that applies (this worker's, and each queue's consumer's)."""
         while True:
-            await asyncio.sleep(self.lease / 3)
+            await asyncio.sleep(min([self.lease or DEFAULT_LEASE, *self._ack_waits]) / 3)
             for msg in list(self._held.values()):
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
@@ -642,13 +528,17 @@ class Worker:
             msg.reporting()  # waiting for a hub now, not working: its slot is free
         try:
             applied = await self._report(task, body)
+        except StaleInput as exc:  # the run closed, or its task was completed elsewhere
+            log.info("run %s: workflow task %d no longer open: %s", task.run_id, task.wft, exc)
+            inst.close()
+            await msg.ack()
+            return
         except BaseException:
             inst.close()  # dropped: unwind its code (a redelivery replays the run)
             raise
         await msg.ack()
         if applied is not None and applied.prev_seq == inst.last_seq:
-            inst.events.extend(applied.events)  # what the hub appended: no read next time
-            inst.last_seq = applied.seq
+            inst.learn(applied.events, applied.seq)  # what the hub appended: no read next time
         self._keep(inst)
 
     def _keep(self, inst: WorkflowInstance) -> None:
@@ -703,8 +593,7 @@ class Worker:
                 inst.close()  # it ran ahead of a history that went another way: replay it
                 self.evictions += 1
                 return
-            inst.events[mark:] = applied.events
-            inst.last_seq = applied.seq
+            inst.learn(applied.events, applied.seq, replacing_from=mark)
             self._keep(inst)
 
     async def _load(self, defn: WorkflowDefinition, task: WorkflowTask) -> WorkflowInstance:
@@ -723,8 +612,7 @@ class Worker:
     async def _read_new(self, inst: WorkflowInstance, task: WorkflowTask) -> None:
         """Read the history past what ``inst`` has seen, at least up to the task's transition."""
         if task.events and task.prev_seq == inst.last_seq:
-            inst.events.extend(task.events)  # the task carries exactly what is new
-            inst.last_seq = task.hist_seq
+            inst.learn(task.events, task.hist_seq)  # the task carries exactly what is new
             return
         subject = self.names.history_subject(self.tenant, task.workflow_id, task.run_id)
         for _ in range(50):
@@ -732,8 +620,7 @@ class Worker:
                 lambda: self._read_history(subject, inst.last_seq + 1), what=subject
             )
             for msg in stored:
-                inst.events.extend(decode(Transition, msg.data).events)
-                inst.last_seq = msg.seq
+                inst.learn(decode(Transition, msg.data).events, msg.seq)
             if inst.last_seq >= task.hist_seq:
                 return
             await asyncio.sleep(0.05)  # a replica behind the leader: give it a moment
@@ -753,7 +640,8 @@ class Worker:
     async def _fail_task(
         self, msg: _Task, task: WorkflowTask, delivery: int, exc: Exception, *, through: int
     ) -> None:
-        """Record the failure in history and hand the task back for a later retry."""
+        """Record the failure in history and hand the task back for a later retry, backing
+        off with each delivery up to a minute; a task no longer open is dropped."""
         body = WorkflowTaskResult(
             workflow_id=task.workflow_id,
             run_id=task.run_id,
@@ -763,8 +651,14 @@ class Worker:
             worker=self.worker_id,
             failure=Failure.model_validate(failure_from_exception(exc)),
         )
-        await self._report(task, body)
-        await msg.nak(delay=self.workflow_task_retry_delay)
+        try:
+            await self._report(task, body)
+        except StaleInput as exc:  # closed (cancelled, terminated) or moved on meanwhile
+            log.info("run %s: dropping workflow task %d: %s", task.run_id, task.wft, exc)
+            await msg.ack()
+            return
+        backoff = self.workflow_task_retry_delay * 2 ** max(delivery - 1, 0)
+        await msg.nak(delay=min(backoff, _MAX_TASK_RETRY_DELAY))
 
     async def _report(
         self, task: WorkflowTask, body: WorkflowTaskResult

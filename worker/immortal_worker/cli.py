@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import typer
 
 from immortal._definitions import activity_definition, workflow_definition
+from immortal._errors import ImmortalError
 from immortal_worker._worker import Worker
 from immortal_worker.replay import replay_file
 
@@ -97,7 +98,13 @@ def serve(
     ],
     tenant: Annotated[str, typer.Option(envvar="IMMORTAL_TENANT")] = "default",
     prefix: Annotated[str, typer.Option(envvar="IMMORTAL_PREFIX")] = "imm",
-    lease: Annotated[float, typer.Option(help="seconds a task is held before redelivery")] = 30.0,
+    lease: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds a task stays this worker's once it falls silent (default: the "
+            "queue's lease, 30 s for a new queue; no longer than the queue's)"
+        ),
+    ] = None,
     workflow_slots: int = 256,
     activity_slots: int = 64,
     worker_id: Annotated[str | None, typer.Option("--id")] = None,
@@ -131,7 +138,11 @@ def serve(
         worker_id=worker_id,
         release_after=release_after,
     )
-    asyncio.run(_serve(worker, grace))
+    try:
+        asyncio.run(_serve(worker, grace))
+    except ImmortalError as exc:  # a refused start (say, a lease the queue cannot honour)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 async def _serve(worker: Worker, grace: float) -> None:
