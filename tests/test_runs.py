@@ -4,7 +4,11 @@ of one workflow id."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from datetime import UTC, datetime
+from functools import partial
 from itertools import pairwise
 
 import pytest
@@ -191,3 +195,63 @@ async def test_every_run_of_a_workflow_id(nats_url: str, prefix: str, client: Cl
     # The listing has them all too, one record each.
     listed = await _all_pages(client, 3)
     assert sorted(r.run_id for r in listed) == sorted(r.run_id for r in runs)
+
+
+def _cli(url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "immortal_hub", "workflow", *args, "-s", url, "--prefix", prefix],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+async def test_list_and_runs_from_the_command_line(
+    nats_url: str, prefix: str, client: Client
+) -> None:
+    async with running_worker(nats_url, prefix, workflows=LISTED):
+        chain = await client.start(generation, 1, 3, id="gen")
+        assert await chain.result(timeout=30) == 3
+        broken = await client.start(breaks, 1, id="broken")
+        open_run = await client.start(waiter, 1, id="waiting")
+        with pytest.raises(immortal.WorkflowFailedError):
+            await broken.result(timeout=20)
+        await _settled(client, 4)
+
+    cli = partial(asyncio.to_thread, _cli, nats_url, prefix)
+    listed = await cli("list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["WORKFLOW", "ID", "RUN"]
+    assert [line.split()[0] for line in lines[1:]] == ["waiting", "broken", "gen", "gen", "gen"]
+    assert "more:" not in listed.stderr
+
+    running = await cli("list", "--status", "running", "--json")
+    body = json.loads(running.stdout)
+    assert [r["run_id"] for r in body["runs"]] == [open_run.run_id]
+    assert body["runs"][0]["status"] == "running" and body["next_page_token"] is None
+
+    first = await cli("list", "--limit", "2", "--since", "1h")
+    assert len(first.stdout.splitlines()) == 3  # the header and two runs
+    token = first.stderr.split("--page", 1)[1].split()[0]
+    second = await cli("list", "--limit", "2", "--since", "1h", "--page", token, "--json")
+    assert [r["workflow_id"] for r in json.loads(second.stdout)["runs"]] == ["gen", "gen"]
+
+    failed = await cli("list", "--status", "failed", "--type", "breaks")
+    assert [line.split()[0] for line in failed.stdout.splitlines()[1:]] == ["broken"]
+    none = await cli("list", "--status", "cancelled")
+    assert none.returncode == 0 and none.stdout.strip() == "none"
+
+    runs = await cli("runs", "gen")
+    assert runs.returncode == 0, runs.stderr
+    rows = [line.split() for line in runs.stdout.splitlines()[1:]]
+    assert [r[3] for r in rows] == ["completed", "continued_as_new", "continued_as_new"]
+    assert rows[0][0] == chain.run_id and rows[0][-1] == rows[1][0]  # "from <older run>"
+    chain_json = json.loads((await cli("runs", "gen", "--json")).stdout)
+    assert chain_json[-1]["continued_to"] == chain_json[-2]["run_id"]
+
+    for bad, says in (
+        (("list", "--status", "sleeping"), "unknown status 'sleeping'"),
+        (("list", "--since", "soon"), "not a duration"),
+        (("runs", "nobody"), "no workflow 'nobody'"),
+    ):
+        done = await cli(*bad)
+        assert done.returncode != 0 and says in done.stderr, done.stderr
