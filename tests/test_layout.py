@@ -40,7 +40,7 @@ def test_public_api_is_pinned() -> None:
     assert sorted(immortal.__all__) == [
         "ActivityCancelledError", "ActivityError", "ApplicationError", "ChildWorkflowError", "Client", "EventType",
         "HistoryEvent", "IdReusePolicy", "ImmortalError", "InvalidQueryError", "LeaseMismatchError", "Names",
-        "NonDeterminismError", "PayloadError", "QueueStats", "RetryPolicy", "RunDescription", "RunInfo", "RunPage",
+        "NonDeterminismError", "PayloadError", "PendingActivity", "PendingTimer", "QueueStats", "RetryPolicy", "RunDescription", "RunInfo", "RunPage",
         "RunStatus", "ScheduleInfo", "UnknownWorkflowTypeError", "WorkerInfo",
         "WorkflowAlreadyStartedError", "WorkflowClosedError", "WorkflowContext", "WorkflowFailedError",
         "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError", "activity", "format_timeline",

@@ -13,7 +13,6 @@ from immortal._client import (
     Client,
     IdReusePolicy,
     QueueStats,
-    RunDescription,
     WorkerInfo,
     WorkflowHandle,
 )
@@ -40,7 +39,7 @@ from immortal._retry import RetryPolicy
 from immortal._schedules import ScheduleInfo
 from immortal._timeline import format_timeline, history_from_json, history_to_json
 from immortal._wire import EventType, HistoryEvent, RunStatus
-from immortal.runs import RunInfo, RunPage
+from immortal.runs import PendingActivity, PendingTimer, RunDescription, RunInfo, RunPage
 
 workflow = WorkflowDecorator()
 activity = ActivityDecorator()
@@ -60,6 +59,8 @@ __all__ = [
     "Names",
     "NonDeterminismError",
     "PayloadError",
+    "PendingActivity",
+    "PendingTimer",
     "QueueStats",
     "RetryPolicy",
     "RunDescription",

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
@@ -52,8 +52,6 @@ from immortal._wire import (
     HistoryEvent,
     RequestCancel,
     RequestTerminate,
-    RunState,
-    RunStatus,
     SignalWorkflow,
     StartWorkflow,
     Transition,
@@ -61,13 +59,20 @@ from immortal._wire import (
     encode,
     now_ms,
 )
-from immortal.runs import RunInfo, RunPage, find_closed_record, list_runs, runs_of
+from immortal.runs import (
+    RunDescription,
+    RunInfo,
+    RunPage,
+    describe_run,
+    find_closed_record,
+    list_runs,
+    runs_of,
+)
 
 __all__ = [
     "Client",
     "IdReusePolicy",
     "QueueStats",
-    "RunDescription",
     "WorkerInfo",
     "WorkflowHandle",
 ]
@@ -107,6 +112,7 @@ class WorkerInfo:
     slots: dict[str, int]
     tasks_held: int
     last_seen: datetime
+    running: list[str] = field(default_factory=list)  # activity attempts: run/activity/attempt
 
 
 @dataclass(frozen=True)
@@ -124,22 +130,6 @@ class QueueStats:
     activity_in_flight: int
     redelivered: int
     input_backlog: int  # inputs queued durably for the hubs
-
-
-@dataclass(frozen=True)
-class RunDescription:
-    """Where a run stands, read from the snapshot on its newest history message."""
-
-    workflow_id: str
-    run_id: str
-    workflow_type: str
-    queue: str
-    status: RunStatus
-    started_at: datetime
-    closed_at: datetime | None
-    history_length: int
-    pending_activities: int
-    last_workflow_task_failure: str | None
 
 
 class Client:
@@ -663,12 +653,21 @@ class WorkflowHandle(Generic[R]):
             raise WorkflowClosedError(str(exc)) from exc
 
     async def describe(self) -> RunDescription:
+        """Where the run stands: status, times, history length, and what it waits for (its
+        pending activities, with their attempts, last failures, heartbeats and workers;
+        its timers)."""
         transition = await self._last_transition()
         if transition is None:
             raise WorkflowNotFoundError(
                 f"run {self.run_id} of {self.workflow_id!r} has no history (yet)"
             )
-        return _describe(transition.state)
+        state = transition.state
+        running_on: dict[str, str] = {}
+        if state.activities and not state.status.closed:
+            for queue in sorted({a.queue for a in state.activities.values()}):
+                for worker in await self.client.workers(queue):
+                    running_on.update(dict.fromkeys(worker.running, worker.worker))
+        return describe_run(state, running_on, now_ms())
 
     async def history(self, *, from_seq: int = 1) -> list[HistoryEvent]:
         """Every event of the run, in order (from stream sequence ``from_seq`` on)."""
@@ -750,23 +749,9 @@ def _worker_info(raw: dict[str, Any]) -> WorkerInfo:
         slots=dict(raw.get("slots", {})),
         tasks_held=len(raw.get("held", [])),
         last_seen=_ts(int(raw.get("ts", 0))),
+        running=list(raw.get("running", [])),
     )
 
 
 def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def _describe(state: RunState) -> RunDescription:
-    return RunDescription(
-        workflow_id=state.workflow_id,
-        run_id=state.run_id,
-        workflow_type=state.workflow_type,
-        queue=state.queue,
-        status=state.status,
-        started_at=_ts(state.started_ts),
-        closed_at=_ts(state.closed_ts) if state.closed_ts else None,
-        history_length=state.next_event_id - 1,
-        pending_activities=len(state.activities),
-        last_workflow_task_failure=state.last_wft_failure,
-    )

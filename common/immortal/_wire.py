@@ -195,6 +195,8 @@ class OpenActivity(_Model):
     heartbeat_details: bytes | None = None  # the latest, handed to the next attempt
     last_heartbeat_ts: int = 0
     scheduled_ts: int = 0
+    last_failure: Failure | None = None  # the last failed attempt's error (type, message)
+    worker: str | None = None  # the last worker the hub heard from about this activity
 
 
 class OpenTimer(_Model):

@@ -527,6 +527,10 @@ def _fail_attempt(
             act.attempt += 1
             act.started = False
             act.retry_at = b.now + backoff_ms
+            # For `describe`: what went wrong last (no traceback: the snapshot rides on
+            # every transition while the activity is open; the event has it all).
+            act.last_failure = Failure(type=failure.type, message=failure.message[:500])
+            act.worker = common.get("worker") or act.worker
             b.add(
                 EventType.ACTIVITY_ATTEMPT_FAILED,
                 sid,
@@ -645,6 +649,7 @@ def apply_activity_heartbeat(state: RunState | None, beat: ActivityHeartbeat, no
     act = state.activities[beat.scheduled_id]
     act.heartbeat_details = beat.details
     act.last_heartbeat_ts = now
+    act.worker = beat.worker
     b = _Builder(state, now)
     b.add(
         EventType.ACTIVITY_HEARTBEAT,
@@ -704,6 +709,7 @@ def apply_activity_started(state: RunState | None, started: ActivityStarted, now
         return Outcome(confirmed=(started.scheduled_id, now))
     state = _fork(state)
     state.activities[started.scheduled_id].started = True
+    state.activities[started.scheduled_id].worker = started.worker
     b = _Builder(state, now)
     b.add(
         EventType.ACTIVITY_ATTEMPT_STARTED,

@@ -6,14 +6,19 @@
 """
 
 from immortal.runs._chain import runs_of
+from immortal.runs._describe import PendingActivity, PendingTimer, RunDescription, describe_run
 from immortal.runs._listing import RunPage, list_runs, parse_status
 from immortal.runs._lookup import find_closed_record
 from immortal.runs._record import RunInfo, closed_record, open_record
 
 __all__ = [
+    "PendingActivity",
+    "PendingTimer",
+    "RunDescription",
     "RunInfo",
     "RunPage",
     "closed_record",
+    "describe_run",
     "find_closed_record",
     "list_runs",
     "open_record",
