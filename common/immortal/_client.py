@@ -37,11 +37,12 @@ from immortal._errors import (
     WorkflowNotFoundError,
     exception_from_failure,
 )
-from immortal._inputs import send_input
+from immortal._inputs import find_queued_start, send_input
 from immortal._integrity import IntegrityReport, verify_chain
 from immortal._jetstream import StoredMsg, last_message, read_subject, tail
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
+from immortal._queues import QueueStats, queue_stats
 from immortal._schedules import Schedules
 from immortal._tenants import Retention, read_retention, write_retention
 from immortal._timers import seconds
@@ -113,23 +114,6 @@ class WorkerInfo:
     tasks_held: int
     last_seen: datetime
     running: list[str] = field(default_factory=list)  # activity attempts: run/activity/attempt
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """Backlog and in-flight work of one tenant queue: the autoscaling signal.
-
-    ``*_backlog`` is what no worker has taken yet (consumer pending); ``*_in_flight`` is
-    what workers hold under lease (ack pending).
-    """
-
-    queue: str
-    workflow_backlog: int
-    workflow_in_flight: int
-    activity_backlog: int
-    activity_in_flight: int
-    redelivered: int
-    input_backlog: int  # inputs queued durably for the hubs
 
 
 class Client:
@@ -312,39 +296,8 @@ class Client:
 
     async def queues(self) -> list[QueueStats]:
         """Backlog and in-flight work of every queue of this tenant."""
-        kv = await self._kv(self.names.bucket_queues)
-        watcher = await kv.watch(f"{self.tenant}.*", ignore_deletes=True, meta_only=True)
-        names: set[str] = set()
-        try:
-            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
-                names.add(self.names.parse_queue_key(entry.key)[1])
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return [await self._queue_stats(q) for q in sorted(names)]
-
-    async def _queue_stats(self, queue: str) -> QueueStats:
-        js = self.nc.jetstream()
-        n = self.names
-
-        async def consumer(stream: str, name: str) -> tuple[int, int, int]:
-            try:
-                info = await js.consumer_info(stream, name)
-            except JsNotFound:  # nobody has served it yet: its backlog sits in the stream
-                return 0, 0, 0
-            return info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0
-
-        wf = await consumer(n.stream_tasks, n.task_consumer(self.tenant, queue, "wf"))
-        act = await consumer(n.stream_tasks, n.task_consumer(self.tenant, queue, "act"))
-        hub = await consumer(n.stream_in, n.hub_consumer(self.tenant, queue))
-        return QueueStats(
-            queue=queue,
-            workflow_backlog=wf[0],
-            workflow_in_flight=wf[1],
-            activity_backlog=act[0],
-            activity_in_flight=act[1],
-            redelivered=wf[2] + act[2],
-            input_backlog=hub[0] + hub[1],
-        )
+        registry = await self._kv(self.names.bucket_queues)
+        return await queue_stats(self.nc, self.names, self.tenant, registry)
 
     async def _warn_if_unserved(self, workflow_type: str, queue: str) -> None:
         """Say so when no live worker serves this type (the run still waits durably)."""
@@ -400,18 +353,36 @@ class Client:
         """A handle on an existing run: the newest one of ``workflow_id`` if no run id.
 
         The newest run is the one with the newest history message: a run starts after its
-        predecessor closed, and nothing is appended to a closed run.
+        predecessor closed, and nothing is appended to a closed run. A workflow id with no
+        history yet, whose start waits in ``IMM_IN`` for a hub, names that run: a signal or
+        a cancel sent to it waits for the start.
         """
-        if run_id is None:
-            history = self.names.stream_history
-            subjects = self.names.workflow_history_filter(self.tenant, workflow_id)
-            newest = await retry_transient(
-                partial(last_message, self.nc, history, subjects), what=subjects
-            )
-            if newest is None:
-                raise WorkflowNotFoundError(f"no workflow {workflow_id!r}")
-            run_id = decode_token(newest.subject.rsplit(".", 1)[1])
-        return WorkflowHandle(self, workflow_id, run_id, None)
+        if run_id is not None:
+            return WorkflowHandle(self, workflow_id, run_id, None)
+        for leader in (False, True):  # a start leaves IMM_IN once in history: look again
+            newest = await self._newest_in_history(workflow_id, leader=leader)
+            if newest is not None:
+                return WorkflowHandle(self, workflow_id, newest, None, newest=True)
+            queued = await self._queued_start(workflow_id)
+            if queued is not None:
+                run, queue = queued
+                return WorkflowHandle(self, workflow_id, run, None, queued_on=queue, newest=True)
+        raise WorkflowNotFoundError(f"no workflow {workflow_id!r}")
+
+    async def _newest_in_history(self, workflow_id: str, *, leader: bool = False) -> str | None:
+        history = self.names.stream_history
+        subjects = self.names.workflow_history_filter(self.tenant, workflow_id)
+        newest = await retry_transient(
+            partial(last_message, self.nc, history, subjects, leader=leader), what=subjects
+        )
+        return None if newest is None else decode_token(newest.subject.rsplit(".", 1)[1])
+
+    async def _queued_start(
+        self, workflow_id: str, run_id: str | None = None
+    ) -> tuple[str, str] | None:
+        """(run id, queue) of a start of the workflow id waiting in ``IMM_IN`` for a hub."""
+        find = partial(find_queued_start, self.nc, self.names, self.tenant, workflow_id, run_id)
+        return await retry_transient(find, what="queued starts")
 
     async def list_workflows(
         self,
@@ -474,13 +445,25 @@ class WorkflowHandle(Generic[R]):
     """A reference to one run."""
 
     def __init__(
-        self, client: Client, workflow_id: str, run_id: str, result_type: Any = None
+        self,
+        client: Client,
+        workflow_id: str,
+        run_id: str,
+        result_type: Any = None,
+        *,
+        queued_on: str | None = None,
+        newest: bool = False,
     ) -> None:
         self.client = client
         self.workflow_id = workflow_id
         self.run_id = run_id
         self._result_type = result_type
         self._known_events = 0  # events this handle has seen exist (reads return no fewer)
+        # The queue the run's start was queued on, if it is known to be durable (inputs sent
+        # before a hub applied it wait for it); and whether the handle names "the newest run
+        # of the workflow id" rather than one run (an input then goes to a newer queued one).
+        self._queued_on = queued_on
+        self._newest = newest
 
     @property
     def _subject(self) -> str:
@@ -598,7 +581,7 @@ class WorkflowHandle(Generic[R]):
             input=encode_value(payload),
             signal_id=f"signal:{id or uuid.uuid4().hex}",
         )
-        await self._send("signal", encode(body), body.signal_id)
+        await self._send("signal", body, body.signal_id)
 
     async def cancel(self, reason: str = "") -> None:
         """Ask the run to cancel: workflow code sees ``asyncio.CancelledError`` at its await
@@ -609,7 +592,7 @@ class WorkflowHandle(Generic[R]):
             reason=reason,
             request_id=f"cancel:{uuid.uuid4().hex}",
         )
-        await self._send("cancel", encode(body), body.request_id)
+        await self._send("cancel", body, body.request_id)
 
     async def terminate(self, reason: str = "") -> None:
         """Close the run at once, without running its code (which gets no chance to clean
@@ -624,7 +607,7 @@ class WorkflowHandle(Generic[R]):
             reason=reason,
             request_id=f"terminate:{uuid.uuid4().hex}",
         )
-        await self._send("terminate", encode(body), body.request_id)
+        await self._send("terminate", body, body.request_id)
 
     async def status(self, result_type: Any = None) -> Any:
         """The value the workflow last published with ``ctx.set_status`` (None if none);
@@ -634,8 +617,16 @@ class WorkflowHandle(Generic[R]):
             raise WorkflowNotFoundError(f"run {self.run_id} of {self.workflow_id!r} not found")
         return decode_value(transition.state.status_value, result_type)
 
-    async def _send(self, kind: InputKind, data: bytes, msg_id: str) -> None:
+    async def _send(
+        self, kind: InputKind, body: SignalWorkflow | RequestCancel | RequestTerminate, msg_id: str
+    ) -> None:
         transition = await self._last_transition()
+        if transition is None or (self._newest and transition.state.status.closed):
+            queue = await self._queued_start(no_history=transition is None)
+            if queue is not None:  # the hub applies it after the start
+                body = body.model_copy(update={"run_id": self.run_id, "pending_start": True})
+                await self._deliver(queue, kind, encode(body), msg_id)
+                return
         if transition is None:
             raise WorkflowNotFoundError(f"run {self.run_id} of {self.workflow_id!r} not found")
         state = transition.state
@@ -644,10 +635,27 @@ class WorkflowHandle(Generic[R]):
                 f"cannot {kind} run {self.run_id} of {self.workflow_id!r}: it is already "
                 f"{state.status}"
             )
+        await self._deliver(state.queue, kind, encode(body), msg_id)
+
+    async def _queued_start(self, *, no_history: bool) -> str | None:
+        """The queue of this run's start if it is durable but not applied yet: known from
+        ``client.start``, else found in ``IMM_IN``; for a handle on the newest run of the
+        workflow id, a newer run's start queued there counts too (the handle moves to it)."""
+        if no_history and self._queued_on is not None:
+            return self._queued_on
+        wanted = None if self._newest else self.run_id
+        queued = await self.client._queued_start(self.workflow_id, wanted)
+        if queued is None:
+            return None
+        self.run_id, self._queued_on = queued
+        self._known_events = 0
+        return self._queued_on
+
+    async def _deliver(self, queue: str, kind: InputKind, data: bytes, msg_id: str) -> None:
         client = self.client
         try:
             await send_input(
-                client.nc, client.names, client.tenant, state.queue, kind, data, msg_id=msg_id
+                client.nc, client.names, client.tenant, queue, kind, data, msg_id=msg_id
             )
         except PayloadError as exc:  # the run closed meanwhile
             raise WorkflowClosedError(str(exc)) from exc

@@ -150,6 +150,10 @@ class Names:
     def input_filter(self, tenant: str, queue: str) -> str:
         return f"{self.prefix}.in.{tenant}.{encode_token(queue)}.>"
 
+    def input_kind_filter(self, tenant: str, kind: InputKind) -> str:
+        """One kind of the tenant's inputs queued in ``IMM_IN``, on every queue."""
+        return f"{self.prefix}.in.{tenant}.*.{kind}"
+
     def history_subject(self, tenant: str, workflow_id: str, run_id: str) -> str:
         return f"{self.prefix}.hist.{tenant}.{encode_token(workflow_id)}.{encode_token(run_id)}"
 

@@ -384,6 +384,9 @@ class SignalWorkflow(_Model):
     name: str
     input: bytes
     signal_id: str
+    # The sender knows the run's start is durable (queued in IMM_IN) though not applied
+    # yet: the hub waits for the start instead of dead-lettering the input at once.
+    pending_start: bool = False
 
 
 class RequestCancel(_Model):
@@ -391,6 +394,7 @@ class RequestCancel(_Model):
     run_id: str
     reason: str = ""
     request_id: str
+    pending_start: bool = False  # as for SignalWorkflow
 
 
 class RequestTerminate(_Model):
@@ -400,6 +404,7 @@ class RequestTerminate(_Model):
     run_id: str
     reason: str = ""
     request_id: str
+    pending_start: bool = False  # as for SignalWorkflow
 
 
 class ChildClosed(_Model):

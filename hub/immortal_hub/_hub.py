@@ -56,6 +56,7 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal_hub._dead_letters import keep_dead_letter
 from immortal_hub._emissions import Emission, attempt_timers, emissions_for, open_emissions
 from immortal_hub._limits import Admission, TenantLimits
 from immortal_hub._local_timers import LocalTimers
@@ -67,6 +68,7 @@ from immortal_hub._runs_index import RunsIndex
 from immortal_hub._schedule_firing import scheduled_start
 from immortal_hub._sticky import move_sticky_tasks
 from immortal_hub._transitions import (
+    AwaitingStart,
     InvalidInput,
     Outcome,
     StaleAttempt,
@@ -103,6 +105,7 @@ _INPUTS: dict[str, tuple[type[BaseModel], _Apply]] = {
 log = logging.getLogger(__name__)
 
 _MAX_RACES = 50
+_START_WAIT_S = 0.5  # between a waiting input's deliveries (see _await_start)
 _POISON_DELIVERIES = 10
 _EARLY_FIRING_MS = 2  # a durable timer's firing this much before its due time waits
 
@@ -113,7 +116,9 @@ class Hub:
     ``max_in_flight`` bounds the inputs this hub holds (queued or being applied), shared
     fairly among the tenants that have work; ``concurrency`` of them are applied at once,
     the slots going round-robin to tenants; ``tenant_limits`` caps tenants further (key
-    ``"*"``: every tenant without its own entry). See ``_limits``.
+    ``"*"``: every tenant without its own entry). See ``_limits``. ``start_wait``: seconds
+    a signal (or cancel) for a run whose start is durable but not yet applied waits for the
+    start before it is dead-lettered.
 
     >>> hub = Hub(url, tenant_limits={"*": TenantLimits(max_in_flight=100, rate=500)})
     """
@@ -129,6 +134,7 @@ class Hub:
         concurrency: int = 64,
         tenant_limits: Mapping[str, TenantLimits] | None = None,
         ack_wait: float = 5.0,
+        start_wait: float = 60.0,
         cache_size: int = 10_000,
         local_timer_horizon: float = 300.0,
         meter_provider: MeterProvider | None = None,
@@ -140,6 +146,7 @@ class Hub:
         self.hub_id = hub_id or f"hub-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.settings = settings or ResourceSettings()
         self.ack_wait = ack_wait
+        self.start_wait = start_wait
         self._nc = nc
         self._own_nc = nc is None
         self.max_in_flight = max_in_flight
@@ -407,6 +414,9 @@ class Hub:
             except InvalidInput as exc:
                 await self._dead_letter(msg, str(exc))
                 return
+            except AwaitingStart as exc:
+                await self._await_start(msg, exc)
+                return
             except StaleAttempt as exc:
                 log.info("%s: %s", msg.subject, exc)  # a late heartbeat: nothing to do
             await msg.ack()
@@ -422,6 +432,18 @@ class Hub:
                 log.warning("input %s failed (%r); will retry", msg.subject, exc)
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
+
+    async def _await_start(self, msg: Msg, exc: AwaitingStart) -> None:
+        """An input for a run whose start is durable but not applied: the start is queued
+        ahead of it (or being applied by another hub), so it comes back a little later,
+        holding no slot meanwhile. If the start never comes, it is dead-lettered."""
+        deliveries = msg.metadata.num_delivered or 1
+        if deliveries * _START_WAIT_S < self.start_wait:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=_START_WAIT_S)
+            return
+        waited = f"{exc}; it waited {deliveries} times, {_START_WAIT_S:g} s apart, for the start"
+        await self._dead_letter(msg, waited)
 
     async def _on_rpc(self, msg: Msg) -> None:
         """An input by request-reply: apply it, then reply; past its limits, ``busy``.
@@ -468,6 +490,8 @@ class Hub:
                 reply = OK + b":" + encode(applied)
         except StaleAttempt as exc:
             reply = STALE + b" " + str(exc).encode()
+        except AwaitingStart:
+            reply = BUSY  # the sender queues it durably, behind the run's start
         except (PayloadError, ValueError, InvalidInput) as exc:
             reason = f"undecodable input: {exc}" if not isinstance(exc, InvalidInput) else str(exc)
             await self._keep_dead_letter(
@@ -515,19 +539,7 @@ class Hub:
         await msg.ack()
 
     async def _keep_dead_letter(self, subject: str, data: bytes, reason: str, *, ref: str) -> None:
-        try:
-            tenant, queue, kind = self.names.parse_input_subject(subject)
-        except ValueError:
-            tenant, queue, kind = "unknown", "unknown", "unknown"
-        log.error("dead-lettered input %s (%s): %s", subject, ref, reason)
-        headers = {
-            "Nats-Msg-Id": f"dlq:{ref}",
-            "Imm-Error": reason[:2000].replace("\r", " ").replace("\n", " "),
-            "Imm-Subject": subject,
-            "Imm-Ref": ref,
-            "Imm-Hub": self.hub_id,
-        }
-        await publish(self.nc, self.names.dlq_subject(tenant, queue, kind), data, headers=headers)
+        await keep_dead_letter(self.nc, self.names, self.hub_id, subject, data, reason, ref=ref)
 
     async def _apply(
         self, tenant: str, queue: str, kind: str, body: Any
@@ -546,7 +558,7 @@ class Hub:
                     state, seq, digest = await self._load(subject, fresh=fresh)
                 try:
                     outcome = self._transition(state, queue, kind, body)
-                except (InvalidInput, StaleAttempt) as exc:
+                except (InvalidInput, StaleAttempt, AwaitingStart) as exc:
                     if not fresh:  # judge only on fresh state: another hub may have moved on
                         self._cache.pop(subject, None)
                         fresh = True

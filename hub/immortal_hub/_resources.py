@@ -47,6 +47,7 @@ def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
             description="Immortal: every input to the hub, one subject space per tenant queue",
             subjects=[f"{p}.in.>"],
             retention=RetentionPolicy.WORK_QUEUE,
+            allow_direct=True,  # a client finds a start queued here (a signal may wait for it)
             max_msg_size=s.max_payload,
             duplicate_window=s.duplicate_window,
             **common,

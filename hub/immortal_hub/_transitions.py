@@ -47,6 +47,7 @@ from immortal._wire import (
 )
 
 __all__ = [
+    "AwaitingStart",
     "InvalidInput",
     "Outcome",
     "StaleAttempt",
@@ -72,6 +73,17 @@ _AHEAD_LEAD_MS = 50
 
 class InvalidInput(Exception):
     """The input cannot apply to any run (it goes to the dead-letter subject)."""
+
+
+class AwaitingStart(Exception):
+    """An input for a run that does not exist yet, whose sender knows its start is durable
+    (``pending_start``): it waits for the start, which is queued ahead of it."""
+
+
+def _unknown_run(body: SignalWorkflow | RequestCancel | RequestTerminate, what: str) -> Exception:
+    if body.pending_start:
+        return AwaitingStart(f"{what} for run {body.run_id}, whose start is not applied yet")
+    return InvalidInput(f"{what} for unknown run {body.run_id}")
 
 
 class StaleAttempt(Exception):
@@ -356,7 +368,7 @@ def _start_child(b: _Builder, done_id: int, command: StartChild) -> None:
 
 def apply_signal(state: RunState | None, signal: SignalWorkflow, now: int) -> Outcome:
     if state is None:
-        raise InvalidInput(f"signal {signal.name!r} for unknown run {signal.run_id}")
+        raise _unknown_run(signal, f"signal {signal.name!r}")
     if signal.signal_id in state.applied:
         return Outcome(duplicate=True)
     if state.status.closed:
@@ -378,7 +390,7 @@ def apply_signal(state: RunState | None, signal: SignalWorkflow, now: int) -> Ou
 
 def apply_cancel_request(state: RunState | None, request: RequestCancel, now: int) -> Outcome:
     if state is None:
-        raise InvalidInput(f"cancellation of unknown run {request.run_id}")
+        raise _unknown_run(request, "cancellation")
     if request.request_id in state.applied:
         return Outcome(duplicate=True)
     if state.status.closed or state.cancel_requested:
@@ -408,7 +420,7 @@ def apply_terminate(state: RunState | None, request: RequestTerminate, now: int)
     """Close the run at once, whatever its code is doing, without running it: timers are
     purged, children asked to cancel and the parent told, as for any close."""
     if state is None:
-        raise InvalidInput(f"termination of unknown run {request.run_id}")
+        raise _unknown_run(request, "termination")
     if request.request_id in state.applied:
         return Outcome(duplicate=True)
     if state.status.closed:
