@@ -67,9 +67,8 @@ async def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -
 
 
 async def start_hub(url: str, i: int, *options: str) -> Proc:
-    return await spawn(
-        f"hub{i}", ["-m", "immortal_hub", "hub", "-s", url, "--log-level", "WARNING", *options]
-    )
+    args = ["-m", "immortal_hub", "hub", "-s", url, "--log-level", "WARNING", "--monitor", "off"]
+    return await spawn(f"hub{i}", [*args, *options])
 
 
 async def start_worker(

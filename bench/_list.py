@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 TYPES = ["place_order", "refund", "ship", "invoice", "notify"]
 QUEUES = ["default", "eu", "batch"]
 # Of the closed runs written directly: how they ended.
-ENDINGS = [RunStatus.COMPLETED] * 80 + [RunStatus.FAILED] * 15 + [RunStatus.CANCELED] * 4
+ENDINGS = [RunStatus.COMPLETED] * 80 + [RunStatus.FAILED] * 15 + [RunStatus.CANCELLED] * 4
 ENDINGS += [RunStatus.CONTINUED_AS_NEW]
 _WEEK_MS = 7 * 86_400_000
 

@@ -154,7 +154,7 @@ async def test_list_filters_and_pages_over_thousands_of_runs(
         async with asyncio.timeout(20):
             while not (cancelled := (await client.list_workflows(status="cancelled")).runs):
                 await asyncio.sleep(0.05)
-        assert [(r.run_id, r.status) for r in cancelled] == [(waiting[0].run_id, "canceled")]
+        assert [(r.run_id, r.status) for r in cancelled] == [(waiting[0].run_id, "cancelled")]
         assert (await client.list_workflows(status="canceled")).runs == cancelled
         await waiting[1].terminate("stuck")
         async with asyncio.timeout(20):

@@ -15,23 +15,23 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from functools import partial
 from typing import Any, Generic, TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
-from immortal._codec import decode_value, encode_args, encode_value, pack, unpack
-from immortal._connect import connect
+from immortal._claims import IdReusePolicy, claim_start
+from immortal._codec import decode_value, encode_args, encode_value, unpack
+from immortal._connect import connect, display_urls
 from immortal._definitions import workflow_definition
 from immortal._dlq import DeadLetters
 from immortal._errors import (
     ImmortalError,
+    NotSetUpError,
     PayloadError,
-    WorkflowAlreadyStartedError,
     WorkflowClosedError,
     WorkflowFailedError,
     WorkflowNotFoundError,
@@ -39,7 +39,7 @@ from immortal._errors import (
 )
 from immortal._inputs import find_queued_start, send_input
 from immortal._integrity import IntegrityReport, verify_chain
-from immortal._jetstream import StoredMsg, last_message, read_subject, tail
+from immortal._jetstream import StoredMsg, last_message, read_subject, require_jetstream, tail
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._queues import QueueStats, queue_stats
@@ -88,17 +88,6 @@ _LOOK_AGAIN_MAX_S = 60.0
 R = TypeVar("R")
 
 
-class IdReusePolicy(StrEnum):
-    """What a start does when its workflow id already has a run."""
-
-    ALLOW_AFTER_CLOSE = "allow_after_close"  # a new run once the previous one closed
-    REJECT_DUPLICATE = "reject_duplicate"  # never reuse a workflow id
-    RETURN_EXISTING = "return_existing"  # hand back the existing run
-
-
-_ABANDONED_CLAIM_MS = 30_000  # a claim whose start never reached history
-
-
 @dataclass(frozen=True)
 class WorkerInfo:
     """A live worker, as it registered itself in ``imm-workers``."""
@@ -113,11 +102,19 @@ class WorkerInfo:
     slots: dict[str, int]
     tasks_held: int
     last_seen: datetime
+    # workflow:<name> / activity:<name> -> a hash, and the signature it was made of
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    signatures: dict[str, str] = field(default_factory=dict)
     running: list[str] = field(default_factory=list)  # activity attempts: run/activity/attempt
 
 
 class Client:
-    """A connection to an Immortal deployment for one tenant."""
+    """A connection to an Immortal deployment for one tenant.
+
+    Until NATS answers, connecting logs why (a WARNING, then INFO with a growing pause)
+    and keeps trying; with ``connect_timeout`` it gives up after that many seconds with
+    :class:`ServerUnreachableError`.
+    """
 
     def __init__(
         self,
@@ -126,8 +123,10 @@ class Client:
         tenant: str = "default",
         prefix: str = "imm",
         nc: NATS | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.servers = servers
+        self.connect_timeout = connect_timeout
         self.tenant = validate_tenant(tenant)
         self.names = Names(prefix)
         self._nc = nc
@@ -150,8 +149,28 @@ class Client:
     async def connect(self) -> None:
         if self._nc is None:
             self._nc = await connect(
-                self.servers, name="immortal-client", on_reconnect=self._reconnected
+                self.servers,
+                name="immortal-client",
+                on_reconnect=self._reconnected,
+                timeout=self.connect_timeout,
             )
+
+    async def check_set_up(self) -> None:
+        """Raise :class:`NotSetUpError` unless a hub has created Immortal's streams and
+        buckets on this server (under this client's prefix): a read would otherwise wait
+        out its retries and fail with NATS' own error."""
+        history = self.names.stream_history
+        await require_jetstream(self.nc, display_urls(self.servers))
+        try:
+            await retry_transient(partial(self.nc.jetstream().stream_info, history), what=history)
+        except JsNotFound as exc:
+            raise self._not_set_up(f"stream {history}") from exc
+
+    def _not_set_up(self, missing: str) -> NotSetUpError:
+        return NotSetUpError(
+            f"no Immortal hub has set up {display_urls(self.servers)} with prefix "
+            f"{self.names.prefix!r} yet ({missing} not found): start one (`immortal hub`)"
+        )
 
     def _reconnected(self) -> None:
         """What result() heard may have missed an append meanwhile: make it look again."""
@@ -195,13 +214,16 @@ class Client:
         else:
             defn = workflow_definition(workflow)
             name, result_type = defn.name, defn.return_type
+        encoded = encode_args(args)  # too large: raise before anything is claimed or said
         workflow_id = id or str(uuid.uuid4())
         run_id = uuid.uuid4().hex
         claim = f"key:{idempotency_key}" if idempotency_key else (f"id:{id}" if id else None)
         if claim is not None:
-            existing = await self._claim(
-                claim, workflow_id, run_id, id_reuse_policy, idempotency_key
-            )
+            kv = await self._kv(self.names.bucket_idem)
+            existing = await claim_start(
+                self.nc, self.names, self.tenant, kv, claim, workflow_id, run_id,
+                id_reuse_policy, idempotency_key,
+            )  # fmt: skip
             if existing is not None:
                 workflow_id, run_id, closed = existing
                 if closed:
@@ -216,68 +238,15 @@ class Client:
             workflow_id=workflow_id,
             run_id=run_id,
             workflow_type=name,
-            input=encode_args(args),
+            input=encoded,
             execution_timeout=seconds(execution_timeout),
             run_timeout=seconds(run_timeout),
         )
         await send_input(
             self.nc, self.names, self.tenant, queue, "start", encode(body), msg_id=f"start:{run_id}"
         )
-        return WorkflowHandle(self, workflow_id, run_id, result_type)
-
-    async def _claim(
-        self,
-        claim: str,
-        workflow_id: str,
-        run_id: str,
-        policy: IdReusePolicy,
-        idempotency_key: str | None,
-    ) -> tuple[str, str, bool] | None:
-        """Take ``claim`` in ``imm-idem`` for this run, or name the run that holds it (and
-        whether that run has closed).
-
-        A KV create (expected last sequence 0) is atomic and, unlike ``Nats-Msg-Id``, lasts
-        beyond JetStream's duplicate window: the bucket keeps claims for 30 days.
-        """
-        kv = await self._kv(self.names.bucket_idem)
-        key = f"{self.tenant}.{encode_token(claim)}"
-        value = pack({"workflow_id": workflow_id, "run_id": run_id, "ts": now_ms()})
-        for _ in range(10):
-            try:
-                await retry_transient(partial(kv.create, key, value), what=key)
-                return None
-            except KeyWrongLastSequenceError:
-                pass
-            try:
-                entry = await retry_transient(partial(kv.get, key), what=key)
-            except JsNotFound:  # gone meanwhile, or read from a replica not up to date yet
-                continue
-            prev = unpack(entry.value or b"")
-            prev_run = (str(prev["workflow_id"]), str(prev["run_id"]))
-            if prev_run[1] == run_id:
-                return None  # ours: taken by a try whose answer was lost (an election)
-            state = await self._closed_or_missing(*prev_run)
-            abandoned = state is None and now_ms() - int(prev["ts"]) > _ABANDONED_CLAIM_MS
-            if idempotency_key is not None or (
-                not abandoned and policy is IdReusePolicy.RETURN_EXISTING
-            ):
-                return (*prev_run, bool(state))
-            if not abandoned:
-                if policy is IdReusePolicy.REJECT_DUPLICATE or not state:
-                    raise WorkflowAlreadyStartedError(*prev_run)
-            try:
-                await retry_transient(partial(kv.update, key, value, last=entry.revision), what=key)
-                return None
-            except KeyWrongLastSequenceError:
-                continue  # another start took it meanwhile: look again
-        raise ImmortalError(f"could not claim {claim!r}: too much contention")
-
-    async def _closed_or_missing(self, workflow_id: str, run_id: str) -> bool | None:
-        """True if the run closed, False if it runs, None if it has no history."""
-        try:
-            return (await WorkflowHandle(self, workflow_id, run_id).describe()).status.closed
-        except WorkflowNotFoundError:
-            return None
+        # Durable now: an input for the run (a signal, a cancel) may wait for its start.
+        return WorkflowHandle(self, workflow_id, run_id, result_type, queued_on=queue)
 
     async def workers(self, queue: str | None = None) -> list[WorkerInfo]:
         """The live workers of this tenant (of one queue, if given), with their capabilities."""
@@ -428,7 +397,10 @@ class Client:
         """A bucket's handle, looked up once (the lookup is a request to the cluster)."""
         kv = self._buckets.get(bucket)
         if kv is None:
-            kv = self._buckets[bucket] = await key_value(self.nc.jetstream(), bucket)
+            try:
+                kv = self._buckets[bucket] = await key_value(self.nc.jetstream(), bucket)
+            except BucketNotFoundError as exc:
+                raise self._not_set_up(f"bucket {bucket}") from exc
         return kv
 
     async def _register_queue(self, queue: str) -> None:
@@ -710,13 +682,15 @@ class WorkflowHandle(Generic[R]):
         """(stream sequence, events) of each history message from ``from_seq`` on; with
         ``follow``, then each new one live, until the run closes."""
         client = self.client
-        async for msg in tail(
+        records = tail(
             client.nc, client.names.stream_history, self._subject, from_seq=from_seq, follow=follow
-        ):
-            transition = decode(Transition, msg.data)
-            yield msg.seq, transition.events
-            if follow and transition.state.status.closed:
-                return
+        )
+        async with contextlib.aclosing(records):  # its subscription ends with us, not at exit
+            async for msg in records:
+                transition = decode(Transition, msg.data)
+                yield msg.seq, transition.events
+                if follow and transition.state.status.closed:
+                    return
 
     async def logs(self, *, from_seq: int = 1, follow: bool = False) -> AsyncIterator[LogLine]:
         """The run's log lines from every worker, in the server's order (``seq``), from
@@ -757,6 +731,8 @@ def _worker_info(raw: dict[str, Any]) -> WorkerInfo:
         slots=dict(raw.get("slots", {})),
         tasks_held=len(raw.get("held", [])),
         last_seen=_ts(int(raw.get("ts", 0))),
+        fingerprints=dict(raw.get("fingerprints", {})),
+        signatures=dict(raw.get("signatures", {})),
         running=list(raw.get("running", [])),
     )
 

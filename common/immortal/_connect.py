@@ -3,20 +3,39 @@
 nats-py takes a list of URLs (a comma-separated string is read as one URL), learns the
 rest of a cluster from the server it connects to, and reconnects to another node when its
 node goes away: subscriptions are re-sent, publishes wait in its buffer meanwhile.
+
+The first connect is ours to manage: with ``max_reconnect_attempts=-1`` nats-py retries it
+forever, reporting each refused attempt only to the error callback, so a wrong URL would
+hang without a word. Here the first failed attempt is logged at once (WARNING, with its
+reason), the attempts go in rounds with a growing pause between them (each round logged at
+INFO), and a ``timeout`` gives up with :class:`ServerUnreachableError`. A connection that
+was up once reconnects as nats-py does, forever.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
+import os
+import re
+import socket
 from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
-import nats
 from nats.aio.client import Client as NATS
-from nats.errors import StaleConnectionError
+from nats.errors import AuthorizationError, StaleConnectionError
 
-__all__ = ["connect", "server_urls"]
+from immortal._errors import ServerUnreachableError
+
+__all__ = ["connect", "display_urls", "server_urls"]
 
 log = logging.getLogger(__name__)
+
+_ROUND_S = 2.5  # one round of attempts; within it nats-py tries each server every 0.5 s
+_FIRST_PAUSE_S = 1.0  # between rounds, doubling
+_MAX_PAUSE_S = 30.0
+_ERRNO = re.compile(r"\[Errno (-?\d+)\]")
 
 
 def server_urls(servers: str | Sequence[str]) -> list[str]:
@@ -32,17 +51,88 @@ def server_urls(servers: str | Sequence[str]) -> list[str]:
     return urls
 
 
+def display_urls(servers: str | Sequence[str]) -> str:
+    """The URLs for a message: without the user and password a URL may carry.
+
+    >>> display_urls("nats://me:secret@a:4222,nats://b:4222")
+    'nats://a:4222, nats://b:4222'
+    """
+    shown = []
+    for url in server_urls(servers):
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        netloc = parts.netloc.rpartition("@")[2]
+        shown.append(urlunsplit(parts._replace(netloc=netloc)))
+    return ", ".join(shown)
+
+
 async def connect(
-    servers: str | Sequence[str], *, name: str, on_reconnect: Callable[[], None] | None = None
+    servers: str | Sequence[str],
+    *,
+    name: str,
+    on_reconnect: Callable[[], None] | None = None,
+    timeout: float | None = None,
 ) -> NATS:
     """Connect to any of ``servers``; reconnect to any node of the cluster, forever.
 
-    ``on_reconnect`` is called after each reconnect (subscriptions are back; core messages
-    published meanwhile were not delivered).
+    Until the first connect succeeds, say why it fails and keep trying (with a growing
+    pause), or, with ``timeout``, give up after that many seconds with
+    :class:`ServerUnreachableError`. ``on_reconnect`` is called after each reconnect
+    (subscriptions are back; core messages published meanwhile were not delivered).
     """
+    urls = server_urls(servers)
+    where = display_urls(urls)
+    state = _FirstConnect(name, where)
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    pause = _FIRST_PAUSE_S
+    while True:
+        window = _ROUND_S if deadline is None else max(0.0, deadline - loop.time())
+        nc = await _try_connect(urls, name, window, state, on_reconnect)
+        if nc is not None:
+            if state.failures:
+                log.info("%s: connected to NATS at %s", name, _where(nc))
+            return nc
+        if deadline is not None:
+            raise ServerUnreachableError(
+                f"cannot reach NATS at {where} within {timeout:g} s: {state.reason}"
+            )
+        log.info(
+            "%s: still waiting for NATS at %s (%s); trying again in %g s",
+            name, where, state.reason, pause,
+        )  # fmt: skip
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, _MAX_PAUSE_S)
+
+
+class _FirstConnect:
+    """What the attempts so far have told: how many failed, and the last reason."""
+
+    def __init__(self, name: str, where: str) -> None:
+        self.name = name
+        self.where = where
+        self.failures = 0
+        self.reason = "no answer"
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.reason = _reason(exc)
+        if self.failures == 1:
+            log.warning("%s: waiting for NATS at %s (%s)", self.name, self.where, self.reason)
+
+
+async def _try_connect(
+    urls: list[str],
+    name: str,
+    window: float,
+    first: _FirstConnect,
+    on_reconnect: Callable[[], None] | None,
+) -> NATS | None:
+    """One round: nats-py's own attempts for ``window`` seconds; None if none got through."""
+    nc = NATS()
+    connected = False
 
     async def disconnected() -> None:
-        if not nc.is_closed:  # not when we close it ourselves
+        if connected and not nc.is_closed:  # not when we close it ourselves
             log.warning("%s: disconnected from NATS; reconnecting", name)
 
     async def reconnected() -> None:
@@ -51,23 +141,51 @@ async def connect(
             on_reconnect()
 
     async def error(exc: Exception) -> None:
+        if not connected:
+            first.failed(exc)
         # nats-py's default logs each with a traceback at ERROR, also the refused connects
         # and broken sockets that come with every node going away.
-        if isinstance(exc, (OSError, StaleConnectionError, TimeoutError)):
+        elif isinstance(exc, (OSError, StaleConnectionError, TimeoutError)):
             log.debug("%s: %r", name, exc)
         else:
             log.warning("%s: NATS error: %r", name, exc)
 
-    nc = await nats.connect(
-        server_urls(servers),
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        disconnected_cb=disconnected,
-        reconnected_cb=reconnected,
-        error_cb=error,
-    )
-    return nc
+    try:
+        async with asyncio.timeout(window):
+            await nc.connect(
+                urls,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, slept as is
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
+        connected = True
+        return nc
+    except TimeoutError:
+        return None
+    finally:
+        if not connected:  # a round cut short, or cancelled (Ctrl-C while connecting)
+            await asyncio.shield(nc.close())
+
+
+def _reason(exc: BaseException) -> str:
+    """Why an attempt failed, in a few words ("connection refused")."""
+    if isinstance(exc, AuthorizationError):
+        return "authorization violation"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    if isinstance(exc, TimeoutError):
+        return "no answer"
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:  # asyncio's "Multiple exceptions: [Errno 111] ..." (IPv6 and IPv4)
+        found = _ERRNO.search(str(exc))
+        code = int(found.group(1)) if found else None
+    if code is not None and code in errno.errorcode:
+        return os.strerror(code).lower()
+    text = str(exc).strip()
+    return text.removeprefix("nats: ").strip("'") or type(exc).__name__
 
 
 def _where(nc: NATS) -> str:

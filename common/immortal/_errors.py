@@ -14,7 +14,9 @@ __all__ = [
     "InvalidQueryError",
     "LeaseMismatchError",
     "NonDeterminismError",
+    "NotSetUpError",
     "PayloadError",
+    "ServerUnreachableError",
     "UnknownWorkflowTypeError",
     "WorkflowAlreadyStartedError",
     "WorkflowClosedError",
@@ -134,6 +136,16 @@ class WorkflowNotFoundError(ImmortalError):
 
 class InvalidQueryError(ImmortalError, ValueError):
     """A listing's filter or page token that cannot be understood (the message says why)."""
+
+
+class NotSetUpError(ImmortalError):
+    """The NATS server is not set up for Immortal: it runs without JetStream, or no hub has
+    created Immortal's streams and buckets there (under this prefix) yet."""
+
+
+class ServerUnreachableError(ImmortalError):
+    """No NATS server answered within the connect timeout; the message names the address
+    and why (connection refused, unknown host, no answer, ...)."""
 
 
 def failure_from_exception(exc: BaseException) -> dict[str, Any]:

@@ -14,12 +14,14 @@ replays recorded histories against the code (no server): exit 0 if they replay c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -27,7 +29,7 @@ from typing import Annotated, Any
 import typer
 
 from immortal._definitions import activity_definition, workflow_definition
-from immortal._errors import ImmortalError
+from immortal._errors import ImmortalError, NotSetUpError, ServerUnreachableError
 from immortal_worker._worker import Worker
 from immortal_worker.replay import replay_file
 
@@ -150,11 +152,28 @@ async def _serve(worker: Worker, grace: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await worker.start()
+    # A signal may come while the worker still waits for NATS or for a hub: starting is
+    # then abandoned, not waited for.
+    starting = asyncio.ensure_future(worker.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done() and not worker.taking_work:
+        starting.cancel()  # it took nothing yet; start() closes what it opened
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return
+    stopping.cancel()
+    await starting  # past the waits it takes a moment more; a failed start raises here
     print(f"worker {worker.worker_id} ready", flush=True)
     await stop.wait()
     await worker.stop(grace=grace)
+    # Idle pool threads end as soon as they see the executor shut down; only a thread still
+    # inside activity code outlives a short join.
     stuck = [t for t in threading.enumerate() if t.name.startswith("activity")]
+    until = time.monotonic() + 0.5
+    for thread in stuck:
+        thread.join(timeout=max(0.0, until - time.monotonic()))
+    stuck = [t for t in stuck if t.is_alive()]
     if stuck:
         # Their tasks were handed back; a thread cannot be stopped, so leave without it
         # (interpreter exit would join it and wait for the code to return on its own).
@@ -202,7 +221,13 @@ def replay(
 
 def main() -> None:
     sys.path.insert(0, "")  # let `module:attr` find modules in the working directory
-    if sys.argv[1:2] == ["replay"]:
-        replay_app(args=sys.argv[2:], prog_name="immortal-worker replay")
-    else:
-        app()
+    try:
+        if sys.argv[1:2] == ["replay"]:
+            replay_app(args=sys.argv[2:], prog_name="immortal-worker replay")
+        else:
+            app()
+    except ImmortalError as exc:  # as `immortal` reports them: one line, exit 2 or 1
+        if os.environ.get("IMMORTAL_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, (NotSetUpError, ServerUnreachableError)) else 1)

@@ -26,14 +26,15 @@ from immortal._codec import unpack
 from immortal._errors import InvalidQueryError
 from immortal._jetstream import last_per_subject, read_newest
 from immortal._names import Names
+from immortal._wire import RunStatus
 from immortal.runs._record import RunInfo, run_info
 
 __all__ = ["CLOSED_STATUSES", "MAX_LIMIT", "RunPage", "list_runs", "parse_status"]
 
 Phase = Literal["open", "closed"]
-CLOSED_STATUSES = ("completed", "failed", "canceled", "terminated", "continued_as_new")
+CLOSED_STATUSES = tuple(s.value for s in RunStatus if s.closed)
 MAX_LIMIT = 1000
-_ALIASES = {"cancelled": "canceled", "continued": "continued_as_new", "open": "running"}
+_ALIASES = {"canceled": "cancelled", "continued": "continued_as_new", "open": "running"}
 _TOKEN = re.compile(r"^(open|closed):([1-9][0-9]*)$")
 # Records are in the order hubs wrote them, stamped by the hubs' clocks: a listing bounded
 # below stops only once records are older than the bound by more than hosts' clocks differ.

@@ -6,7 +6,6 @@ immortal hub --server nats://a:4222,nats://b:4222,nats://c:4222 --replicas 3   #
 immortal hub --tenant-limit '*=in_flight:200' --tenant-limit acme=in_flight:20,rate:100
 immortal workflow start place_order '{"id": "o2", "items": ["x"], "cents": 100}'
 immortal workflow result <workflow-id>
-immortal workflow list --status running --type place_order --since 1h
 immortal workflow signal <workflow-id> approve '"yes"'
 immortal schedule create nightly report --cron "0 3 * * *"
 
@@ -16,27 +15,88 @@ the commands that need them, so a read command starts without loading the hub.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
 import typer
 
 from immortal_hub.cli import dev, dlq, hub, logs, ops, replay, runs, schedule, workflow
+from immortal_hub.cli._exit import report
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, help="Immortal: durable workflows on NATS JetStream.")
-app.command()(hub.hub)
-app.command()(dev.dev)
-app.command()(ops.queues)
-app.command()(ops.workers)
-app.command()(logs.events)
-app.command()(logs.logs)
-app.command()(ops.retention)
-app.command()(replay.replay)
-workflow.app.command("list")(runs.workflow_list)
+HELP = (
+    "Immortal: durable workflows on NATS JetStream. Exit codes: 0 done, 1 failed (the run "
+    "failed, not found, closed, too large), 2 could not run (usage, NATS unreachable, no hub "
+    "has set the server up)."
+)
+# In the order `immortal --help` lists them.
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "hub": hub.hub,
+    "dev": dev.dev,
+    "queues": ops.queues,
+    "workers": ops.workers,
+    "events": logs.events,
+    "logs": logs.logs,
+    "retention": ops.retention,
+    "replay": replay.replay,
+}
+workflow.app.command("list")(runs.workflow_list)  # finding runs, in a module of its own
 workflow.app.command("runs")(runs.workflow_runs)
-app.add_typer(workflow.app, name="workflow")
-app.add_typer(dlq.app, name="dlq")
-app.add_typer(schedule.app, name="schedule")
+GROUPS: dict[str, typer.Typer] = {
+    "workflow": workflow.app,
+    "dlq": dlq.app,
+    "schedule": schedule.app,
+}
+
+
+def _options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", envvar="IMMORTAL_DEBUG", help="tracebacks with errors (any position)"
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+def _build(names: list[str]) -> typer.Typer:
+    built = typer.Typer(
+        add_completion=False,
+        pretty_exceptions_enable=False,  # a bug's traceback as text; a user's error in one line
+        help=HELP,
+    )
+    built.callback()(_options)
+    for name in names:
+        if name in COMMANDS:
+            built.command(name)(COMMANDS[name])
+        else:
+            built.add_typer(GROUPS[name], name=name)
+    return built
+
+
+app = _build([*COMMANDS, *GROUPS])
 
 
 def main() -> None:
-    app()
+    """The ``immortal`` command: errors a user can act on as one line, with exit codes."""
+    args = sys.argv[1:]
+    debug = "--debug" in args or os.environ.get("IMMORTAL_DEBUG", "") not in ("", "0")
+    if "--debug" in args:  # taken anywhere, after the command too
+        args = ["--debug", *(a for a in args if a != "--debug")]
+    # typer reads the signature of every command it knows when it builds its tree: give it
+    # only the one the command line names (all of them for `immortal --help` or a typo).
+    named = next((a for a in args if not a.startswith("-")), None)
+    only = _build([named]) if named in COMMANDS or named in GROUPS else app
+    try:
+        only(args=args, prog_name="immortal")
+    except BrokenPipeError:  # `immortal events | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        sys.exit(report(exc, debug=debug))

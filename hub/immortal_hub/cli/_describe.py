@@ -18,7 +18,7 @@ def print_description(desc: RunDescription, as_json: bool) -> None:
     if as_json:
         print(json.dumps(dataclasses.asdict(desc), indent=2, default=str))
         return
-    status = "cancelled" if desc.status == "canceled" else str(desc.status)
+    status = str(desc.status)
     print(f"workflow {desc.workflow_id}  run {desc.run_id}")
     print(f"  type {desc.workflow_type} on queue {desc.queue}; {status}")
     print(f"  started {_when(desc.started_at)}", end="")

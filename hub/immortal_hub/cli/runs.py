@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from immortal_hub.cli._common import DEFAULT_SERVER, Prefix, Server, Tenant, with_client
+from immortal_hub.cli._common import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_SERVER,
+    ConnectTimeout,
+    Prefix,
+    Server,
+    Tenant,
+    with_client,
+)
 
 if TYPE_CHECKING:
     from immortal import Client, RunInfo
@@ -48,6 +56,7 @@ def workflow_list(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """List runs, newest first: open runs (newest started first), then closed ones
     (newest closed first). Prints the token of the next page, if there is one."""
@@ -70,7 +79,7 @@ def workflow_list(
         if found.next_page_token is not None:
             print(f"more: --page {found.next_page_token}", file=sys.stderr)
 
-    with_client(server, tenant, prefix, go)
+    with_client(server, tenant, prefix, connect_timeout, go)
 
 
 def workflow_runs(
@@ -79,6 +88,7 @@ def workflow_runs(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """List every run of one workflow id, newest first: its continue-as-new chain and the
     runs of earlier uses of the id (those whose history is kept)."""
@@ -95,7 +105,7 @@ def workflow_runs(
         rows = [(*_row(r)[1:], _link(r)) for r in runs]
         _table(rows, ("RUN ID", "TYPE", "QUEUE", "STATUS", "STARTED", "CLOSED", "CONTINUED"))
 
-    with_client(server, tenant, prefix, go)
+    with_client(server, tenant, prefix, connect_timeout, go)
 
 
 def parse_since(text: str) -> timedelta:
@@ -118,7 +128,7 @@ def _row(run: RunInfo) -> tuple[str, ...]:
         run.run_id,
         run.workflow_type,
         run.queue,
-        _status(str(run.status)),
+        str(run.status),
         _when(run.started_at),
         closed,
     )
@@ -136,16 +146,12 @@ def _as_dict(run: RunInfo) -> dict[str, Any]:
         "run_id": run.run_id,
         "workflow_type": run.workflow_type,
         "queue": run.queue,
-        "status": _status(str(run.status)),
+        "status": str(run.status),
         "started_at": run.started_at.isoformat(),
         "closed_at": run.closed_at.isoformat() if run.closed_at else None,
         "continued_from": run.continued_from,
         "continued_to": run.continued_to,
     }
-
-
-def _status(status: str) -> str:
-    return "cancelled" if status == "canceled" else status
 
 
 def _when(at: datetime) -> str:
