@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import immortal
+import immortal._claims
 from immortal import Client, EventType, WorkflowContext, WorkflowNotFoundError
 from immortal._codec import decode_value
 from immortal._inputs import send_input
@@ -118,3 +119,21 @@ async def test_a_signal_whose_start_never_comes_is_dead_lettered_not_lost(
     [letter] = dead
     assert "signal 'add' for run r-ghost, whose start is not applied yet" in letter.error
     assert "waited" in letter.error and letter.redrivable
+
+
+async def test_a_queued_start_keeps_its_workflow_id(
+    nats_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimed id whose start never reached history is taken over as abandoned; one whose
+    start waits in IMM_IN for a hub is not abandoned: it is durable."""
+    monkeypatch.setattr(immortal._claims, "_ABANDONED_CLAIM_MS", 0)
+    async with running_hub(nats_url, prefix):
+        pass  # the streams exist; no hub runs from here
+    async with Client(nats_url, prefix=prefix) as client:
+        first = await client.start(collects, 1, id="kept")
+        with pytest.raises(immortal.WorkflowAlreadyStartedError, match="kept"):
+            await client.start(collects, 1, id="kept")
+        same = await client.start(
+            collects, 1, id="kept", id_reuse_policy=immortal.IdReusePolicy.RETURN_EXISTING
+        )
+        assert same.run_id == first.run_id
