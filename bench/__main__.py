@@ -9,6 +9,7 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench -w throughput -n 5000   # one workload
     python -m bench -w fairness             # tenant B's latency while tenant A bursts
     python -m bench -w cli                  # `immortal workflow describe` as a process
+    python -m bench -w policy               # policy decision cost (no broker involved)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import nats
 from nats.js.api import StorageType, StreamConfig
 
+from bench import _policy
 from bench._cli import cli
 from bench._fleet import fairness, fairness_batch, frozen_worker, wait_marks
 from bench._harness import (
@@ -46,7 +48,7 @@ from immortal.testing import NatsServer
 
 WORKLOADS = [
     "jetstream", "throughput", "sequential5", "fanout10", "latency", "timers", "dead_worker",
-    "frozen_worker", "fairness", "cli",
+    "frozen_worker", "fairness", "cli", "policy",
 ]  # fmt: skip
 OPTIONAL = ["soak", "fairness_batch", "list"]  # run with -w (list fills a tenant first)
 STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "IMM_RUNS"]
@@ -321,6 +323,12 @@ class Bench:
 
     async def w_fairness_batch(self) -> None:
         await fairness_batch(self)
+
+    async def w_policy(self) -> None:
+        """Decision cost, built-in engine and Cedar, 1,000 rules and 10,000 tuples."""
+        shape = _policy.measure(self.metric, trials=self.args.trials)
+        self.extra["policy"] = shape
+        print(f"  {_policy.report(shape)}", flush=True)
 
 
 def main() -> None:

@@ -312,7 +312,7 @@ async def test_output_says_what_happened_and_follows_end_with_the_run(
     again = await asyncio.to_thread(_cli, nats_url, prefix, "workflow", "cancel", "needs-one")
     assert again.returncode == 1
     assert again.stderr == (
-        f"error: run {handle.run_id} of 'needs-one' has closed (completed): nothing to cancel\n"
+        f"error: cannot cancel run {handle.run_id} of 'needs-one': it is already completed\n"
     )
     # events --json encodes payloads as history --json does.
     streamed = await asyncio.to_thread(_cli, nats_url, prefix, "events", "--json")

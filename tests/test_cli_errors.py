@@ -135,8 +135,7 @@ async def test_not_found_closed_and_still_open_are_one_line(
     closed = await _cli("workflow", "signal", "done-order", "approve", '"yes"', *conn)
     assert closed.returncode == 1
     assert closed.stderr.splitlines() == [
-        f"error: run {handle.run_id} of 'done-order' has closed (completed): "
-        "it takes no more signals"
+        f"error: cannot signal run {handle.run_id} of 'done-order': it is already completed"
     ]
 
     open_run = await client.start("three_step", 4, id="open-order")  # no worker serves it
