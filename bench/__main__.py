@@ -42,6 +42,7 @@ from bench._harness import (
     start_worker,
     table,
 )
+from bench._list import run_list
 from immortal import Client
 from immortal.testing import NatsServer
 
@@ -49,8 +50,8 @@ WORKLOADS = [
     "jetstream", "throughput", "sequential5", "fanout10", "latency", "timers", "dead_worker",
     "frozen_worker", "fairness", "cli", "policy",
 ]  # fmt: skip
-OPTIONAL = ["soak", "fairness_batch"]  # run with -w
-STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "KV_imm-runs"]
+OPTIONAL = ["soak", "fairness_batch", "list"]  # run with -w (list fills a tenant first)
+STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "IMM_RUNS"]
 
 
 class Bench:
@@ -282,6 +283,9 @@ class Bench:
             samples[-1][1] - first
         )
 
+    async def w_list(self) -> None:
+        await run_list(self)
+
     async def w_dead_worker(self) -> None:
         m = self.metric(
             "dead worker (SIGKILL 0.5 s into the activity): restarted elsewhere after",
@@ -365,6 +369,9 @@ def main() -> None:
     ap.add_argument("--hub-max-in-flight", type=int, help="passed to every hub")
     ap.add_argument("--hub-concurrency", type=int, help="passed to every hub")
     ap.add_argument("--hub-max-writes", type=int, help="passed to every hub")
+    ap.add_argument("--list-n", type=int, default=100_000, help="runs in the list tenant")
+    ap.add_argument("--list-real", type=int, default=2000, help="of those, made the real way")
+    ap.add_argument("--list-reps", type=int, default=20, help="timed calls per query, per trial")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()

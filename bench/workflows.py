@@ -52,3 +52,16 @@ async def held(ctx: WorkflowContext, tag: str) -> str:
 async def sleep_once(ctx: WorkflowContext, seconds: float) -> int:
     await ctx.sleep(seconds)
     return 0
+
+
+@immortal.workflow
+async def waits(ctx: WorkflowContext, x: int) -> int:
+    """Stays open until signalled ``go`` (the list workload's open runs)."""
+    await ctx.wait_signal("go")
+    return x
+
+
+@immortal.workflow(name="rare")
+async def rare(ctx: WorkflowContext, x: int) -> int:
+    await ctx.wait_signal("go")
+    return x

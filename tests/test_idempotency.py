@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
-from nats.js.errors import NotFoundError as JsNotFound
 
 import immortal
 from immortal import Client, EventType, IdReusePolicy, WorkflowAlreadyStartedError
-from immortal._codec import unpack
 from immortal._names import encode_token
 from immortal_hub import Hub, ResourceSettings
 from tests.helpers import running_worker
@@ -58,20 +55,16 @@ async def test_workflow_id_reuse_policies(
             gated_flow, "g", id="order-7", id_reuse_policy=IdReusePolicy.RETURN_EXISTING
         )
         assert same.run_id == running.run_id
-        # A running run is found from its history: the runs index is written at the close.
+        # A running run is found from its history, and listed as running.
         assert (await client.get_handle("order-7")).run_id == running.run_id
-        runs_kv = await client.nc.jetstream().key_value(client.names.bucket_runs)
-        with pytest.raises(JsNotFound):
-            await runs_kv.get(client.names.run_key(client.tenant, "order-7"))
+        [listed] = (await client.list_workflows(status="running")).runs
+        assert (listed.workflow_id, listed.run_id) == ("order-7", running.run_id)
         (tmp_path / "gate-g").touch()
         await running.result(timeout=20)
-        async with asyncio.timeout(5):  # indexed with its close, just after the append
-            while True:
-                with contextlib.suppress(JsNotFound):
-                    entry = await runs_kv.get(client.names.run_key(client.tenant, "order-7"))
-                    assert unpack(entry.value or b"")["status"] == "completed"
-                    break
+        async with asyncio.timeout(5):  # listed with its close, just after the append
+            while not (listed_now := (await client.list_workflows(status="closed")).runs):
                 await asyncio.sleep(0.05)
+        assert [(r.run_id, r.status) for r in listed_now] == [(running.run_id, "completed")]
         # Closed: the default policy allows a new run; reject_duplicate never does.
         with pytest.raises(WorkflowAlreadyStartedError):
             await client.start(

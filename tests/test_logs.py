@@ -146,9 +146,11 @@ async def test_tenant_retention_expires_closed_runs(
         async with asyncio.timeout(15):
             while await handle.history():
                 await asyncio.sleep(0.1)
-        with pytest.raises(immortal.WorkflowNotFoundError):  # the index forgot it too
+        with pytest.raises(immortal.WorkflowNotFoundError):
             await client.get_handle(handle.workflow_id)
+        assert (await client.list_workflows()).runs == []  # the runs index forgot it too
         assert await kept.history()  # another tenant keeps its runs
+        assert [r.run_id for r in (await keeper.list_workflows()).runs] == [kept.run_id]
         assert len([entry async for entry in kept.logs()]) == 3
 
 

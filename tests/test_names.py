@@ -53,7 +53,7 @@ def test_subjects_put_the_user_tokens_in_one_token_each() -> None:
 
 def test_prefix_changes_every_name() -> None:
     n = Names("blue")
-    assert n.stream_in == "BLUE_IN" and n.bucket_runs == "blue-runs"
+    assert n.stream_in == "BLUE_IN" and n.stream_runs == "BLUE_RUNS"
     assert n.task_subject("t", "q", "wf") == "blue.task.t.q.wf"
     assert n.bucket_hubs == "blue-hubs"
     # Pushed workflow tasks: a core subject outside every stream, one per worker and one

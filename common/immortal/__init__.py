@@ -13,7 +13,6 @@ from immortal._client import (
     Client,
     IdReusePolicy,
     QueueStats,
-    RunDescription,
     WorkerInfo,
     WorkflowHandle,
 )
@@ -25,6 +24,7 @@ from immortal._errors import (
     ApplicationError,
     ChildWorkflowError,
     ImmortalError,
+    InvalidQueryError,
     LeaseMismatchError,
     NonDeterminismError,
     NotSetUpError,
@@ -41,6 +41,7 @@ from immortal._retry import RetryPolicy
 from immortal._schedules import ScheduleInfo
 from immortal._timeline import format_timeline, history_from_json, history_to_json
 from immortal._wire import EventType, HistoryEvent, RunStatus
+from immortal.runs import PendingActivity, PendingTimer, RunDescription, RunInfo, RunPage
 
 workflow = WorkflowDecorator()
 activity = ActivityDecorator()
@@ -55,14 +56,19 @@ __all__ = [
     "HistoryEvent",
     "IdReusePolicy",
     "ImmortalError",
+    "InvalidQueryError",
     "LeaseMismatchError",
     "Names",
     "NonDeterminismError",
     "NotSetUpError",
     "PayloadError",
+    "PendingActivity",
+    "PendingTimer",
     "QueueStats",
     "RetryPolicy",
     "RunDescription",
+    "RunInfo",
+    "RunPage",
     "RunStatus",
     "ScheduleInfo",
     "ServerUnreachableError",

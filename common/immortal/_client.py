@@ -15,16 +15,16 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from functools import partial
 from typing import Any, Generic, TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
-from immortal._codec import decode_value, encode_args, encode_value, pack, unpack
+from immortal._claims import IdReusePolicy, claim_start
+from immortal._codec import decode_value, encode_args, encode_value, unpack
 from immortal._connect import connect, display_urls
 from immortal._definitions import workflow_definition
 from immortal._dlq import DeadLetters
@@ -32,17 +32,17 @@ from immortal._errors import (
     ImmortalError,
     NotSetUpError,
     PayloadError,
-    WorkflowAlreadyStartedError,
     WorkflowClosedError,
     WorkflowFailedError,
     WorkflowNotFoundError,
     exception_from_failure,
 )
-from immortal._inputs import send_input
+from immortal._inputs import find_queued_start, send_input
 from immortal._integrity import IntegrityReport, verify_chain
 from immortal._jetstream import StoredMsg, last_message, read_subject, require_jetstream, tail
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
+from immortal._queues import QueueStats, queue_stats
 from immortal._schedules import Schedules
 from immortal._tenants import Retention, read_retention, write_retention
 from immortal._timers import seconds
@@ -53,8 +53,6 @@ from immortal._wire import (
     HistoryEvent,
     RequestCancel,
     RequestTerminate,
-    RunState,
-    RunStatus,
     SignalWorkflow,
     StartWorkflow,
     Transition,
@@ -62,12 +60,20 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal.runs import (
+    RunDescription,
+    RunInfo,
+    RunPage,
+    describe_run,
+    find_closed_record,
+    list_runs,
+    runs_of,
+)
 
 __all__ = [
     "Client",
     "IdReusePolicy",
     "QueueStats",
-    "RunDescription",
     "WorkerInfo",
     "WorkflowHandle",
 ]
@@ -80,17 +86,6 @@ _LOOK_AGAIN_S = 1.0
 _LOOK_AGAIN_MAX_S = 60.0
 
 R = TypeVar("R")
-
-
-class IdReusePolicy(StrEnum):
-    """What a start does when its workflow id already has a run."""
-
-    ALLOW_AFTER_CLOSE = "allow_after_close"  # a new run once the previous one closed
-    REJECT_DUPLICATE = "reject_duplicate"  # never reuse a workflow id
-    RETURN_EXISTING = "return_existing"  # hand back the existing run
-
-
-_ABANDONED_CLAIM_MS = 30_000  # a claim whose start never reached history
 
 
 @dataclass(frozen=True)
@@ -110,39 +105,7 @@ class WorkerInfo:
     # workflow:<name> / activity:<name> -> a hash, and the signature it was made of
     fingerprints: dict[str, str] = field(default_factory=dict)
     signatures: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """Backlog and in-flight work of one tenant queue: the autoscaling signal.
-
-    ``*_backlog`` is what no worker has taken yet (consumer pending); ``*_in_flight`` is
-    what workers hold under lease (ack pending).
-    """
-
-    queue: str
-    workflow_backlog: int
-    workflow_in_flight: int
-    activity_backlog: int
-    activity_in_flight: int
-    redelivered: int
-    input_backlog: int  # inputs queued durably for the hubs
-
-
-@dataclass(frozen=True)
-class RunDescription:
-    """Where a run stands, read from the snapshot on its newest history message."""
-
-    workflow_id: str
-    run_id: str
-    workflow_type: str
-    queue: str
-    status: RunStatus
-    started_at: datetime
-    closed_at: datetime | None
-    history_length: int
-    pending_activities: int
-    last_workflow_task_failure: str | None
+    running: list[str] = field(default_factory=list)  # activity attempts: run/activity/attempt
 
 
 class Client:
@@ -256,9 +219,11 @@ class Client:
         run_id = uuid.uuid4().hex
         claim = f"key:{idempotency_key}" if idempotency_key else (f"id:{id}" if id else None)
         if claim is not None:
-            existing = await self._claim(
-                claim, workflow_id, run_id, id_reuse_policy, idempotency_key
-            )
+            kv = await self._kv(self.names.bucket_idem)
+            existing = await claim_start(
+                self.nc, self.names, self.tenant, kv, claim, workflow_id, run_id,
+                id_reuse_policy, idempotency_key,
+            )  # fmt: skip
             if existing is not None:
                 workflow_id, run_id, closed = existing
                 if closed:
@@ -280,61 +245,8 @@ class Client:
         await send_input(
             self.nc, self.names, self.tenant, queue, "start", encode(body), msg_id=f"start:{run_id}"
         )
-        return WorkflowHandle(self, workflow_id, run_id, result_type)
-
-    async def _claim(
-        self,
-        claim: str,
-        workflow_id: str,
-        run_id: str,
-        policy: IdReusePolicy,
-        idempotency_key: str | None,
-    ) -> tuple[str, str, bool] | None:
-        """Take ``claim`` in ``imm-idem`` for this run, or name the run that holds it (and
-        whether that run has closed).
-
-        A KV create (expected last sequence 0) is atomic and, unlike ``Nats-Msg-Id``, lasts
-        beyond JetStream's duplicate window: the bucket keeps claims for 30 days.
-        """
-        kv = await self._kv(self.names.bucket_idem)
-        key = f"{self.tenant}.{encode_token(claim)}"
-        value = pack({"workflow_id": workflow_id, "run_id": run_id, "ts": now_ms()})
-        for _ in range(10):
-            try:
-                await retry_transient(partial(kv.create, key, value), what=key)
-                return None
-            except KeyWrongLastSequenceError:
-                pass
-            try:
-                entry = await retry_transient(partial(kv.get, key), what=key)
-            except JsNotFound:  # gone meanwhile, or read from a replica not up to date yet
-                continue
-            prev = unpack(entry.value or b"")
-            prev_run = (str(prev["workflow_id"]), str(prev["run_id"]))
-            if prev_run[1] == run_id:
-                return None  # ours: taken by a try whose answer was lost (an election)
-            state = await self._closed_or_missing(*prev_run)
-            abandoned = state is None and now_ms() - int(prev["ts"]) > _ABANDONED_CLAIM_MS
-            if idempotency_key is not None or (
-                not abandoned and policy is IdReusePolicy.RETURN_EXISTING
-            ):
-                return (*prev_run, bool(state))
-            if not abandoned:
-                if policy is IdReusePolicy.REJECT_DUPLICATE or not state:
-                    raise WorkflowAlreadyStartedError(*prev_run)
-            try:
-                await retry_transient(partial(kv.update, key, value, last=entry.revision), what=key)
-                return None
-            except KeyWrongLastSequenceError:
-                continue  # another start took it meanwhile: look again
-        raise ImmortalError(f"could not claim {claim!r}: too much contention")
-
-    async def _closed_or_missing(self, workflow_id: str, run_id: str) -> bool | None:
-        """True if the run closed, False if it runs, None if it has no history."""
-        try:
-            return (await WorkflowHandle(self, workflow_id, run_id).describe()).status.closed
-        except WorkflowNotFoundError:
-            return None
+        # Durable now: an input for the run (a signal, a cancel) may wait for its start.
+        return WorkflowHandle(self, workflow_id, run_id, result_type, queued_on=queue)
 
     async def workers(self, queue: str | None = None) -> list[WorkerInfo]:
         """The live workers of this tenant (of one queue, if given), with their capabilities."""
@@ -353,39 +265,8 @@ class Client:
 
     async def queues(self) -> list[QueueStats]:
         """Backlog and in-flight work of every queue of this tenant."""
-        kv = await self._kv(self.names.bucket_queues)
-        watcher = await kv.watch(f"{self.tenant}.*", ignore_deletes=True, meta_only=True)
-        names: set[str] = set()
-        try:
-            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
-                names.add(self.names.parse_queue_key(entry.key)[1])
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return [await self._queue_stats(q) for q in sorted(names)]
-
-    async def _queue_stats(self, queue: str) -> QueueStats:
-        js = self.nc.jetstream()
-        n = self.names
-
-        async def consumer(stream: str, name: str) -> tuple[int, int, int]:
-            try:
-                info = await js.consumer_info(stream, name)
-            except JsNotFound:  # nobody has served it yet: its backlog sits in the stream
-                return 0, 0, 0
-            return info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0
-
-        wf = await consumer(n.stream_tasks, n.task_consumer(self.tenant, queue, "wf"))
-        act = await consumer(n.stream_tasks, n.task_consumer(self.tenant, queue, "act"))
-        hub = await consumer(n.stream_in, n.hub_consumer(self.tenant, queue))
-        return QueueStats(
-            queue=queue,
-            workflow_backlog=wf[0],
-            workflow_in_flight=wf[1],
-            activity_backlog=act[0],
-            activity_in_flight=act[1],
-            redelivered=wf[2] + act[2],
-            input_backlog=hub[0] + hub[1],
-        )
+        registry = await self._kv(self.names.bucket_queues)
+        return await queue_stats(self.nc, self.names, self.tenant, registry)
 
     async def _warn_if_unserved(self, workflow_type: str, queue: str) -> None:
         """Say so when no live worker serves this type (the run still waits durably)."""
@@ -441,29 +322,76 @@ class Client:
         """A handle on an existing run: the newest one of ``workflow_id`` if no run id.
 
         The newest run is the one with the newest history message: a run starts after its
-        predecessor closed, and nothing is appended to a closed run. The runs index, written
-        when a run closes, is the fallback for a run whose history is gone.
+        predecessor closed, and nothing is appended to a closed run. A workflow id with no
+        history yet, whose start waits in ``IMM_IN`` for a hub, names that run: a signal or
+        a cancel sent to it waits for the start.
         """
-        if run_id is None:
-            history = self.names.stream_history
-            subjects = self.names.workflow_history_filter(self.tenant, workflow_id)
-            newest = await retry_transient(
-                partial(last_message, self.nc, history, subjects), what=subjects
-            )
+        if run_id is not None:
+            return WorkflowHandle(self, workflow_id, run_id, None)
+        for leader in (False, True):  # a start leaves IMM_IN once in history: look again
+            newest = await self._newest_in_history(workflow_id, leader=leader)
             if newest is not None:
-                run_id = decode_token(newest.subject.rsplit(".", 1)[1])
-            else:
-                kv = await self._runs()
-                try:
-                    key = self.names.run_key(self.tenant, workflow_id)
-                    entry = await retry_transient(partial(kv.get, key), what=key)
-                except JsNotFound as exc:
-                    raise WorkflowNotFoundError(f"no workflow {workflow_id!r}") from exc
-                run_id = str(unpack(entry.value or b"")["run_id"])
-        return WorkflowHandle(self, workflow_id, run_id, None)
+                return WorkflowHandle(self, workflow_id, newest, None, newest=True)
+            queued = await self._queued_start(workflow_id)
+            if queued is not None:
+                run, queue = queued
+                return WorkflowHandle(self, workflow_id, run, None, queued_on=queue, newest=True)
+        raise WorkflowNotFoundError(f"no workflow {workflow_id!r}")
 
-    async def _runs(self) -> KeyValue:
-        return await self._kv(self.names.bucket_runs)
+    async def _newest_in_history(self, workflow_id: str, *, leader: bool = False) -> str | None:
+        history = self.names.stream_history
+        subjects = self.names.workflow_history_filter(self.tenant, workflow_id)
+        newest = await retry_transient(
+            partial(last_message, self.nc, history, subjects, leader=leader), what=subjects
+        )
+        return None if newest is None else decode_token(newest.subject.rsplit(".", 1)[1])
+
+    async def _queued_start(
+        self, workflow_id: str, run_id: str | None = None
+    ) -> tuple[str, str] | None:
+        """(run id, queue) of a start of the workflow id waiting in ``IMM_IN`` for a hub."""
+        find = partial(find_queued_start, self.nc, self.names, self.tenant, workflow_id, run_id)
+        return await retry_transient(find, what="queued starts")
+
+    async def list_workflows(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        queue: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        limit: int = 50,
+        page_token: str | None = None,
+    ) -> RunPage:
+        """This tenant's runs, newest first: open runs (newest started first), then closed
+        ones (newest closed first). ``status`` is ``running``, ``closed``, or a closed
+        status (``completed``, ``failed``, ``cancelled``, ``terminated``,
+        ``continued_as_new``); ``type`` a workflow type. Pass the page's
+        ``next_page_token`` to get the next page.
+
+        >>> page = await client.list_workflows(status="failed", limit=20)
+        """
+        listing = partial(
+            list_runs,
+            self.nc,
+            self.names,
+            self.tenant,
+            status=status,
+            workflow_type=type,
+            queue=queue,
+            started_after=started_after,
+            started_before=started_before,
+            limit=limit,
+            page_token=page_token,
+        )
+        return await retry_transient(listing, what="the runs index")
+
+    async def workflow_runs(self, workflow_id: str) -> list[RunInfo]:
+        """Every run of ``workflow_id`` that still has a history, newest started first: its
+        continue-as-new chain (``continued_from``/``continued_to``) and the runs of earlier
+        uses of the id."""
+        return await runs_of(self.nc, self.names, self.tenant, workflow_id)
 
     async def _kv(self, bucket: str) -> KeyValue:
         """A bucket's handle, looked up once (the lookup is a request to the cluster)."""
@@ -489,13 +417,25 @@ class WorkflowHandle(Generic[R]):
     """A reference to one run."""
 
     def __init__(
-        self, client: Client, workflow_id: str, run_id: str, result_type: Any = None
+        self,
+        client: Client,
+        workflow_id: str,
+        run_id: str,
+        result_type: Any = None,
+        *,
+        queued_on: str | None = None,
+        newest: bool = False,
     ) -> None:
         self.client = client
         self.workflow_id = workflow_id
         self.run_id = run_id
         self._result_type = result_type
         self._known_events = 0  # events this handle has seen exist (reads return no fewer)
+        # The queue the run's start was queued on, if it is known to be durable (inputs sent
+        # before a hub applied it wait for it); and whether the handle names "the newest run
+        # of the workflow id" rather than one run (an input then goes to a newer queued one).
+        self._queued_on = queued_on
+        self._newest = newest
 
     @property
     def _subject(self) -> str:
@@ -613,7 +553,7 @@ class WorkflowHandle(Generic[R]):
             input=encode_value(payload),
             signal_id=f"signal:{id or uuid.uuid4().hex}",
         )
-        await self._send("signal", encode(body), body.signal_id)
+        await self._send("signal", body, body.signal_id)
 
     async def cancel(self, reason: str = "") -> None:
         """Ask the run to cancel: workflow code sees ``asyncio.CancelledError`` at its await
@@ -624,7 +564,7 @@ class WorkflowHandle(Generic[R]):
             reason=reason,
             request_id=f"cancel:{uuid.uuid4().hex}",
         )
-        await self._send("cancel", encode(body), body.request_id)
+        await self._send("cancel", body, body.request_id)
 
     async def terminate(self, reason: str = "") -> None:
         """Close the run at once, without running its code (which gets no chance to clean
@@ -639,7 +579,7 @@ class WorkflowHandle(Generic[R]):
             reason=reason,
             request_id=f"terminate:{uuid.uuid4().hex}",
         )
-        await self._send("terminate", encode(body), body.request_id)
+        await self._send("terminate", body, body.request_id)
 
     async def status(self, result_type: Any = None) -> Any:
         """The value the workflow last published with ``ctx.set_status`` (None if none);
@@ -649,8 +589,16 @@ class WorkflowHandle(Generic[R]):
             raise WorkflowNotFoundError(f"run {self.run_id} of {self.workflow_id!r} not found")
         return decode_value(transition.state.status_value, result_type)
 
-    async def _send(self, kind: InputKind, data: bytes, msg_id: str) -> None:
+    async def _send(
+        self, kind: InputKind, body: SignalWorkflow | RequestCancel | RequestTerminate, msg_id: str
+    ) -> None:
         transition = await self._last_transition()
+        if transition is None or (self._newest and transition.state.status.closed):
+            queue = await self._queued_start(no_history=transition is None)
+            if queue is not None:  # the hub applies it after the start
+                body = body.model_copy(update={"run_id": self.run_id, "pending_start": True})
+                await self._deliver(queue, kind, encode(body), msg_id)
+                return
         if transition is None:
             raise WorkflowNotFoundError(f"run {self.run_id} of {self.workflow_id!r} not found")
         state = transition.state
@@ -659,21 +607,47 @@ class WorkflowHandle(Generic[R]):
                 f"cannot {kind} run {self.run_id} of {self.workflow_id!r}: it is already "
                 f"{state.status}"
             )
+        await self._deliver(state.queue, kind, encode(body), msg_id)
+
+    async def _queued_start(self, *, no_history: bool) -> str | None:
+        """The queue of this run's start if it is durable but not applied yet: known from
+        ``client.start``, else found in ``IMM_IN``; for a handle on the newest run of the
+        workflow id, a newer run's start queued there counts too (the handle moves to it)."""
+        if no_history and self._queued_on is not None:
+            return self._queued_on
+        wanted = None if self._newest else self.run_id
+        queued = await self.client._queued_start(self.workflow_id, wanted)
+        if queued is None:
+            return None
+        self.run_id, self._queued_on = queued
+        self._known_events = 0
+        return self._queued_on
+
+    async def _deliver(self, queue: str, kind: InputKind, data: bytes, msg_id: str) -> None:
         client = self.client
         try:
             await send_input(
-                client.nc, client.names, client.tenant, state.queue, kind, data, msg_id=msg_id
+                client.nc, client.names, client.tenant, queue, kind, data, msg_id=msg_id
             )
         except PayloadError as exc:  # the run closed meanwhile
             raise WorkflowClosedError(str(exc)) from exc
 
     async def describe(self) -> RunDescription:
+        """Where the run stands: status, times, history length, and what it waits for (its
+        pending activities, with their attempts, last failures, heartbeats and workers;
+        its timers)."""
         transition = await self._last_transition()
         if transition is None:
             raise WorkflowNotFoundError(
                 f"run {self.run_id} of {self.workflow_id!r} has no history (yet)"
             )
-        return _describe(transition.state)
+        state = transition.state
+        running_on: dict[str, str] = {}
+        if state.activities and not state.status.closed:
+            for queue in sorted({a.queue for a in state.activities.values()}):
+                for worker in await self.client.workers(queue):
+                    running_on.update(dict.fromkeys(worker.running, worker.worker))
+        return describe_run(state, running_on, now_ms())
 
     async def history(self, *, from_seq: int = 1) -> list[HistoryEvent]:
         """Every event of the run, in order (from stream sequence ``from_seq`` on)."""
@@ -731,16 +705,17 @@ class WorkflowHandle(Generic[R]):
     async def verify(self) -> IntegrityReport:
         """Check the run's history chain: no message deleted, altered or reordered."""
         client = self.client
-        messages = [(m.seq, m.data) for m in await self._read()]
+        read = await self._read()
+        messages = [(m.seq, m.data) for m in read]
         head = None
-        try:
-            key = client.names.run_key(client.tenant, self.workflow_id)
-            entry = await retry_transient(partial((await client._runs()).get, key), what=key)
-            indexed = unpack(entry.value or b"")
-            if indexed.get("run_id") == self.run_id:
-                head = indexed.get("head")
-        except JsNotFound:
-            pass
+        if read:  # a closed run's index record anchors its newest message
+            state = decode(Transition, read[-1].data).state
+            found = await retry_transient(
+                lambda: find_closed_record(client.nc, client.names, client.tenant, state),
+                what="the runs index",
+            )
+            anchor = found[1].get("head") if found is not None else None
+            head = anchor if isinstance(anchor, bytes) else None
         return verify_chain(messages, head)
 
 
@@ -758,23 +733,9 @@ def _worker_info(raw: dict[str, Any]) -> WorkerInfo:
         last_seen=_ts(int(raw.get("ts", 0))),
         fingerprints=dict(raw.get("fingerprints", {})),
         signatures=dict(raw.get("signatures", {})),
+        running=list(raw.get("running", [])),
     )
 
 
 def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def _describe(state: RunState) -> RunDescription:
-    return RunDescription(
-        workflow_id=state.workflow_id,
-        run_id=state.run_id,
-        workflow_type=state.workflow_type,
-        queue=state.queue,
-        status=state.status,
-        started_at=_ts(state.started_ts),
-        closed_at=_ts(state.closed_ts) if state.closed_ts else None,
-        history_length=state.next_event_id - 1,
-        pending_activities=len(state.activities),
-        last_workflow_task_failure=state.last_wft_failure,
-    )

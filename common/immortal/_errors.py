@@ -11,6 +11,7 @@ __all__ = [
     "ApplicationError",
     "ChildWorkflowError",
     "ImmortalError",
+    "InvalidQueryError",
     "LeaseMismatchError",
     "NonDeterminismError",
     "NotSetUpError",
@@ -131,6 +132,10 @@ class PayloadError(ImmortalError):
 
 class WorkflowNotFoundError(ImmortalError):
     """No run is known under that workflow id (and run id)."""
+
+
+class InvalidQueryError(ImmortalError, ValueError):
+    """A listing's filter or page token that cannot be understood (the message says why)."""
 
 
 class NotSetUpError(ImmortalError):

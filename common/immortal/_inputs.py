@@ -10,6 +10,7 @@ applies it once: inputs are idempotent by their id.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from nats.aio.client import Client as NATS
@@ -19,11 +20,13 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from immortal._errors import ImmortalError, PayloadError
-from immortal._names import InputKind, Names
+from immortal._jetstream import read_newest
+from immortal._names import InputKind, Names, decode_token
 from immortal._requests import Requests
 from immortal._transient import retry_transient
+from immortal._wire import StartWorkflow, decode
 
-__all__ = ["BUSY", "OK", "REJECTED", "STALE", "StaleInput", "send_input"]
+__all__ = ["BUSY", "OK", "REJECTED", "STALE", "StaleInput", "find_queued_start", "send_input"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,24 @@ async def send_input(
 
     # Deduplicated by its msg id, so a repeat after a lost ack stores it once.
     await retry_transient(publish, what=subject)
+    return None
+
+
+async def find_queued_start(
+    nc: NATS, names: Names, tenant: str, workflow_id: str, run_id: str | None = None
+) -> tuple[str, str] | None:
+    """(run id, queue) of a start of ``workflow_id`` (of that run, if given) that waits in
+    ``IMM_IN`` for a hub, newest first; None if there is none. A start leaves ``IMM_IN``
+    only once its run is in history."""
+    subjects = names.input_kind_filter(tenant, "start")
+    async with contextlib.aclosing(read_newest(nc, names.stream_in, subjects)) as queued:
+        async for msg in queued:
+            try:
+                start = decode(StartWorkflow, msg.data)
+            except PayloadError:
+                continue  # a hub dead-letters it
+            if start.workflow_id == workflow_id and run_id in (None, start.run_id):
+                return start.run_id, decode_token(msg.subject.split(".")[3])
     return None
 
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -24,10 +25,14 @@ __all__ = [
     "ERR_WRONG_LAST_SEQUENCE",
     "Puller",
     "StoredMsg",
+    "TooManySubjects",
     "create_consumer",
     "is_wrong_last_sequence",
     "last_message",
+    "last_per_subject",
     "message_at",
+    "read_newest",
+    "read_since",
     "read_subject",
     "require_jetstream",
     "tail",
@@ -37,6 +42,8 @@ ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_NO_MESSAGE = 10037
 ERR_CONSUMER_EXISTS = 10148  # a consumer of that name exists, with another configuration
 _BATCH = 256
+_MULTI_MAX = 1024  # the server's cap on subjects in one multi-subject direct get
+_MAX_WINDOW = 1 << 22  # sequences one backward step may span
 _NO_LEADER_PAUSE = 0.5  # seconds before a pull request that met no consumer leader is retried
 
 
@@ -141,6 +148,68 @@ async def read_subject(
             return
 
 
+async def read_since(
+    nc: NATS, stream: str, subject: str, since: datetime, *, timeout: float = 5.0
+) -> AsyncGenerator[StoredMsg, None]:
+    """Every message on ``subject`` stored at or after ``since`` (the server's clock), in
+    order."""
+    req = {"start_time": since.astimezone(UTC).isoformat(), "next_by_subj": subject}
+    last = None
+    got = 0
+    async for msg in _direct(nc, stream, {**req, "batch": _BATCH}, timeout):
+        got, last = got + 1, msg.seq
+        yield msg
+    if got == _BATCH and last is not None:
+        async for msg in read_subject(nc, stream, subject, from_seq=last + 1, timeout=timeout):
+            yield msg
+
+
+async def read_newest(
+    nc: NATS, stream: str, subject: str, *, before: int | None = None, want: int = 64
+) -> AsyncGenerator[StoredMsg, None]:
+    """Messages on ``subject`` (wildcards allowed) with a sequence below ``before``, newest
+    first, read lazily: stop iterating when you have enough.
+
+    JetStream reads forward only. So this reads windows of sequences forward, from the
+    newest match down: the first spans ``2 * want`` sequences below the newest match, and
+    each next one is sized by how many matches the last held, widening fast where matches
+    are sparse. A window's read is batched and asks for no more messages than it spans.
+    """
+    newest = await last_message(nc, stream, subject)
+    if newest is None:
+        return
+    hi = newest.seq + 1 if before is None else min(before, newest.seq + 1)
+    width = max(2 * want, 32)
+    while hi > 1:
+        lo = max(1, hi - width)
+        window = [m async for m in _window(nc, stream, subject, lo, hi)]
+        for msg in reversed(window):
+            yield msg
+        hi = lo
+        if len(window) < want:  # sparse here: span what should hold ``want`` next time
+            width = width * 8 if not window else width * -(-want // len(window))
+            width = min(width, _MAX_WINDOW)
+
+
+async def _window(
+    nc: NATS, stream: str, subject: str, lo: int, hi: int
+) -> AsyncGenerator[StoredMsg, None]:
+    """The messages on ``subject`` with ``lo <= seq < hi``, in order."""
+    seq = lo
+    while seq < hi:
+        batch = min(_BATCH, hi - seq)
+        got = 0
+        async with contextlib.aclosing(_direct_batch(nc, stream, subject, seq, 5.0, batch)) as msgs:
+            async for msg in msgs:
+                got += 1
+                if msg.seq >= hi:
+                    return  # the rest lies beyond the window (the server sent it anyway)
+                seq = msg.seq + 1
+                yield msg
+        if got < batch:
+            return
+
+
 async def message_at(nc: NATS, stream: str, seq: int, *, timeout: float = 5.0) -> StoredMsg | None:
     """The message at stream sequence ``seq`` by direct get, or ``None``."""
     req = json.dumps({"seq": seq}).encode()
@@ -185,9 +254,37 @@ async def tail(
             await sub.unsubscribe()
 
 
-async def _direct_batch(
-    nc: NATS, stream: str, subject: str, seq: int, timeout: float
-) -> AsyncIterator[StoredMsg]:
+async def last_per_subject(
+    nc: NATS, stream: str, subjects: str | list[str], *, timeout: float = 5.0
+) -> list[StoredMsg]:
+    """The newest message of every subject matching ``subjects`` (a filter or several), in
+    stream order, by one batched direct get. The server answers for up to 1,024 subjects:
+    past that it raises :class:`TooManySubjects`."""
+    subject = subjects if isinstance(subjects, str) else ", ".join(subjects[:3])
+    filters = [subjects] if isinstance(subjects, str) else subjects
+    req = {"multi_last": filters, "batch": _MULTI_MAX}
+    try:
+        return [m async for m in _direct(nc, stream, req, timeout)]
+    except APIError as exc:
+        if exc.code == 413:
+            raise TooManySubjects(f"more than {_MULTI_MAX} subjects match {subject}") from exc
+        raise
+
+
+class TooManySubjects(Exception):
+    """A multi-subject read matched more subjects than the server answers for at once."""
+
+
+def _direct_batch(
+    nc: NATS, stream: str, subject: str, seq: int, timeout: float, batch: int = _BATCH
+) -> AsyncGenerator[StoredMsg, None]:
+    return _direct(nc, stream, {"seq": seq, "next_by_subj": subject, "batch": batch}, timeout)
+
+
+async def _direct(
+    nc: NATS, stream: str, req: dict[str, Any], timeout: float
+) -> AsyncGenerator[StoredMsg, None]:
+    """The messages a batched direct get answers, up to its end-of-batch marker."""
     inbox = nc.new_inbox()
     queue: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
 
@@ -196,7 +293,6 @@ async def _direct_batch(
 
     sub = await nc.subscribe(inbox, cb=collect)
     try:
-        req = {"seq": seq, "next_by_subj": subject, "batch": _BATCH}
         await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(req).encode(), reply=inbox)
         while True:
             async with asyncio.timeout(timeout):

@@ -110,11 +110,11 @@ class Names:
     def stream_dlq(self) -> str:
         return f"{self.prefix.upper()}_DLQ"
 
-    # buckets -------------------------------------------------------------------------
     @property
-    def bucket_runs(self) -> str:
-        return f"{self.prefix}-runs"
+    def stream_runs(self) -> str:
+        return f"{self.prefix.upper()}_RUNS"
 
+    # buckets -------------------------------------------------------------------------
     @property
     def bucket_workers(self) -> str:
         return f"{self.prefix}-workers"
@@ -150,12 +150,49 @@ class Names:
     def input_filter(self, tenant: str, queue: str) -> str:
         return f"{self.prefix}.in.{tenant}.{encode_token(queue)}.>"
 
+    def input_kind_filter(self, tenant: str, kind: InputKind) -> str:
+        """One kind of the tenant's inputs queued in ``IMM_IN``, on every queue."""
+        return f"{self.prefix}.in.{tenant}.*.{kind}"
+
     def history_subject(self, tenant: str, workflow_id: str, run_id: str) -> str:
         return f"{self.prefix}.hist.{tenant}.{encode_token(workflow_id)}.{encode_token(run_id)}"
 
     def workflow_history_filter(self, tenant: str, workflow_id: str) -> str:
         """Every run's history subject of one workflow id."""
         return f"{self.prefix}.hist.{tenant}.{encode_token(workflow_id)}.*"
+
+    def run_open_subject(
+        self, tenant: str, queue: str, workflow_type: str, workflow_id: str, run_id: str
+    ) -> str:
+        """The runs index's record of one open run: its own subject, removed at the close."""
+        tokens = (queue, workflow_type, workflow_id, run_id)
+        return f"{self.prefix}.runs.{tenant}.open." + ".".join(map(encode_token, tokens))
+
+    def run_closed_subject(self, tenant: str, status: str, queue: str, workflow_type: str) -> str:
+        """Where the runs index keeps closed runs: one subject per status, queue and type,
+        so that a filtered listing reads few subjects (see ``immortal.runs``)."""
+        tokens = (status, queue, workflow_type)
+        return f"{self.prefix}.runs.{tenant}.closed." + ".".join(map(encode_token, tokens))
+
+    def runs_filter(
+        self,
+        tenant: str,
+        phase: Literal["open", "closed"],
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        workflow_type: str | None = None,
+    ) -> str:
+        """The subject filter of one phase of the runs index, narrowed by what is given."""
+        given = [status] if phase == "closed" else []
+        given += [queue, workflow_type] + ([None, None] if phase == "open" else [])
+        parts = ["*" if t is None else encode_token(t) for t in given]
+        full = len(parts)
+        while parts and parts[-1] == "*":
+            parts.pop()
+        if len(parts) < full:
+            parts.append(">")  # the stripped tail: one token or more
+        return f"{self.prefix}.runs.{tenant}.{phase}." + ".".join(parts)
 
     def task_subject(self, tenant: str, queue: str, kind: TaskKind) -> str:
         return f"{self.prefix}.task.{tenant}.{encode_token(queue)}.{kind}"
@@ -211,9 +248,6 @@ class Names:
     def kv_subject(self, bucket: str, key: str) -> str:
         """The subject a put of ``key`` in ``bucket`` is published on (a put is a publish)."""
         return f"$KV.{bucket}.{key}"
-
-    def run_key(self, tenant: str, workflow_id: str) -> str:
-        return f"{tenant}.{encode_token(workflow_id)}"
 
     def worker_key(self, tenant: str, queue: str, worker_id: str) -> str:
         return f"{tenant}.{encode_token(queue)}.{encode_token(worker_id)}"

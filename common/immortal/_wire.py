@@ -214,6 +214,8 @@ class OpenActivity(_Model):
     heartbeat_details: bytes | None = None  # the latest, handed to the next attempt
     last_heartbeat_ts: int = 0
     scheduled_ts: int = 0
+    last_failure: Failure | None = None  # the last failed attempt's error (type, message)
+    worker: str | None = None  # the last worker the hub heard from about this activity
 
 
 class OpenTimer(_Model):
@@ -401,6 +403,9 @@ class SignalWorkflow(_Model):
     name: str
     input: bytes
     signal_id: str
+    # The sender knows the run's start is durable (queued in IMM_IN) though not applied
+    # yet: the hub waits for the start instead of dead-lettering the input at once.
+    pending_start: bool = False
 
 
 class RequestCancel(_Model):
@@ -408,6 +413,7 @@ class RequestCancel(_Model):
     run_id: str
     reason: str = ""
     request_id: str
+    pending_start: bool = False  # as for SignalWorkflow
 
 
 class RequestTerminate(_Model):
@@ -417,6 +423,7 @@ class RequestTerminate(_Model):
     run_id: str
     reason: str = ""
     request_id: str
+    pending_start: bool = False  # as for SignalWorkflow
 
 
 class ChildClosed(_Model):

@@ -28,7 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
-from immortal._codec import pack, unpack
+from immortal._codec import unpack
 from immortal._connect import connect, display_urls
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
@@ -62,6 +62,7 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal_hub._dead_letters import keep_dead_letter
 from immortal_hub._emissions import Emission, attempt_timers, emissions_for, open_emissions
 from immortal_hub._limits import Admission, TenantLimits
 from immortal_hub._local_timers import LocalTimers
@@ -69,9 +70,11 @@ from immortal_hub._metrics import HubMetrics
 from immortal_hub._push import PUSH_HEADER, Pushes
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._retention import Retentions
+from immortal_hub._runs_index import RunsIndex
 from immortal_hub._schedule_firing import scheduled_start
 from immortal_hub._sticky import move_sticky_tasks
 from immortal_hub._transitions import (
+    AwaitingStart,
     InvalidInput,
     Outcome,
     StaleAttempt,
@@ -85,6 +88,7 @@ from immortal_hub._transitions import (
     apply_terminate,
     apply_timer_fired,
     apply_workflow_task_result,
+    input_id,
 )
 from immortal_hub._writes import WriteGate
 
@@ -108,6 +112,7 @@ _INPUTS: dict[str, tuple[type[BaseModel], _Apply]] = {
 log = logging.getLogger(__name__)
 
 _MAX_RACES = 50
+_START_WAIT_S = 0.5  # between a waiting input's deliveries (see _await_start)
 _POISON_DELIVERIES = 10
 _EARLY_FIRING_MS = 2  # a durable timer's firing this much before its due time waits
 _LIGHT_TENANT = 2  # a tenant holding this few inputs: its writes never wait (_writes)
@@ -119,7 +124,9 @@ class Hub:
     ``max_in_flight`` bounds the inputs this hub holds (queued or being applied), shared
     fairly among the tenants that have work; ``concurrency`` of them are applied at once,
     the slots going round-robin to tenants; ``tenant_limits`` caps tenants further (key
-    ``"*"``: every tenant without its own entry). See ``_limits``.
+    ``"*"``: every tenant without its own entry). See ``_limits``. ``start_wait``: seconds
+    a signal (or cancel) for a run whose start is durable but not yet applied waits for the
+    start before it is dead-lettered.
 
     >>> hub = Hub(url, tenant_limits={"*": TenantLimits(max_in_flight=100, rate=500)})
     """
@@ -136,6 +143,7 @@ class Hub:
         max_writes: int = 8,
         tenant_limits: Mapping[str, TenantLimits] | None = None,
         ack_wait: float = 5.0,
+        start_wait: float = 60.0,
         cache_size: int = 10_000,
         local_timer_horizon: float = 300.0,
         meter_provider: MeterProvider | None = None,
@@ -147,6 +155,7 @@ class Hub:
         self.hub_id = hub_id or f"hub-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.settings = settings or ResourceSettings()
         self.ack_wait = ack_wait
+        self.start_wait = start_wait
         self._nc = nc
         self._own_nc = nc is None
         self.max_in_flight = max_in_flight
@@ -187,15 +196,11 @@ class Hub:
         self.js = self.nc.jetstream()
         await require_jetstream(self.nc, display_urls(self.servers))
         await ensure_resources(self.js, self.names, self.settings)
-        self._runs_kv = await key_value(self.js, self.names.bucket_runs)
-        self._queues_kv = await key_value(self.js, self.names.bucket_queues)
+        self._runs = RunsIndex(self.nc, self.names, self._write)
         self._retentions = Retentions(
-            self.js,
-            self.names,
-            self._runs_kv,
-            self._publish_emission,
-            self._forget,
+            self.nc, self.names, self._runs, self._publish_emission, self._forget
         )
+        self._queues_kv = await key_value(self.js, self.names.bucket_queues)
         self._running = self._timers.running = True
         self._pushes = Pushes(self.nc, self.names, self.hub_id, self._publish_emission, self._live)
         await self._pushes.start()
@@ -420,6 +425,9 @@ class Hub:
             except InvalidInput as exc:
                 await self._dead_letter(msg, str(exc))
                 return
+            except AwaitingStart as exc:
+                await self._await_start(msg, exc)
+                return
             except StaleAttempt as exc:
                 log.info("%s: %s", msg.subject, exc)  # a late heartbeat: nothing to do
             await msg.ack()
@@ -435,6 +443,18 @@ class Hub:
                 log.warning("input %s failed (%r); will retry", msg.subject, exc)
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
+
+    async def _await_start(self, msg: Msg, exc: AwaitingStart) -> None:
+        """An input for a run whose start is durable but not applied: the start is queued
+        ahead of it (or being applied by another hub), so it comes back a little later,
+        holding no slot meanwhile. If the start never comes, it is dead-lettered."""
+        deliveries = msg.metadata.num_delivered or 1
+        if deliveries * _START_WAIT_S < self.start_wait:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=_START_WAIT_S)
+            return
+        waited = f"{exc}; it waited {deliveries} times, {_START_WAIT_S:g} s apart, for the start"
+        await self._dead_letter(msg, waited)
 
     async def _on_rpc(self, msg: Msg) -> None:
         """An input by request-reply: apply it, then reply; past its limits, ``busy``.
@@ -481,6 +501,8 @@ class Hub:
                 reply = OK + b":" + encode(applied)
         except StaleAttempt as exc:
             reply = STALE + b" " + str(exc).encode()
+        except AwaitingStart:
+            reply = BUSY  # the sender queues it durably, behind the run's start
         except (PayloadError, ValueError, InvalidInput) as exc:
             reason = f"undecodable input: {exc}" if not isinstance(exc, InvalidInput) else str(exc)
             await self._keep_dead_letter(
@@ -528,19 +550,7 @@ class Hub:
         await msg.ack()
 
     async def _keep_dead_letter(self, subject: str, data: bytes, reason: str, *, ref: str) -> None:
-        try:
-            tenant, queue, kind = self.names.parse_input_subject(subject)
-        except ValueError:
-            tenant, queue, kind = "unknown", "unknown", "unknown"
-        log.error("dead-lettered input %s (%s): %s", subject, ref, reason)
-        headers = {
-            "Nats-Msg-Id": f"dlq:{ref}",
-            "Imm-Error": reason[:2000].replace("\r", " ").replace("\n", " "),
-            "Imm-Subject": subject,
-            "Imm-Ref": ref,
-            "Imm-Hub": self.hub_id,
-        }
-        await self._write(tenant, self.names.dlq_subject(tenant, queue, kind), data, headers)
+        await keep_dead_letter(self.nc, self.names, self.hub_id, subject, data, reason, ref=ref)
 
     async def _apply(
         self, tenant: str, queue: str, kind: str, body: Any
@@ -559,13 +569,13 @@ class Hub:
                     state, seq, digest = await self._load(subject, fresh=fresh)
                 try:
                     outcome = self._transition(state, queue, kind, body)
-                except (InvalidInput, StaleAttempt) as exc:
+                except (InvalidInput, StaleAttempt, AwaitingStart) as exc:
                     if not fresh:  # judge only on fresh state: another hub may have moved on
                         self._cache.pop(subject, None)
                         fresh = True
                         continue
                     if isinstance(exc, StaleAttempt) and state is not None:
-                        await self._reemit(tenant, subject, state, seq)  # as below
+                        await self._reemit(tenant, subject, state, seq, digest)  # as below
                     raise
                 if outcome.confirmed is not None:
                     # An attempt about to run, checked on what this hub knows: a stale
@@ -581,7 +591,10 @@ class Hub:
                     fresh = True
                     continue
                 if not outcome.events:
-                    await self._appended_nothing(tenant, subject, outcome, state, seq)
+                    closing = state is not None and state.applied[-1:] == [input_id(body)]
+                    await self._appended_nothing(
+                        tenant, subject, outcome, state, seq, digest, closing=closing
+                    )
                     return None
                 applied = await self._commit(tenant, subject, outcome, seq, digest)
                 if applied is None:  # another hub moved the run (or our own lost ack did):
@@ -591,9 +604,18 @@ class Hub:
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
 
     async def _appended_nothing(
-        self, tenant: str, subject: str, outcome: Outcome, state: RunState | None, seq: int
+        self,
+        tenant: str,
+        subject: str,
+        outcome: Outcome,
+        state: RunState | None,
+        seq: int,
+        digest: bytes,
+        *,
+        closing: bool,
     ) -> None:
-        """An input that changes nothing (decided on a fresh read)."""
+        """An input that changes nothing (decided on a fresh read); ``closing``: it is the
+        input that closed the run, redelivered."""
         if not outcome.reemit:
             log.debug("%s: %s", subject, outcome.note)
             return
@@ -603,7 +625,7 @@ class Hub:
             # Whatever the run still owes goes out again (deduped by id): an earlier
             # transition's tasks may have been lost to an outage between its append and its
             # publishes, and this input is its sender's retry.
-            await self._reemit(tenant, subject, state, seq)
+            await self._reemit(tenant, subject, state, seq, digest, closing=closing)
 
     async def _commit(
         self, tenant: str, subject: str, outcome: Outcome, seq: int, digest: bytes
@@ -615,7 +637,10 @@ class Hub:
         pushing = push is not None
         try:
             try:
-                appended = await self._append(tenant, subject, outcome, seq, digest, pushing)
+                appending = self._append(tenant, subject, outcome, seq, digest, pushing)
+                appended = await self._runs.alongside(
+                    tenant, outcome.state, outcome.events, appending
+                )
             except Exception:
                 if pushing:  # stored or not? (_push settles it)
                     assert outcome.state.wft is not None
@@ -624,25 +649,39 @@ class Hub:
             if appended is None:
                 return None
             new_seq, new_digest = appended
-            # The index is written once per run, at its close (a running run is found from
-            # its history), before the closing emissions, so a continued run's close is
-            # indexed before its successor can close.
             emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
-            if outcome.closes_run:
-                await self._index(tenant, outcome.state, new_seq, new_digest)
-                await self._retentions.arm(tenant, outcome.state)
             if pushing:  # its workflow task goes over core NATS (_push)
                 pushed = partial(self._pushes.push, tenant, subject, seq=new_seq)
                 emissions = [e for e in emissions if not pushed(e)]
-            await self._emit(tenant, emissions)
+            if outcome.closes_run:  # the runs index, beside the closing emissions
+                await asyncio.gather(
+                    self._runs.closed(tenant, outcome.state, new_seq, new_digest),
+                    self._retentions.arm(tenant, outcome.state),
+                    self._emit(tenant, emissions),
+                )
+            else:
+                await self._emit(tenant, emissions)
         finally:
             self._pushes.release(push)
         return AppliedTransition(prev_seq=seq, seq=new_seq, events=outcome.events)
 
-    async def _reemit(self, tenant: str, subject: str, state: RunState, seq: int) -> None:
+    async def _reemit(
+        self,
+        tenant: str,
+        subject: str,
+        state: RunState,
+        seq: int,
+        digest: bytes,
+        *,
+        closing: bool = False,
+    ) -> None:
         """Publish again what the run owes, but a workflow task that a live hub pushed and
-        still answers for (``_push``)."""
-        await self._emit(tenant, self._pushes.unpushed(subject, state, open_emissions(state, seq)))
+        still answers for (``_push``); and what the runs index may lack (``closing``: the
+        input being redelivered is the one that closed the run)."""
+        await asyncio.gather(
+            self._emit(tenant, self._pushes.unpushed(subject, state, open_emissions(state, seq))),
+            self._runs.reemit(tenant, state, seq, digest, closing=closing),
+        )
 
     @staticmethod
     def _transition(state: RunState | None, queue: str, kind: str, body: Any) -> Outcome:
@@ -707,23 +746,6 @@ class Hub:
         self._cache.move_to_end(subject)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-
-    async def _index(self, tenant: str, state: RunState, seq: int, digest: bytes) -> None:
-        value = pack(
-            {
-                "run_id": state.run_id,
-                "status": str(state.status),
-                "workflow_type": state.workflow_type,
-                "queue": state.queue,
-                "started_ts": state.started_ts,
-                "closed_ts": state.closed_ts,
-                "hist_seq": seq,
-                "head": digest,  # the newest transition's digest: anchors `verify`
-            }
-        )
-        key = self.names.run_key(tenant, state.workflow_id)
-        subject = self.names.kv_subject(self.names.bucket_runs, key)
-        await self._write(tenant, subject, value, {})  # a KV put: the same value, repeatable
 
     async def _emit(self, tenant: str, emissions: list[Emission]) -> None:
         if emissions:

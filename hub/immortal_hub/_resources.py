@@ -47,6 +47,7 @@ def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
             description="Immortal: every input to the hub, one subject space per tenant queue",
             subjects=[f"{p}.in.>"],
             retention=RetentionPolicy.WORK_QUEUE,
+            allow_direct=True,  # a client finds a start queued here (a signal may wait for it)
             max_msg_size=s.max_payload,
             duplicate_window=s.duplicate_window,
             **common,
@@ -81,6 +82,17 @@ def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
             **common,
         ),
         StreamConfig(
+            name=names.stream_runs,
+            description="Immortal: the runs index, a record per open run and per closed run",
+            subjects=[f"{p}.runs.>"],
+            retention=RetentionPolicy.LIMITS,
+            allow_direct=True,
+            allow_rollup_hdrs=True,  # a closing run's open record is rolled up...
+            allow_msg_ttl=True,  # ...by an empty message that expires
+            duplicate_window=s.duplicate_window,
+            **common,
+        ),
+        StreamConfig(
             name=names.stream_logs,
             description="Immortal: log records of workflow and activity code",
             subjects=[f"{p}.log.>"],
@@ -112,7 +124,6 @@ def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
 def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
     common: dict[str, Any] = {"storage": StorageType.FILE, "replicas": s.replicas, "history": 1}
     return [
-        KeyValueConfig(bucket=names.bucket_runs, description="runs index", direct=True, **common),
         # Keys carry their own short TTL; an expired key leaves a marker that watchers see.
         KeyValueConfig(
             bucket=names.bucket_workers,

@@ -3,26 +3,25 @@
 ``client.set_retention(history=, logs=)`` writes the tenant's setting; when a run closes,
 its hub reads the setting (cached 10 s) and arms ``retention-history`` / ``retention-logs``
 for the close time plus each period. When they fire, the hub purges the run's history or
-log subject and removes the runs-index entry if it still names that run. Open runs are
-never expired.
+log subject and deletes the run's closed record from the runs index. Open runs are never
+expired.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError
-from nats.js.errors import NotFoundError as JsNotFound
-from nats.js.kv import KeyValue
+from nats.aio.client import Client as NATS
 
-from immortal._codec import unpack
+from immortal._jetstream import last_message
 from immortal._names import Names
 from immortal._tenants import Retention, read_retention
-from immortal._wire import RunState, TimerFired, now_ms
+from immortal._transient import retry_transient
+from immortal._wire import RunState, TimerFired, Transition, decode, now_ms
+from immortal.runs import find_closed_record
 from immortal_hub._emissions import Emission
+from immortal_hub._runs_index import RunsIndex
 
 __all__ = ["Retentions"]
 
@@ -36,13 +35,13 @@ class Retentions:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: NATS,
         names: Names,
-        runs_kv: KeyValue,
+        runs: RunsIndex,
         publish: Callable[[str, Emission], Awaitable[None]],
         forget: Callable[[str], None],
     ) -> None:
-        self._js, self._names, self._runs_kv = js, names, runs_kv
+        self._nc, self._names, self._runs = nc, names, runs
         self._publish = publish
         self._forget = forget  # a history subject purged: drop it from the hub's cache
         self._known: dict[str, tuple[int, Retention]] = {}  # tenant -> (read at, setting)
@@ -52,7 +51,7 @@ class Retentions:
         now = now_ms()
         known = self._known.get(tenant)
         if known is None or now - known[0] > _REREAD_MS:
-            known = (now, await read_retention(self._js, self._names, tenant))
+            known = (now, await read_retention(self._nc.jetstream(), self._names, tenant))
             self._known[tenant] = known
         return known[1]
 
@@ -74,17 +73,22 @@ class Retentions:
 
     async def expire(self, tenant: str, fired: TimerFired) -> None:
         """A closed run's retention ran out: purge its history or its logs."""
+        js = self._nc.jetstream()
         if fired.timer == "retention-logs":
             subject = self._names.log_subject(tenant, fired.workflow_id, fired.run_id)
-            await self._js.purge_stream(self._names.stream_logs, subject=subject)
+            await js.purge_stream(self._names.stream_logs, subject=subject)
             log.info("logs of run %s expired (tenant retention)", fired.run_id)
             return
-        key = self._names.run_key(tenant, fired.workflow_id)
-        with contextlib.suppress(KeyNotFoundError, JsNotFound):
-            entry = await self._runs_kv.get(key)
-            if unpack(entry.value or b"").get("run_id") == fired.run_id:
-                await self._runs_kv.delete(key, last=entry.revision)
         subject = self._names.history_subject(tenant, fired.workflow_id, fired.run_id)
-        await self._js.purge_stream(self._names.stream_history, subject=subject)
+        stream = self._names.stream_history
+        newest = await retry_transient(
+            lambda: last_message(self._nc, stream, subject, leader=True), what=subject
+        )
+        if newest is not None:  # the index forgets the run with its history
+            state = decode(Transition, newest.data).state
+            found = await find_closed_record(self._nc, self._names, tenant, state)
+            if found is not None:
+                await self._runs.forget(found[0].seq)
+        await js.purge_stream(stream, subject=subject)
         self._forget(subject)
         log.info("history of run %s expired (tenant retention)", fired.run_id)

@@ -47,6 +47,7 @@ from immortal._wire import (
 )
 
 __all__ = [
+    "AwaitingStart",
     "InvalidInput",
     "Outcome",
     "StaleAttempt",
@@ -60,6 +61,7 @@ __all__ = [
     "apply_terminate",
     "apply_timer_fired",
     "apply_workflow_task_result",
+    "input_id",
 ]
 
 _APPLIED_KEPT = 64
@@ -71,6 +73,17 @@ _AHEAD_LEAD_MS = 50
 
 class InvalidInput(Exception):
     """The input cannot apply to any run (it goes to the dead-letter subject)."""
+
+
+class AwaitingStart(Exception):
+    """An input for a run that does not exist yet, whose sender knows its start is durable
+    (``pending_start``): it waits for the start, which is queued ahead of it."""
+
+
+def _unknown_run(body: SignalWorkflow | RequestCancel | RequestTerminate, what: str) -> Exception:
+    if body.pending_start:
+        return AwaitingStart(f"{what} for run {body.run_id}, whose start is not applied yet")
+    return InvalidInput(f"{what} for unknown run {body.run_id}")
 
 
 class StaleAttempt(Exception):
@@ -150,6 +163,21 @@ class _Builder:
         applied = [*self.state.applied, input_id]
         self.state.applied = applied[-_APPLIED_KEPT:]
         return Outcome(events=self.events, state=self.state)
+
+
+def input_id(body: Any) -> str:
+    """The id an input is kept under in the run's ``applied`` ring once applied."""
+    if isinstance(body, StartWorkflow):
+        return body.run_id
+    if isinstance(body, SignalWorkflow):
+        return body.signal_id
+    if isinstance(body, RequestCancel):
+        return body.request_id
+    if isinstance(body, ChildClosed):
+        return f"child:{body.child_run_id}"
+    if isinstance(body, TimerFired):
+        return f"timer:{body.timer}"
+    return str(body.result_id)  # results, starts of attempts, heartbeats
 
 
 def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: int) -> Outcome:
@@ -340,7 +368,7 @@ def _start_child(b: _Builder, done_id: int, command: StartChild) -> None:
 
 def apply_signal(state: RunState | None, signal: SignalWorkflow, now: int) -> Outcome:
     if state is None:
-        raise InvalidInput(f"signal {signal.name!r} for unknown run {signal.run_id}")
+        raise _unknown_run(signal, f"signal {signal.name!r}")
     if signal.signal_id in state.applied:
         return Outcome(duplicate=True)
     if state.status.closed:
@@ -362,7 +390,7 @@ def apply_signal(state: RunState | None, signal: SignalWorkflow, now: int) -> Ou
 
 def apply_cancel_request(state: RunState | None, request: RequestCancel, now: int) -> Outcome:
     if state is None:
-        raise InvalidInput(f"cancellation of unknown run {request.run_id}")
+        raise _unknown_run(request, "cancellation")
     if request.request_id in state.applied:
         return Outcome(duplicate=True)
     if state.status.closed or state.cancel_requested:
@@ -392,7 +420,7 @@ def apply_terminate(state: RunState | None, request: RequestTerminate, now: int)
     """Close the run at once, whatever its code is doing, without running it: timers are
     purged, children asked to cancel and the parent told, as for any close."""
     if state is None:
-        raise InvalidInput(f"termination of unknown run {request.run_id}")
+        raise _unknown_run(request, "termination")
     if request.request_id in state.applied:
         return Outcome(duplicate=True)
     if state.status.closed:
@@ -511,6 +539,10 @@ def _fail_attempt(
             act.attempt += 1
             act.started = False
             act.retry_at = b.now + backoff_ms
+            # For `describe`: what went wrong last (no traceback: the snapshot rides on
+            # every transition while the activity is open; the event has it all).
+            act.last_failure = Failure(type=failure.type, message=failure.message[:500])
+            act.worker = common.get("worker") or act.worker
             b.add(
                 EventType.ACTIVITY_ATTEMPT_FAILED,
                 sid,
@@ -629,6 +661,7 @@ def apply_activity_heartbeat(state: RunState | None, beat: ActivityHeartbeat, no
     act = state.activities[beat.scheduled_id]
     act.heartbeat_details = beat.details
     act.last_heartbeat_ts = now
+    act.worker = beat.worker
     b = _Builder(state, now)
     b.add(
         EventType.ACTIVITY_HEARTBEAT,
@@ -688,6 +721,7 @@ def apply_activity_started(state: RunState | None, started: ActivityStarted, now
         return Outcome(confirmed=(started.scheduled_id, now))
     state = _fork(state)
     state.activities[started.scheduled_id].started = True
+    state.activities[started.scheduled_id].worker = started.worker
     b = _Builder(state, now)
     b.add(
         EventType.ACTIVITY_ATTEMPT_STARTED,

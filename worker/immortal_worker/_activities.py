@@ -59,7 +59,7 @@ class ActivityRunner:
         activities: dict[str, ActivityDefinition],
         executor: ThreadPoolExecutor,
         *,
-        hold: Callable[[Msg], AbstractAsyncContextManager[None]],
+        hold: Callable[[Msg, str | None], AbstractAsyncContextManager[None]],
         send: Send,
         report_result: ReportResult,
     ) -> None:
@@ -77,7 +77,8 @@ class ActivityRunner:
         started = now_ms()
         # The lease is held until the result is delivered, not just while the code runs:
         # a hub that is slow to answer must not cost the task to another worker.
-        async with self._hold(msg):
+        # Listed as running this attempt while held: what `describe` shows as its worker.
+        async with self._hold(msg, f"{task.run_id}/{task.scheduled_id}/{task.attempt}"):
             if await self._confirm(task, delivery):
                 # This attempt no longer counts: an earlier delivery of it was lost (the hub
                 # counted it and sends the next attempt as its own task), or it ended

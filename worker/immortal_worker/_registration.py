@@ -57,6 +57,7 @@ def registration(worker: Worker) -> dict[str, Any]:
         "signatures": {definition_key(d): signature(d) for d in definitions},
         "slots": {"workflow": worker.workflow_slots, "activity": worker.activity_slots},
         "held": [m.reply for m in worker._held.values() if m.reply],
+        "running": sorted(worker._running_attempts.values()),  # "<run>/<activity>/<attempt>"
         "ts": now_ms(),
     }
 

@@ -144,6 +144,7 @@ class Worker:
         self._pullers: list[Puller] = []
         self._poll_tasks: list[asyncio.Task[None]] = []
         self._held: dict[int, Msg] = {}
+        self._running_attempts: dict[int, str] = {}  # of the held tasks, activity attempts
         self._held_changed = asyncio.Event()
         self._running = False
         self.evictions = 0  # runs dropped from memory (cache pressure, staleness, sleeps)
@@ -369,15 +370,19 @@ class Worker:
     # -- leases and liveness ------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _lease(self, msg: Msg) -> AsyncIterator[None]:
-        """Hold the task's lease for as long as the block runs (see ``_extend_leases``)."""
+    async def _lease(self, msg: Msg, running: str | None = None) -> AsyncIterator[None]:
+        """Hold the task's lease for as long as the block runs (see ``_extend_leases``);
+        ``running`` names the activity attempt it is, for the registration."""
         key = id(msg)
         self._held[key] = msg
+        if running is not None:
+            self._running_attempts[key] = running
         self._held_changed.set()
         try:
             yield
         finally:
             self._held.pop(key, None)
+            self._running_attempts.pop(key, None)
             self._held_changed.set()
 
     def registration(self) -> dict[str, Any]:

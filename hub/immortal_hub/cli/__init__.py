@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from immortal_hub.cli import dev, dlq, hub, logs, ops, replay, schedule, workflow
+from immortal_hub.cli import dev, dlq, hub, logs, ops, replay, runs, schedule, workflow
 from immortal_hub.cli._exit import report
 
 __all__ = ["app", "main"]
@@ -43,6 +43,8 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "retention": ops.retention,
     "replay": replay.replay,
 }
+workflow.app.command("list")(runs.workflow_list)  # finding runs, in a module of its own
+workflow.app.command("runs")(runs.workflow_runs)
 GROUPS: dict[str, typer.Typer] = {
     "workflow": workflow.app,
     "dlq": dlq.app,

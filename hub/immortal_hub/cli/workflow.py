@@ -86,15 +86,18 @@ def workflow_result(
 def workflow_describe(
     workflow_id: str,
     run: RunId = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
-    """Print where a run stands."""
+    """Print where a run stands and what it waits for: its pending activities (attempt,
+    last failure, last heartbeat, worker) and timers."""
+    from immortal_hub.cli._describe import print_description
 
     async def describe(handle: WorkflowHandle[Any]) -> None:
-        print_json((await handle.describe()).__dict__)
+        print_description(await handle.describe(), as_json)
 
     on_run(server, tenant, prefix, connect_timeout, workflow_id, run, describe)
 
