@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -135,7 +135,7 @@ async def create_consumer(
 
 async def read_subject(
     nc: NATS, stream: str, subject: str, *, from_seq: int = 1, timeout: float = 5.0
-) -> AsyncIterator[StoredMsg]:
+) -> AsyncGenerator[StoredMsg, None]:
     """Every message on ``subject`` from stream sequence ``from_seq`` on, in order."""
     seq = max(from_seq, 1)
     while True:

@@ -44,22 +44,20 @@ from itertools import count
 from typing import Any
 
 from nats.errors import NoRespondersError
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from immortal._codec import pack, unpack
-from immortal._errors import PayloadError
+from immortal._codec import pack
 from immortal._inputs import OK
-from immortal._jetstream import last_message, read_subject
+from immortal._jetstream import last_message
 from immortal._names import Names, encode_token
 from immortal._requests import Requests
 from immortal._wire import EventType, HistoryEvent, RunState, Transition, decode, encode
 from immortal_hub._emissions import Emission, workflow_task_emission
+from immortal_hub._push_recovery import PUSH_HEADER, Recovery
 
 __all__ = ["HUB_DEAD_S", "PUSH_HEADER", "Pushes"]
 
 log = logging.getLogger(__name__)
 
-PUSH_HEADER = "Imm-Push"
 TAKEN = OK + b":"  # a worker's answer to a push it took: ok:<worker id>\0<instance>
 PUSH_REPLY_S = 2.0
 HOLD_S = 30.0
@@ -122,11 +120,12 @@ class Pushes:
         self._running = False
         self.pushed = 0  # for tests and the benchmark
         self.handed_off = 0
-        self.recovered = 0
+        self._recovering: asyncio.Task[Any] | None = None
 
     async def start(self) -> None:
         self.js = self.nc.jetstream()
         self._kv = await self.js.key_value(self.names.bucket_hubs)
+        self._recovery = Recovery(self.nc, self._kv, self.names, self.hub_id, self._durable)
         self._running = True
         await self._renew()
         # The first watch is set up here, not in the task: cancelled halfway through its
@@ -409,75 +408,27 @@ class Pushes:
                 await asyncio.sleep(1.0)
 
     def _claim_dead(self) -> None:
+        """Recover the hubs whose keys went stale (one recovery at a time: it reads the
+        history once for all of them, see ``_push_recovery``)."""
         now = self._server_now()
         if now is None or time.monotonic() - self._in_touch_since < SETTLE_S:
             return
-        for key, (revision, stored) in list(self._hubs.items()):
-            if now - stored > HUB_DEAD_S:
+        if self._recovering is not None and not self._recovering.done():
+            return
+        stale = [(k, rev) for k, (rev, stored) in self._hubs.items() if now - stored > HUB_DEAD_S]
+        if stale:
+            for key, _ in stale:
                 self._hubs.pop(key, None)
-                self._spawn(self._recover(key, revision, stored))
+            self._recovering = self._spawn(self._recover(stale))
 
-    async def _recover(self, key: str, revision: int, stored: float) -> None:
-        """Claim a dead hub's key, publish durably the pushed tasks it left open, then
-        delete the key. The claim (an update with the expected revision) lets one hub do
-        it; the key goes only once all is published, so if the claimer dies too, its claim
-        goes stale in turn and another hub starts over."""
-        try:
-            entry = await self._kv.get(key, revision=revision)
-            dead = unpack(entry.value or b"")
-            hub, from_seq = str(dead["hub"]), int(dead["from_seq"])
-            claimed = pack({**dead, "claimed_by": self.hub_id})
-            revision = await self._kv.update(key, claimed, last=revision)
-        except (KeyWrongLastSequenceError, KeyNotFoundError):
-            return  # renewed (alive after all), claimed by another hub, or gone
-        except (PayloadError, AttributeError, KeyError, TypeError, ValueError) as exc:
-            log.warning("unreadable hub key %s: %s", key, exc)
-            return
-        except Exception as exc:  # cut off (an election, a reconnect): claim it again later
-            log.debug("claiming hub key %s: %s", key, exc)
-            self._hubs.setdefault(key, (revision, stored))
-            return
-        log.warning("hub %s is gone; publishing its pushed workflow tasks durably", hub)
-        try:
-            for subject, (seq, state) in (await self._scan(hub, from_seq)).items():
-                msg = await last_message(self.nc, self.names.stream_history, subject)
-                if msg is not None and msg.seq >= seq:  # a read at least as new as the scan
-                    newest = decode(Transition, msg.data).state
-                    if newest.wft != state.wft:
-                        continue  # closed since
-                    state, seq = newest, msg.seq
-                tenant = subject.split(".")[2]
-                await self._durable(tenant, workflow_task_emission(state, seq))
-                self.recovered += 1
-            with contextlib.suppress(KeyWrongLastSequenceError):  # renewed: it lives
-                await self._kv.delete(key, last=revision)
-        except Exception as exc:  # the claim goes stale and is taken again
-            log.warning("recovering hub %s: %s; will retry", hub, exc)
+    async def _recover(self, stale: list[tuple[str, int]]) -> None:
+        for key, revision in await self._recovery.recover(stale):
+            self._hubs.setdefault(key, (revision, 0.0))  # cut off: claimed again later
 
-    async def _scan(self, hub: str, from_seq: int) -> dict[str, tuple[int, RunState]]:
-        """The runs whose newest push-intended transition by ``hub`` (from ``from_seq`` on)
-        scheduled a workflow task: history subject -> (that transition's sequence, state)."""
-        info = await self.js.stream_info(self.names.stream_history)
-        end, seq = info.state.last_seq, from_seq
-        found: dict[str, tuple[int, RunState]] = {}
-        subjects = f"{self.names.prefix}.hist.>"
-        for _ in range(5):  # a replica behind the leader may end short of ``end``: again
-            async for msg in read_subject(
-                self.nc, self.names.stream_history, subjects, from_seq=seq
-            ):
-                if msg.seq > end:
-                    break
-                seq = msg.seq + 1
-                if msg.headers.get(PUSH_HEADER) == hub:
-                    state = decode(Transition, msg.data).state
-                    if state.wft is not None:
-                        found[msg.subject] = (msg.seq, state)
-            if seq > end:
-                return found
-            await asyncio.sleep(0.2)
-        # Never a partial answer: the key would go with tasks unexamined. The claim goes
-        # stale instead, and another try reads it all.
-        raise RuntimeError(f"history read ended at {seq - 1}, short of {end}")
+    @property
+    def recovered(self) -> int:
+        """Dead hubs' pushed tasks this hub published durably (for tests)."""
+        return self._recovery.recovered
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
