@@ -414,7 +414,7 @@ class Hub:
         the limits: held back, they would time out attempts that are fine.
         """
         parts = msg.subject.split(".")
-        tenant = parts[2] if len(parts) == 5 and parts[4] != "heartbeat" else None
+        tenant = parts[2] if len(parts) in (5, 6) and parts[4] != "heartbeat" else None
         if not self._running or (
             tenant is not None and not self.admission.try_enter(tenant, ahead=parts[4] != "start")
         ):
