@@ -11,9 +11,11 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,7 +23,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from immortal.security import AuthConfig
+from immortal.security import AuthConfig, ConnectSecurity, TlsFiles
+from immortal.testing import NatsServer
+from immortal_hub.auth import AuthService, ServerTls, callout_config, new_account_seed, public_key
 
 AUDIENCE = "immortal"
 
@@ -172,3 +176,78 @@ def hs256_with(secret: bytes, header: dict[str, Any], claims: dict[str, Any]) ->
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+# -- a secure deployment: nats-server with the auth callout, the auth service ----------
+
+SERVICE_USER = "immortal-auth"
+
+
+@dataclass
+class SecureStack:
+    """A real nats-server whose every connection goes through our auth service."""
+
+    idp: Issuer
+    server: NatsServer
+    service: AuthService
+    seed: str
+    password: str
+    tls: TlsFiles = field(default_factory=TlsFiles)
+
+    @property
+    def url(self) -> str:
+        scheme = "tls" if self.tls.configured else "nats"
+        return f"{scheme}://127.0.0.1:{self.server.port}"
+
+    def security(
+        self, subject: str, permissions: list[str], *, tls: TlsFiles | None = None, **claims: Any
+    ) -> ConnectSecurity:
+        return ConnectSecurity.with_token(
+            self.idp.token(subject, permissions, **claims), tls or self.tls
+        )
+
+    def hub_security(self) -> ConnectSecurity:
+        return self.security("hub-1", ["immortal-system:hub"])
+
+    def admin_nc_options(self) -> dict[str, Any]:
+        """The service user's login: full rights, for tests that look at what was stored."""
+        return {"user": SERVICE_USER, "password": self.password}
+
+
+@asynccontextmanager
+async def secure_stack(
+    tmp_path: Path,
+    *,
+    server_tls: ServerTls | None = None,
+    client_tls: TlsFiles | None = None,
+    config: dict[str, Any] | None = None,
+) -> AsyncIterator[SecureStack]:
+    with Issuer.serving() as idp:
+        seed = new_account_seed()
+        password = uuid.uuid4().hex
+        server = NatsServer(
+            store_dir=tmp_path / "nats",
+            extra_config=callout_config(
+                public_key(seed),
+                service_user=SERVICE_USER,
+                service_password=password,
+                tls=server_tls,
+            ),
+        )
+        await server.start()
+        tls = client_tls or TlsFiles()
+        scheme = "tls" if tls.configured else "nats"
+        service = AuthService(
+            f"{scheme}://127.0.0.1:{server.port}",
+            config=idp.config(**(config or {})),
+            issuer_seed=seed,
+            user=SERVICE_USER,
+            password=password,
+            security=ConnectSecurity(tls=tls) if tls.configured else None,
+        )
+        await service.start()
+        try:
+            yield SecureStack(idp, server, service, seed, password, tls)
+        finally:
+            await service.stop()
+            await server.close()

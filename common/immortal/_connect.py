@@ -7,12 +7,18 @@ node goes away: subscriptions are re-sent, publishes wait in its buffer meanwhil
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.errors import StaleConnectionError
+
+from immortal.security.connection import ConnectSecurity, remember_sender
+from immortal.security.errors import AuthError
+from immortal.security.violations import Violations
 
 __all__ = ["connect", "server_urls"]
 
@@ -33,13 +39,21 @@ def server_urls(servers: str | Sequence[str]) -> list[str]:
 
 
 async def connect(
-    servers: str | Sequence[str], *, name: str, on_reconnect: Callable[[], None] | None = None
+    servers: str | Sequence[str],
+    *,
+    name: str,
+    on_reconnect: Callable[[], None] | None = None,
+    security: ConnectSecurity | None = None,
+    **options: Any,
 ) -> NATS:
     """Connect to any of ``servers``; reconnect to any node of the cluster, forever.
 
     ``on_reconnect`` is called after each reconnect (subscriptions are back; core messages
-    published meanwhile were not delivered).
+    published meanwhile were not delivered). ``security`` adds the token (asked for again
+    at each reconnect), TLS and the inbox prefix that goes with the token; a refusal at
+    connect is an :class:`~immortal.security.AuthError`.
     """
+    violations = Violations()
 
     async def disconnected() -> None:
         if not nc.is_closed:  # not when we close it ourselves
@@ -55,19 +69,45 @@ async def connect(
         # and broken sockets that come with every node going away.
         if isinstance(exc, (OSError, StaleConnectionError, TimeoutError)):
             log.debug("%s: %r", name, exc)
+        elif "authorization violation" in str(exc).lower():
+            log.debug("%s: %r", name, exc)  # raised to the caller as an AuthError
+        elif violations.record(exc):  # refused by the broker: the caller is told
+            log.warning("%s: %s", name, exc)
         else:
             log.warning("%s: NATS error: %r", name, exc)
 
-    nc = await nats.connect(
-        server_urls(servers),
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        disconnected_cb=disconnected,
-        reconnected_cb=reconnected,
-        error_cb=error,
-    )
+    if security is not None:
+        options = {**security.nats_options(), **options}
+    nc = NATS()
+    try:
+        settings: dict[str, Any] = {
+            "servers": server_urls(servers),
+            "name": name,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "disconnected_cb": disconnected,
+            "reconnected_cb": reconnected,
+            "error_cb": error,
+            **options,
+        }
+        await nc.connect(**settings)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await nc.close()  # nats-py leaves the socket of a refused connect open
+        if isinstance(exc, NatsError) and "authorization violation" in str(exc).lower():
+            raise _refused(security) from exc
+        raise
+    remember_sender(nc, security.sender() if security is not None else "anon")
+    violations.attach(nc)
     return nc
+
+
+def _refused(security: ConnectSecurity | None) -> AuthError:
+    """Why the server refused us, as far as we can tell without the issuer's keys: the
+    auth service's own reason is in its audit records and the server's log."""
+    from immortal.security.diagnose import diagnose_refusal
+
+    return diagnose_refusal(security)
 
 
 def _where(nc: NATS) -> str:

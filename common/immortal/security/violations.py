@@ -1,0 +1,51 @@
+"""Permission violations the broker reports (asynchronously, as ``-ERR``) turned into a
+:class:`PermissionDeniedError` for the caller that caused them, instead of a request that
+times out or is retried for twenty seconds."""
+
+from __future__ import annotations
+
+import re
+import weakref
+from typing import Any
+
+from immortal.security.errors import PermissionDeniedError
+
+__all__ = ["Violations", "violation_for"]
+
+_PATTERN = re.compile(r"permissions violation for (publish|subscription) to \\?\"?([^\"\\]+)", re.I)
+_by_connection: weakref.WeakKeyDictionary[Any, Violations] = weakref.WeakKeyDictionary()
+
+
+class Violations:
+    """The subjects a connection was refused, newest last (a bounded list)."""
+
+    def __init__(self) -> None:
+        self.refused: list[tuple[str, str]] = []  # (publish|subscription, subject)
+
+    def record(self, exc: BaseException) -> bool:
+        found = _PATTERN.search(str(exc))
+        if found is None:
+            return False
+        # The server's message has the subject lowercased: compare without case.
+        self.refused.append((found.group(1).lower(), found.group(2).strip().lower()))
+        del self.refused[:-64]
+        return True
+
+    def attach(self, nc: Any) -> None:
+        _by_connection[nc] = self
+
+    def find(self, subject: str) -> PermissionDeniedError | None:
+        wanted = subject.lower()
+        for op, refused in reversed(self.refused):
+            if refused == wanted:
+                return PermissionDeniedError(
+                    f"not permitted: {op} to {subject!r} (the token's tenant and role do not "
+                    "allow it)"
+                )
+        return None
+
+
+def violation_for(nc: Any, subject: str) -> PermissionDeniedError | None:
+    """The refusal of ``subject`` this connection was told of, if any."""
+    found = _by_connection.get(nc)
+    return found.find(subject) if found is not None else None
