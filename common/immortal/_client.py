@@ -39,7 +39,7 @@ from immortal._errors import (
 )
 from immortal._inputs import send_input
 from immortal._integrity import IntegrityReport, verify_chain
-from immortal._jetstream import StoredMsg, last_message, read_subject, tail
+from immortal._jetstream import StoredMsg, kv_scan, last_message, read_subject, tail
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._schedules import Schedules
@@ -60,6 +60,8 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal.security.connection import ConnectSecurity
+from immortal.security.errors import PermissionDeniedError
 
 __all__ = [
     "Client",
@@ -147,12 +149,17 @@ class Client:
         self,
         servers: str | list[str] = "nats://127.0.0.1:4222",
         *,
-        tenant: str = "default",
+        tenant: str | None = None,
         prefix: str = "imm",
         nc: NATS | None = None,
+        security: ConnectSecurity | None = None,
     ) -> None:
         self.servers = servers
-        self.tenant = validate_tenant(tenant)
+        # With a token, the tenant is the token's: ``tenant`` may only repeat it.
+        self.security = security
+        self.tenant = validate_tenant(
+            security.tenant_for(tenant) if security is not None else tenant or "default"
+        )
         self.names = Names(prefix)
         self._nc = nc
         self._own_nc = nc is None
@@ -174,7 +181,10 @@ class Client:
     async def connect(self) -> None:
         if self._nc is None:
             self._nc = await connect(
-                self.servers, name="immortal-client", on_reconnect=self._reconnected
+                self.servers,
+                name="immortal-client",
+                on_reconnect=self._reconnected,
+                security=self.security,
             )
 
     def _reconnected(self) -> None:
@@ -214,6 +224,7 @@ class Client:
         ``run_timeout`` bounds one run (``WorkflowRunTimeout``): the same thing until a
         workflow continues as new, which starts a new run with its own clock.
         """
+        self._require_write("start workflows")
         if isinstance(workflow, str):
             name, result_type = workflow, None
         else:
@@ -248,6 +259,16 @@ class Client:
             self.nc, self.names, self.tenant, queue, "start", encode(body), msg_id=f"start:{run_id}"
         )
         return WorkflowHandle(self, workflow_id, run_id, result_type)
+
+    def _require_write(self, what: str) -> None:
+        """Say at once what the broker would refuse anyway: a token without a writing role."""
+        principal = self.security.principal() if self.security is not None else None
+        if principal is not None and not principal.can_write:
+            roles = ", ".join(sorted(principal.roles))
+            raise PermissionDeniedError(
+                f"not permitted: {principal.subject!r} (role {roles} of tenant "
+                f"{principal.tenant!r}) may not {what}"
+            )
 
     async def _claim(
         self,
@@ -305,29 +326,23 @@ class Client:
 
     async def workers(self, queue: str | None = None) -> list[WorkerInfo]:
         """The live workers of this tenant (of one queue, if given), with their capabilities."""
-        kv = await self._kv(self.names.bucket_workers)
         pattern = f"{self.tenant}.{encode_token(queue)}.*" if queue else f"{self.tenant}.>"
-        watcher = await kv.watch(pattern, ignore_deletes=True)
+        bucket = self.names.bucket_workers
         found: dict[str, WorkerInfo] = {}
-        try:
-            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
-                if entry.value and entry.operation in (None, "PUT"):
-                    info = _worker_info(unpack(entry.value))
-                    found[info.worker] = info
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        for _, value in await retry_transient(
+            partial(kv_scan, self.nc, bucket, pattern), what=bucket
+        ):
+            info = _worker_info(unpack(value))
+            found[info.worker] = info
         return sorted(found.values(), key=lambda w: w.worker)
 
     async def queues(self) -> list[QueueStats]:
         """Backlog and in-flight work of every queue of this tenant."""
-        kv = await self._kv(self.names.bucket_queues)
-        watcher = await kv.watch(f"{self.tenant}.*", ignore_deletes=True, meta_only=True)
-        names: set[str] = set()
-        try:
-            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
-                names.add(self.names.parse_queue_key(entry.key)[1])
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        bucket = self.names.bucket_queues
+        keys = await retry_transient(
+            partial(kv_scan, self.nc, bucket, f"{self.tenant}.*"), what=bucket
+        )
+        names = {self.names.parse_queue_key(key)[1] for key, _ in keys}
         return [await self._queue_stats(q) for q in sorted(names)]
 
     async def _queue_stats(self, queue: str) -> QueueStats:
@@ -399,10 +414,12 @@ class Client:
     ) -> Retention:
         """Keep this tenant's closed runs' history and logs this long (None: the streams'
         limits). Applies to runs that close from now on."""
-        return await write_retention(self.nc.jetstream(), self.names, self.tenant, history, logs)
+        kv = await self._kv(self.names.bucket_policy)
+        return await write_retention(kv, self.names, self.tenant, history, logs)
 
     async def retention(self) -> Retention:
-        return await read_retention(self.nc.jetstream(), self.names, self.tenant)
+        kv = await self._kv(self.names.bucket_policy)
+        return await read_retention(kv, self.names, self.tenant)
 
     async def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[Any]:
         """A handle on an existing run: the newest one of ``workflow_id`` if no run id.
@@ -595,6 +612,7 @@ class WorkflowHandle(Generic[R]):
         return decode_value(transition.state.status_value, result_type)
 
     async def _send(self, kind: InputKind, data: bytes, msg_id: str) -> None:
+        self.client._require_write(f"{kind} workflows")
         transition = await self._last_transition()
         if transition is None:
             raise WorkflowNotFoundError(f"run {self.run_id} of {self.workflow_id!r} not found")

@@ -44,6 +44,7 @@ async def connect(
     name: str,
     on_reconnect: Callable[[], None] | None = None,
     security: ConnectSecurity | None = None,
+    relay_reads: bool | None = None,
     **options: Any,
 ) -> NATS:
     """Connect to any of ``servers``; reconnect to any node of the cluster, forever.
@@ -51,7 +52,8 @@ async def connect(
     ``on_reconnect`` is called after each reconnect (subscriptions are back; core messages
     published meanwhile were not delivered). ``security`` adds the token (asked for again
     at each reconnect), TLS and the inbox prefix that goes with the token; a refusal at
-    connect is an :class:`~immortal.security.AuthError`.
+    connect is an :class:`~immortal.security.AuthError`. ``relay_reads`` (default: with a
+    token) sends batched reads through the hubs' read relay; a hub reads directly.
     """
     violations = Violations()
 
@@ -97,7 +99,12 @@ async def connect(
         if isinstance(exc, NatsError) and "authorization violation" in str(exc).lower():
             raise _refused(security) from exc
         raise
-    remember_sender(nc, security.sender() if security is not None else "anon")
+    token = security is not None and security.token is not None
+    remember_sender(
+        nc,
+        security.sender() if security is not None else "anon",
+        relay_reads=token if relay_reads is None else relay_reads,
+    )
     violations.attach(nc)
     return nc
 

@@ -10,20 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
+
+from immortal._requests import Requests
+from immortal.security.connection import read_relay
+from immortal.security.errors import PermissionDeniedError
 
 __all__ = [
     "ERR_WRONG_LAST_SEQUENCE",
     "Puller",
     "StoredMsg",
     "is_wrong_last_sequence",
+    "kv_scan",
     "last_message",
     "message_at",
     "read_subject",
@@ -59,7 +65,10 @@ async def last_message(
     """
     if leader:
         return await _leader_last(nc, stream, subject, timeout)
-    resp = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)
+    # Timer-free, and refused at once when the broker does not permit it.
+    resp = await Requests.of(nc).request(
+        f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout
+    )
     return _lift(resp.headers or {}, resp.data)
 
 
@@ -78,7 +87,7 @@ async def _leader_last(nc: NATS, stream: str, subject: str, timeout: float) -> S
 
 async def read_subject(
     nc: NATS, stream: str, subject: str, *, from_seq: int = 1, timeout: float = 5.0
-) -> AsyncIterator[StoredMsg]:
+) -> AsyncGenerator[StoredMsg, None]:
     """Every message on ``subject`` from stream sequence ``from_seq`` on, in order."""
     seq = max(from_seq, 1)
     while True:
@@ -109,6 +118,10 @@ async def tail(
         yield msg
     if not follow:
         return
+    if read_relay(nc, subject) is not None:
+        async for msg in _follow_by_reads(nc, stream, subject, seq):
+            yield msg
+        return
     # An ordered consumer from where the read stopped: gap-free, recreated by nats-py on
     # any sequence mismatch.
     sub = await nc.jetstream().subscribe(
@@ -133,6 +146,47 @@ async def tail(
         await sub.unsubscribe()
 
 
+async def _follow_by_reads(
+    nc: NATS, stream: str, subject: str, seq: int
+) -> AsyncIterator[StoredMsg]:
+    """Follow without a consumer (a tenant's connection may create none): a core
+    subscription says something was stored, and a read from the next sequence fetches
+    it, gap-free; a quiet second reads anyway (a core message can be lost)."""
+    stored = asyncio.Event()
+
+    async def notice(_: object) -> None:
+        stored.set()
+
+    sub = await nc.subscribe(subject, cb=notice)
+    try:
+        while True:
+            stored.clear()
+            async for msg in read_subject(nc, stream, subject, from_seq=seq):
+                seq = msg.seq + 1
+                yield msg
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await stored.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def kv_scan(nc: NATS, bucket: str, keys: str) -> list[tuple[str, bytes]]:
+    """(key, value) of every live key of ``bucket`` matching ``keys`` (wildcards allowed),
+    read from the bucket's stream in order: what a KV watch's initial values give, without
+    a consumer (a tenant's connection may create none)."""
+    prefix = f"$KV.{bucket}."
+    out: dict[str, bytes] = {}
+    async for msg in read_subject(nc, f"KV_{bucket}", prefix + keys):
+        key = msg.subject[len(prefix) :]
+        if msg.headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            out.pop(key, None)
+        else:
+            out[key] = msg.data
+    return list(out.items())
+
+
 async def _direct_batch(
     nc: NATS, stream: str, subject: str, seq: int, timeout: float
 ) -> AsyncIterator[StoredMsg]:
@@ -144,8 +198,12 @@ async def _direct_batch(
 
     sub = await nc.subscribe(inbox, cb=collect)
     try:
-        req = {"seq": seq, "next_by_subj": subject, "batch": _BATCH}
-        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(req).encode(), reply=inbox)
+        req: dict[str, Any] = {"seq": seq, "next_by_subj": subject, "batch": _BATCH}
+        target = f"$JS.API.DIRECT.GET.{stream}"
+        relay = read_relay(nc, subject)
+        if relay is not None:  # the hubs check the filter is ours and forward the request
+            target, req = relay, {**req, "stream": stream}
+        await nc.publish(target, json.dumps(req).encode(), reply=inbox)
         while True:
             async with asyncio.timeout(timeout):
                 headers, data = await queue.get()
@@ -161,6 +219,10 @@ def _lift(headers: dict[str, str], data: bytes) -> StoredMsg | None:
     status = headers.get("Status")
     if status in ("404", "204"):
         return None
+    if status == "403":
+        raise PermissionDeniedError(f"read refused: {headers.get('Description', '')}")
+    if status == "503" and not data:
+        raise NoRespondersError  # no hub answers a relayed read (or the stream is gone)
     if status:
         raise APIError(code=int(status), description=headers.get("Description", ""))
     return StoredMsg(

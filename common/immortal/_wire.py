@@ -368,6 +368,7 @@ class StartWorkflow(_Model):
     run_timeout: float | None = None  # seconds for this run (continue-as-new starts a new one)
     parent: ParentRef | None = None  # set when a workflow started this one as its child
     continued_from: str | None = None  # the run this one continues
+    by: dict[str, Any] | None = None  # who sent it: set by the hub from the sender, never trusted
 
 
 class SignalWorkflow(_Model):
@@ -376,6 +377,7 @@ class SignalWorkflow(_Model):
     name: str
     input: bytes
     signal_id: str
+    by: dict[str, Any] | None = None  # set by the hub (see StartWorkflow.by)
 
 
 class RequestCancel(_Model):
@@ -383,6 +385,7 @@ class RequestCancel(_Model):
     run_id: str
     reason: str = ""
     request_id: str
+    by: dict[str, Any] | None = None  # set by the hub (see StartWorkflow.by)
 
 
 class ChildClosed(_Model):

@@ -154,6 +154,8 @@ def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: i
         extra["parent"] = start.parent.model_dump()
     if start.continued_from is not None:
         extra["continued_from"] = start.continued_from
+    if start.by is not None:
+        extra["by"] = start.by  # who started it (the hub sets it from the sender)
     started = b.add(
         EventType.WORKFLOW_STARTED,
         workflow_type=start.workflow_type,
@@ -339,6 +341,7 @@ def apply_signal(state: RunState | None, signal: SignalWorkflow, now: int) -> Ou
         name=signal.name,
         input=signal.input,
         signal_id=signal.signal_id,
+        **({"by": signal.by} if signal.by is not None else {}),
     )
     b.news(ev)
     return b.outcome(signal.signal_id)
@@ -354,7 +357,8 @@ def apply_cancel_request(state: RunState | None, request: RequestCancel, now: in
     state = _fork(state)
     state.cancel_requested = True
     b = _Builder(state, now)
-    b.news(b.add(EventType.WORKFLOW_CANCEL_REQUESTED, None, reason=request.reason))
+    by = {"by": request.by} if request.by is not None else {}
+    b.news(b.add(EventType.WORKFLOW_CANCEL_REQUESTED, None, reason=request.reason, **by))
     return b.outcome(request.request_id)
 
 

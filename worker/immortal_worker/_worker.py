@@ -47,7 +47,7 @@ from immortal._errors import (
     failure_from_exception,
 )
 from immortal._inputs import STALE, StaleInput, send_input
-from immortal._jetstream import Puller, StoredMsg, read_subject
+from immortal._jetstream import Puller, StoredMsg, last_message, read_subject
 from immortal._locks import KeyedLocks
 from immortal._logs import LogShipper
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
@@ -69,6 +69,8 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal.security.connection import ConnectSecurity, sender_of
+from immortal.security.errors import AuthError, RefusalReason
 from immortal_worker._instance import CacheStale, WorkflowInstance
 from immortal_worker._pushed import PushedTask, Pushes
 
@@ -94,6 +96,20 @@ class _Task(Protocol):
     async def nak(self, delay: float | None = None) -> None: ...
 
 
+def _check_queues(security: ConnectSecurity | None, queues: list[str]) -> None:
+    """A worker's token names the queues it may serve: say so before the broker refuses."""
+    principal = security.principal() if security is not None else None
+    if principal is None:
+        return
+    refused = [q for q in queues if q not in principal.queues]
+    if refused:
+        raise AuthError(
+            RefusalReason.PERMISSION,
+            f"the token of {principal.subject!r} may serve queues "
+            f"{', '.join(principal.queues) or 'none'}, not {', '.join(refused)}",
+        )
+
+
 class Worker:
     """Serves workflows and activities on one or more queues of a tenant.
 
@@ -109,7 +125,7 @@ class Worker:
         queues: Sequence[str] = ("default",),
         workflows: Iterable[Callable[..., Any]] = (),
         activities: Iterable[Callable[..., Any]] = (),
-        tenant: str = "default",
+        tenant: str | None = None,
         prefix: str = "imm",
         worker_id: str | None = None,
         workflow_slots: int = 256,
@@ -120,10 +136,19 @@ class Worker:
         liveness_ttl: float = 2.0,
         release_after: float = 30.0,
         nc: NATS | None = None,
+        security: ConnectSecurity | None = None,
     ) -> None:
         self.servers = servers
+        self.security = security
+        # With a token, the broker lets this worker create and pull only the queues' shared
+        # consumers (names it can compute), not a consumer of its own for cached runs'
+        # workflow tasks; those come pushed over core NATS, or from the shared consumer.
+        self.sticky = security is None or security.token is None
         self.queues = list(queues)
-        self.tenant = validate_tenant(tenant)
+        self.tenant = validate_tenant(
+            security.tenant_for(tenant) if security is not None else tenant or "default"
+        )
+        _check_queues(security, self.queues)
         self.names = Names(prefix)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.instance = uuid.uuid4().hex
@@ -168,7 +193,9 @@ class Worker:
 
     async def start(self) -> None:
         if self._nc is None:
-            self._nc = await connect(self.servers, name=f"immortal-worker-{self.worker_id}")
+            self._nc = await connect(
+                self.servers, name=f"immortal-worker-{self.worker_id}", security=self.security
+            )
         self.js = self.nc.jetstream()
         await self._wait_for_streams()
         self._running = True
@@ -231,7 +258,7 @@ class Worker:
         await self.logs.aclose()
         self._liveness.cancel()
         await self._deregister()  # hubs now hand this worker's sticky tasks to the queue
-        for queue in self.queues if self.workflows else []:
+        for queue in self.queues if self.workflows and self.sticky else []:
             with contextlib.suppress(Exception):
                 await self.js.delete_consumer(
                     self.names.stream_tasks,
@@ -257,8 +284,7 @@ class Worker:
         warned = False
         while True:
             try:
-                await self.js.stream_info(self.names.stream_tasks)
-                await self.js.key_value(self.names.bucket_queues)
+                await self._streams_exist()
                 return
             except Exception as exc:
                 if not isinstance(exc, (JsNotFound, BadRequestError)) and not is_transient(exc):
@@ -269,6 +295,17 @@ class Worker:
                     )
                     warned = True
                 await asyncio.sleep(0.5)
+
+    async def _streams_exist(self) -> None:
+        if self.sticky:
+            await self.js.stream_info(self.names.stream_tasks)
+            await self.js.key_value(self.names.bucket_queues)
+            return
+        # A tenant's connection may not ask for stream info: a direct get of one of its
+        # keys answers (found or not) when the bucket exists, and finds no responder if not.
+        key = self.names.queue_key(self.tenant, self.queues[0] if self.queues else "default")
+        bucket = self.names.bucket_queues
+        await last_message(self.nc, f"KV_{bucket}", self.names.kv_subject(bucket, key))
 
     async def _serve(self, queue: str, kind: TaskKind) -> None:
         if kind == "wf":
@@ -283,7 +320,7 @@ class Worker:
                 None,
             )
         ]
-        if kind == "wf":  # and the tasks of the runs this worker has cached (hub/_sticky.py)
+        if kind == "wf" and self.sticky:  # and its cached runs' tasks (hub/_sticky.py)
             subjects.append(
                 (
                     self.names.sticky_consumer(self.tenant, queue, self.worker_id),
@@ -293,6 +330,7 @@ class Worker:
             )
         for durable, subject, inactive in subjects:
             config = ConsumerConfig(
+                name=durable,  # the filtered create: the form the broker can scope
                 durable_name=durable,
                 filter_subject=subject,
                 ack_policy=AckPolicy.EXPLICIT,
@@ -423,7 +461,9 @@ class Worker:
         """
         assert task.heartbeat_timeout is not None
         sent, n = 0, 0
-        subject = self.names.rpc_subject(self.tenant, task.workflow_queue, "heartbeat")
+        subject = self.names.rpc_subject(
+            self.tenant, task.workflow_queue, "heartbeat", sender_of(self.nc)
+        )
         while not runner.done():
             await asyncio.sleep(task.heartbeat_timeout / 3)
             if beats.beats == sent:
@@ -528,6 +568,7 @@ class Worker:
             "activities": sorted(self.activities),
             "slots": {"workflow": self.workflow_slots, "activity": self.activity_slots},
             "held": [m.reply for m in self._held.values() if m.reply],
+            "sticky": self.sticky,  # whether it consumes its own sticky subject
             "ts": now_ms(),
         }
 

@@ -6,6 +6,8 @@ role gets from the broker, TLS.
 >>> grants_for(principal, Names())             # what the broker lets it do
 """
 
+from typing import TYPE_CHECKING, Any
+
 from immortal.security.claims import map_claims, unverified_pid
 from immortal.security.config import AuthConfig, TokenSource
 from immortal.security.connection import ConnectSecurity, is_secure, sender_of
@@ -19,10 +21,27 @@ from immortal.security.identity import (
     Role,
     principal_id,
 )
-from immortal.security.jwks import JwksCache
 from immortal.security.permissions import Grants, grants_for, inbox_prefix, permission_table
 from immortal.security.tls import TlsFiles
-from immortal.security.tokens import TokenVerifier
+
+if TYPE_CHECKING:
+    from immortal.security.jwks import JwksCache
+    from immortal.security.tokens import TokenVerifier
+
+
+def __getattr__(name: str) -> Any:
+    # Verification needs pyjwt and cryptography (a fifth of a second to import); clients,
+    # workers and CLI commands that only present a token never load them.
+    if name == "JwksCache":
+        from immortal.security.jwks import JwksCache
+
+        return JwksCache
+    if name == "TokenVerifier":
+        from immortal.security.tokens import TokenVerifier
+
+        return TokenVerifier
+    raise AttributeError(name)
+
 
 __all__ = [
     "ANONYMOUS",

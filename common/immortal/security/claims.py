@@ -11,7 +11,7 @@ from immortal.security.config import AuthConfig
 from immortal.security.errors import RefusalReason, TokenError
 from immortal.security.identity import Principal, PrincipalKind, Role, principal_id
 
-__all__ = ["map_claims", "unverified_pid"]
+__all__ = ["map_claims", "unverified_pid", "unverified_principal"]
 
 
 def map_claims(config: AuthConfig, claims: Mapping[str, Any]) -> Principal:
@@ -71,6 +71,22 @@ def unverified_pid(token: str) -> str:
     except jwt.InvalidTokenError as exc:
         raise TokenError(RefusalReason.MALFORMED, f"token is not a JWT: {exc}") from exc
     return principal_id(str(claims.get("iss", "")), str(claims.get("sub", "")))
+
+
+def unverified_principal(token: str, config: AuthConfig | None = None) -> Principal:
+    """The principal a token claims to be, read without verifying it: a client takes its
+    tenant (and a worker its queues) from here, so that nobody passes a tenant by hand.
+    The auth service verifies the same token at CONNECT."""
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError as exc:
+        raise TokenError(RefusalReason.MALFORMED, f"token is not a JWT: {exc}") from exc
+    return map_claims(config or _DEFAULT, claims)
+
+
+_DEFAULT = AuthConfig()
 
 
 def _strings(value: Any) -> list[str]:

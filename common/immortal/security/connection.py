@@ -9,15 +9,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from immortal.security.claims import unverified_pid
-from immortal.security.config import TokenSource
-from immortal.security.identity import ANONYMOUS_PID
+from immortal.security.claims import unverified_pid, unverified_principal
+from immortal.security.config import AuthConfig, TokenSource
+from immortal.security.errors import AuthError, RefusalReason
+from immortal.security.identity import ANONYMOUS_PID, Principal
 from immortal.security.permissions import inbox_prefix
 from immortal.security.tls import TlsFiles
 
-__all__ = ["ConnectSecurity", "is_secure", "remember_sender", "sender_of"]
+__all__ = [
+    "ConnectSecurity",
+    "is_secure",
+    "read_relay",
+    "relays_reads",
+    "remember_sender",
+    "sender_of",
+]
 
 _senders: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_relayed: weakref.WeakSet[Any] = weakref.WeakSet()  # connections whose reads go via hubs
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,23 @@ class ConnectSecurity:
         """The principal id this connection's inputs carry (``anon`` without a token)."""
         return unverified_pid(self.token()) if self.token is not None else ANONYMOUS_PID
 
+    def principal(self, config: AuthConfig | None = None) -> Principal | None:
+        """Who the token claims to be (unverified; the auth service verifies), or None."""
+        return unverified_principal(self.token(), config) if self.token is not None else None
+
+    def tenant_for(self, asked: str | None, config: AuthConfig | None = None) -> str:
+        """The tenant to act for: the token's. A tenant asked for by hand must be the same
+        (the broker would refuse everything else anyway); without a token, ``asked``."""
+        principal = self.principal(config)
+        if principal is None:
+            return asked or "default"
+        if asked is not None and asked != principal.tenant:
+            raise AuthError(
+                RefusalReason.PERMISSION,
+                f"the token is for tenant {principal.tenant!r}, not {asked!r}",
+            )
+        return principal.tenant
+
     def nats_options(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect``."""
         options: dict[str, Any] = {}
@@ -68,8 +94,10 @@ class ConnectSecurity:
         return options
 
 
-def remember_sender(nc: Any, sender: str) -> None:
+def remember_sender(nc: Any, sender: str, *, relay_reads: bool = False) -> None:
     _senders[nc] = sender
+    if relay_reads:
+        _relayed.add(nc)
 
 
 def sender_of(nc: Any) -> str:
@@ -81,3 +109,21 @@ def is_secure(nc: Any) -> bool:
     """Whether the connection authenticated with a token (its reads go through the hubs'
     read relay, see ``permissions``)."""
     return _senders.get(nc, ANONYMOUS_PID) != ANONYMOUS_PID
+
+
+def relays_reads(nc: Any) -> bool:
+    """Whether batched reads on this connection go through the hubs' read relay: a
+    tenant's connection may not use the direct get whose filter is in the body."""
+    return nc in _relayed
+
+
+def read_relay(nc: Any, subject: str) -> str | None:
+    """The relay subject for a batched read of ``subject`` (``<p>.hist.<t>...`` or
+    ``$KV.<p>-<bucket>.<t>...``), or None when this connection reads directly."""
+    if nc not in _relayed:
+        return None
+    parts = subject.split(".")
+    if len(parts) < 3:
+        return None
+    prefix = parts[1].split("-", 1)[0] if parts[0] == "$KV" else parts[0]
+    return f"{prefix}.read.{parts[2]}.{sender_of(nc)}"
