@@ -23,6 +23,7 @@ from nats.js.errors import APIError, NotFoundError
 from immortal._requests import Requests
 from immortal.security.connection import read_relay
 from immortal.security.errors import PermissionDeniedError
+from immortal.security.violations import violation_for
 
 __all__ = [
     "ERR_WRONG_LAST_SEQUENCE",
@@ -205,14 +206,32 @@ async def _direct_batch(
             target, req = relay, {**req, "stream": stream}
         await nc.publish(target, json.dumps(req).encode(), reply=inbox)
         while True:
-            async with asyncio.timeout(timeout):
-                headers, data = await queue.get()
+            headers, data = await _next_answer(nc, queue, target, timeout)
             msg = _lift(headers, data)
             if msg is None:
                 return
             yield msg
     finally:
         await sub.unsubscribe()
+
+
+async def _next_answer(
+    nc: NATS, queue: asyncio.Queue[tuple[dict[str, str], bytes]], target: str, timeout: float
+) -> tuple[dict[str, str], bytes]:
+    """The next answer; a refusal by the broker (reported apart, asynchronously) is raised
+    as soon as it is known rather than after the timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(min(0.25, max(left, 0.0))):
+                return await queue.get()
+        except TimeoutError:
+            refused = violation_for(nc, target)
+            if refused is not None:
+                raise refused from None
+            if left <= 0.25:
+                raise
 
 
 def _lift(headers: dict[str, str], data: bytes) -> StoredMsg | None:
