@@ -80,7 +80,7 @@ async def test_every_bad_token_is_refused_at_connect_and_audited(stack: SecureSt
     for reason, token in attempts:
         security = ConnectSecurity(token=TokenSource.fixed(token)) if token else None
         with pytest.raises(AuthError) as info:
-            await connect(stack.url, name="bad", security=security, allow_reconnect=False)
+            await connect(stack.url, name="bad", security=security)
         assert str(info.value), reason  # one line naming the problem
         if reason in (RefusalReason.EXPIRED, RefusalReason.NOT_YET_VALID, RefusalReason.NO_TOKEN):
             assert info.value.reason is reason  # told at the caller without the keys

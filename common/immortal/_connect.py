@@ -7,8 +7,10 @@ node goes away: subscriptions are re-sent, publishes wait in its buffer meanwhil
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,49 +57,30 @@ async def connect(
     connect is an :class:`~immortal.security.AuthError`. ``relay_reads`` (default: with a
     token) sends batched reads through the hubs' read relay; a hub reads directly.
     """
-    violations = Violations()
-
-    async def disconnected() -> None:
-        if not nc.is_closed:  # not when we close it ourselves
-            log.warning("%s: disconnected from NATS; reconnecting", name)
-
-    async def reconnected() -> None:
-        log.warning("%s: reconnected to NATS at %s", name, _where(nc))
-        if on_reconnect is not None:
-            on_reconnect()
-
-    async def error(exc: Exception) -> None:
-        # nats-py's default logs each with a traceback at ERROR, also the refused connects
-        # and broken sockets that come with every node going away.
-        if isinstance(exc, (OSError, StaleConnectionError, TimeoutError)):
-            log.debug("%s: %r", name, exc)
-        elif "authorization violation" in str(exc).lower():
-            log.debug("%s: %r", name, exc)  # raised to the caller as an AuthError
-        elif violations.record(exc):  # refused by the broker: the caller is told
-            log.warning("%s: %s", name, exc)
-        else:
-            log.warning("%s: NATS error: %r", name, exc)
-
+    events = _Events(name, on_reconnect, security)
     if security is not None:
         options = {**security.nats_options(), **options}
-    nc = NATS()
+    nc = events.nc = NATS()
     try:
         settings: dict[str, Any] = {
             "servers": server_urls(servers),
             "name": name,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.5,
-            "disconnected_cb": disconnected,
-            "reconnected_cb": reconnected,
-            "error_cb": error,
+            "disconnected_cb": events.disconnected,
+            "reconnected_cb": events.reconnected,
+            "error_cb": events.error,
             **options,
         }
         await nc.connect(**settings)
+        events.connected = True
     except BaseException as exc:
-        with contextlib.suppress(Exception):
-            await nc.close()  # nats-py leaves the socket of a refused connect open
-        if isinstance(exc, NatsError) and "authorization violation" in str(exc).lower():
-            raise _refused(security) from exc
+        with contextlib.suppress(Exception):  # (a close after a failed handshake can hang)
+            async with asyncio.timeout(2.0):
+                await nc.close()  # nats-py leaves the socket of a refused connect open
+        refusal = _refusal(exc, security) if not isinstance(exc, AuthError) else None
+        if refusal is not None:
+            raise refusal from exc
         raise
     token = security is not None and security.token is not None
     remember_sender(
@@ -105,16 +88,66 @@ async def connect(
         security.sender() if security is not None else "anon",
         relay_reads=token if relay_reads is None else relay_reads,
     )
-    violations.attach(nc)
+    events.violations.attach(nc)
     return nc
 
 
-def _refused(security: ConnectSecurity | None) -> AuthError:
-    """Why the server refused us, as far as we can tell without the issuer's keys: the
-    auth service's own reason is in its audit records and the server's log."""
-    from immortal.security.diagnose import diagnose_refusal
+class _Events:
+    """One connection's callbacks: logging, reconnects, and refusals."""
 
-    return diagnose_refusal(security)
+    def __init__(
+        self,
+        name: str,
+        on_reconnect: Callable[[], None] | None,
+        security: ConnectSecurity | None,
+    ) -> None:
+        self.name = name
+        self.on_reconnect = on_reconnect
+        self.security = security
+        self.violations = Violations()
+        self.connected = False
+        self.nc: NATS | None = None
+
+    async def disconnected(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:  # not when we close it ourselves
+            log.warning("%s: disconnected from NATS; reconnecting", self.name)
+
+    async def reconnected(self) -> None:
+        assert self.nc is not None
+        log.warning("%s: reconnected to NATS at %s", self.name, _where(self.nc))
+        if self.on_reconnect is not None:
+            self.on_reconnect()
+
+    async def error(self, exc: Exception) -> None:
+        if not self.connected:  # refused at the first connect: tell the caller, no loop
+            refusal = _refusal(exc, self.security)
+            if refusal is not None:
+                raise refusal
+        # nats-py's default logs each with a traceback at ERROR, also the refused connects
+        # and broken sockets that come with every node going away.
+        if isinstance(exc, (OSError, StaleConnectionError, TimeoutError)):
+            log.debug("%s: %r", self.name, exc)
+        elif "authorization violation" in str(exc).lower():
+            log.debug("%s: %r", self.name, exc)  # raised to the caller as an AuthError
+        elif self.violations.record(exc):  # refused by the broker: the caller is told
+            log.warning("%s: %s", self.name, exc)
+        else:
+            log.warning("%s: NATS error: %r", self.name, exc)
+
+
+def _refusal(exc: BaseException, security: ConnectSecurity | None) -> AuthError | None:
+    """A connect error that will not pass by trying again, as the error to raise: the
+    server refused the token (why, as far as we can tell without the issuer's keys; the
+    auth service's own reason is in its audit records), or the TLS handshake failed."""
+    if isinstance(exc, NatsError) and "authorization violation" in str(exc).lower():
+        from immortal.security.diagnose import diagnose_refusal
+
+        return diagnose_refusal(security)
+    if isinstance(exc, ssl.SSLError):
+        from immortal.security.diagnose import diagnose_tls
+
+        return diagnose_tls(exc, security)
+    return None
 
 
 def _where(nc: NATS) -> str:

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 from immortal.security.claims import map_claims, unverified_pid
 from immortal.security.config import AuthConfig, TokenSource
 from immortal.security.connection import ConnectSecurity, is_secure, sender_of
-from immortal.security.errors import AuthError, PermissionDeniedError, RefusalReason, TokenError
+from immortal.security.errors import (
+    AuthError,
+    PermissionDeniedError,
+    RefusalReason,
+    TlsError,
+    TokenError,
+)
 from immortal.security.identity import (
     ANONYMOUS,
     ANONYMOUS_PID,
@@ -57,6 +63,7 @@ __all__ = [
     "PrincipalKind",
     "RefusalReason",
     "Role",
+    "TlsError",
     "TlsFiles",
     "TokenError",
     "TokenSource",

@@ -5,15 +5,16 @@ none at all, expired, not yet valid, an algorithm nobody accepts."""
 
 from __future__ import annotations
 
+import ssl
 import time
 
 import jwt
 
 from immortal.security.config import DEFAULT_ALGORITHMS
 from immortal.security.connection import ConnectSecurity
-from immortal.security.errors import AuthError, RefusalReason, TokenError
+from immortal.security.errors import AuthError, RefusalReason, TlsError, TokenError
 
-__all__ = ["diagnose_refusal"]
+__all__ = ["diagnose_refusal", "diagnose_tls"]
 
 
 def diagnose_refusal(security: ConnectSecurity | None) -> AuthError:
@@ -51,3 +52,18 @@ def diagnose_refusal(security: ConnectSecurity | None) -> AuthError:
         "wrong issuer or audience, a bad signature, an unknown key, or no role; the auth "
         "service's audit record says which",
     )
+
+
+def diagnose_tls(exc: ssl.SSLError, security: ConnectSecurity | None) -> TlsError:
+    """A failed TLS handshake, in words: which side refused which certificate."""
+    text = str(exc)
+    has_cert = security is not None and security.tls.cert is not None
+    if "CERTIFICATE_REQUIRED" in text or ("HANDSHAKE_FAILURE" in text and not has_cert):
+        why = "the server requires a client certificate (mTLS): pass --tls-cert and --tls-key"
+    elif "UNKNOWN_CA" in text or "BAD_CERTIFICATE" in text or "CERTIFICATE_UNKNOWN" in text:
+        why = "the server refused our client certificate: it is not signed by a CA it trusts"
+    elif "CERTIFICATE_VERIFY_FAILED" in text:
+        why = "the server's certificate is not trusted: pass --tls-ca with the CA that signed it"
+    else:
+        why = f"TLS handshake failed: {text}"
+    return TlsError(why)

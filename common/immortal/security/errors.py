@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from immortal._errors import ImmortalError
 
-__all__ = ["AuthError", "PermissionDeniedError", "RefusalReason", "TokenError"]
+__all__ = ["AuthError", "PermissionDeniedError", "RefusalReason", "TlsError", "TokenError"]
 
 
 class RefusalReason(StrEnum):
@@ -24,6 +24,7 @@ class RefusalReason(StrEnum):
     KEYS_UNAVAILABLE = "keys_unavailable"
     REFUSED = "refused"  # the server said no and we cannot tell why from here
     PERMISSION = "permission"
+    TLS = "tls"
 
 
 class AuthError(ImmortalError):
@@ -43,3 +44,11 @@ class PermissionDeniedError(AuthError):
 
     def __init__(self, message: str) -> None:
         super().__init__(RefusalReason.PERMISSION, message)
+
+
+class TlsError(AuthError):
+    """The TLS handshake failed: no client certificate, one from another CA, or a server
+    certificate we do not trust."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(RefusalReason.TLS, message)
