@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from immortal import Client, EventType
+from immortal import Client, EventType, format_timeline
 from immortal.security import AuthError, PermissionDeniedError
 from immortal_hub import Hub
 from immortal_worker import Worker
@@ -57,6 +57,7 @@ async def test_a_writer_runs_a_workflow_and_history_says_who(running: SecureStac
         assert by["subject"] == "ann" and by["tenant"] == "acme" and by["roles"] == ["writer"]
         assert by["token_id"] == "token-ann-1" and by["pid"] == writer.sender()
         assert writer.token is not None and writer.token() not in str(events)
+        assert "by ann (writer)" in format_timeline(events).splitlines()[0]
         assert (await handle.describe()).status == "completed"
         workers = await client.workers()
         assert len(workers) == 1 and workers[0].queues == ["default"]

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 import immortal_hub._push
 from immortal import Client, EventType, HistoryEvent, WorkflowHandle
 from immortal._codec import encode_value
-from immortal._inputs import send_input
+from immortal._inputs import StaleInput, send_input
 from immortal._wire import CompleteWorkflow, Transition, WorkflowTaskResult, decode, encode
 from immortal.testing import NatsServer
 from immortal_hub import Hub
@@ -78,7 +78,8 @@ async def test_a_worker_killed_holding_a_pushed_task(
     assert _task_workers(history) == ["victim", "victim", "heir"]
     assert hub._pushes.handed_off == 1
     # Had the victim lived to report the task it took, its result would be stale: the task
-    # it names is closed. Such a result is fenced and changes nothing.
+    # it names is closed. Such a result is fenced and changes nothing; its sender is told
+    # (so that it drops the task instead of handing it back).
     wft = [e.id for e in history if e.type is EventType.WORKFLOW_TASK_SCHEDULED][-1]
     late = WorkflowTaskResult(
         workflow_id=handle.workflow_id,
@@ -89,9 +90,10 @@ async def test_a_worker_killed_holding_a_pushed_task(
         worker="victim",
         commands=[CompleteWorkflow(result=encode_value(666))],
     )
-    await send_input(
-        client.nc, client.names, client.tenant, "default", "wft", encode(late), msg_id="late"
-    )
+    with pytest.raises(StaleInput, match="of a completed run"):
+        await send_input(
+            client.nc, client.names, client.tenant, "default", "wft", encode(late), msg_id="late"
+        )
     assert await handle.history() == history
     assert await handle.result() == 7
 

@@ -15,6 +15,7 @@ from immortal._wire import (
     EventType,
     Failure,
     RequestCancel,
+    RequestTerminate,
     RunStatus,
     ScheduleActivity,
     SignalWorkflow,
@@ -35,6 +36,7 @@ from immortal_hub._transitions import (
     apply_child_closed,
     apply_signal,
     apply_start,
+    apply_terminate,
     apply_timer_fired,
     apply_workflow_task_result,
 )
@@ -134,10 +136,10 @@ def test_redelivered_and_late_inputs_change_nothing_twice() -> None:
     assert open_emissions(once.state, 3)[0].msg_id == "r:6"
 
 
-def test_stale_workflow_task_results_are_ignored() -> None:
+def test_stale_workflow_task_results_are_refused_as_stale() -> None:
     s = _start().state
-    out = _wft(s, 2, wft=99)
-    assert out.events == [] and "stale" in (out.note or "")
+    with pytest.raises(StaleAttempt, match="stale workflow task 99"):
+        _wft(s, 2, wft=99)
     with pytest.raises(InvalidInput):
         _wft(s, 50)
 
@@ -148,7 +150,8 @@ def test_workflow_task_failures_are_recorded_once_and_the_task_stays_open() -> N
     first = _wft(s, 0, failure=f, rid="f1")
     assert [e.type for e in first.events] == [EventType.WORKFLOW_TASK_FAILED]
     assert first.state is not None and first.state.wft == 2
-    assert _wft(first.state, 0, failure=f, rid="f2").events == []
+    repeated = _wft(first.state, 0, failure=f, rid="f2")
+    assert repeated.events == [] and not repeated.reemit  # its sender holds the task
 
 
 def test_completion_closes_the_run_and_abandons_activities() -> None:
@@ -231,3 +234,44 @@ def test_transitions_never_change_the_state_they_are_given() -> None:
     before = news.model_dump()
     assert _wft(news, news.last_external, CompleteWorkflow(result=b"\x90"), rid="done").events
     assert news.model_dump() == before
+
+
+def test_a_cancel_before_any_workflow_task_completed_closes_the_run_at_once() -> None:
+    s = _start().state
+    out = apply_cancel_request(
+        s, RequestCancel(workflow_id="w", run_id="r", reason="typo", request_id="c1"), 1500
+    )
+    assert [e.type for e in out.events] == [
+        EventType.WORKFLOW_CANCEL_REQUESTED,
+        EventType.WORKFLOW_CANCELED,
+    ]
+    assert out.state is not None and out.state.status is RunStatus.CANCELED
+    assert out.state.wft is None and out.events[1].attrs == {"reason": "typo", "before_code": True}
+    # Once the code has run, a cancel is news for it (it may clean up): the run stays open.
+    ran = _wft(s, 2, ScheduleActivity(seq=1, name="a", input=b"\x90")).state
+    out = apply_cancel_request(
+        ran, RequestCancel(workflow_id="w", run_id="r", request_id="c2"), 2500
+    )
+    assert [e.type for e in out.events] == [
+        EventType.WORKFLOW_CANCEL_REQUESTED,
+        EventType.WORKFLOW_TASK_SCHEDULED,
+    ]
+    assert out.state is not None and out.state.status is RunStatus.RUNNING
+
+
+def test_terminate_closes_any_open_run_and_only_once() -> None:
+    s = _wft(_start().state, 2, ScheduleActivity(seq=1, name="a", input=b"\x90")).state
+    req = RequestTerminate(workflow_id="w", run_id="r", reason="stuck", request_id="t1")
+    out = apply_terminate(s, req, 4000)
+    assert [(e.type, e.attrs) for e in out.events] == [
+        (EventType.WORKFLOW_TERMINATED, {"reason": "stuck"})
+    ]
+    assert out.closes_run and out.state is not None
+    assert out.state.status is RunStatus.TERMINATED and out.state.activities == {}
+    assert out.state.close_failure is not None
+    assert out.state.close_failure.type == "WorkflowTerminated"
+    assert apply_terminate(out.state, req, 4001).duplicate
+    again = RequestTerminate(workflow_id="w", run_id="r", request_id="t2")
+    assert apply_terminate(out.state, again, 4002).events == []
+    with pytest.raises(InvalidInput):
+        apply_terminate(None, req, 4000)

@@ -51,6 +51,7 @@ from immortal._wire import (
     EventType,
     HistoryEvent,
     RequestCancel,
+    RequestTerminate,
     RunState,
     RunStatus,
     SignalWorkflow,
@@ -569,10 +570,14 @@ class WorkflowHandle(Generic[R]):
             if event.type is EventType.WORKFLOW_FAILED:
                 cause = exception_from_failure(event.attrs["failure"])
                 raise WorkflowFailedError(self.workflow_id, self.run_id, cause)
-            if event.type is EventType.WORKFLOW_CANCELED:
+            if event.type in (EventType.WORKFLOW_CANCELED, EventType.WORKFLOW_TERMINATED):
                 reason = str(event.attrs.get("reason") or "")
+                what = "cancelled" if event.type is EventType.WORKFLOW_CANCELED else "terminated"
                 cause = exception_from_failure(
-                    {"type": "WorkflowCancelled", "message": f"workflow cancelled: {reason}"}
+                    {
+                        "type": f"Workflow{what.capitalize()}",
+                        "message": f"workflow {what}: {reason}",
+                    }
                 )
                 raise WorkflowFailedError(self.workflow_id, self.run_id, cause)
         raise ImmortalError(f"run {self.run_id} closed without an outcome event")
@@ -603,6 +608,21 @@ class WorkflowHandle(Generic[R]):
         )
         await self._send("cancel", encode(body), body.request_id)
 
+    async def terminate(self, reason: str = "") -> None:
+        """Close the run at once, without running its code (which gets no chance to clean
+        up): recorded as ``WorkflowTerminated`` with ``reason``; open timers are purged and
+        children asked to cancel. ``handle.result()`` then raises
+        :class:`WorkflowFailedError` whose cause has type ``WorkflowTerminated``. For a run
+        that should clean up, :meth:`cancel` it instead.
+        """
+        body = RequestTerminate(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            reason=reason,
+            request_id=f"terminate:{uuid.uuid4().hex}",
+        )
+        await self._send("terminate", encode(body), body.request_id)
+
     async def status(self, result_type: Any = None) -> Any:
         """The value the workflow last published with ``ctx.set_status`` (None if none);
         read from the run's latest transition, so it changes nothing."""
@@ -617,9 +637,10 @@ class WorkflowHandle(Generic[R]):
         if transition is None:
             raise WorkflowNotFoundError(f"run {self.run_id} of {self.workflow_id!r} not found")
         state = transition.state
-        if state.status.closed and kind == "signal":
+        if state.status.closed:
             raise WorkflowClosedError(
-                f"run {self.run_id} of {self.workflow_id!r} is {state.status}"
+                f"cannot {kind} run {self.run_id} of {self.workflow_id!r}: it is already "
+                f"{state.status}"
             )
         client = self.client
         try:

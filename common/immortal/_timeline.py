@@ -18,7 +18,7 @@ from typing import Any
 
 from immortal._codec import unpack
 from immortal._errors import PayloadError
-from immortal._wire import EventType, HistoryEvent
+from immortal._wire import CLOSING_EVENTS, EventType, HistoryEvent
 
 __all__ = [
     "HistoryExport",
@@ -174,16 +174,7 @@ class _Timeline:
         started = next((e for e in events if e.type is EventType.WORKFLOW_STARTED), events[0])
         self.t0 = started.ts
         self.queue = started.attrs.get("queue")
-        self.closed = any(
-            e.type
-            in (
-                EventType.WORKFLOW_COMPLETED,
-                EventType.WORKFLOW_FAILED,
-                EventType.WORKFLOW_CANCELED,
-                EventType.WORKFLOW_CONTINUED_AS_NEW,
-            )
-            for e in events
-        )
+        self.closed = any(e.type in CLOSING_EVENTS for e in events)
         self.steps: dict[int, _Step] = {}
         self.top: list[HistoryEvent] = []
         for e in events:
@@ -367,11 +358,11 @@ def _top_text(e: HistoryEvent, t0: int) -> str:  # noqa: C901 - one branch per e
             text += f"  continuing run {a['continued_from']}"
         if isinstance(a.get("parent"), dict):
             text += f"  child of {a['parent'].get('workflow_id')}"
-        return text
+        return text + _by(a)
     if t is EventType.WORKFLOW_SIGNALED:
-        return f"signal {a.get('name')}  {_value(a.get('input'))}"
+        return f"signal {a.get('name')}  {_value(a.get('input'))}" + _by(a)
     if t is EventType.WORKFLOW_CANCEL_REQUESTED:
-        return "cancel requested" + (f": {a['reason']}" if a.get("reason") else "")
+        return "cancel requested" + (f": {a['reason']}" if a.get("reason") else "") + _by(a)
     if t is EventType.MARKER_RECORDED:
         return f"patch {a.get('patch')!r} marked"
     if t is EventType.STATUS_SET:
@@ -386,10 +377,25 @@ def _top_text(e: HistoryEvent, t0: int) -> str:  # noqa: C901 - one branch per e
         return f"canceled after {_duration(e.ts - t0)}" + (
             f": {a['reason']}" if a.get("reason") else ""
         )
+    if t is EventType.WORKFLOW_TERMINATED:
+        return (
+            f"terminated after {_duration(e.ts - t0)}"
+            + (f": {a['reason']}" if a.get("reason") else "")
+            + _by(a)
+        )
     if t is EventType.WORKFLOW_CONTINUED_AS_NEW:
         return f"continued as new run {a.get('new_run_id')}  ({_args(a.get('input'))})"
     shown = {k: _short(_decoded(v)) for k, v in a.items()}
     return f"{t.value}  {json.dumps(shown, ensure_ascii=False, default=str)}" if shown else t.value
+
+
+def _by(attrs: dict[str, Any]) -> str:
+    """Who sent the input (auth on): its subject and role, from the verified identity."""
+    by = attrs.get("by")
+    if not isinstance(by, dict) or not by.get("subject"):
+        return ""
+    roles = ",".join(by.get("roles") or [])
+    return f"  by {by['subject']}" + (f" ({roles})" if roles else "")
 
 
 def _failure(failure: Any) -> str:

@@ -40,6 +40,7 @@ __all__ = [
     "ParentRef",
     "RecordMarker",
     "RequestCancel",
+    "RequestTerminate",
     "RunAhead",
     "RunState",
     "RunStatus",
@@ -124,6 +125,7 @@ class EventType(StrEnum):
     WORKFLOW_FAILED = "WorkflowFailed"
     WORKFLOW_CANCELED = "WorkflowCanceled"
     WORKFLOW_CONTINUED_AS_NEW = "WorkflowContinuedAsNew"
+    WORKFLOW_TERMINATED = "WorkflowTerminated"
 
 
 # Events that echo a command the workflow code issued, in the order it issued them.
@@ -149,6 +151,7 @@ CLOSING_EVENTS = frozenset(
         EventType.WORKFLOW_FAILED,
         EventType.WORKFLOW_CANCELED,
         EventType.WORKFLOW_CONTINUED_AS_NEW,
+        EventType.WORKFLOW_TERMINATED,
     }
 )
 
@@ -169,6 +172,7 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     CONTINUED_AS_NEW = "continued_as_new"
+    TERMINATED = "terminated"
 
     @property
     def closed(self) -> bool:
@@ -238,6 +242,7 @@ class RunState(_Model):
     last_external: int = 0  # id of the newest event workflow code has to see
     last_wft_failure: str | None = None
     sticky: str | None = None  # the worker that completed the last workflow task (cached it)
+    ran: bool = False  # a workflow task has completed: the code has run (and may clean up)
     pushed_by: str | None = None  # the hub that may have pushed the open workflow task
     activities: dict[int, OpenActivity] = Field(default_factory=dict)
     timers: dict[int, OpenTimer] = Field(default_factory=dict)  # by TimerStarted id
@@ -381,6 +386,16 @@ class SignalWorkflow(_Model):
 
 
 class RequestCancel(_Model):
+    workflow_id: str
+    run_id: str
+    reason: str = ""
+    request_id: str
+    by: dict[str, Any] | None = None  # set by the hub (see StartWorkflow.by)
+
+
+class RequestTerminate(_Model):
+    """Close the run at once, without running its code (``handle.terminate``)."""
+
     workflow_id: str
     run_id: str
     reason: str = ""

@@ -18,7 +18,6 @@ import socket
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -26,8 +25,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, KeyNotFoundError
-from nats.js.errors import NotFoundError as JsNotFound
+from nats.js.errors import BadRequestError
 from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
@@ -39,8 +37,6 @@ from immortal._integrity import transition_digest
 from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
 from immortal._names import Names, decode_token
-from immortal._schedules import ScheduleSpec
-from immortal._tenants import Retention, read_retention
 from immortal._timers import schedule_headers
 from immortal._transient import is_transient, key_value, publish, retry_transient
 from immortal._wire import (
@@ -50,6 +46,7 @@ from immortal._wire import (
     AppliedTransition,
     ChildClosed,
     RequestCancel,
+    RequestTerminate,
     RunState,
     SignalWorkflow,
     StartWorkflow,
@@ -69,6 +66,8 @@ from immortal_hub._metrics import HubMetrics
 from immortal_hub._push import PUSH_HEADER, Pushes
 from immortal_hub._reads import ReadRelay
 from immortal_hub._resources import ResourceSettings, ensure_resources
+from immortal_hub._retention import Retentions
+from immortal_hub._schedule_firing import scheduled_start
 from immortal_hub._sticky import move_sticky_tasks
 from immortal_hub._transitions import (
     InvalidInput,
@@ -81,6 +80,7 @@ from immortal_hub._transitions import (
     apply_child_closed,
     apply_signal,
     apply_start,
+    apply_terminate,
     apply_timer_fired,
     apply_workflow_task_result,
 )
@@ -98,6 +98,7 @@ _INPUTS: dict[str, tuple[type[BaseModel], _Apply]] = {
     "heartbeat": (ActivityHeartbeat, lambda s, b, q, now: apply_activity_heartbeat(s, b, now)),
     "signal": (SignalWorkflow, lambda s, b, q, now: apply_signal(s, b, now)),
     "cancel": (RequestCancel, lambda s, b, q, now: apply_cancel_request(s, b, now)),
+    "terminate": (RequestTerminate, lambda s, b, q, now: apply_terminate(s, b, now)),
     "child": (ChildClosed, lambda s, b, q, now: apply_child_closed(s, b, now)),
 }
 
@@ -165,7 +166,6 @@ class Hub:
         self._timers = LocalTimers(
             self.names, local_timer_horizon, self._on_timer, self._purge_timer, self._spawn
         )
-        self._retentions: dict[str, tuple[int, Retention]] = {}  # tenant -> (read at, setting)
         self._metrics = HubMetrics(
             self.names,
             queues=lambda: list(self._queues),
@@ -191,6 +191,13 @@ class Hub:
         await ensure_resources(self.js, self.names, self.settings)
         self._runs_kv = await key_value(self.js, self.names.bucket_runs)
         self._queues_kv = await key_value(self.js, self.names.bucket_queues)
+        self._retentions = Retentions(
+            self.js,
+            self.names,
+            self._runs_kv,
+            self._publish_emission,
+            self._forget,
+        )
         self._running = self._timers.running = True
         self._pushes = Pushes(self.nc, self.names, self.hub_id, self._publish_emission, self._live)
         await self._pushes.start()
@@ -506,76 +513,14 @@ class Hub:
             assert msg is not None, "schedules fire from the stream only"
             await self._fire_schedule(tenant, fired, msg)
         elif fired.kind == "retention":
-            await self._expire(tenant, fired)
+            await self._retentions.expire(tenant, fired)
         else:
             await self._apply(tenant, queue, "timer", fired)
 
-    async def _retention(self, tenant: str) -> Retention:
-        """The tenant's retention setting, re-read at most every 10 s."""
-        now = now_ms()
-        known = self._retentions.get(tenant)
-        if known is None or now - known[0] > 10_000:
-            kv = await key_value(self.js, self.names.bucket_policy)
-            known = (now, await read_retention(kv, self.names, tenant))
-            self._retentions[tenant] = known
-        return known[1]
-
-    async def _arm_retention(self, tenant: str, state: RunState) -> None:
-        """A run closed: if its tenant keeps closed runs for a while only, time their end."""
-        retention = await self._retention(tenant)
-        for what, seconds in (("history", retention.history), ("logs", retention.logs)):
-            if seconds is None:
-                continue
-            due = (state.closed_ts or now_ms()) + round(seconds * 1000)
-            body = TimerFired(
-                workflow_id=state.workflow_id,
-                run_id=state.run_id,
-                timer=f"retention-{what}",
-                kind="retention",
-            )
-            msg_id = f"{state.run_id}:retention-{what}:{due}"
-            await self._publish_emission(tenant, Emission("timer", state.queue, msg_id, body, due))
-
-    async def _expire(self, tenant: str, fired: TimerFired) -> None:
-        """A closed run's retention ran out: purge its history or its logs."""
-        if fired.timer == "retention-logs":
-            subject = self.names.log_subject(tenant, fired.workflow_id, fired.run_id)
-            await self.js.purge_stream(self.names.stream_logs, subject=subject)
-            log.info("logs of run %s expired (tenant retention)", fired.run_id)
-            return
-        key = self.names.run_key(tenant, fired.workflow_id)
-        with contextlib.suppress(KeyNotFoundError, JsNotFound):
-            entry = await self._runs_kv.get(key)
-            if unpack(entry.value or b"").get("run_id") == fired.run_id:
-                await self._runs_kv.delete(key, last=entry.revision)
-        subject = self.names.history_subject(tenant, fired.workflow_id, fired.run_id)
-        await self.js.purge_stream(self.names.stream_history, subject=subject)
-        self._cache.pop(subject, None)
-        log.info("history of run %s expired (tenant retention)", fired.run_id)
-
     async def _fire_schedule(self, tenant: str, fired: TimerFired, msg: Msg) -> None:
-        """A schedule fired: start one run, whose id derives from this firing (so that a
-        redelivered firing starts nothing twice), unless the schedule is paused or gone."""
-        kv = await key_value(self.js, self.names.bucket_schedules)
-        try:
-            entry = await kv.get(self.names.schedule_key(tenant, fired.timer))
-            spec = ScheduleSpec.model_validate(unpack(entry.value or b""))
-        except (KeyNotFoundError, JsNotFound):
-            log.info("schedule %s/%s fired but no longer exists", tenant, fired.timer)
-            return
-        if spec.paused:
-            log.info("schedule %s/%s fired while paused: nothing started", tenant, fired.timer)
-            return
-        at = msg.metadata.timestamp or datetime.now(UTC)
-        seq = msg.metadata.sequence.stream if msg.metadata.sequence else 0
-        start = StartWorkflow(
-            workflow_id=f"{spec.schedule_id}@{at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z",
-            run_id=uuid.uuid5(uuid.NAMESPACE_URL, f"immortal:sched/{tenant}/{seq}").hex,
-            workflow_type=spec.workflow_type,
-            input=spec.input,
-            execution_timeout=spec.execution_timeout,
-        )
-        await self._apply(tenant, spec.queue, "start", start)
+        made = await scheduled_start(self.js, self.names, tenant, fired, msg)
+        if made is not None:
+            await self._apply(tenant, made[0], "start", made[1])
 
     @staticmethod
     def _decode(kind: str, data: bytes) -> Any:
@@ -636,6 +581,9 @@ class Hub:
                     fresh = True
                     continue
                 if not outcome.events:
+                    if not outcome.reemit:
+                        log.debug("%s: %s", subject, outcome.note)
+                        return None
                     if not outcome.duplicate:
                         log.info("%s: %s", subject, outcome.note)
                     if state is not None:
@@ -676,7 +624,7 @@ class Hub:
             emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
             if outcome.closes_run:
                 await self._index(tenant, outcome.state, new_seq, new_digest)
-                await self._arm_retention(tenant, outcome.state)
+                await self._retentions.arm(tenant, outcome.state)
             if pushing:  # its workflow task goes over core NATS (_push)
                 pushed = partial(self._pushes.push, tenant, subject, seq=new_seq)
                 emissions = [e for e in emissions if not pushed(e)]
@@ -741,6 +689,9 @@ class Hub:
         self._remember(subject, outcome.state, new_seq, digest)
         self._pushes.appended(subject, new_seq, outcome.state)
         return new_seq, digest
+
+    def _forget(self, subject: str) -> None:
+        self._cache.pop(subject, None)
 
     def _remember(self, subject: str, state: RunState, seq: int, digest: bytes) -> None:
         if state.status.closed:

@@ -32,6 +32,7 @@ from immortal._wire import (
     OpenTimer,
     RecordMarker,
     RequestCancel,
+    RequestTerminate,
     RunAhead,
     RunState,
     RunStatus,
@@ -56,6 +57,7 @@ __all__ = [
     "apply_child_closed",
     "apply_signal",
     "apply_start",
+    "apply_terminate",
     "apply_timer_fired",
     "apply_workflow_task_result",
 ]
@@ -80,6 +82,10 @@ class Outcome:
     state: RunState | None = None
     duplicate: bool = False  # already applied: append nothing, re-emit what is open
     note: str | None = None  # why nothing happened, for the log
+    # Appending nothing, the hub re-publishes what the run owes (an outage may have lost
+    # it) unless the input's sender is known to hold it: a workflow task's repeated failure
+    # comes from the worker that holds the task and hands it back itself.
+    reemit: bool = True
 
     @property
     def closes_run(self) -> bool:
@@ -176,9 +182,10 @@ def apply_workflow_task_result(
     if result.result_id in state.applied:
         return Outcome(duplicate=True)
     if state.status.closed:
-        return Outcome(note="workflow task result for a closed run")
+        # Stale, so the worker drops the task instead of handing it back again.
+        raise StaleAttempt(f"workflow task {result.wft} of a {state.status} run")
     if result.wft != state.wft:
-        return Outcome(note=f"stale workflow task {result.wft} (open: {state.wft})")
+        raise StaleAttempt(f"stale workflow task {result.wft} (open: {state.wft})")
     if result.through >= state.next_event_id:
         raise InvalidInput(f"workflow task claims to have seen event {result.through}")
     state = _fork(state)
@@ -186,7 +193,7 @@ def apply_workflow_task_result(
     if result.failure is not None:
         # The task stays open; the worker retries it. Repeats of one failure are not re-recorded.
         if state.last_wft_failure == result.failure.message:
-            return Outcome(note="repeated workflow task failure")
+            return Outcome(note="repeated workflow task failure", reemit=False)
         b.add(
             EventType.WORKFLOW_TASK_FAILED,
             result.wft,
@@ -207,6 +214,7 @@ def _complete_workflow_task(
     state.wft = None
     state.last_wft_failure = None
     state.sticky = worker
+    state.ran = True
     _apply_commands(b, done.id, commands)
     if not state.status.closed and state.last_external > through:
         b.schedule_workflow_task(done.id)  # news arrived while the worker was busy
@@ -286,10 +294,7 @@ def _close_by(
         b.close(RunStatus.FAILED)
         state.close_failure = command.failure
     elif isinstance(command, CancelWorkflow):
-        b.add(EventType.WORKFLOW_CANCELED, done_id, reason=command.reason)
-        b.close(RunStatus.CANCELED)
-        message = "workflow cancelled" + (f": {command.reason}" if command.reason else "")
-        state.close_failure = Failure(type="WorkflowCancelled", message=message)
+        _cancelled(b, done_id, command.reason)
     else:
         new_run = uuid.uuid5(uuid.NAMESPACE_URL, f"immortal:{state.run_id}/continue").hex
         b.add(EventType.WORKFLOW_CONTINUED_AS_NEW, done_id, new_run_id=new_run, input=command.input)
@@ -357,8 +362,41 @@ def apply_cancel_request(state: RunState | None, request: RequestCancel, now: in
     state = _fork(state)
     state.cancel_requested = True
     b = _Builder(state, now)
+    by = {"by": request.by} if request.by is not None else {}  # who asked (set by the hub)
+    asked = b.add(EventType.WORKFLOW_CANCEL_REQUESTED, None, reason=request.reason, **by)
+    if not (state.ran or state.sticky):
+        # No workflow task has completed: the code never ran, so it has nothing to clean
+        # up (it issued no command yet) and perhaps no worker can ever run it (an unknown
+        # type, a crash on its first task). The run closes now.
+        _cancelled(b, asked.id, request.reason, before_code=True)
+        return b.outcome(request.request_id)
+    b.news(asked)
+    return b.outcome(request.request_id)
+
+
+def _cancelled(b: _Builder, caused_by: int, reason: str, **attrs: Any) -> None:
+    b.add(EventType.WORKFLOW_CANCELED, caused_by, reason=reason, **attrs)
+    b.close(RunStatus.CANCELED)
+    message = "workflow cancelled" + (f": {reason}" if reason else "")
+    b.state.close_failure = Failure(type="WorkflowCancelled", message=message)
+
+
+def apply_terminate(state: RunState | None, request: RequestTerminate, now: int) -> Outcome:
+    """Close the run at once, whatever its code is doing, without running it: timers are
+    purged, children asked to cancel and the parent told, as for any close."""
+    if state is None:
+        raise InvalidInput(f"termination of unknown run {request.run_id}")
+    if request.request_id in state.applied:
+        return Outcome(duplicate=True)
+    if state.status.closed:
+        return Outcome(note=f"termination requested of a {state.status} run")
+    state = _fork(state)
+    b = _Builder(state, now)
     by = {"by": request.by} if request.by is not None else {}
-    b.news(b.add(EventType.WORKFLOW_CANCEL_REQUESTED, None, reason=request.reason, **by))
+    b.add(EventType.WORKFLOW_TERMINATED, None, reason=request.reason, **by)
+    b.close(RunStatus.TERMINATED)
+    message = "workflow terminated" + (f": {request.reason}" if request.reason else "")
+    state.close_failure = Failure(type="WorkflowTerminated", message=message)
     return b.outcome(request.request_id)
 
 

@@ -29,6 +29,7 @@ from immortal import Client, WorkflowFailedError, WorkflowHandle
 from immortal._codec import to_wire, unpack
 from immortal._errors import PayloadError
 from immortal._logs import LogLine
+from immortal.security import AuthError, ConnectSecurity
 from immortal.testing import NatsServer
 from immortal_hub._hub import Hub
 from immortal_hub._limits import TenantLimits, parse_tenant_limit
@@ -104,6 +105,7 @@ def hub(
     async def serve() -> None:
         h = Hub(
             server,
+            security=_if_set(ConnectSecurity.from_env()),  # $IMMORTAL_TOKEN, $IMMORTAL_TLS_*
             prefix=prefix,
             max_in_flight=max_in_flight,
             concurrency=concurrency,
@@ -271,13 +273,26 @@ def _print_json(value: Any) -> None:
 def _with_client(
     server: str, tenant: str, prefix: str, action: Callable[[Client], Awaitable[None]]
 ) -> None:
-    """Connect as the tenant, run ``action``, disconnect."""
+    """Connect as the tenant, run ``action``, disconnect. With a token ($IMMORTAL_TOKEN,
+    $IMMORTAL_TOKEN_COMMAND; TLS from $IMMORTAL_TLS_*) the tenant is the token's."""
+    security = ConnectSecurity.from_env()
+    asked = None if security.token is not None and tenant == "default" else tenant
 
     async def go() -> None:
-        async with Client(server, tenant=tenant, prefix=prefix) as client:
+        async with Client(
+            server, tenant=asked, prefix=prefix, security=_if_set(security)
+        ) as client:
             await action(client)
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except AuthError as exc:  # a refusal is one line naming it, not a traceback
+        print(f"immortal: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+def _if_set(security: ConnectSecurity) -> ConnectSecurity | None:
+    return security if security.token is not None or security.tls.configured else None
 
 
 @workflow_app.command("start")

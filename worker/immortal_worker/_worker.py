@@ -17,20 +17,16 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import copy_context
 from functools import partial
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 from nats.js.errors import NotFoundError as JsNotFound
 
-from immortal._activity import ActivityInfo, Heartbeats, current_activity, current_heartbeats
-from immortal._codec import decode_args, decode_value, encode_value, pack
+from immortal._codec import pack
 from immortal._connect import connect
 from immortal._context import WorkflowInfo
 from immortal._definitions import (
@@ -40,28 +36,22 @@ from immortal._definitions import (
     workflow_definition,
 )
 from immortal._errors import (
-    ApplicationError,
     NonDeterminismError,
     PayloadError,
     UnknownWorkflowTypeError,
     failure_from_exception,
 )
-from immortal._inputs import STALE, StaleInput, send_input
+from immortal._inputs import StaleInput, send_input
 from immortal._jetstream import Puller, StoredMsg, last_message, read_subject
 from immortal._locks import KeyedLocks
 from immortal._logs import LogShipper
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
-from immortal._timers import schedule_headers
-from immortal._transient import is_transient, key_value, publish, retry_transient
+from immortal._transient import is_transient, key_value, retry_transient
 from immortal._wire import (
-    ActivityHeartbeat,
     ActivityResult,
-    ActivityStarted,
     ActivityTask,
     AppliedTransition,
-    EventType,
     Failure,
-    TimerFired,
     Transition,
     WorkflowTask,
     WorkflowTaskResult,
@@ -69,8 +59,9 @@ from immortal._wire import (
     encode,
     now_ms,
 )
-from immortal.security.connection import ConnectSecurity, sender_of
+from immortal.security.connection import ConnectSecurity
 from immortal.security.errors import AuthError, RefusalReason
+from immortal_worker._activities import ActivityRunner
 from immortal_worker._instance import CacheStale, WorkflowInstance
 from immortal_worker._pushed import PushedTask, Pushes
 
@@ -86,6 +77,7 @@ def immortal_version() -> str:
 
 log = logging.getLogger(__name__)
 _RUN_LOGGERS = ("immortal.workflow", "immortal.activity")
+_MAX_TASK_RETRY_DELAY = 60.0  # seconds: a failing workflow task is retried at least this often
 
 
 class _Task(Protocol):
@@ -200,6 +192,17 @@ class Worker:
         await self._wait_for_streams()
         self._running = True
         self._lease_ticker = asyncio.create_task(self._extend_leases())
+        self._activity_runner = ActivityRunner(
+            self.nc,
+            self.names,
+            self.tenant,
+            self.worker_id,
+            self.activities,
+            self._executor,
+            hold=self._lease,
+            send=self._send,
+            report_result=self._report_result,
+        )
         # Log lines of this worker's runs go to IMM_LOGS (ctx.log, immortal.activity.logger).
         self.logs = LogShipper(self.js, self.names, self.tenant, self.worker_id)
         for name in _RUN_LOGGERS:
@@ -311,7 +314,7 @@ class Worker:
         if kind == "wf":
             slots, handle = self.workflow_slots, self._workflow_task
         else:
-            slots, handle = self.activity_slots, self._activity_task
+            slots, handle = self.activity_slots, self._activity_runner.handle
         # (consumer, subject, seconds it may stay unused before the server removes it)
         subjects: list[tuple[str, str, float | None]] = [
             (
@@ -360,187 +363,7 @@ class Worker:
 
         return guarded
 
-    # -- activities ---------------------------------------------------------------------
-
-    async def _activity_task(self, msg: Msg) -> None:
-        task = decode(ActivityTask, msg.data)
-        delivery = msg.metadata.num_delivered or 1
-        started = now_ms()
-        # The lease is held until the result is delivered, not just while the code runs:
-        # a hub that is slow to answer must not cost the task to another worker.
-        async with self._lease(msg):
-            if task.schedule_to_start is not None or delivery > 1:
-                if await self._report_start(task, delivery):
-                    # This attempt no longer counts: an earlier delivery of it was lost (the
-                    # hub counted it and sends the next attempt as its own task), or it ended
-                    # meanwhile. Either way this delivery must not run.
-                    await msg.ack()
-                    return
-            if task.start_to_close is not None:
-                await self._arm_timer(task, "start_to_close", task.start_to_close, started)
-            if task.heartbeat_timeout is not None:
-                await self._arm_timer(task, "heartbeat_timeout", task.heartbeat_timeout, started)
-            beats = Heartbeats()
-            runner = asyncio.create_task(self._run_activity(task, beats))
-            sender = None
-            if task.heartbeat_timeout is not None:
-                sender = asyncio.create_task(self._send_heartbeats(task, delivery, beats, runner))
-            result: bytes | None = None
-            failure: Failure | None = None
-            try:
-                result = await runner
-            except asyncio.CancelledError:
-                if not beats.cancelled.is_set():
-                    raise
-            except Exception as exc:
-                failure = Failure.model_validate(failure_from_exception(exc))
-            finally:
-                if sender is not None:
-                    sender.cancel()
-            if beats.cancelled.is_set():
-                # The attempt no longer counts (timed out, or retried elsewhere): stop here.
-                log.warning(
-                    "activity %s attempt %d cancelled: %s", task.name, task.attempt, beats.reason
-                )
-                await msg.ack()
-                return
-            body = ActivityResult(
-                workflow_id=task.workflow_id,
-                run_id=task.run_id,
-                scheduled_id=task.scheduled_id,
-                attempt=task.attempt,
-                delivery=delivery,
-                result_id=f"{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}",
-                worker=self.worker_id,
-                started_ts=started,
-                ended_ts=now_ms(),
-                result=result,
-                failure=failure,
-            )
-            await self._report_result(task, body)
-        await msg.ack()
-
-    async def _report_start(self, task: ActivityTask, delivery: int) -> bool:
-        """Tell the hub this attempt started, which disarms its schedule-to-start timer.
-
-        Returns whether this delivery must not run: the hub counted its attempt as lost
-        (a redelivered task), or the attempt no longer counts at all. If no hub answered
-        (the report went durable), the attempt runs: at worst it runs again as the next
-        attempt, which an idempotency key absorbs.
-        """
-        body = ActivityStarted(
-            workflow_id=task.workflow_id,
-            run_id=task.run_id,
-            scheduled_id=task.scheduled_id,
-            attempt=task.attempt,
-            delivery=delivery,
-            worker=self.worker_id,
-            result_id=f"started:{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}",
-        )
-        try:
-            reply = await self._send(task.workflow_queue, "started", encode(body), body.result_id)
-        except StaleInput as exc:  # this attempt already ended: running it would be waste
-            log.info("activity %s: not running a stale delivery: %s", task.name, exc)
-            return True
-        if reply is None or delivery == 1:
-            return False
-        applied = decode(AppliedTransition, reply)
-        return any(
-            e.caused_by == task.scheduled_id
-            and e.type in (EventType.ACTIVITY_ATTEMPT_FAILED, EventType.ACTIVITY_FAILED)
-            for e in applied.events
-        )
-
-    async def _send_heartbeats(
-        self, task: ActivityTask, delivery: int, beats: Heartbeats, runner: asyncio.Task[bytes]
-    ) -> None:
-        """Send progress to the hub (only when there was some), a third of the timeout apart.
-
-        The hub's reply says whether the attempt still counts; if not, the attempt is
-        cancelled (an async activity at once, a sync one at its next ``heartbeat()``).
-        """
-        assert task.heartbeat_timeout is not None
-        sent, n = 0, 0
-        subject = self.names.rpc_subject(
-            self.tenant, task.workflow_queue, "heartbeat", sender_of(self.nc)
-        )
-        while not runner.done():
-            await asyncio.sleep(task.heartbeat_timeout / 3)
-            if beats.beats == sent:
-                continue  # no progress: let the heartbeat timer run out
-            sent, n = beats.beats, n + 1
-            body = ActivityHeartbeat(
-                workflow_id=task.workflow_id,
-                run_id=task.run_id,
-                scheduled_id=task.scheduled_id,
-                attempt=task.attempt,
-                worker=self.worker_id,
-                result_id=f"hb:{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}:{n}",
-                details=None if beats.details is None else encode_value(beats.details),
-            )
-            try:
-                reply = await self.nc.request(subject, encode(body), timeout=5.0)
-            except (NoRespondersError, NatsTimeout):
-                continue  # no hub now; the timer decides
-            if reply.data.startswith(STALE):
-                beats.reason = reply.data[len(STALE) :].decode(errors="replace").strip()
-                beats.cancelled.set()
-                runner.cancel()
-                return
-
-    async def _arm_timer(self, task: ActivityTask, kind: Any, seconds: float, started: int) -> None:
-        """The attempt's clock starts now, where it runs: a durable timer tells the hub."""
-        prefix = "stc" if kind == "start_to_close" else "hb"
-        timer = f"{prefix}-{task.scheduled_id}-{task.attempt}"
-        body = TimerFired(
-            workflow_id=task.workflow_id,
-            run_id=task.run_id,
-            timer=timer,
-            kind=kind,
-            scheduled_id=task.scheduled_id,
-            attempt=task.attempt,
-        )
-        due = started + round(seconds * 1000)
-        target = self.names.fired_subject(self.tenant, task.workflow_queue)
-        subject = self.names.timer_subject(self.tenant, task.run_id, timer)
-        headers = schedule_headers(due, target, f"{task.run_id}:{timer}:{due}")
-        data = encode(body)  # one schedule per subject, with a msg id: safe to repeat
-        await publish(self.nc, subject, data, headers=headers)
-
-    async def _run_activity(self, task: ActivityTask, beats: Heartbeats) -> bytes:
-        defn = self.activities.get(task.name)
-        if defn is None:
-            raise ApplicationError(
-                f"activity {task.name!r} is not registered on worker {self.worker_id} "
-                f"(registered: {', '.join(sorted(self.activities)) or 'none'})",
-                type="UnknownActivityType",
-            )
-        args = decode_args(task.input, defn.arg_types)
-        info = ActivityInfo(
-            tenant=self.tenant,
-            workflow_id=task.workflow_id,
-            run_id=task.run_id,
-            workflow_type=task.workflow_type,
-            activity_id=task.scheduled_id,
-            name=task.name,
-            attempt=task.attempt,
-            worker=self.worker_id,
-            heartbeat_details=decode_value(task.heartbeat_details),
-        )
-        token = current_activity.set(info)
-        beats_token = current_heartbeats.set(beats)
-        try:
-            if defn.is_async:
-                value = await defn.fn(*args)
-            else:
-                ctx = copy_context()
-                value = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, lambda: ctx.run(defn.fn, *args)
-                )
-        finally:
-            current_activity.reset(token)
-            current_heartbeats.reset(beats_token)
-        return encode_value(value)
+    # -- leases and liveness ------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _lease(self, msg: Msg) -> AsyncIterator[None]:
@@ -683,6 +506,11 @@ class Worker:
             msg.reporting()  # waiting for a hub now, not working: its slot is free
         try:
             applied = await self._report(task, body)
+        except StaleInput as exc:  # the run closed, or its task was completed elsewhere
+            log.info("run %s: workflow task %d no longer open: %s", task.run_id, task.wft, exc)
+            inst.close()
+            await msg.ack()
+            return
         except BaseException:
             inst.close()  # dropped: unwind its code (a redelivery replays the run)
             raise
@@ -794,7 +622,8 @@ class Worker:
     async def _fail_task(
         self, msg: _Task, task: WorkflowTask, delivery: int, exc: Exception, *, through: int
     ) -> None:
-        """Record the failure in history and hand the task back for a later retry."""
+        """Record the failure in history and hand the task back for a later retry, backing
+        off with each delivery up to a minute; a task no longer open is dropped."""
         body = WorkflowTaskResult(
             workflow_id=task.workflow_id,
             run_id=task.run_id,
@@ -804,8 +633,14 @@ class Worker:
             worker=self.worker_id,
             failure=Failure.model_validate(failure_from_exception(exc)),
         )
-        await self._report(task, body)
-        await msg.nak(delay=self.workflow_task_retry_delay)
+        try:
+            await self._report(task, body)
+        except StaleInput as exc:  # closed (cancelled, terminated) or moved on meanwhile
+            log.info("run %s: dropping workflow task %d: %s", task.run_id, task.wft, exc)
+            await msg.ack()
+            return
+        backoff = self.workflow_task_retry_delay * 2 ** max(delivery - 1, 0)
+        await msg.nak(delay=min(backoff, _MAX_TASK_RETRY_DELAY))
 
     async def _report(
         self, task: WorkflowTask, body: WorkflowTaskResult

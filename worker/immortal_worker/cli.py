@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import typer
 
 from immortal._definitions import activity_definition, workflow_definition
+from immortal.security import AuthError, ConnectSecurity
 from immortal_worker._worker import Worker
 from immortal_worker.replay import replay_file
 
@@ -95,8 +96,20 @@ def serve(
     queue: Annotated[list[str], typer.Option("--queue", "-q", help="queues to serve")] = [  # noqa: B006
         "default"
     ],
-    tenant: Annotated[str, typer.Option(envvar="IMMORTAL_TENANT")] = "default",
+    tenant: Annotated[
+        str | None,
+        typer.Option(envvar="IMMORTAL_TENANT", help="default: the token's, or 'default'"),
+    ] = None,
     prefix: Annotated[str, typer.Option(envvar="IMMORTAL_PREFIX")] = "imm",
+    token: Annotated[str | None, typer.Option(help="bearer token (or $IMMORTAL_TOKEN)")] = None,
+    token_command: Annotated[
+        str | None, typer.Option(help="command printing a token, run at each reconnect")
+    ] = None,
+    tls_ca: Annotated[
+        str | None, typer.Option(help="CA of the server (or $IMMORTAL_TLS_CA)")
+    ] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="client certificate (mTLS)")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="its key")] = None,
     lease: Annotated[float, typer.Option(help="seconds a task is held before redelivery")] = 30.0,
     workflow_slots: int = 256,
     activity_slots: int = 64,
@@ -118,19 +131,27 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     workflows, activities = load_targets(targets)
-    worker = Worker(
-        server,
-        queues=queue,
-        workflows=workflows,
-        activities=activities,
-        tenant=tenant,
-        prefix=prefix,
-        lease=lease,
-        workflow_slots=workflow_slots,
-        activity_slots=activity_slots,
-        worker_id=worker_id,
-        release_after=release_after,
+    security = ConnectSecurity.from_env(
+        token=token, token_command=token_command, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
     )
+    try:
+        worker = Worker(
+            server,
+            queues=queue,
+            workflows=workflows,
+            activities=activities,
+            tenant=tenant,
+            prefix=prefix,
+            lease=lease,
+            workflow_slots=workflow_slots,
+            activity_slots=activity_slots,
+            worker_id=worker_id,
+            release_after=release_after,
+            security=security if security.token or security.tls.configured else None,
+        )
+    except AuthError as exc:
+        print(f"immortal-worker: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
     asyncio.run(_serve(worker, grace))
 
 
@@ -139,7 +160,11 @@ async def _serve(worker: Worker, grace: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await worker.start()
+    try:
+        await worker.start()
+    except AuthError as exc:  # a refused token or certificate: one line, not a traceback
+        print(f"immortal-worker: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
     print(f"worker {worker.worker_id} ready", flush=True)
     await stop.wait()
     await worker.stop(grace=grace)

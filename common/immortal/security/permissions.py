@@ -155,16 +155,32 @@ def _worker(names: Names, t: str, queue: str, pid: str) -> Grants:
 
 
 def permission_table(names: Names | None = None) -> str:
-    """The permission table per role, in Markdown, for tenant ``<t>``, queue ``<q>``."""
+    """The permission table per role, in Markdown, for tenant ``T``, queue ``Q`` and the
+    connection's principal id ``PID``: each role's row lists what it adds to the role it
+    builds on."""
     names = names or Names()
-    rows = []
-    for role in (Role.READER, Role.WRITER, Role.ADMIN, Role.WORKER, Role.HUB):
+
+    def grants(role: Role) -> Grants:
         principal = Principal(
             subject="s", tenant="T", roles=frozenset({role.value}), queues=("Q",), pid="PID"
         )
-        g = grants_for(principal, names)
-        pub = "<br>".join(f"`{s}`" for s in g.pub)
-        sub = "<br>".join(f"`{s}`" for s in g.sub)
-        rows.append(f"| {role.value} | {pub} | {sub} | {'yes' if g.responses else 'no'} |")
+        return grants_for(principal, names)
+
+    rows = []
+    for role, base in (
+        (Role.READER, None),
+        (Role.WRITER, Role.READER),
+        (Role.ADMIN, Role.WRITER),
+        (Role.WORKER, Role.READER),
+        (Role.HUB, None),
+    ):
+        g, b = grants(role), grants(base) if base else Grants()
+        pub = "<br>".join(f"`{s}`" for s in g.pub if s not in b.pub)
+        sub = "<br>".join(f"`{s}`" for s in g.sub if s not in b.sub) or "-"
+        if g.pub_deny:
+            pub += "<br>deny " + ", ".join(f"`{s}`" for s in g.pub_deny)
+            sub += "<br>deny " + ", ".join(f"`{s}`" for s in g.sub_deny)
+        name = f"{role.value} (= {base.value} +)" if base else role.value
+        rows.append(f"| {name} | {pub} | {sub} | {'yes' if g.responses else 'no'} |")
     head = "| role | publish | subscribe | answers requests |\n|---|---|---|---|\n"
     return head + "\n".join(rows) + "\n"

@@ -1,0 +1,3 @@
+from immortal_hub.auth.cli import app
+
+app()
