@@ -66,9 +66,11 @@ async def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -
     return Proc(proc, name)
 
 
-async def start_hub(url: str, i: int, *options: str) -> Proc:
+async def start_hub(url: str, i: int, *options: str, env: dict[str, str] | None = None) -> Proc:
     return await spawn(
-        f"hub{i}", ["-m", "immortal_hub", "hub", "-s", url, "--log-level", "WARNING", *options]
+        f"hub{i}",
+        ["-m", "immortal_hub", "hub", "-s", url, "--log-level", "WARNING", *options],
+        env,
     )
 
 
