@@ -196,3 +196,24 @@ def test_grants_keep_each_role_inside_its_tenant() -> None:
     assert "$JS.API.CONSUMER.MSG.NEXT.IMM_TASKS.act_acme_orders" in worker_pub
     assert not any("payments" in s for s in worker_pub)
     assert Role.HUB.value == "hub"
+
+
+def test_a_token_command_runs_at_connect_not_per_call(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from immortal.security import ConnectSecurity, TokenSource
+
+    count = tmp_path / "count"
+    script = tmp_path / "token.sh"
+    script.write_text(
+        "#!/bin/sh\necho x >> " + str(count) + "\n"
+        "echo eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbm4iLCJpc3MiOiJpIiwicGVybWlzc2lvbnMiOlsiYWNtZTp3cml0ZXIiXX0.\n"
+    )
+    script.chmod(0o755)
+    security = ConnectSecurity(token=TokenSource(command=str(script), env={}))
+    for _ in range(20):
+        principal = security.principal()
+        assert principal is not None and principal.tenant == "acme"
+        security.sender()
+    assert count.read_text().count("x") == 1
+    assert security.token is not None
+    security.token()  # a reconnect asks again
+    assert count.read_text().count("x") == 2

@@ -127,20 +127,28 @@ class TokenSource:
         env = os.environ if env is None else env
         self._token = token or env.get("IMMORTAL_TOKEN") or None
         self._command = None if self._token else command or env.get("IMMORTAL_TOKEN_COMMAND")
+        self._last: str | None = self._token
 
     @property
     def configured(self) -> bool:
         return bool(self._token or self._command)
 
     def __call__(self) -> str:
+        """A token to connect with (a command is run again: a fresh token)."""
         if self._token:
             return self._token
         if self._command:
-            return _run_token_command(self._command)
+            self._last = _run_token_command(self._command)
+            return self._last
         raise AuthError(
             RefusalReason.NO_TOKEN,
             "no token: pass --token, set $IMMORTAL_TOKEN or $IMMORTAL_TOKEN_COMMAND",
         )
+
+    def current(self) -> str:
+        """The token last handed out (fetched once if none was): what the process reads
+        its own identity from, without running a command per call."""
+        return self._last if self._last is not None else self()
 
     @classmethod
     def fixed(cls, token: str) -> TokenSource:

@@ -27,6 +27,8 @@ __all__ = [
 
 _senders: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _relayed: weakref.WeakSet[Any] = weakref.WeakSet()  # connections whose reads go via hubs
+# token -> (config, principal): a token's claims read once (bounded by tokens in use)
+_principals: dict[str, tuple[AuthConfig | None, Principal]] = {}
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,20 @@ class ConnectSecurity:
 
     def sender(self) -> str:
         """The principal id this connection's inputs carry (``anon`` without a token)."""
-        return unverified_pid(self.token()) if self.token is not None else ANONYMOUS_PID
+        return unverified_pid(self.token.current()) if self.token is not None else ANONYMOUS_PID
 
     def principal(self, config: AuthConfig | None = None) -> Principal | None:
-        """Who the token claims to be (unverified; the auth service verifies), or None."""
-        return unverified_principal(self.token(), config) if self.token is not None else None
+        """Who the token claims to be (unverified; the auth service verifies), or None.
+        Read once per token, not per call (a client asks on every start)."""
+        if self.token is None:
+            return None
+        token = self.token.current()
+        cached = _principals.get(token)
+        if cached is None or cached[0] is not config:
+            if len(_principals) > 64:  # refreshed tokens of a long-lived process
+                _principals.clear()
+            cached = _principals[token] = (config, unverified_principal(token, config))
+        return cached[1]
 
     def tenant_for(self, asked: str | None, config: AuthConfig | None = None) -> str:
         """The tenant to act for: the token's. A tenant asked for by hand must be the same

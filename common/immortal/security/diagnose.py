@@ -24,7 +24,7 @@ def diagnose_refusal(security: ConnectSecurity | None) -> AuthError:
             "the server requires a token: pass --token, set $IMMORTAL_TOKEN or "
             "$IMMORTAL_TOKEN_COMMAND",
         )
-    token = security.token()
+    token = security.token.current()
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
