@@ -132,3 +132,28 @@ async def test_a_worker_token_names_its_queues(running: SecureStack) -> None:
             activities=[double],
             security=running.security("svc", ["acme:worker"], queues=["orders"]),
         )
+
+
+async def test_schedules_and_dead_letters_work_within_the_tenant(running: SecureStack) -> None:
+    async with Client(running.url, security=running.security("ann", ["acme:writer"])) as ann:
+        await ann.schedules.create("tick", three_step, 1, every=1)
+        assert [s.schedule_id for s in await ann.schedules.list()] == ["tick"]
+        for _ in range(100):  # it fires: runs start in acme
+            if await _scheduled_runs(ann):
+                break
+            await asyncio.sleep(0.1)
+        assert await _scheduled_runs(ann)
+        await ann.schedules.pause("tick")  # no purge permission: replaced by a rollup
+        await asyncio.sleep(1.5)  # a firing already under way may still land
+        seen = await _scheduled_runs(ann)
+        await asyncio.sleep(2.5)
+        assert await _scheduled_runs(ann) == seen  # paused: nothing more starts
+        await ann.schedules.delete("tick")
+        assert await ann.schedules.list() == []
+        assert await ann.dead_letters.list() == []  # readable (and empty) within the tenant
+
+
+async def _scheduled_runs(client: Client) -> int:
+    from immortal._jetstream import kv_scan
+
+    return len(await kv_scan(client.nc, client.names.bucket_runs, f"{client.tenant}.*"))

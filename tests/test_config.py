@@ -42,7 +42,7 @@ def test_nats_server_accepts_every_shipped_config(tmp_path: Path) -> None:
         leaf.private_key_pem.write_to_path(certs / f"{stem}-key.pem")
     env = {
         **os.environ,
-        "IMMORTAL_AUTH_ISSUER": public_key(new_account_seed()),
+        "IMMORTAL_AUTH_ACCOUNT": public_key(new_account_seed()),
         "IMMORTAL_AUTH_PASSWORD": "test-only",
     }
     for conf in _shipped_configs():

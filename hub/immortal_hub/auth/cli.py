@@ -24,7 +24,7 @@ def keygen() -> None:
 
     seed = new_account_seed()
     print(f"IMMORTAL_AUTH_SEED={seed}")
-    print(f"IMMORTAL_AUTH_ISSUER={public_key(seed)}")
+    print(f"IMMORTAL_AUTH_ACCOUNT={public_key(seed)}")
 
 
 @app.command()
@@ -51,8 +51,8 @@ def serve(
     settings = AuthConfig.load(config)
     if not seed or not password or not settings.enabled:
         raise typer.BadParameter(
-            "set $IMMORTAL_AUTH_SEED, $IMMORTAL_AUTH_PASSWORD and an issuer "
-            "($IMMORTAL_AUTH_ISSUER_URL... or --config)"
+            "set $IMMORTAL_AUTH_SEED, $IMMORTAL_AUTH_PASSWORD and the IdP "
+            "($IMMORTAL_AUTH_ISSUER and $IMMORTAL_AUTH_JWKS_URL, or --config)"
         )
     tls = TlsFiles.from_env(tls_ca, tls_cert, tls_key)
     service = AuthService(
