@@ -151,6 +151,11 @@ async def test_schedules_and_dead_letters_work_within_the_tenant(running: Secure
         await ann.schedules.delete("tick")
         assert await ann.schedules.list() == []
         assert await ann.dead_letters.list() == []  # readable (and empty) within the tenant
+        # What the broker cannot scope is refused at once, saying why (not a timeout).
+        with pytest.raises(PermissionDeniedError, match="consumer info"):
+            await ann.queues()
+        with pytest.raises(PermissionDeniedError, match="message delete"):
+            await ann.dead_letters.drop(1)
 
 
 async def _scheduled_runs(client: Client) -> int:

@@ -61,7 +61,7 @@ from immortal._wire import (
     encode,
     now_ms,
 )
-from immortal.security.connection import ConnectSecurity
+from immortal.security.connection import ConnectSecurity, relays_reads
 from immortal.security.errors import PermissionDeniedError
 
 __all__ = [
@@ -347,6 +347,11 @@ class Client:
         return [await self._queue_stats(q) for q in sorted(names)]
 
     async def _queue_stats(self, queue: str) -> QueueStats:
+        if relays_reads(self.nc):
+            raise PermissionDeniedError(
+                "queue statistics read consumer info, which the broker cannot scope to a "
+                "tenant: not available to a connection with a token yet"
+            )
         js = self.nc.jetstream()
         n = self.names
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, get_args
 from immortal._errors import ImmortalError
 from immortal._jetstream import StoredMsg, read_subject
 from immortal._names import InputKind, decode_token
+from immortal.security.connection import relays_reads
+from immortal.security.errors import PermissionDeniedError
 
 if TYPE_CHECKING:
     from immortal._client import Client
@@ -54,6 +56,7 @@ class DeadLetters:
 
     async def redrive(self, seq: int) -> None:
         """Send dead letter ``seq`` back to its queue's input subject, then drop it."""
+        self._deletes()
         letter = await self._get(seq)
         if not letter.redrivable:
             raise ImmortalError(f"dead letter {seq} has no input kind to re-drive ({letter.kind})")
@@ -67,9 +70,17 @@ class DeadLetters:
         await c.nc.jetstream().delete_msg(c.names.stream_dlq, seq)
 
     async def drop(self, seq: int) -> None:
+        self._deletes()
         await self._get(seq)  # only this tenant's
         c = self._client
         await c.nc.jetstream().delete_msg(c.names.stream_dlq, seq)
+
+    def _deletes(self) -> None:
+        if relays_reads(self._client.nc):
+            raise PermissionDeniedError(
+                "deleting a dead letter takes a stream message delete, which the broker "
+                "cannot scope to a tenant: not available to a connection with a token yet"
+            )
 
     async def _get(self, seq: int) -> DeadLetter:
         # The first of this tenant's dead letters from ``seq`` on: a read scoped to the
