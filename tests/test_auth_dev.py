@@ -1,4 +1,4 @@
-"""``python -m immortal_hub.auth dev`` (``immortal dev --secure``) as a newcomer runs it:
+"""``immortal dev --secure`` as a newcomer runs it:
 everything starts, the example runs as a writer, and the printed commands work: a writer
 starts, a reader reads but may not start, no token is refused, each in one line."""
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 async def test_dev_secure_runs_and_its_printed_commands_work(tmp_path: Path) -> None:
     store = tmp_path / "dev"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "immortal_hub.auth", "dev", "--port", "0", "--store", str(store),
+        sys.executable, "-m", "immortal_hub", "dev", "--secure", "--port", "0", "--store", str(store),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import immortal
@@ -37,7 +39,7 @@ def test_dependencies_flow_one_way() -> None:
 def test_public_api_is_pinned() -> None:
     assert sorted(immortal.__all__) == [
         "ActivityCancelledError", "ActivityError", "ApplicationError", "ChildWorkflowError", "Client", "EventType",
-        "HistoryEvent", "IdReusePolicy", "ImmortalError", "Names", "NonDeterminismError", "PayloadError", "QueueStats",
+        "HistoryEvent", "IdReusePolicy", "ImmortalError", "LeaseMismatchError", "Names", "NonDeterminismError", "PayloadError", "QueueStats",
         "RetryPolicy", "RunDescription", "RunStatus", "ScheduleInfo", "UnknownWorkflowTypeError", "WorkerInfo",
         "WorkflowAlreadyStartedError", "WorkflowClosedError", "WorkflowContext", "WorkflowFailedError",
         "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError", "activity", "format_timeline",
@@ -58,3 +60,15 @@ def test_modules_stay_small() -> None:
     for root in SOURCES.values():
         for path in root.rglob("*.py"):
             assert len(path.read_text().splitlines()) < 800, path
+
+
+def test_the_cli_loads_no_hub_machinery_until_a_command_needs_it() -> None:
+    probe = (
+        "import sys, immortal_hub.cli; "
+        "print(' '.join(m for m in sys.modules if m.startswith(('immortal', 'nats'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    assert "immortal_hub.cli.workflow" in loaded
+    assert not {"immortal_hub._hub", "immortal.testing", "immortal_worker"} & set(loaded)

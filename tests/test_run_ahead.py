@@ -61,8 +61,10 @@ async def test_a_result_and_the_workflow_task_it_makes_are_one_transition(
         [*ran_ahead, EventType.ACTIVITY_SCHEDULED],
         [*ran_ahead, EventType.WORKFLOW_COMPLETED],
     ]
-    # The code saw the time the hub recorded, so a replay from history agrees with it.
-    assert now == history[-4].ts == history[-1].ts
+    # The code saw the time recorded on the events it ran ahead on, so a replay from history
+    # agrees with it; what it then did (completing the run) is stamped by the hub's clock.
+    assert now == history[-4].ts == history[-3].ts <= history[-1].ts
+    assert [e.ts for e in history] == sorted(e.ts for e in history)
     assert replay(history, two_steps_then_now).ok
     assert hub._pushes.pushed == 1 and worker.replays == 1
 
@@ -70,7 +72,7 @@ async def test_a_result_and_the_workflow_task_it_makes_are_one_transition(
 async def test_a_run_ahead_the_hub_refuses_is_replayed(
     nats_url: str, prefix: str, client: Client, hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(immortal_hub._transitions, "_AHEAD_SKEW_MS", -1)  # refuse them all
+    monkeypatch.setattr(immortal_hub._transitions, "_AHEAD_LAG_MS", -1)  # refuse them all
     async with running_worker(nats_url, prefix, workflows=[two_steps_then_now]) as worker:
         handle = await client.start(two_steps_then_now, 3)
         assert (await handle.result(timeout=20))[:2] == [6, 12]
@@ -92,22 +94,27 @@ def test_the_hub_takes_a_run_ahead_only_if_the_run_is_as_the_worker_saw_it() -> 
         )  # fmt: skip
 
     done = [CompleteWorkflow(result=encode_value(5))]
-    taken = apply_activity_result(s, result(RunAhead(wft=6, ts=3100, commands=done)), 3000)
+    taken = apply_activity_result(s, result(RunAhead(wft=6, ts=2990, commands=done)), 3000)
+    # The events the code ran ahead on carry the time it saw; what it did, the hub's clock.
     assert [(e.id, e.type, e.ts) for e in taken.events] == [
-        (5, EventType.ACTIVITY_COMPLETED, 3100),
-        (6, EventType.WORKFLOW_TASK_SCHEDULED, 3100),
-        (7, EventType.WORKFLOW_TASK_COMPLETED, 3100),
-        (8, EventType.WORKFLOW_COMPLETED, 3100),
+        (5, EventType.ACTIVITY_COMPLETED, 2990),
+        (6, EventType.WORKFLOW_TASK_SCHEDULED, 2990),
+        (7, EventType.WORKFLOW_TASK_COMPLETED, 3000),
+        (8, EventType.WORKFLOW_COMPLETED, 3000),
     ]
     assert taken.closes_run and taken.state is not None and taken.state.sticky == "wk"
     alone = [EventType.ACTIVITY_COMPLETED, EventType.WORKFLOW_TASK_SCHEDULED]
+    assert s.last_ts == 2000  # the newest event's time
     for refused in (
         RunAhead(wft=7, ts=3000, commands=done),  # the worker missed an event
-        RunAhead(wft=6, ts=9000, commands=done),  # its clock is off: the code saw another time
+        RunAhead(wft=6, ts=3100, commands=done),  # a time after the hub's clock
+        RunAhead(wft=6, ts=1990, commands=done),  # before the newest event: time went back
+        RunAhead(wft=6, ts=2500, commands=done),  # fine, but the hub took too long: 3600 ms
     ):
-        out = apply_activity_result(s, result(refused), 3000)
+        now = 3600 if refused.ts == 2500 else 3000
+        out = apply_activity_result(s, result(refused), now)
         assert [e.type for e in out.events] == alone and out.state is not None
-        assert out.state.wft == 6 and out.events[0].ts == 3000  # scheduled as usual
+        assert out.state.wft == 6 and out.events[0].ts == now  # scheduled as usual
     busy = s.model_copy(update={"wft": 5, "next_event_id": 6})  # a workflow task is open
     out = apply_activity_result(busy, result(RunAhead(wft=7, ts=3000), rid="b"), 3000)
     assert [e.type for e in out.events] == [EventType.ACTIVITY_COMPLETED]

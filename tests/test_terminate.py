@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 from nats.js.api import StreamInfo
@@ -12,6 +13,7 @@ from immortal import Client, EventType, RunStatus, WorkflowContext, WorkflowFail
 from immortal._errors import WorkflowClosedError
 from immortal_hub import ResourceSettings, ensure_resources
 from tests.helpers import assert_well_formed, running_hub, running_worker, wait_for_history
+from tests.procs import ROOT
 
 
 @immortal.activity
@@ -128,3 +130,22 @@ async def test_terminate_closes_a_sleeping_run_with_an_activity_in_flight_at_onc
             await handle.terminate()
         with pytest.raises(WorkflowClosedError, match="already terminated"):
             await handle.signal("anything")
+
+
+async def test_immortal_workflow_terminate_closes_a_run_from_the_command_line(
+    nats_url: str, prefix: str, client: Client
+) -> None:
+    handle = await client.start("no_worker_serves_this", id="stuck-order")  # no worker at all
+    await wait_for_history(client, handle.workflow_id, handle.run_id, lambda h: bool(h))
+    args = ["workflow", "terminate", "stuck-order", "--reason", "cleanup", "-s", nats_url]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "immortal_hub", *args, "--prefix", prefix,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert f"terminated stuck-order (run {handle.run_id})" in out.decode()
+    with pytest.raises(WorkflowFailedError) as failed:
+        await handle.result(timeout=10)
+    assert failed.value.cause.type == "WorkflowTerminated"
+    assert (await handle.history())[-1].attrs["reason"] == "cleanup"

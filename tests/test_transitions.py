@@ -174,8 +174,13 @@ def _redelivered(state, attempt, delivery):  # type: ignore[no-untyped-def]
 def test_a_redelivered_attempt_counts_as_lost_until_the_policy_gives_up() -> None:
     retry = RetryPolicy(maximum_attempts=2, initial_interval=5.0).to_wire()
     s = _wft(_start().state, 2, ScheduleActivity(seq=1, name="a", input=b"\x90", retry=retry)).state
-    first = _redelivered(s, 1, 1).events  # sent for a first delivery with schedule-to-start
-    assert [e.type for e in first] == [EventType.ACTIVITY_ATTEMPT_STARTED]
+    first = _redelivered(s, 1, 1)  # a first delivery: confirmed, nothing to record
+    assert first.events == [] and first.confirmed == (4, 4000)
+    timed = _wft(
+        _start().state, 2, ScheduleActivity(seq=1, name="a", input=b"\x90", schedule_to_start=5)
+    ).state
+    recorded = _redelivered(timed, 1, 1).events  # its start disarms the schedule-to-start
+    assert [e.type for e in recorded] == [EventType.ACTIVITY_ATTEMPT_STARTED]
 
     out = _redelivered(s, 1, 2)  # delivery 1 ended without a result: its worker died
     [lost] = out.events
@@ -216,7 +221,7 @@ def test_transitions_never_change_the_state_they_are_given() -> None:
             s, ActivityHeartbeat(**common, scheduled_id=4, attempt=1, worker="wk", result_id="h"), 3000
         ),
         lambda s: apply_activity_started(
-            s, ActivityStarted(**common, scheduled_id=4, attempt=1, delivery=1, worker="wk", result_id="st"), 3000
+            s, ActivityStarted(**common, scheduled_id=4, attempt=1, delivery=2, worker="wk", result_id="st"), 3000
         ),
         lambda s: apply_timer_fired(s, TimerFired(**common, timer=f"t-{timer_id}", kind="timer", scheduled_id=timer_id), 3000),
         lambda s: apply_child_closed(

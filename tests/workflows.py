@@ -135,3 +135,39 @@ async def stalls(ctx: WorkflowContext, x: int) -> int:
 
 
 workflows = [*workflows, stalls]
+
+
+@immortal.activity(retry=immortal.RetryPolicy(initial_interval=0.1, maximum_attempts=5))
+def timed_work(tag: str, seconds: float) -> str:
+    """Mark each attempt that starts (a file per process and attempt), then work a while."""
+    info = immortal.activity.info()
+    (_dir() / f"ran-{tag}-{os.getpid()}-{info.attempt}").touch()
+    time.sleep(seconds)
+    return f"{tag} by {os.getpid()}"
+
+
+@immortal.workflow
+async def timed_flow(ctx: WorkflowContext, tag: str, seconds: float) -> str:
+    return await ctx.activity(timed_work, tag, seconds)
+
+
+@immortal.activity(start_to_close=1.0, retry=immortal.RetryPolicy(maximum_attempts=1))
+async def overruns(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "in time"
+
+
+@immortal.workflow
+async def clockwork(ctx: WorkflowContext, x: int) -> str:
+    """An activity (whose result the worker runs ahead with), a 2 s sleep, then an activity
+    that overruns its 1 s start-to-close."""
+    await ctx.activity(double, x)
+    await ctx.sleep(2)
+    try:
+        return await ctx.activity(overruns, 1.5)
+    except immortal.ActivityError as exc:
+        return exc.cause.type
+
+
+workflows = [*workflows, timed_flow, clockwork]
+activities = [*activities, timed_work, overruns]

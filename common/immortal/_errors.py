@@ -11,6 +11,7 @@ __all__ = [
     "ApplicationError",
     "ChildWorkflowError",
     "ImmortalError",
+    "LeaseMismatchError",
     "NonDeterminismError",
     "PayloadError",
     "UnknownWorkflowTypeError",
@@ -116,6 +117,10 @@ class NonDeterminismError(ImmortalError):
 
 class UnknownWorkflowTypeError(ImmortalError):
     """A workflow task names a workflow type that this worker does not serve."""
+
+
+class LeaseMismatchError(ImmortalError):
+    """A worker asked for a lease its queue cannot honour (longer than the queue's)."""
 
 
 class PayloadError(ImmortalError):

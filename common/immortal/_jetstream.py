@@ -17,7 +17,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from immortal._requests import Requests
@@ -29,6 +29,7 @@ __all__ = [
     "ERR_WRONG_LAST_SEQUENCE",
     "Puller",
     "StoredMsg",
+    "create_consumer",
     "is_wrong_last_sequence",
     "kv_scan",
     "last_message",
@@ -39,6 +40,7 @@ __all__ = [
 
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_NO_MESSAGE = 10037
+ERR_CONSUMER_EXISTS = 10148  # a consumer of that name exists, with another configuration
 _BATCH = 256
 _NO_LEADER_PAUSE = 0.5  # seconds before a pull request that met no consumer leader is retried
 
@@ -84,6 +86,33 @@ async def _leader_last(nc: NATS, stream: str, subject: str, timeout: float) -> S
     return StoredMsg(
         subject=raw.subject, seq=raw.seq, data=raw.data or b"", headers=raw.headers or {}
     )
+
+
+async def create_consumer(
+    nc: NATS, stream: str, config: ConsumerConfig, *, timeout: float = 5.0
+) -> ConsumerInfo:
+    """Create the durable consumer ``config`` names, or return the existing one unchanged.
+
+    nats-py's ``add_consumer`` updates a consumer that exists with another configuration,
+    so whoever called it last would set, say, the ack-wait (the lease) of every worker of
+    a queue. The create action leaves an existing consumer as it is; the caller compares.
+    The API subject names the filter, which subject permissions can scope.
+    """
+    name = config.durable_name or config.name
+    assert name and config.filter_subject, "a named consumer with one filter subject"
+    config.name = name
+    subject = f"$JS.API.CONSUMER.CREATE.{stream}.{name}.{config.filter_subject}"
+    request = {"stream_name": stream, "config": config.as_dict(), "action": "create"}
+    resp = await nc.request(subject, json.dumps(request).encode(), timeout=timeout)
+    body = json.loads(resp.data)
+    error = body.get("error")
+    if error is None:
+        created: ConsumerInfo = ConsumerInfo.from_response(body)
+        return created
+    if error.get("err_code") == ERR_CONSUMER_EXISTS:
+        existing: ConsumerInfo = await nc.jetstream(timeout=timeout).consumer_info(stream, name)
+        return existing
+    raise APIError.from_error(error)  # raises the typed error
 
 
 async def read_subject(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,14 @@ def _merge(ids: dict[str, Any], kwargs: MutableMapping[str, Any]) -> MutableMapp
 
 
 class WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """``ctx.log``: quiet while the workflow replays, so each line is logged once."""
+    """``ctx.log``: quiet while the workflow replays, so each line is logged once.
+
+    Workflow code is deterministic, so its n-th logging call is the same call on every
+    execution of the run, replays included. Each line carries that ordinal (``line``, counted
+    while replaying too), and is stored with a message id made of it: a line logged again by
+    code that runs again live (a workflow task retried, a run-ahead the hub refused) is the
+    same message, which the stream keeps once.
+    """
 
     def __init__(
         self,
@@ -81,14 +89,17 @@ class WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().__init__(logger, ids)
         self._replaying = replaying
         self._event_id = event_id
+        self._calls = 0  # logging calls the code made, replayed ones included
 
     def isEnabledFor(self, level: int) -> bool:
         # Checked by every logging call; answering here keeps the caller's line in records.
+        self._calls += 1
         return not self._replaying() and super().isEnabledFor(level)
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         assert self.extra is not None
-        return msg, _merge({**self.extra, "event_id": self._event_id()}, kwargs)
+        ids = {**self.extra, "event_id": self._event_id(), "line": self._calls}
+        return msg, _merge(ids, kwargs)
 
 
 class ActivityLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -125,7 +136,9 @@ class LogShipper(logging.Handler):
         super().__init__(logging.DEBUG)
         self._js, self._names, self._tenant, self._worker = js, names, tenant, worker_id
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, bytes, dict[str, str] | None] | None] = (
+            asyncio.Queue()
+        )
         self._task = self._loop.create_task(self._ship())
         self.shipped = 0
 
@@ -143,18 +156,23 @@ class LogShipper(logging.Handler):
         if record.exc_info and record.exc_info[1] is not None:
             body["message"] += "\n" + logging.Formatter().formatException(record.exc_info)
         subject = self._names.log_subject(self._tenant, str(ids["workflow_id"]), str(ids["run_id"]))
+        headers = None
+        if "line" in ids:  # a workflow line: the same line logged again is stored once
+            digest = zlib.crc32(body["message"].encode())
+            headers = {"Nats-Msg-Id": f"log:{ids['run_id']}:{ids['line']}:{digest:08x}"}
         try:
             body["fields"] = to_wire(ids.get("fields") or {})
-            item = (subject, pack(body))
+            item = (subject, pack(body), headers)
         except Exception:  # an unencodable field: keep the line, name the fields
             body["fields"] = {"unencodable": repr(ids.get("fields"))}
-            item = (subject, pack(body))
+            item = (subject, pack(body), headers)
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     async def _ship(self) -> None:
         while (item := await self._queue.get()) is not None:
+            subject, data, headers = item
             try:
-                await self._js.publish(*item)
+                await self._js.publish(subject, data, headers=headers)
                 self.shipped += 1
             except Exception as exc:  # never let logging take the worker down
                 logging.getLogger(__name__).debug("log line not stored: %s", exc)

@@ -234,6 +234,7 @@ class RunState(_Model):
     queue: str
     status: RunStatus = RunStatus.RUNNING
     next_event_id: int = 1
+    last_ts: int = 0  # the newest event's time: history time never goes backwards
     started_ts: int = 0
     closed_ts: int | None = None
     execution_timeout: float | None = None
@@ -431,9 +432,11 @@ class WorkflowTaskResult(_Model):
 class RunAhead(_Model):
     """Workflow code that the worker holding the run ran on with an activity's result, as if
     the result were the run's only news: the commands of the workflow task the hub would
-    schedule for it (``wft``, the id it would get), seeing the events at ``ts``. The hub
-    records result and task in one transition if the run is as the worker saw it, and
-    otherwise records the result alone and schedules the task as usual."""
+    schedule for it (``wft``, the id it would get), seeing the events at ``ts``: the time on
+    the hub's clock as the worker reckons it (its newest event's time plus the time elapsed
+    since it learned of it), never earlier than that event. The hub records result and task
+    in one transition if the run is as the worker saw it and ``ts`` is within its bounds,
+    and otherwise records the result alone and schedules the task as usual."""
 
     wft: int
     ts: int
@@ -475,6 +478,9 @@ class TimerFired(_Model):
     ] = "retry"
     scheduled_id: int = 0  # the activity it concerns...
     attempt: int = 0  # ...and the attempt
+    # When it is due on the hub's clock (ms): a firing earlier than that (a server whose
+    # clock runs ahead) waits until then. 0: fire when it arrives (schedules).
+    due: int = 0
 
 
 class ActivityStarted(_Model):

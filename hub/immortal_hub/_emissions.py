@@ -28,7 +28,13 @@ from immortal._wire import (
     WorkflowTask,
 )
 
-__all__ = ["Emission", "emissions_for", "open_emissions", "workflow_task_emission"]
+__all__ = [
+    "Emission",
+    "attempt_timers",
+    "emissions_for",
+    "open_emissions",
+    "workflow_task_emission",
+]
 
 
 @dataclass(frozen=True)
@@ -91,12 +97,30 @@ def _activity_emissions(state: RunState, ev: HistoryEvent) -> list[Emission]:
             due = ev.ts + round(act.heartbeat_timeout * 1000)
             timer = f"hb-{ev.caused_by}-{act.attempt}"
             out.append(_timer(state, timer, "heartbeat_timeout", due, ev.caused_by, act.attempt))
+    elif ev.type is EventType.ACTIVITY_ATTEMPT_STARTED and ev.caused_by in state.activities:
+        out.extend(attempt_timers(state, ev.caused_by, ev.ts))
     elif ev.type in _RETRY_EVENTS and ev.caused_by in state.activities:
         act = state.activities[ev.caused_by]
         if act.retry_at is None:
             out.extend(_dispatch(state, ev.caused_by, act, ev.ts))
         else:
             out.append(_activity_emission(state, ev.caused_by, act))
+    return out
+
+
+def attempt_timers(state: RunState, sid: int, started_ms: int) -> list[Emission]:
+    """The timers of an attempt that began at ``started_ms`` (the hub's clock, when the
+    worker confirmed it counts): its start-to-close and its first heartbeat deadline."""
+    act = state.activities[sid]
+    out = []
+    if act.start_to_close is not None:
+        due = started_ms + round(act.start_to_close * 1000)
+        timer = f"stc-{sid}-{act.attempt}"
+        out.append(_timer(state, timer, "start_to_close", due, sid, act.attempt))
+    if act.heartbeat_timeout is not None:
+        due = started_ms + round(act.heartbeat_timeout * 1000)
+        timer = f"hb-{sid}-{act.attempt}"
+        out.append(_timer(state, timer, "heartbeat_timeout", due, sid, act.attempt))
     return out
 
 
@@ -244,6 +268,7 @@ def _timer(
         kind=kind,
         scheduled_id=scheduled_id,
         attempt=attempt,
+        due=due_ms,
     )
     # The due time is part of the id: re-emitting the same timer dedupes, re-arming it
     # (a heartbeat pushing its deadline out) must not.

@@ -25,7 +25,6 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError
 from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
@@ -34,7 +33,7 @@ from immortal._connect import connect
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._integrity import transition_digest
-from immortal._jetstream import Puller, is_wrong_last_sequence, last_message
+from immortal._jetstream import Puller, create_consumer, is_wrong_last_sequence, last_message
 from immortal._locks import KeyedLocks
 from immortal._names import Names, decode_token
 from immortal._timers import schedule_headers
@@ -58,7 +57,7 @@ from immortal._wire import (
     now_ms,
 )
 from immortal.security import HUB_PID, ConnectSecurity
-from immortal_hub._emissions import Emission, emissions_for, open_emissions
+from immortal_hub._emissions import Emission, attempt_timers, emissions_for, open_emissions
 from immortal_hub._guard import InputGuard
 from immortal_hub._limits import Admission, TenantLimits
 from immortal_hub._local_timers import LocalTimers
@@ -106,6 +105,7 @@ log = logging.getLogger(__name__)
 
 _MAX_RACES = 50
 _POISON_DELIVERIES = 10
+_EARLY_FIRING_MS = 2  # a durable timer's firing this much before its due time waits
 
 
 class Hub:
@@ -392,8 +392,15 @@ class Hub:
             max_deliver=-1,
             max_ack_pending=20_000,
         )
-        with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
-            await self.js.add_consumer(stream, config)
+        # Shared by every hub: created once, never changed by a hub with other settings.
+        info = await create_consumer(self.nc, stream, config)
+        if info.config.ack_wait is not None and abs(info.config.ack_wait - self.ack_wait) > 1e-3:
+            log.warning(
+                "consumer %s keeps its ack-wait of %g s (this hub's --ack-wait is %g s)",
+                durable,
+                info.config.ack_wait,
+                self.ack_wait,
+            )
 
     # -- one input ----------------------------------------------------------------------
 
@@ -417,6 +424,12 @@ class Hub:
             tenant, queue, kind, body = admitted
             try:
                 if isinstance(body, TimerFired):
+                    early = body.due - now_ms()
+                    if body.due and early > _EARLY_FIRING_MS:
+                        # The server's clock runs ahead of this hub's, which is the one due
+                        # times are reckoned on: a sleep never ends early. Back when due.
+                        await msg.nak(delay=early / 1000)
+                        return
                     await self._on_timer(tenant, queue, body, msg)
                 else:
                     await self._apply(tenant, queue, kind, body)
@@ -574,6 +587,13 @@ class Hub:
                     if isinstance(exc, StaleAttempt) and state is not None:
                         await self._reemit(tenant, subject, state, seq)  # as below
                     raise
+                if outcome.confirmed is not None:
+                    # An attempt about to run, checked on what this hub knows: a stale
+                    # verdict is taken on a fresh read (above), a confirmation needs none,
+                    # nor a re-emission. The attempt's timers start now, on this clock.
+                    assert state is not None
+                    await self._emit(tenant, attempt_timers(state, *outcome.confirmed))
+                    return None
                 if not outcome.events and not fresh:
                     # Appends are guarded by the expected sequence; decisions that append
                     # nothing are not, so they are taken on a fresh read.
@@ -581,16 +601,7 @@ class Hub:
                     fresh = True
                     continue
                 if not outcome.events:
-                    if not outcome.reemit:
-                        log.debug("%s: %s", subject, outcome.note)
-                        return None
-                    if not outcome.duplicate:
-                        log.info("%s: %s", subject, outcome.note)
-                    if state is not None:
-                        # Whatever the run still owes goes out again (deduped by id): an
-                        # earlier transition's tasks may have been lost to an outage between
-                        # its append and its publishes, and this input is its sender's retry.
-                        await self._reemit(tenant, subject, state, seq)
+                    await self._appended_nothing(tenant, subject, outcome, state, seq)
                     return None
                 applied = await self._commit(tenant, subject, outcome, seq, digest)
                 if applied is None:  # another hub moved the run (or our own lost ack did):
@@ -598,6 +609,21 @@ class Hub:
                     continue
                 return applied
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
+
+    async def _appended_nothing(
+        self, tenant: str, subject: str, outcome: Outcome, state: RunState | None, seq: int
+    ) -> None:
+        """An input that changes nothing (decided on a fresh read)."""
+        if not outcome.reemit:
+            log.debug("%s: %s", subject, outcome.note)
+            return
+        if not outcome.duplicate:
+            log.info("%s: %s", subject, outcome.note)
+        if state is not None:
+            # Whatever the run still owes goes out again (deduped by id): an earlier
+            # transition's tasks may have been lost to an outage between its append and its
+            # publishes, and this input is its sender's retry.
+            await self._reemit(tenant, subject, state, seq)
 
     async def _commit(
         self, tenant: str, subject: str, outcome: Outcome, seq: int, digest: bytes

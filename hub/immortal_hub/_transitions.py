@@ -63,7 +63,10 @@ __all__ = [
 ]
 
 _APPLIED_KEPT = 64
-_AHEAD_SKEW_MS = 1000
+# A run-ahead's time (the hub's clock as the worker reckons it) may lag the hub's clock by
+# this much (the time its result took to arrive), and lead it by this much (clock drift).
+_AHEAD_LAG_MS = 1000
+_AHEAD_LEAD_MS = 50
 
 
 class InvalidInput(Exception):
@@ -81,6 +84,9 @@ class Outcome:
     events: list[HistoryEvent] = field(default_factory=list)
     state: RunState | None = None
     duplicate: bool = False  # already applied: append nothing, re-emit what is open
+    # An activity attempt began, confirmed as still counting (nothing to append): the hub
+    # arms its start-to-close and heartbeat timers from its own clock. (scheduled id, time)
+    confirmed: tuple[int, int] | None = None
     note: str | None = None  # why nothing happened, for the log
     # Appending nothing, the hub re-publishes what the run owes (an outage may have lost
     # it) unless the input's sender is known to hold it: a workflow task's repeated failure
@@ -105,9 +111,13 @@ def _fork(state: RunState) -> RunState:
 
 
 class _Builder:
+    """Adds events stamped ``now``: the hub's clock, or for the events a worker ran ahead on
+    the time the code saw, never earlier than the run's newest event (``RunState.last_ts``),
+    so history time never goes backwards, whatever clock stamped what came before."""
+
     def __init__(self, state: RunState, now: int) -> None:
         self.state = state
-        self.now = now
+        self.now = max(now, state.last_ts)
         self.events: list[HistoryEvent] = []
 
     def add(self, type_: EventType, caused_by: int | None = None, **attrs: Any) -> HistoryEvent:
@@ -115,6 +125,7 @@ class _Builder:
             id=self.state.next_event_id, type=type_, ts=self.now, caused_by=caused_by, attrs=attrs
         )
         self.state.next_event_id += 1
+        self.state.last_ts = self.now
         self.events.append(event)
         return event
 
@@ -453,6 +464,8 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
     elif act.attempt != result.attempt or act.retry_at is not None:
         reason = f"attempt {result.attempt} is no longer current (timed out or retried)"
     ahead = _ahead(state, result, now) if reason is None else None
+    # The two events the worker ran ahead on carry the time its code saw (a replay then sees
+    # the same); what follows them is stamped by the hub's clock, due times included.
     b = _Builder(state, now if ahead is None else ahead.ts)
     if reason is not None:
         b.add(EventType.ACTIVITY_RESULT_IGNORED, result.scheduled_id, reason=reason, **common)
@@ -463,6 +476,7 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
     ev = b.add(EventType.ACTIVITY_COMPLETED, result.scheduled_id, result=result.result, **common)
     _close_activity(b, result.scheduled_id, ev)
     if ahead is not None and state.wft == ahead.wft:  # the task it ran ahead is this one
+        b.now = max(b.now, now)
         _complete_workflow_task(b, ahead.wft, ahead.wft, result.worker, ahead.commands)
     return b.outcome(result.result_id)
 
@@ -470,12 +484,15 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
 def _ahead(state: RunState, result: ActivityResult, now: int) -> RunAhead | None:
     """The workflow task the worker ran ahead with this result, if it is the one the hub
     schedules for it: the worker's copy of the run had every event (the next event id is
-    the one it expected), no workflow task is open, and its clock agrees with the hub's
-    (the events get the time the code saw as ``ctx.now()``)."""
+    the one it expected), no workflow task is open, and the time the code saw (the events
+    get it) is not after the hub's clock, nor before the run's newest event, nor more than
+    a second behind (a hub that slow records the result alone)."""
     ahead = result.then
     if ahead is None or result.failure is not None or state.wft is not None:
         return None
-    if ahead.wft != state.next_event_id + 1 or abs(ahead.ts - now) > _AHEAD_SKEW_MS:
+    if ahead.wft != state.next_event_id + 1 or ahead.ts < state.last_ts:
+        return None
+    if ahead.ts > now + _AHEAD_LEAD_MS or now - ahead.ts > _AHEAD_LAG_MS:
         return None
     return ahead
 
@@ -629,8 +646,10 @@ def apply_activity_heartbeat(state: RunState | None, beat: ActivityHeartbeat, no
 
 
 def apply_activity_started(state: RunState | None, started: ActivityStarted, now: int) -> Outcome:
-    """A worker began an attempt: sent when the activity has a schedule-to-start timeout
-    (which it disarms), and for every redelivered task.
+    """A worker is about to run an attempt, and asks whether it still counts (every
+    delivery, before any user code runs): a delivery of an attempt that no longer counts is
+    refused (``StaleAttempt``). An attempt that counts is confirmed (and its start recorded
+    when it has a schedule-to-start timeout, which that disarms).
 
     A redelivered task (delivery 2 or later) means an earlier delivery of the same attempt
     ended without a result: its worker died, froze past its lease, or stopped before
@@ -668,8 +687,10 @@ def apply_activity_started(state: RunState | None, started: ActivityStarted, now
         # A delivery of an attempt that already ended (lost, timed out, or its run closed):
         # it must not run, or a task that crashes its worker would be redelivered forever.
         raise StaleAttempt(f"attempt {started.attempt} no longer counts")
-    if act.started:
-        return Outcome(note=f"start of attempt {started.attempt} is not news")
+    if act.schedule_to_start is None or act.started:
+        # The attempt counts: the worker runs it. Only a schedule-to-start timeout needs the
+        # start recorded; the attempt's own timers are armed now, on the hub's clock.
+        return Outcome(confirmed=(started.scheduled_id, now))
     state = _fork(state)
     state.activities[started.scheduled_id].started = True
     b = _Builder(state, now)

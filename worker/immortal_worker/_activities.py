@@ -1,7 +1,7 @@
 """Activity tasks on a worker: run one attempt, report it, keep the hub told.
 
-Each delivery is first reported when the hub must know it began (a schedule-to-start
-timeout, a redelivery), runs under the task's lease (held until its result is delivered),
+Each delivery is first confirmed with the hub (does the attempt still count?), runs under
+the task's lease (held until its result is delivered),
 sends heartbeats when the activity has a heartbeat timeout, and ends with a result (or a
 failure) that the worker reports, running the workflow code ahead with it where it can.
 """
@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from contextvars import copy_context
-from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -27,8 +26,6 @@ from immortal._definitions import ActivityDefinition
 from immortal._errors import ApplicationError, failure_from_exception
 from immortal._inputs import STALE, StaleInput
 from immortal._names import InputKind, Names
-from immortal._timers import schedule_headers
-from immortal._transient import publish
 from immortal._wire import (
     ActivityHeartbeat,
     ActivityResult,
@@ -37,7 +34,6 @@ from immortal._wire import (
     AppliedTransition,
     EventType,
     Failure,
-    TimerFired,
     decode,
     encode,
     now_ms,
@@ -83,17 +79,13 @@ class ActivityRunner:
         # The lease is held until the result is delivered, not just while the code runs:
         # a hub that is slow to answer must not cost the task to another worker.
         async with self._hold(msg):
-            if task.schedule_to_start is not None or delivery > 1:
-                if await self._report_start(task, delivery):
-                    # This attempt no longer counts: an earlier delivery of it was lost (the
-                    # hub counted it and sends the next attempt as its own task), or it ended
-                    # meanwhile. Either way this delivery must not run.
-                    await msg.ack()
-                    return
-            if task.start_to_close is not None:
-                await self._arm_timer(task, "start_to_close", task.start_to_close, started)
-            if task.heartbeat_timeout is not None:
-                await self._arm_timer(task, "heartbeat_timeout", task.heartbeat_timeout, started)
+            if await self._confirm(task, delivery):
+                # This attempt no longer counts: an earlier delivery of it was lost (the hub
+                # counted it and sends the next attempt as its own task), or it ended
+                # meanwhile (timed out, retried, its run closed) while this delivery waited,
+                # say in the buffers of a worker that was frozen. It must not run.
+                await msg.ack()
+                return
             beats = Heartbeats()
             runner = asyncio.create_task(self._run_activity(task, beats))
             sender = None
@@ -134,8 +126,10 @@ class ActivityRunner:
             await self._report_result(task, body)
         await msg.ack()
 
-    async def _report_start(self, task: ActivityTask, delivery: int) -> bool:
-        """Tell the hub this attempt started, which disarms its schedule-to-start timer.
+    async def _confirm(self, task: ActivityTask, delivery: int) -> bool:
+        """Before any user code runs, ask the hub whether this attempt still counts; it then
+        arms the attempt's timers on its own clock (and records the start when the activity
+        has a schedule-to-start timeout, which that disarms).
 
         Returns whether this delivery must not run: the hub counted its attempt as lost
         (a redelivered task), or the attempt no longer counts at all. If no hub answered
@@ -201,25 +195,6 @@ class ActivityRunner:
                 beats.cancelled.set()
                 runner.cancel()
                 return
-
-    async def _arm_timer(self, task: ActivityTask, kind: Any, seconds: float, started: int) -> None:
-        """The attempt's clock starts now, where it runs: a durable timer tells the hub."""
-        prefix = "stc" if kind == "start_to_close" else "hb"
-        timer = f"{prefix}-{task.scheduled_id}-{task.attempt}"
-        body = TimerFired(
-            workflow_id=task.workflow_id,
-            run_id=task.run_id,
-            timer=timer,
-            kind=kind,
-            scheduled_id=task.scheduled_id,
-            attempt=task.attempt,
-        )
-        due = started + round(seconds * 1000)
-        target = self._names.fired_subject(self._tenant, task.workflow_queue)
-        subject = self._names.timer_subject(self._tenant, task.run_id, timer)
-        headers = schedule_headers(due, target, f"{task.run_id}:{timer}:{due}")
-        data = encode(body)  # one schedule per subject, with a msg id: safe to repeat
-        await publish(self._nc, subject, data, headers=headers)
 
     async def _run_activity(self, task: ActivityTask, beats: Heartbeats) -> bytes:
         defn = self._activities.get(task.name)

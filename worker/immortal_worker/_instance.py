@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,6 @@ from immortal._wire import (
     StartChild,
     StartTimer,
 )
-from immortal._wire import now_ms as wall_ms
 from immortal_worker._loop import WorkflowLoop
 
 __all__ = ["CacheStale", "WorkflowInstance"]
@@ -130,6 +130,7 @@ class WorkflowInstance(WorkflowRuntime):
         self.ctx = WorkflowContext(info, self)
         self.events: list[HistoryEvent] = []
         self.last_seq = 0  # history stream sequence read so far
+        self._learned = time.monotonic()  # when the newest of ``events`` came from the hub
         self._ext = 0  # index of the next event to consider as news
         self._scan = 0  # index of the next event to scan for WorkflowTaskCompleted
         self._seq = 0
@@ -310,12 +311,28 @@ class WorkflowInstance(WorkflowRuntime):
             return True
         return min(t.due for t in self._timers.values()) - self.loop.now_ms >= release_after_ms
 
+    def learn(self, events: list[HistoryEvent], seq: int, *, replacing_from: int = -1) -> None:
+        """Add what the hub appended (up to history sequence ``seq``); ``replacing_from``:
+        in place of the events from that index on (those this worker ran ahead on)."""
+        if replacing_from >= 0:
+            del self.events[replacing_from:]
+        self.events.extend(events)
+        self.last_seq = seq
+        self._learned = time.monotonic()
+
+    def hub_time(self) -> int:
+        """The time on the hub's clock, as this worker reckons it without its own clock: the
+        newest event's time plus what elapsed since it arrived. Never later than the hub's
+        clock (the event took a while to arrive), never earlier than the newest event."""
+        newest = self.events[-1].ts if self.events else 0
+        return newest + max(0, round((time.monotonic() - self._learned) * 1000))
+
     def run_ahead(self, scheduled_id: int, result: ActivityResult) -> RunAhead | None:
         """Add the events a hub would append for this activity result
         (``ActivityCompleted``, then ``WorkflowTaskScheduled``) and run the workflow task they
         make; the commands go with the result (``RunAhead``). None if the code cannot run
         that task through here (the task then comes from the hub, as usual)."""
-        n, ts = self.events[-1].id + 1, wall_ms()
+        n, ts = self.events[-1].id + 1, self.hub_time()
         attrs = result.model_dump(
             include={"attempt", "delivery", "worker", "started_ts", "ended_ts"}
         )
@@ -363,8 +380,10 @@ class WorkflowInstance(WorkflowRuntime):
         return list(self._pending), through  # kept pending: matched when recorded
 
     def close(self) -> None:
-        """Unwind the code's pending coroutines (on eviction) without issuing commands."""
+        """Unwind the code's pending coroutines (on eviction) without issuing commands, or
+        logging: what they do now is not part of the run."""
         self._finished = True
+        self._replaying = True
         if not self.loop.tasks:
             return
         for task in list(self.loop.tasks):

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import BadRequestError
 from nats.js.errors import NotFoundError as JsNotFound
 
@@ -36,13 +36,14 @@ from immortal._definitions import (
     workflow_definition,
 )
 from immortal._errors import (
+    LeaseMismatchError,
     NonDeterminismError,
     PayloadError,
     UnknownWorkflowTypeError,
     failure_from_exception,
 )
 from immortal._inputs import StaleInput, send_input
-from immortal._jetstream import Puller, StoredMsg, last_message, read_subject
+from immortal._jetstream import Puller, StoredMsg, create_consumer, last_message, read_subject
 from immortal._locks import KeyedLocks
 from immortal._logs import LogShipper
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
@@ -77,6 +78,7 @@ def immortal_version() -> str:
 
 log = logging.getLogger(__name__)
 _RUN_LOGGERS = ("immortal.workflow", "immortal.activity")
+DEFAULT_LEASE = 30.0  # seconds: a queue's lease when its first worker asks for none
 _MAX_TASK_RETRY_DELAY = 60.0  # seconds: a failing workflow task is retried at least this often
 
 
@@ -122,7 +124,7 @@ class Worker:
         worker_id: str | None = None,
         workflow_slots: int = 256,
         activity_slots: int = 64,
-        lease: float = 30.0,
+        lease: float | None = None,
         max_cached_runs: int = 1000,
         workflow_task_retry_delay: float = 5.0,
         liveness_ttl: float = 2.0,
@@ -154,13 +156,18 @@ class Worker:
             self.activities[a.name] = a
         self.workflow_slots = workflow_slots
         self.activity_slots = activity_slots
+        # Seconds a task stays this worker's once it falls silent (None: the queue's lease,
+        # which the first worker to serve the queue sets). See _lease_of.
         self.lease = lease
+        self._ack_waits: list[float] = []  # the leases of the queues' consumers it pulls
         self.workflow_task_retry_delay = workflow_task_retry_delay
         # A run that only waits on a timer at least this far off is dropped from memory.
         self.release_after = release_after
         # A dead worker is detected when its key in imm-workers expires: within this many
         # seconds of its last renewal (renewed 4 times per TTL). Whole seconds (Nats-TTL).
-        self.liveness_ttl = max(1.0, float(round(liveness_ttl)))
+        # No longer than the lease: a lease shorter than the TTL is honoured by the key.
+        self.liveness_ttl = max(1.0, float(round(min(liveness_ttl, lease or liveness_ttl))))
+        self._pull_expires = max(0.5, min(5.0, self.liveness_ttl / 2))
         self._nc = nc
         self._own_nc = nc is None
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
@@ -190,6 +197,19 @@ class Worker:
             )
         self.js = self.nc.jetstream()
         await self._wait_for_streams()
+        try:  # before anything runs: a lease the queues cannot honour refuses the start
+            kinds: list[TaskKind] = ["wf"] if self.workflows else []
+            kinds += ["act"] if self.activities else []
+            consumers = [
+                (queue, kind, await self._consumers(queue, kind))
+                for queue in self.queues
+                for kind in kinds
+            ]
+        except BaseException:
+            if self._own_nc:
+                await self.nc.close()
+                self._nc = None
+            raise
         self._running = True
         self._lease_ticker = asyncio.create_task(self._extend_leases())
         self._activity_runner = ActivityRunner(
@@ -226,11 +246,10 @@ class Worker:
         for queue in self.queues:
             key = self.names.queue_key(self.tenant, queue)
             await retry_transient(partial(queues_kv.put, key, b"worker"), what=key)
-            if self.workflows:
-                await self._serve(queue, "wf")
+        for queue, kind, durables in consumers:
+            self._pull(kind, durables)
+            if kind == "wf":
                 await self._pushes.serve(queue)
-            if self.activities:
-                await self._serve(queue, "act")
         log.info(
             "worker %s serving %s/%s: workflows %s, activities %s",
             self.worker_id, self.tenant, ",".join(self.queues),
@@ -310,11 +329,9 @@ class Worker:
         bucket = self.names.bucket_queues
         await last_message(self.nc, f"KV_{bucket}", self.names.kv_subject(bucket, key))
 
-    async def _serve(self, queue: str, kind: TaskKind) -> None:
-        if kind == "wf":
-            slots, handle = self.workflow_slots, self._workflow_task
-        else:
-            slots, handle = self.activity_slots, self._activity_runner.handle
+    async def _consumers(self, queue: str, kind: TaskKind) -> list[str]:
+        """Create (or find) the task consumers this worker pulls for ``queue``'s ``kind``
+        of tasks; returns their names."""
         # (consumer, subject, seconds it may stay unused before the server removes it)
         subjects: list[tuple[str, str, float | None]] = [
             (
@@ -338,16 +355,59 @@ class Worker:
                 filter_subject=subject,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self.lease,
+                ack_wait=self.lease or DEFAULT_LEASE,
                 max_deliver=-1,
                 max_ack_pending=100_000,
                 inactive_threshold=inactive,
             )
-            with contextlib.suppress(BadRequestError):  # exists with other settings: keep it
+            if inactive is not None:  # this worker's own consumer: its lease, whatever it was
                 await self.js.add_consumer(self.names.stream_tasks, config)
-            puller = Puller(self.nc, self.names.stream_tasks, durable, slots, self._guarded(handle))
+            else:  # the queue's, shared: never changed by a worker (see _lease_of)
+                info = await create_consumer(self.nc, self.names.stream_tasks, config)
+                self._ack_waits.append(self._lease_of(queue, durable, info))
+        return [durable for durable, _, _ in subjects]
+
+    def _pull(self, kind: TaskKind, durables: list[str]) -> None:
+        if kind == "wf":
+            slots, handle = self.workflow_slots, self._workflow_task
+        else:
+            slots, handle = self.activity_slots, self._activity_runner.handle
+        for durable in durables:
+            # A pull request open while this worker is frozen would hand it tasks that nobody
+            # knows it holds (they wait out its lease): it expires before the liveness key.
+            puller = Puller(
+                self.nc,
+                self.names.stream_tasks,
+                durable,
+                slots,
+                self._guarded(handle),
+                expires=self._pull_expires,
+            )
             self._pullers.append(puller)
             self._poll_tasks.append(asyncio.create_task(puller.run()))
+
+    def _lease_of(self, queue: str, durable: str, info: ConsumerInfo) -> float:
+        """The lease of a queue's task consumer (its ack-wait, which the server applies to
+        every worker of the queue), checked against the lease this worker asked for.
+
+        A worker never changes it: one started with another ``--lease`` would otherwise
+        set it for every worker of the queue, and healthy workers with longer tasks would
+        lose them to redelivery. A shorter lease is honoured by this worker alone: it
+        extends its tasks more often and its liveness key, whose expiry hands its tasks
+        back, lives no longer than its lease. A longer one cannot be: the server hands a
+        silent worker's tasks on after the queue's ack-wait.
+        """
+        ack_wait = float(info.config.ack_wait or DEFAULT_LEASE)
+        if self.lease is not None and self.lease > ack_wait + 1e-3:
+            raise LeaseMismatchError(
+                f"this worker asked for a lease of {self.lease:g} s, but queue {queue!r} of "
+                f"tenant {self.tenant!r} has a lease of {ack_wait:g} s (the ack-wait of its "
+                f"consumer {durable}, set when the queue was first served, and kept for every "
+                "worker of the queue): the server would hand this worker's tasks to another "
+                f"after {ack_wait:g} s of silence. Start it with --lease {ack_wait:g} or less, "
+                "or without --lease; an operator may change the consumer's ack-wait"
+            )
+        return ack_wait
 
     @staticmethod
     def _guarded(handle: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
@@ -431,9 +491,10 @@ class Worker:
                 )
 
     async def _extend_leases(self) -> None:
-        """One ticker for every held task: ``in_progress`` each third of the lease."""
+        """One ticker for every held task: ``in_progress`` each third of the shortest lease
+        that applies (this worker's, and each queue's consumer's)."""
         while True:
-            await asyncio.sleep(self.lease / 3)
+            await asyncio.sleep(min([self.lease or DEFAULT_LEASE, *self._ack_waits]) / 3)
             for msg in list(self._held.values()):
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
@@ -516,8 +577,7 @@ class Worker:
             raise
         await msg.ack()
         if applied is not None and applied.prev_seq == inst.last_seq:
-            inst.events.extend(applied.events)  # what the hub appended: no read next time
-            inst.last_seq = applied.seq
+            inst.learn(applied.events, applied.seq)  # what the hub appended: no read next time
         self._keep(inst)
 
     def _keep(self, inst: WorkflowInstance) -> None:
@@ -572,8 +632,7 @@ class Worker:
                 inst.close()  # it ran ahead of a history that went another way: replay it
                 self.evictions += 1
                 return
-            inst.events[mark:] = applied.events
-            inst.last_seq = applied.seq
+            inst.learn(applied.events, applied.seq, replacing_from=mark)
             self._keep(inst)
 
     async def _load(self, defn: WorkflowDefinition, task: WorkflowTask) -> WorkflowInstance:
@@ -592,8 +651,7 @@ class Worker:
     async def _read_new(self, inst: WorkflowInstance, task: WorkflowTask) -> None:
         """Read the history past what ``inst`` has seen, at least up to the task's transition."""
         if task.events and task.prev_seq == inst.last_seq:
-            inst.events.extend(task.events)  # the task carries exactly what is new
-            inst.last_seq = task.hist_seq
+            inst.learn(task.events, task.hist_seq)  # the task carries exactly what is new
             return
         subject = self.names.history_subject(self.tenant, task.workflow_id, task.run_id)
         for _ in range(50):
@@ -601,8 +659,7 @@ class Worker:
                 lambda: self._read_history(subject, inst.last_seq + 1), what=subject
             )
             for msg in stored:
-                inst.events.extend(decode(Transition, msg.data).events)
-                inst.last_seq = msg.seq
+                inst.learn(decode(Transition, msg.data).events, msg.seq)
             if inst.last_seq >= task.hist_seq:
                 return
             await asyncio.sleep(0.05)  # a replica behind the leader: give it a moment

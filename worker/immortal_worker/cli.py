@@ -27,7 +27,8 @@ from typing import Annotated, Any
 import typer
 
 from immortal._definitions import activity_definition, workflow_definition
-from immortal.security import AuthError, ConnectSecurity
+from immortal._errors import ImmortalError
+from immortal.security import ConnectSecurity
 from immortal_worker._worker import Worker
 from immortal_worker.replay import replay_file
 
@@ -110,7 +111,13 @@ def serve(
     ] = None,
     tls_cert: Annotated[str | None, typer.Option(help="client certificate (mTLS)")] = None,
     tls_key: Annotated[str | None, typer.Option(help="its key")] = None,
-    lease: Annotated[float, typer.Option(help="seconds a task is held before redelivery")] = 30.0,
+    lease: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds a task stays this worker's once it falls silent (default: the "
+            "queue's lease, 30 s for a new queue; no longer than the queue's)"
+        ),
+    ] = None,
     workflow_slots: int = 256,
     activity_slots: int = 64,
     worker_id: Annotated[str | None, typer.Option("--id")] = None,
@@ -149,10 +156,10 @@ def serve(
             release_after=release_after,
             security=security if security.token or security.tls.configured else None,
         )
-    except AuthError as exc:
-        print(f"immortal-worker: {exc}", file=sys.stderr)
+        asyncio.run(_serve(worker, grace))
+    except ImmortalError as exc:  # a refused start: a token, a certificate, a lease
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    asyncio.run(_serve(worker, grace))
 
 
 async def _serve(worker: Worker, grace: float) -> None:
@@ -160,11 +167,7 @@ async def _serve(worker: Worker, grace: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await worker.start()
-    except AuthError as exc:  # a refused token or certificate: one line, not a traceback
-        print(f"immortal-worker: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    await worker.start()
     print(f"worker {worker.worker_id} ready", flush=True)
     await stop.wait()
     await worker.stop(grace=grace)

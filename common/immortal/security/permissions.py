@@ -127,6 +127,7 @@ def _worker(names: Names, t: str, queue: str, pid: str) -> Grants:
         pub += [
             # The filtered form: the server checks the filter against the config's.
             f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.{names.task_subject(t, queue, kind)}",
+            f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",  # its lease, when it exists
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
             f"$JS.ACK.{stream}.{consumer}.>",
         ]

@@ -1,3 +1,3 @@
-from immortal_hub.auth.cli import app
+from immortal_hub.cli.auth import app
 
 app()

@@ -1,8 +1,8 @@
-"""``immortal dev --secure`` (for now ``python -m immortal_hub.auth dev``): the whole of
-auth on one machine, in one command. A local issuer (its key set served on 127.0.0.1), a
-CA with server and client certificates, nats-server with the auth callout and mTLS, the
-auth service, a hub and a worker with their own tokens; then one example run as a
-writer, and the tokens and commands for a reader and a writer to try."""
+"""``immortal dev --secure``: the whole of auth on one machine, in one command. A local
+issuer (its key set served on 127.0.0.1), a CA with server and client certificates,
+nats-server with the auth callout and mTLS, the auth service, a hub and a worker with their
+own tokens; then one example run as a writer, and the tokens and commands for a reader
+and a writer to try."""
 
 from __future__ import annotations
 

@@ -1,17 +1,19 @@
-"""``immortal auth``: the auth service's commands (for now also ``python -m
-immortal_hub.auth``; the CLI package mounts this app)."""
+"""``immortal auth``: the NATS auth callout service and its key (docs/security.md).
+
+immortal auth keygen                  # the account seed (secret) and public key
+immortal auth serve -s tls://nats:4222 --config auth.toml
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from immortal.security import AuthConfig, ConnectSecurity, TlsFiles
+from immortal_hub.cli._common import setup_logging
 
 app = typer.Typer(help="The NATS auth callout service and its keys.", no_args_is_help=True)
 
@@ -42,11 +44,10 @@ def serve(
 ) -> None:
     """Answer the server's authorization requests. The seed comes from $IMMORTAL_AUTH_SEED
     and the password from $IMMORTAL_AUTH_PASSWORD (never from an argument)."""
+    from immortal.security import AuthConfig, ConnectSecurity, TlsFiles
     from immortal_hub.auth.service import AuthService
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(log_level)
     seed, password = os.environ.get("IMMORTAL_AUTH_SEED"), os.environ.get("IMMORTAL_AUTH_PASSWORD")
     settings = AuthConfig.load(config)
     if not seed or not password or not settings.enabled:
@@ -65,18 +66,3 @@ def serve(
         security=ConnectSecurity(tls=tls) if tls.configured else None,
     )
     asyncio.run(service.run())
-
-
-@app.command()
-def dev(
-    port: Annotated[int, typer.Option(help="NATS port (0: any free port)")] = 4222,
-    store: Annotated[Path, typer.Option(help="data, certificates and tokens")] = Path(
-        ".immortal-dev-secure"
-    ),
-    example: Annotated[bool, typer.Option(help="start one example run")] = True,
-) -> None:
-    """Run Immortal locally with auth on: issuer, CA, auth service, hub, worker."""
-    from immortal_hub.auth.dev import run_secure_dev
-
-    logging.basicConfig(level=logging.WARNING)
-    asyncio.run(run_secure_dev(port if port else -1, store.resolve(), example))
