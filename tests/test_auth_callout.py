@@ -172,3 +172,14 @@ async def test_a_reader_cannot_start_and_a_worker_cannot_pull_another_queue(
         assert not await denied(nc, own, lambda: nc.publish(own, b"", reply=nc.new_inbox()))
     finally:
         await nc.close()
+
+
+async def test_a_large_oidc_token_fits_in_connect(stack: SecureStack) -> None:
+    # IdP tokens with many groups run to several KB; the default 4 KB control line would
+    # refuse the CONNECT that carries them (the config sets 16 KB).
+    groups = [f"team-{i:04d}-with-a-long-name" for i in range(250)]
+    security = stack.security("ann", ["acme:reader"], groups=groups)
+    assert security.token is not None and len(security.token()) > 8000
+    nc = await connect(stack.url, name="big", security=security)
+    assert nc.is_connected
+    await nc.close()

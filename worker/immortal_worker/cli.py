@@ -29,6 +29,7 @@ import typer
 from immortal._definitions import activity_definition, workflow_definition
 from immortal._errors import ImmortalError
 from immortal.security import ConnectSecurity
+from immortal.security.tls import quiet_tls_eof_warning
 from immortal_worker._worker import Worker
 from immortal_worker.replay import replay_file
 
@@ -137,6 +138,7 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_tls_eof_warning()
     workflows, activities = load_targets(targets)
     security = ConnectSecurity.from_env(
         token=token, token_command=token_command, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key

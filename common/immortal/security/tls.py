@@ -4,12 +4,13 @@ certificate for mTLS (``--tls-ca/--tls-cert/--tls-key``, or ``$IMMORTAL_TLS_CA``
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["TlsFiles"]
+__all__ = ["TlsFiles", "quiet_tls_eof_warning"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,14 @@ class TlsFiles:
         if self.cert is not None and self.key is not None:
             ctx.load_cert_chain(self.cert, self.key)
         return ctx
+
+
+class _TlsEofNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+def quiet_tls_eof_warning() -> None:
+    """For the CLIs: drop asyncio's warning that nats-py's protocol asks to keep a TLS
+    connection half-open at EOF (harmless, printed at every disconnect over TLS)."""
+    logging.getLogger("asyncio").addFilter(_TlsEofNoise())

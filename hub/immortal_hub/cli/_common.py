@@ -55,9 +55,12 @@ DEFAULT_SERVER = "nats://127.0.0.1:4222"
 
 
 def setup_logging(level: str) -> None:
+    from immortal.security.tls import quiet_tls_eof_warning
+
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_tls_eof_warning()
 
 
 async def until_signalled() -> None:
@@ -97,6 +100,9 @@ def with_client(
         async with Client(server, tenant=asked, prefix=prefix, security=security) as client:
             await action(client)
 
+    from immortal.security.tls import quiet_tls_eof_warning
+
+    quiet_tls_eof_warning()
     try:
         asyncio.run(go())
     except AuthError as exc:
