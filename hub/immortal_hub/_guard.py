@@ -12,7 +12,8 @@ scheduled message into whatever target its publisher named. So:
   tenant B's fired subject.
 - a reply goes only to the sender's own inbox, never to a subject a client chose.
 
-Refusals are kept in ``IMM_AUDIT`` under the tenant whose subject was used.
+Refusals are kept in ``IMM_AUDIT`` under the tenant whose subject was used. The guard
+also runs the hub's read relay (``_reads``), the other thing the hub checks for tenants.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from immortal._codec import unpack
 from immortal._names import Names
 from immortal.security import HUB_PID, inbox_prefix
 from immortal.security.audit import AuditRecord, publish_audit
+from immortal_hub._reads import ReadRelay
 
 __all__ = ["ForeignSender", "InputGuard"]
 
@@ -51,6 +53,19 @@ class InputGuard:
         self.hub_id = hub_id
         self._principals: dict[str, tuple[float, dict[str, Any]]] = {}
         self.refused = 0
+        self.reads = ReadRelay(nc, names, hub_id)
+
+    async def start(self) -> None:
+        await self.reads.start()
+        if not self.secure:
+            log.warning(
+                "hub %s: auth is off: any process that reaches NATS may act for any tenant "
+                "(run the auth service and give the hub a token to turn it on)",
+                self.hub_id,
+            )
+
+    async def stop(self) -> None:
+        await self.reads.stop()
 
     async def admit(
         self, msg: Any, decode: Callable[[str, bytes], Any]

@@ -63,7 +63,6 @@ from immortal_hub._limits import Admission, TenantLimits
 from immortal_hub._local_timers import LocalTimers
 from immortal_hub._metrics import HubMetrics
 from immortal_hub._push import PUSH_HEADER, Pushes
-from immortal_hub._reads import ReadRelay
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._retention import Retentions
 from immortal_hub._schedule_firing import scheduled_start
@@ -138,9 +137,7 @@ class Hub:
         security: ConnectSecurity | None = None,
     ) -> None:
         self.servers = servers
-        # Auth on: the hub's own token (role hub) and TLS; every tenant's connection then
-        # goes through the auth service, and the hub checks what the broker cannot.
-        self.security = security
+        self.security = security  # auth on: its token (role hub) and TLS (see _guard)
         self.names = Names(prefix)
         self.hub_id = hub_id or f"hub-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.settings = settings or ResourceSettings()
@@ -187,7 +184,6 @@ class Hub:
         self.js = self.nc.jetstream()
         secure = self.security is not None and self.security.token is not None
         self._guard = InputGuard(self.nc, self.names, secure=secure, hub_id=self.hub_id)
-        self._reads = ReadRelay(self.nc, self.names, self.hub_id)
         await ensure_resources(self.js, self.names, self.settings)
         self._runs_kv = await key_value(self.js, self.names.bucket_runs)
         self._queues_kv = await key_value(self.js, self.names.bucket_queues)
@@ -208,14 +204,8 @@ class Hub:
         self._workers_kv = await key_value(self.js, self.names.bucket_workers)
         self._spawn(self._watch_workers())
         self._metrics.start(self.js)
-        await self._reads.start()
+        await self._guard.start()  # the read relay; says so if auth is off
         log.info("hub %s serving %s", self.hub_id, self.servers)
-        if not secure:
-            log.warning(
-                "hub %s: auth is off: any process that reaches NATS may act for any tenant "
-                "(run the auth service and give the hub a token to turn it on)",
-                self.hub_id,
-            )
 
     async def stop(self) -> None:
         """Stop fetching, finish what is in flight, disconnect."""
@@ -223,7 +213,7 @@ class Hub:
         self._timers.stop()
         with contextlib.suppress(Exception):
             await self._rpc_sub.unsubscribe()
-        await self._reads.stop()
+        await self._guard.stop()
         if self._rpc_tasks:
             await asyncio.wait(self._rpc_tasks, timeout=10)
         # Pullers leave the set as their queue task ends: keep hold of them to drain them.
