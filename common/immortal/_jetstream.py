@@ -33,7 +33,6 @@ __all__ = [
     "is_wrong_last_sequence",
     "kv_scan",
     "last_message",
-    "message_at",
     "read_subject",
     "tail",
 ]
@@ -128,13 +127,6 @@ async def read_subject(
             yield msg
         if got < _BATCH:
             return
-
-
-async def message_at(nc: NATS, stream: str, seq: int, *, timeout: float = 5.0) -> StoredMsg | None:
-    """The message at stream sequence ``seq`` by direct get, or ``None``."""
-    req = json.dumps({"seq": seq}).encode()
-    resp = await nc.request(f"$JS.API.DIRECT.GET.{stream}", req, timeout=timeout)
-    return _lift(resp.headers or {}, resp.data)
 
 
 async def tail(
