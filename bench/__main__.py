@@ -8,6 +8,8 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench --hubs 2 --workers 2    # scale-out
     python -m bench -w throughput -n 5000   # one workload
     python -m bench -w fairness             # tenant B's latency while tenant A bursts
+    python -m bench -w cli                  # `immortal workflow describe` as a process
+    python -m bench -w policy               # policy decision cost (no broker involved)
     python -m bench -w throughput -w latency --secure   # and again with auth on (_secure)
 """
 
@@ -18,7 +20,6 @@ import asyncio
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +28,10 @@ from typing import Any
 import nats
 from nats.js.api import StorageType, StreamConfig
 
+from bench import _policy
+from bench._cli import cli
+from bench._fleet import fairness, fairness_batch, frozen_worker, wait_marks
 from bench._harness import (
-    ROOT,
     Completions,
     Metric,
     Proc,
@@ -46,9 +49,9 @@ from immortal.testing import NatsServer
 
 WORKLOADS = [
     "jetstream", "throughput", "sequential5", "fanout10", "latency", "timers", "dead_worker",
-    "fairness",
+    "frozen_worker", "fairness", "cli", "policy",
 ]  # fmt: skip
-OPTIONAL = ["soak"]  # long: run with -w soak
+OPTIONAL = ["soak", "fairness_batch"]  # run with -w
 STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "KV_imm-runs"]
 
 
@@ -121,6 +124,9 @@ class Bench:
             pipe_m.values.append(n / (time.perf_counter() - t0))
             await js.delete_stream(name)
         await nc.close()
+
+    async def w_cli(self) -> None:
+        await cli(self)  # bench/_cli.py: whole-process time of read commands
 
     # -- Immortal workloads ------------------------------------------------------------
 
@@ -328,7 +334,7 @@ class Bench:
                 async with Client(self.url) as client:
                     await client.start("held", f"t{trial}")  # marks files "t<trial>.<pid>"
                     tag = f"t{trial}"  # earlier trials' activities may still be redelivered
-                    first = await _wait_marks(marks, 1, tag)
+                    first = await wait_marks(marks, 1, tag)
                     victim = next(w for w in workers if w.pid == int(first[0].suffix[1:]))
                     # Mid-activity: 0.5 s after it started. A worker lists the tasks it holds
                     # in imm-workers within ~0.1 s of taking them; one killed sooner than that
@@ -336,111 +342,25 @@ class Bench:
                     await asyncio.sleep(0.5)
                     await victim.kill()
                     killed = time.time()
-                    second = await _wait_marks(marks, 2, tag, timeout=lease * 3 + 30)
+                    second = await wait_marks(marks, 2, tag, timeout=lease * 3 + 30)
                     m.values.append(float(second[-1].read_text()) - killed)
             finally:
                 await self._stop([*workers, *hubs])
 
+    async def w_frozen_worker(self) -> None:
+        await frozen_worker(self)
+
     async def w_fairness(self) -> None:
-        """Tenant A starts --burst-n workflows at once; B starts --fair-n right after.
+        await fairness(self)
 
-        B's completion times (start call to close) are compared with the same batch while A
-        is idle. Each tenant has its own worker process (a worker serves one tenant); the
-        hubs get --tenant-limit, if given.
-        """
-        a_n, b_n = self.args.burst_n, self.args.fair_n
-        m = {
-            key: self.metric(f"fairness: {key}", unit)
-            for key, unit in [
-                ("B p50, A idle", "ms"),
-                ("B p99, A idle", "ms"),
-                ("B p50, A bursting", "ms"),
-                ("B p99, A bursting", "ms"),
-                ("B p50 ratio, bursting / idle", "x"),
-                ("B p99 ratio, bursting / idle", "x"),
-                (f"A's {a_n:,} starts accepted in", "s"),
-                (f"A's {a_n:,} workflows all completed in", "s"),
-            ]
-        }
-        options = self.hub_options
-        for _ in range(self.args.trials):
-            hubs = [await start_hub(self.url, i, *options) for i in range(self.args.hubs)]
-            workers = [
-                await start_worker(self.url, 0, tenant="a"),
-                await start_worker(self.url, 1, tenant="b"),
-            ]
-            burst = None
-            try:
-                async with (
-                    Client(self.url, tenant="a") as a,
-                    Client(self.url, tenant="b") as b,
-                    Completions(b.nc, tenant="b") as done,
-                ):
-                    for client in (a, b):  # queues registered, consumers created, caches warm
-                        await (await client.start("one_activity", 0)).result(timeout=30)
-                    idle = await _batch(b, done, b_n)
-                    before = await self._stream_counts(b.nc)
-                    burst = await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "bench._burst", self.url, "a", str(a_n),
-                        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                        stdout=asyncio.subprocess.PIPE,
-                    )  # fmt: skip
-                    assert burst.stdout is not None
-                    submitted = (await burst.stdout.readline()).decode().split()
-                    assert submitted and submitted[0] == "submitted", submitted
-                    busy = await _batch(b, done, b_n)  # right after A's starts are all in
-                    async with asyncio.timeout(self.args.timeout):
-                        report = json.loads(await burst.stdout.readline())
-                    after = await self._stream_counts(b.nc)
-            finally:
-                if burst is not None and burst.returncode is None:
-                    burst.kill()
-                    await burst.wait()
-                await self._stop([*workers, *hubs])
-            assert report["completed"] == a_n, report
-            figures = {
-                "B p50, A idle": pct(idle, 50),
-                "B p99, A idle": pct(idle, 99),
-                "B p50, A bursting": pct(busy, 50),
-                "B p99, A bursting": pct(busy, 99),
-                f"A's {a_n:,} starts accepted in": float(submitted[1]),
-                f"A's {a_n:,} workflows all completed in": report["all_done_s"],
-            }
-            figures["B p50 ratio, bursting / idle"] = pct(busy, 50) / pct(idle, 50)
-            figures["B p99 ratio, bursting / idle"] = pct(busy, 99) / pct(idle, 99)
-            for key, value in figures.items():
-                m[key].values.append(value)
-            durable = after["IMM_IN"] - before["IMM_IN"]
-            self.extra.setdefault("fairness: inputs queued durably during the burst", []).append(
-                durable
-            )
-            print(
-                f"  fairness: B p99 {figures['B p99, A idle']:.1f} ms idle, "
-                f"{figures['B p99, A bursting']:.1f} ms with A bursting; "
-                f"A done in {report['all_done_s']:.1f} s, {durable} inputs via IMM_IN",
-                flush=True,
-            )
+    async def w_fairness_batch(self) -> None:
+        await fairness_batch(self)
 
-
-async def _batch(client: Client, done: Completions, n: int) -> list[float]:
-    """Start ``n`` one-activity workflows at once; each one's start-to-close time, in ms."""
-
-    async def one(i: int) -> float:
-        t0 = time.perf_counter()
-        handle = await client.start("one_activity", i)
-        return (await asyncio.wait_for(done.wait(handle.run_id), 300) - t0) * 1000
-
-    return list(await asyncio.gather(*(one(i) for i in range(n))))
-
-
-async def _wait_marks(d: Path, n: int, tag: str, timeout: float = 30) -> list[Path]:
-    """Poll for the marker files that this trial's activity writes in other processes."""
-    async with asyncio.timeout(timeout):
-        while True:
-            found = sorted(d.glob(f"{tag}.*"), key=lambda p: p.stat().st_mtime)  # noqa: ASYNC240
-            if len(found) >= n:
-                return found
-            await asyncio.sleep(0.01)
+    async def w_policy(self) -> None:
+        """Decision cost, built-in engine and Cedar, 1,000 rules and 10,000 tuples."""
+        shape = _policy.measure(self.metric, trials=self.args.trials)
+        self.extra["policy"] = shape
+        print(f"  {_policy.report(shape)}", flush=True)
 
 
 def main() -> None:
@@ -462,8 +382,14 @@ def main() -> None:
     ap.add_argument("--timers-n", type=int, default=100, help="concurrent sleeps per trial")
     ap.add_argument("--lease", type=float, default=30.0, help="worker lease in the dead-worker run")
     ap.add_argument("--dead-trials", type=int, default=1)
-    ap.add_argument("--burst-n", type=int, default=5000, help="tenant A's burst (fairness)")
-    ap.add_argument("--fair-n", type=int, default=50, help="tenant B's batch (fairness)")
+    ap.add_argument("--burst-n", type=int, default=1500, help="tenant A's burst (fairness)")
+    ap.add_argument(
+        "--fair-singles", type=int, default=20, help="tenant B's workflows, one at a time"
+    )
+    ap.add_argument(
+        "--fair-pace", type=float, default=0.15, help="seconds between B's starts (fairness)"
+    )
+    ap.add_argument("--fair-n", type=int, default=50, help="tenant B's batch (fairness_batch)")
     ap.add_argument(
         "--tenant-limit",
         action="append",

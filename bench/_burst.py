@@ -1,6 +1,7 @@
 """A tenant's burst, in a process of its own: ``python -m bench._burst URL TENANT N``.
 
-Starts N one-activity workflows at once as TENANT, prints ``submitted <seconds>`` when
+Starts N one-activity workflows at once as TENANT (printing ``go`` as they leave), prints
+``submitted <seconds>`` when
 every start has been accepted (applied by a hub, or queued durably in ``IMM_IN``), then
 waits for them all and prints one JSON line: how many completed, and when.
 """
@@ -18,6 +19,7 @@ from immortal import Client
 
 async def burst(url: str, tenant: str, n: int) -> None:
     async with Client(url, tenant=tenant) as client, Completions(client.nc, tenant=tenant) as done:
+        print("go", flush=True)  # the starts leave now
         t0 = time.perf_counter()
         handles = await asyncio.gather(*(client.start("one_activity", i) for i in range(n)))
         print(f"submitted {time.perf_counter() - t0:.3f}", flush=True)

@@ -67,11 +67,8 @@ async def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -
 
 
 async def start_hub(url: str, i: int, *options: str, env: dict[str, str] | None = None) -> Proc:
-    return await spawn(
-        f"hub{i}",
-        ["-m", "immortal_hub", "hub", "-s", url, "--log-level", "WARNING", *options],
-        env,
-    )
+    args = ["-m", "immortal_hub", "hub", "-s", url, "--log-level", "WARNING", "--monitor", "off"]
+    return await spawn(f"hub{i}", [*args, *options], env)
 
 
 async def start_worker(

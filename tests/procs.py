@@ -46,8 +46,8 @@ async def _spawn(name: str, args: list[str], env: dict[str, str], ready: str) ->
 async def start_hub(
     url: str, prefix: str = "imm", *options: str, env: dict[str, str] | None = None
 ) -> Proc:
-    args = ["-m", "immortal_hub", "hub", "--server", url, "--prefix", prefix, *options]
-    args += ["--ack-wait", "2", "--log-level", "WARNING"]
+    args = ["-m", "immortal_hub", "hub", "--server", url, "--prefix", prefix, "--monitor", "off"]
+    args += [*options, "--ack-wait", "2", "--log-level", "WARNING"]
     return await _spawn("hub", args, env or {}, "ready")
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -86,3 +89,61 @@ async def test_the_running_test_server_reports_sync_always(tmp_path: Path) -> No
             varz = json.load(resp)
     js = varz["jetstream"]["config"]
     assert js.get("sync_always") is True or js.get("sync_interval") in ("always",), js
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _hub_says(url: str, monitor: str) -> str:
+    """What `immortal hub` logs up to its "ready" line (then it is stopped)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "immortal_hub", "hub", "-s", url, "--monitor", monitor, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            assert b"ready" in await proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    return err.decode()
+
+
+async def test_the_hub_warns_when_jetstream_does_not_sync_every_write(tmp_path: Path) -> None:
+    port, http_port = _free_port(), _free_port()
+    conf = tmp_path / "plain.conf"  # JetStream with its default sync_interval (2 minutes)
+    conf.write_text(
+        f"listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http_port}\n"
+        f'jetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
+    )
+    server = await asyncio.create_subprocess_exec(
+        find_nats_server(), "-c", str(conf), stderr=asyncio.subprocess.PIPE
+    )
+    assert server.stderr is not None
+    try:
+        async with asyncio.timeout(10):
+            while b"Server is ready" not in await server.stderr.readline():
+                pass
+        said = await _hub_says(f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{http_port}")
+    finally:
+        server.terminate()
+        await server.wait()
+    assert (
+        f"WARNING immortal_hub._durability: JetStream at nats://127.0.0.1:{port} syncs writes "
+        "every 120 s, not always: a power failure can lose acknowledged history" in said
+    ), said
+
+
+async def test_the_hub_is_quiet_about_a_server_that_syncs_always(tmp_path: Path) -> None:
+    http_port = _free_port()
+    async with NatsServer(store_dir=tmp_path, extra_config=f"http: 127.0.0.1:{http_port}") as s:
+        said = await _hub_says(s.url, f"http://127.0.0.1:{http_port}")
+        # A monitoring port that belongs to another server proves nothing about this one.
+        async with NatsServer(store_dir=tmp_path / "other") as other:
+            unknown = await _hub_says(other.url, f"http://127.0.0.1:{http_port}")
+    assert "_durability" not in said, said
+    assert f"cannot tell whether JetStream at {other.url} syncs every write" in unknown, unknown

@@ -99,7 +99,8 @@ async def test_history_cli_from_a_sequence(nats_url: str, prefix: str, client: C
         _cli, nats_url, prefix, "workflow", "history", "seqs", "--from-seq", str(third)
     )
     assert done.returncode == 0, done.stderr
-    printed = [line.split() for line in done.stdout.splitlines()]
+    header, *printed = [line.split() for line in done.stdout.splitlines()]
+    assert header[:4] == ["seq", "workflow", "id", "event"]
     expected = [(seq, e) for seq, events in transitions if seq >= third for e in events]
     assert [(int(p[0]), int(p[2]), p[3]) for p in printed] == [
         (seq, e.id, e.type.value) for seq, e in expected

@@ -39,8 +39,9 @@ def test_dependencies_flow_one_way() -> None:
 def test_public_api_is_pinned() -> None:
     assert sorted(immortal.__all__) == [
         "ActivityCancelledError", "ActivityError", "ApplicationError", "ChildWorkflowError", "Client", "EventType",
-        "HistoryEvent", "IdReusePolicy", "ImmortalError", "LeaseMismatchError", "Names", "NonDeterminismError", "PayloadError", "QueueStats",
-        "RetryPolicy", "RunDescription", "RunStatus", "ScheduleInfo", "UnknownWorkflowTypeError", "WorkerInfo",
+        "HistoryEvent", "IdReusePolicy", "ImmortalError", "LeaseMismatchError", "Names", "NonDeterminismError",
+        "NotSetUpError", "PayloadError", "QueueStats", "RetryPolicy", "RunDescription", "RunStatus", "ScheduleInfo",
+        "ServerUnreachableError", "UnknownWorkflowTypeError", "WorkerInfo",
         "WorkflowAlreadyStartedError", "WorkflowClosedError", "WorkflowContext", "WorkflowFailedError",
         "WorkflowHandle", "WorkflowInfo", "WorkflowNotFoundError", "activity", "format_timeline",
         "history_from_json", "history_to_json", "workflow",

@@ -97,11 +97,9 @@ async def test_two_workers_one_ordered_stream(nats_url: str, prefix: str, client
         _cli, nats_url, prefix, "logs", handle.workflow_id, "--with-history"
     )
     assert printed.returncode == 0, printed.stderr
-    out = printed.stdout.splitlines()
-    at = next(
-        i for i, ln in enumerate(out) if ln.strip().startswith(f"{scheduled.id} ActivityScheduled")
-    )
-    assert "packing lamp" in out[at + 1]
+    out = printed.stdout.splitlines()  # the timeline, each line under its step
+    at = next(i for i, ln in enumerate(out) if f"#{scheduled.id}  activity pack_box(" in ln)
+    assert "log" in out[at + 1] and "packing lamp" in out[at + 1]
 
 
 async def test_replayed_workflow_logs_each_line_once(
@@ -169,11 +167,13 @@ async def test_logs_follow_cli_tails_two_workers_in_order(
             assert await handle.result(timeout=20) == "shipped box of chair"
             lines = []
             async with asyncio.timeout(20):
+                header = (await proc.stdout.readline()).decode()
                 while len(lines) < 5:
                     lines.append((await proc.stdout.readline()).decode())
     finally:
         proc.terminate()
         await proc.wait()
+    assert header.split()[:2] == ["seq", "time"]  # the columns are labelled
     seqs = [int(line.split()[0]) for line in lines]
     assert seqs == sorted(seqs)
     assert "fulfilling chair" in lines[0] and "@ worker-a" in lines[0]

@@ -86,7 +86,7 @@ async def _closed_by_cancel(client: Client, handle: immortal.WorkflowHandle[obje
     async with asyncio.timeout(30):
         while await _tasks_of(client):
             await asyncio.sleep(0.2)
-    with pytest.raises(WorkflowClosedError, match="already canceled"):
+    with pytest.raises(WorkflowClosedError, match="already cancelled"):
         await handle.cancel()
 
 

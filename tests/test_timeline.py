@@ -282,10 +282,10 @@ def test_timeline_covers_every_kind_of_step() -> None:
         "#5  activity beat()  on queue other",
         "#12    attempt 1  on w3  (2 heartbeats, last 20)  failed  HeartbeatTimeout: attempt 1 sent no",
         "retry in 1 s (attempt 2, due +1.040s)",
-        "#17    canceled by the workflow",
+        "#17    cancelled by the workflow",
         "#18    attempt 1  on w3  ran 85 ms  result ignored: activity already closed",
         "#6  timer 1h 00m  (due +1h00m00s)",
-        "#16    canceled after 70 ms",
+        "#16    cancelled after 70 ms",
         "#7  child kid(2)  id k1",
         "#14    failed after 50 ms  ValueError: bad kid",
         "#8  patch 'v2' marked",
@@ -337,7 +337,7 @@ def test_a_running_attempt_shows_its_heartbeats_where_it_was_cancelled() -> None
         f"started wf()  on queue q  at {lines[0].split(' at ')[1]}",
         "activity long()",
         '  attempt 1  on w3  running  (1 heartbeat, last "half")',
-        "  canceled by the workflow",
+        "  cancelled by the workflow",
         "cancel requested",
     ]
     open_run = format_timeline(events[:3]).splitlines()

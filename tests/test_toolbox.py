@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,10 @@ from immortal import (
     WorkflowClosedError,
     WorkflowContext,
     WorkflowFailedError,
+    history_from_json,
+    history_to_json,
 )
+from immortal_worker.replay import replay_file
 from tests.helpers import assert_well_formed, running_worker, wait_for_history
 
 ONCE = RetryPolicy(maximum_attempts=1)
@@ -222,7 +226,9 @@ async def test_wait_condition_and_status(nats_url: str, prefix: str, client: Cli
     assert await handle.status() == {"n": 5}
 
 
-async def test_cancel_during_an_activity(nats_url: str, prefix: str, client: Client) -> None:
+async def test_cancel_during_an_activity(
+    nats_url: str, prefix: str, client: Client, tmp_path: Path
+) -> None:
     STOPPED.clear()
     async with running_worker(
         nats_url, prefix, workflows=[cancellable], activities=[slow_beating, echo]
@@ -253,6 +259,17 @@ async def test_cancel_during_an_activity(nats_url: str, prefix: str, client: Cli
     assert [e.attrs["name"] for e in cleanup] == ["slow_beating", "echo"]
     assert types[-1] is EventType.WORKFLOW_CANCELED
     assert (await handle.describe()).status is RunStatus.CANCELED
+    # One spelling: "cancelled". A history recorded with the old one still reads and replays.
+    assert (types[-1].value, RunStatus.CANCELED.value) == ("WorkflowCancelled", "cancelled")
+    assert RunStatus("canceled") is RunStatus.CANCELLED  # a run snapshot of before
+    exported = history_to_json(history, workflow_id=handle.workflow_id, run_id=handle.run_id)
+    old = exported.replace("ActivityCancelled", "ActivityCanceled").replace(
+        "WorkflowCancelled", "WorkflowCanceled"
+    )
+    assert "WorkflowCanceled" in old and "ActivityCanceled" in old
+    assert [e.type for e in history_from_json(old)] == types
+    (tmp_path / "old.json").write_text(old)
+    assert replay_file(tmp_path / "old.json", cancellable).ok
 
 
 async def test_child_workflows_fan_out_and_fail_into_the_parent(

@@ -13,23 +13,24 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
 from typing import Any, Generic, TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
 from immortal._codec import decode_value, encode_args, encode_value, pack, unpack
-from immortal._connect import connect
+from immortal._connect import connect, display_urls
 from immortal._definitions import workflow_definition
 from immortal._dlq import DeadLetters
 from immortal._errors import (
     ImmortalError,
+    NotSetUpError,
     PayloadError,
     WorkflowAlreadyStartedError,
     WorkflowClosedError,
@@ -39,7 +40,14 @@ from immortal._errors import (
 )
 from immortal._inputs import send_input
 from immortal._integrity import IntegrityReport, verify_chain
-from immortal._jetstream import StoredMsg, kv_scan, last_message, read_subject, tail
+from immortal._jetstream import (
+    StoredMsg,
+    kv_scan,
+    last_message,
+    read_subject,
+    require_jetstream,
+    tail,
+)
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._schedules import Schedules
@@ -61,8 +69,8 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal.security import client_side as auth
 from immortal.security.connection import ConnectSecurity, relays_reads
-from immortal.security.errors import PermissionDeniedError
 
 __all__ = [
     "Client",
@@ -108,6 +116,9 @@ class WorkerInfo:
     slots: dict[str, int]
     tasks_held: int
     last_seen: datetime
+    # workflow:<name> / activity:<name> -> a hash, and the signature it was made of
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    signatures: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -144,7 +155,12 @@ class RunDescription:
 
 
 class Client:
-    """A connection to an Immortal deployment for one tenant."""
+    """A connection to an Immortal deployment for one tenant.
+
+    Until NATS answers, connecting logs why (a WARNING, then INFO with a growing pause)
+    and keeps trying; with ``connect_timeout`` it gives up after that many seconds with
+    :class:`ServerUnreachableError`.
+    """
 
     def __init__(
         self,
@@ -153,14 +169,13 @@ class Client:
         tenant: str | None = None,
         prefix: str = "imm",
         nc: NATS | None = None,
+        connect_timeout: float | None = None,
         security: ConnectSecurity | None = None,
     ) -> None:
         self.servers = servers
-        # With a token, the tenant is the token's: ``tenant`` may only repeat it.
+        self.connect_timeout = connect_timeout
         self.security = security
-        self.tenant = validate_tenant(
-            security.tenant_for(tenant) if security is not None else tenant or "default"
-        )
+        self.tenant = validate_tenant(auth.tenant_of(security, tenant))  # a token's: its own
         self.names = Names(prefix)
         self._nc = nc
         self._own_nc = nc is None
@@ -186,7 +201,30 @@ class Client:
                 name="immortal-client",
                 on_reconnect=self._reconnected,
                 security=self.security,
+                timeout=self.connect_timeout,
             )
+
+    async def check_set_up(self) -> None:
+        """Raise :class:`NotSetUpError` unless a hub has created Immortal's streams and
+        buckets on this server (under this client's prefix): a read would otherwise wait
+        out its retries and fail with NATS' own error."""
+        history = self.names.stream_history
+        await require_jetstream(self.nc, display_urls(self.servers))
+        if relays_reads(self.nc):  # a tenant may not ask for stream info
+            probe = self.names.history_subject(self.tenant, "=", "=")
+            if not await auth.stream_answers(self.nc, history, probe):
+                raise self._not_set_up(f"stream {history}")
+            return
+        try:
+            await retry_transient(partial(self.nc.jetstream().stream_info, history), what=history)
+        except JsNotFound as exc:
+            raise self._not_set_up(f"stream {history}") from exc
+
+    def _not_set_up(self, missing: str) -> NotSetUpError:
+        return NotSetUpError(
+            f"no Immortal hub has set up {display_urls(self.servers)} with prefix "
+            f"{self.names.prefix!r} yet ({missing} not found): start one (`immortal hub`)"
+        )
 
     def _reconnected(self) -> None:
         """What result() heard may have missed an append meanwhile: make it look again."""
@@ -225,12 +263,13 @@ class Client:
         ``run_timeout`` bounds one run (``WorkflowRunTimeout``): the same thing until a
         workflow continues as new, which starts a new run with its own clock.
         """
-        self._require_write("start workflows")
+        auth.require_write(self.security, "start workflows")
         if isinstance(workflow, str):
             name, result_type = workflow, None
         else:
             defn = workflow_definition(workflow)
             name, result_type = defn.name, defn.return_type
+        encoded = encode_args(args)  # too large: raise before anything is claimed or said
         workflow_id = id or str(uuid.uuid4())
         run_id = uuid.uuid4().hex
         claim = f"key:{idempotency_key}" if idempotency_key else (f"id:{id}" if id else None)
@@ -252,7 +291,7 @@ class Client:
             workflow_id=workflow_id,
             run_id=run_id,
             workflow_type=name,
-            input=encode_args(args),
+            input=encoded,
             execution_timeout=seconds(execution_timeout),
             run_timeout=seconds(run_timeout),
         )
@@ -260,16 +299,6 @@ class Client:
             self.nc, self.names, self.tenant, queue, "start", encode(body), msg_id=f"start:{run_id}"
         )
         return WorkflowHandle(self, workflow_id, run_id, result_type)
-
-    def _require_write(self, what: str) -> None:
-        """Say at once what the broker would refuse anyway: a token without a writing role."""
-        principal = self.security.principal() if self.security is not None else None
-        if principal is not None and not principal.can_write:
-            roles = ", ".join(sorted(principal.roles))
-            raise PermissionDeniedError(
-                f"not permitted: {principal.subject!r} (role {roles} of tenant "
-                f"{principal.tenant!r}) may not {what}"
-            )
 
     async def _claim(
         self,
@@ -347,11 +376,7 @@ class Client:
         return [await self._queue_stats(q) for q in sorted(names)]
 
     async def _queue_stats(self, queue: str) -> QueueStats:
-        if relays_reads(self.nc):
-            raise PermissionDeniedError(
-                "queue statistics read consumer info, which the broker cannot scope to a "
-                "tenant: not available to a connection with a token yet"
-            )
+        auth.refuse_unscopable(self.nc, "queue statistics read consumer info")
         js = self.nc.jetstream()
         n = self.names
 
@@ -459,7 +484,10 @@ class Client:
         """A bucket's handle, looked up once (the lookup is a request to the cluster)."""
         kv = self._buckets.get(bucket)
         if kv is None:
-            kv = self._buckets[bucket] = await key_value(self.nc.jetstream(), bucket)
+            try:
+                kv = self._buckets[bucket] = await key_value(self.nc.jetstream(), bucket)
+            except BucketNotFoundError as exc:
+                raise self._not_set_up(f"bucket {bucket}") from exc
         return kv
 
     async def _register_queue(self, queue: str) -> None:
@@ -637,7 +665,7 @@ class WorkflowHandle(Generic[R]):
         return decode_value(transition.state.status_value, result_type)
 
     async def _send(self, kind: InputKind, data: bytes, msg_id: str) -> None:
-        self.client._require_write(f"{kind} workflows")
+        auth.require_write(self.client.security, f"{kind} workflows")
         transition = await self._last_transition()
         if transition is None:
             raise WorkflowNotFoundError(f"run {self.run_id} of {self.workflow_id!r} not found")
@@ -696,13 +724,15 @@ class WorkflowHandle(Generic[R]):
         """(stream sequence, events) of each history message from ``from_seq`` on; with
         ``follow``, then each new one live, until the run closes."""
         client = self.client
-        async for msg in tail(
+        records = tail(
             client.nc, client.names.stream_history, self._subject, from_seq=from_seq, follow=follow
-        ):
-            transition = decode(Transition, msg.data)
-            yield msg.seq, transition.events
-            if follow and transition.state.status.closed:
-                return
+        )
+        async with contextlib.aclosing(records):  # its subscription ends with us, not at exit
+            async for msg in records:
+                transition = decode(Transition, msg.data)
+                yield msg.seq, transition.events
+                if follow and transition.state.status.closed:
+                    return
 
     async def logs(self, *, from_seq: int = 1, follow: bool = False) -> AsyncIterator[LogLine]:
         """The run's log lines from every worker, in the server's order (``seq``), from
@@ -742,6 +772,8 @@ def _worker_info(raw: dict[str, Any]) -> WorkerInfo:
         slots=dict(raw.get("slots", {})),
         tasks_held=len(raw.get("held", [])),
         last_seen=_ts(int(raw.get("ts", 0))),
+        fingerprints=dict(raw.get("fingerprints", {})),
+        signatures=dict(raw.get("signatures", {})),
     )
 
 

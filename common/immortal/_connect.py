@@ -3,28 +3,48 @@
 nats-py takes a list of URLs (a comma-separated string is read as one URL), learns the
 rest of a cluster from the server it connects to, and reconnects to another node when its
 node goes away: subscriptions are re-sent, publishes wait in its buffer meanwhile.
+
+The first connect is ours to manage: with ``max_reconnect_attempts=-1`` nats-py retries it
+forever, reporting each refused attempt only to the error callback, so a wrong URL would
+hang without a word. Here the first failed attempt is logged at once (WARNING, with its
+reason), the attempts go in rounds with a growing pause between them (each round logged at
+INFO), and a ``timeout`` gives up with :class:`ServerUnreachableError`. A connection that
+was up once reconnects as nats-py does, forever. A refusal that trying again cannot mend
+(the token refused, a TLS handshake failed) ends the first connect at once with an
+:class:`~immortal.security.AuthError` naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
+import re
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client as NATS
+from nats.errors import AuthorizationError, StaleConnectionError
 from nats.errors import Error as NatsError
-from nats.errors import StaleConnectionError
 
+from immortal._errors import ServerUnreachableError
 from immortal.security.connection import ConnectSecurity, remember_sender
 from immortal.security.errors import AuthError
 from immortal.security.violations import Violations
 
-__all__ = ["connect", "server_urls"]
+__all__ = ["connect", "display_urls", "server_urls"]
 
 log = logging.getLogger(__name__)
+
+_ROUND_S = 2.5  # one round of attempts; within it nats-py tries each server every 0.5 s
+_FIRST_PAUSE_S = 1.0  # between rounds, doubling
+_MAX_PAUSE_S = 30.0
+_ERRNO = re.compile(r"\[Errno (-?\d+)\]")
 
 
 def server_urls(servers: str | Sequence[str]) -> list[str]:
@@ -40,114 +60,189 @@ def server_urls(servers: str | Sequence[str]) -> list[str]:
     return urls
 
 
+def display_urls(servers: str | Sequence[str]) -> str:
+    """The URLs for a message: without the user and password a URL may carry.
+
+    >>> display_urls("nats://me:secret@a:4222,nats://b:4222")
+    'nats://a:4222, nats://b:4222'
+    """
+    shown = []
+    for url in server_urls(servers):
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        netloc = parts.netloc.rpartition("@")[2]
+        shown.append(urlunsplit(parts._replace(netloc=netloc)))
+    return ", ".join(shown)
+
+
 async def connect(
     servers: str | Sequence[str],
     *,
     name: str,
     on_reconnect: Callable[[], None] | None = None,
+    timeout: float | None = None,
     security: ConnectSecurity | None = None,
     relay_reads: bool | None = None,
     **options: Any,
 ) -> NATS:
     """Connect to any of ``servers``; reconnect to any node of the cluster, forever.
 
-    ``on_reconnect`` is called after each reconnect (subscriptions are back; core messages
-    published meanwhile were not delivered). ``security`` adds the token (asked for again
-    at each reconnect), TLS and the inbox prefix that goes with the token; a refusal at
-    connect is an :class:`~immortal.security.AuthError`. ``relay_reads`` (default: with a
-    token) sends batched reads through the hubs' read relay; a hub reads directly.
+    Until the first connect succeeds, say why it fails and keep trying (with a growing
+    pause), or, with ``timeout``, give up after that many seconds with
+    :class:`ServerUnreachableError`. ``on_reconnect`` is called after each reconnect
+    (subscriptions are back; core messages published meanwhile were not delivered).
+    ``security`` adds the token (asked for again at each reconnect), TLS and the inbox
+    prefix that goes with the token; ``relay_reads`` (default: with a token) sends batched
+    reads through the hubs' read relay (a hub reads directly). ``options`` go to nats-py.
     """
-    events = _Events(name, on_reconnect, security)
     if security is not None:
         options = {**security.nats_options(), **options}
-    nc = events.nc = NATS()
-    try:
-        settings: dict[str, Any] = {
-            "servers": server_urls(servers),
-            "name": name,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 0.5,
-            "disconnected_cb": events.disconnected,
-            "reconnected_cb": events.reconnected,
-            "error_cb": events.error,
-            **options,
-        }
-        await nc.connect(**settings)
-        events.connected = True
-    except BaseException as exc:
-        with contextlib.suppress(Exception):  # (a close after a failed handshake can hang)
-            async with asyncio.timeout(2.0):
-                await nc.close()  # nats-py leaves the socket of a refused connect open
-        refusal = _refusal(exc, security) if not isinstance(exc, AuthError) else None
-        if refusal is not None:
-            raise refusal from exc
-        raise
-    token = security is not None and security.token is not None
-    remember_sender(
-        nc,
-        security.sender() if security is not None else "anon",
-        relay_reads=token if relay_reads is None else relay_reads,
-    )
-    events.violations.attach(nc)
-    return nc
+    urls = server_urls(servers)
+    where = display_urls(urls)
+    state = _FirstConnect(name, where)
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    pause = _FIRST_PAUSE_S
+    while True:
+        window = _ROUND_S if deadline is None else max(0.0, deadline - loop.time())
+        violations = Violations()
+        nc = await _try_connect(
+            urls, name, window, state, on_reconnect, _Refusals(security, violations), options
+        )
+        if nc is not None:
+            if state.failures:
+                log.info("%s: connected to NATS at %s", name, _where(nc))
+            token = security is not None and security.token is not None
+            remember_sender(
+                nc,
+                security.sender() if security is not None else "anon",
+                relay_reads=token if relay_reads is None else relay_reads,
+            )
+            violations.attach(nc)
+            return nc
+        if deadline is not None:
+            raise ServerUnreachableError(
+                f"cannot reach NATS at {where} within {timeout:g} s: {state.reason}"
+            )
+        log.info(
+            "%s: still waiting for NATS at %s (%s); trying again in %g s",
+            name, where, state.reason, pause,
+        )  # fmt: skip
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, _MAX_PAUSE_S)
 
 
-class _Events:
-    """One connection's callbacks: logging, reconnects, and refusals."""
+class _FirstConnect:
+    """What the attempts so far have told: how many failed, and the last reason."""
 
-    def __init__(
-        self,
-        name: str,
-        on_reconnect: Callable[[], None] | None,
-        security: ConnectSecurity | None,
-    ) -> None:
+    def __init__(self, name: str, where: str) -> None:
         self.name = name
-        self.on_reconnect = on_reconnect
+        self.where = where
+        self.failures = 0
+        self.reason = "no answer"
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.reason = _reason(exc)
+        if self.failures == 1:
+            log.warning("%s: waiting for NATS at %s (%s)", self.name, self.where, self.reason)
+
+
+class _Refusals:
+    """What the broker refuses: at the first connect, the token or the handshake (raised:
+    trying again cannot mend it); later, subjects (kept for the caller that caused them)."""
+
+    def __init__(self, security: ConnectSecurity | None, violations: Violations) -> None:
         self.security = security
-        self.violations = Violations()
-        self.connected = False
-        self.nc: NATS | None = None
+        self.violations = violations
 
-    async def disconnected(self) -> None:
-        if self.nc is not None and not self.nc.is_closed:  # not when we close it ourselves
-            log.warning("%s: disconnected from NATS; reconnecting", self.name)
+    def at_connect(self, exc: BaseException) -> AuthError | None:
+        if isinstance(exc, NatsError) and "authorization violation" in str(exc).lower():
+            from immortal.security.diagnose import diagnose_refusal
 
-    async def reconnected(self) -> None:
-        assert self.nc is not None
-        log.warning("%s: reconnected to NATS at %s", self.name, _where(self.nc))
-        if self.on_reconnect is not None:
-            self.on_reconnect()
+            return diagnose_refusal(self.security)
+        if isinstance(exc, ssl.SSLError):
+            from immortal.security.diagnose import diagnose_tls
 
-    async def error(self, exc: Exception) -> None:
-        if not self.connected:  # refused at the first connect: tell the caller, no loop
-            refusal = _refusal(exc, self.security)
+            return diagnose_tls(exc, self.security)
+        return None
+
+
+async def _try_connect(
+    urls: list[str],
+    name: str,
+    window: float,
+    first: _FirstConnect,
+    on_reconnect: Callable[[], None] | None,
+    refusals: _Refusals,
+    options: dict[str, Any],
+) -> NATS | None:
+    """One round: nats-py's own attempts for ``window`` seconds; None if none got through."""
+    nc = NATS()
+    connected = False
+
+    async def disconnected() -> None:
+        if connected and not nc.is_closed:  # not when we close it ourselves
+            log.warning("%s: disconnected from NATS; reconnecting", name)
+
+    async def reconnected() -> None:
+        log.warning("%s: reconnected to NATS at %s", name, _where(nc))
+        if on_reconnect is not None:
+            on_reconnect()
+
+    async def error(exc: Exception) -> None:
+        if not connected:
+            refusal = refusals.at_connect(exc)
             if refusal is not None:
-                raise refusal
+                raise refusal  # out of nats-py's retrying: the caller is told why
+            first.failed(exc)
         # nats-py's default logs each with a traceback at ERROR, also the refused connects
         # and broken sockets that come with every node going away.
-        if isinstance(exc, (OSError, StaleConnectionError, TimeoutError)):
-            log.debug("%s: %r", self.name, exc)
-        elif "authorization violation" in str(exc).lower():
-            log.debug("%s: %r", self.name, exc)  # raised to the caller as an AuthError
-        elif self.violations.record(exc):  # refused by the broker: the caller is told
-            log.warning("%s: %s", self.name, exc)
+        elif isinstance(exc, (OSError, StaleConnectionError, TimeoutError)):
+            log.debug("%s: %r", name, exc)
+        elif refusals.violations.record(exc):  # a subject refused: the caller is told
+            log.warning("%s: %s", name, exc)
         else:
-            log.warning("%s: NATS error: %r", self.name, exc)
+            log.warning("%s: NATS error: %r", name, exc)
+
+    try:
+        async with asyncio.timeout(window):
+            await nc.connect(
+                urls,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, slept as is
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+                **options,
+            )
+        connected = True
+        return nc
+    except TimeoutError:
+        return None
+    finally:
+        if not connected:  # a round cut short, refused, or cancelled (Ctrl-C)
+            with contextlib.suppress(Exception):  # after a failed handshake it can hang
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(nc.close())
 
 
-def _refusal(exc: BaseException, security: ConnectSecurity | None) -> AuthError | None:
-    """A connect error that will not pass by trying again, as the error to raise: the
-    server refused the token (why, as far as we can tell without the issuer's keys; the
-    auth service's own reason is in its audit records), or the TLS handshake failed."""
-    if isinstance(exc, NatsError) and "authorization violation" in str(exc).lower():
-        from immortal.security.diagnose import diagnose_refusal
-
-        return diagnose_refusal(security)
-    if isinstance(exc, ssl.SSLError):
-        from immortal.security.diagnose import diagnose_tls
-
-        return diagnose_tls(exc, security)
-    return None
+def _reason(exc: BaseException) -> str:
+    """Why an attempt failed, in a few words ("connection refused")."""
+    if isinstance(exc, AuthorizationError):
+        return "authorization violation"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    if isinstance(exc, TimeoutError):
+        return "no answer"
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:  # asyncio's "Multiple exceptions: [Errno 111] ..." (IPv6 and IPv4)
+        found = _ERRNO.search(str(exc))
+        code = int(found.group(1)) if found else None
+    if code is not None and code in errno.errorcode:
+        return os.strerror(code).lower()
+    text = str(exc).strip()
+    return text.removeprefix("nats: ").strip("'") or type(exc).__name__
 
 
 def _where(nc: NATS) -> str:

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, get_args
 from immortal._errors import ImmortalError
 from immortal._jetstream import StoredMsg, read_subject
 from immortal._names import InputKind, decode_token
-from immortal.security.connection import relays_reads
-from immortal.security.errors import PermissionDeniedError
+from immortal.security.client_side import refuse_unscopable
 
 if TYPE_CHECKING:
     from immortal._client import Client
@@ -76,11 +75,7 @@ class DeadLetters:
         await c.nc.jetstream().delete_msg(c.names.stream_dlq, seq)
 
     def _deletes(self) -> None:
-        if relays_reads(self._client.nc):
-            raise PermissionDeniedError(
-                "deleting a dead letter takes a stream message delete, which the broker "
-                "cannot scope to a tenant: not available to a connection with a token yet"
-            )
+        refuse_unscopable(self._client.nc, "deleting a dead letter takes a stream message delete")
 
     async def _get(self, seq: int) -> DeadLetter:
         # The first of this tenant's dead letters from ``seq`` on: a read scoped to the

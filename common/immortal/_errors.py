@@ -13,7 +13,9 @@ __all__ = [
     "ImmortalError",
     "LeaseMismatchError",
     "NonDeterminismError",
+    "NotSetUpError",
     "PayloadError",
+    "ServerUnreachableError",
     "UnknownWorkflowTypeError",
     "WorkflowAlreadyStartedError",
     "WorkflowClosedError",
@@ -129,6 +131,16 @@ class PayloadError(ImmortalError):
 
 class WorkflowNotFoundError(ImmortalError):
     """No run is known under that workflow id (and run id)."""
+
+
+class NotSetUpError(ImmortalError):
+    """The NATS server is not set up for Immortal: it runs without JetStream, or no hub has
+    created Immortal's streams and buckets there (under this prefix) yet."""
+
+
+class ServerUnreachableError(ImmortalError):
+    """No NATS server answered within the connect timeout; the message names the address
+    and why (connection refused, unknown host, no answer, ...)."""
 
 
 def failure_from_exception(exc: BaseException) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from immortal._requests import Requests
 from immortal.security.connection import read_relay
@@ -34,6 +34,7 @@ __all__ = [
     "kv_scan",
     "last_message",
     "read_subject",
+    "require_jetstream",
     "tail",
 ]
 
@@ -50,6 +51,25 @@ class StoredMsg:
     seq: int
     data: bytes
     headers: dict[str, str]
+
+
+async def require_jetstream(nc: NATS, where: str) -> bool:
+    """Raise :class:`NotSetUpError` if the server runs without JetStream; return whether its
+    INFO said it runs it. A server without it in its INFO (a leaf node may still reach a
+    JetStream domain) gets one account-info request, with no retries: a plain server
+    without JetStream answers it at once with 503, where retrying would take 20 s."""
+    from immortal._errors import NotSetUpError
+
+    if nc._server_info.get("jetstream"):  # the INFO the server sent on connect
+        return True
+    try:
+        await nc.jetstream().account_info()
+    except (ServiceUnavailableError, NoRespondersError) as exc:
+        raise NotSetUpError(
+            f"the NATS server at {where} runs without JetStream: start it with -js, or "
+            "`jetstream {}` in its config (see nats.conf)"
+        ) from exc
+    return False
 
 
 def is_wrong_last_sequence(exc: BaseException) -> bool:
@@ -131,7 +151,7 @@ async def read_subject(
 
 async def tail(
     nc: NATS, stream: str, subject: str, *, from_seq: int = 1, follow: bool = False
-) -> AsyncIterator[StoredMsg]:
+) -> AsyncGenerator[StoredMsg, None]:
     """Messages on ``subject`` (wildcards allowed) from ``from_seq`` on, in stream order;
     with ``follow``, then each new one as it is stored, until the caller stops."""
     seq = max(from_seq, 1)
@@ -165,7 +185,9 @@ async def tail(
                 headers=new.headers or {},
             )
     finally:
-        await sub.unsubscribe()
+        # Left while the connection drains or is closed, the subscription goes with it.
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 async def _follow_by_reads(
@@ -233,7 +255,8 @@ async def _direct_batch(
                 return
             yield msg
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(Exception):  # see tail()
+            await sub.unsubscribe()
 
 
 async def _next_answer(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +22,7 @@ from immortal._wire import CLOSING_EVENTS, EventType, HistoryEvent
 
 __all__ = [
     "HistoryExport",
+    "event_to_json",
     "format_timeline",
     "history_from_json",
     "history_to_json",
@@ -50,6 +51,11 @@ def history_to_json(
             doc[key] = value
     doc["events"] = [_tag(_event_dict(e)) for e in events]
     return json.dumps(doc, indent=1, ensure_ascii=False)
+
+
+def event_to_json(event: HistoryEvent) -> dict[str, Any]:
+    """One event as :func:`history_to_json` writes it (payload bytes as ``$bytes``)."""
+    return dict(_tag(_event_dict(event)))
 
 
 def history_from_json(text: str) -> list[HistoryEvent]:
@@ -86,15 +92,20 @@ def load_history(text: str) -> HistoryExport:
     return HistoryExport(events, **ids)
 
 
-def format_timeline(events: Sequence[HistoryEvent]) -> str:
+def format_timeline(
+    events: Sequence[HistoryEvent], *, notes: Mapping[int, Sequence[str]] | None = None
+) -> str:
     """The history as people read it: one line per step in the order the steps began, what
     happened to each step nested under it (an activity's attempts, a sleep's firing, a
     child's outcome), each line with its time since the start and its event id.
     Workflow-task bookkeeping is left out, except a task that failed.
+
+    ``notes`` are lines to print under the line of an event id (``immortal logs
+    --with-history`` puts each log line there); those of ids not shown come last.
     """
     if not events:
         return "(no events)\n"
-    return "\n".join(_Timeline(list(events)).lines()) + "\n"
+    return "\n".join(_Timeline(list(events), notes).lines()) + "\n"
 
 
 # -- JSON tagging ------------------------------------------------------------------------
@@ -169,8 +180,11 @@ class _Step:
 
 
 class _Timeline:
-    def __init__(self, events: list[HistoryEvent]) -> None:
+    def __init__(
+        self, events: list[HistoryEvent], notes: Mapping[int, Sequence[str]] | None = None
+    ) -> None:
         self.events = events
+        self.notes = _under_shown(events, notes or {})
         started = next((e for e in events if e.type is EventType.WORKFLOW_STARTED), events[0])
         self.t0 = started.ts
         self.queue = started.attrs.get("queue")
@@ -203,12 +217,19 @@ class _Timeline:
                 out.extend(self._timer(step))
             else:
                 out.extend(self._child(step))
+        for event_id in sorted(self.notes):  # of events the timeline leaves out
+            out.append(self._line(None, f"(event #{event_id})") + self._notes(event_id, 0))
         return out
 
     def _line(self, e: HistoryEvent | None, text: str, depth: int = 0) -> str:
         when = _offset(e.ts - self.t0) if e is not None else ""
         ref = f"#{e.id}" if e is not None else ""
-        return f"{when:>10} {ref:>5}  {'  ' * depth}{text}"
+        line = f"{when:>10} {ref:>5}  {'  ' * depth}{text}"
+        return line + self._notes(e.id, depth) if e is not None else line
+
+    def _notes(self, event_id: int, depth: int) -> str:
+        pad = " " * 18 + "  " * (depth + 1)
+        return "".join(f"\n{pad}{note}" for note in self.notes.pop(event_id, []))
 
     def _activity(self, step: _Step) -> list[str]:
         e = step.opener
@@ -261,8 +282,8 @@ class _Timeline:
 
     def _timer(self, step: _Step) -> list[str]:
         e = step.opener
-        canceled = any(c.type is EventType.TIMER_CANCELED for c in step.children)
-        what = "timer" if canceled else "sleep"
+        cancelled = any(c.type is EventType.TIMER_CANCELED for c in step.children)
+        what = "timer" if cancelled else "sleep"
         head = f"{what} {_duration(int(e.attrs.get('duration_ms') or 0))}"
         if isinstance(e.attrs.get("due"), int):
             head += f"  (due {_offset(e.attrs['due'] - self.t0)})"
@@ -272,7 +293,7 @@ class _Timeline:
                 late = int(c.attrs.get("late_ms") or 0)
                 text = f"fired after {_duration(c.ts - e.ts)}, {_duration(late)} late"
             elif c.type is EventType.TIMER_CANCELED:
-                text = f"canceled after {_duration(c.ts - e.ts)}"
+                text = f"cancelled after {_duration(c.ts - e.ts)}"
             else:
                 text = _top_text(c, self.t0)
             out.append(self._line(c, text, 1))
@@ -302,6 +323,23 @@ class _Timeline:
         return out
 
 
+def _under_shown(
+    events: list[HistoryEvent], notes: Mapping[int, Sequence[str]]
+) -> dict[int, list[str]]:
+    """Notes of a left-out event (workflow-task bookkeeping) go under the shown event before
+    it: workflow code logs against the last event it saw, often a task's scheduling."""
+    shown: dict[int, int] = {}  # event id -> the id of the line its notes go under
+    last = 0
+    for e in events:
+        if e.type not in _HIDDEN:
+            last = e.id
+        shown[e.id] = last or e.id
+    out: dict[int, list[str]] = {}
+    for event_id in sorted(notes):
+        out.setdefault(shown.get(event_id, event_id), []).extend(notes[event_id])
+    return out
+
+
 def _activity_texts(e: HistoryEvent, beats: list[HistoryEvent], t0: int) -> list[str]:
     """The line(s) for one event under an activity."""
     a = e.attrs
@@ -312,7 +350,7 @@ def _activity_texts(e: HistoryEvent, beats: list[HistoryEvent], t0: int) -> list
         late = int(a.get("late_ms") or 0)
         return [f"{attempt}  dispatched after its backoff, {_duration(late)} late"]
     if e.type is EventType.ACTIVITY_CANCELED:
-        return ["canceled by the workflow"]
+        return ["cancelled by the workflow"]
     ran = _ran(a, beats) + _beats(beats)
     if e.type is EventType.ACTIVITY_COMPLETED:
         return [f"{attempt}{ran}  ->  {_value(a.get('result'))}"]
@@ -374,7 +412,7 @@ def _top_text(e: HistoryEvent, t0: int) -> str:  # noqa: C901 - one branch per e
     if t is EventType.WORKFLOW_FAILED:
         return f"failed after {_duration(e.ts - t0)}  {_failure(a.get('failure'))}"
     if t is EventType.WORKFLOW_CANCELED:
-        return f"canceled after {_duration(e.ts - t0)}" + (
+        return f"cancelled after {_duration(e.ts - t0)}" + (
             f": {a['reason']}" if a.get("reason") else ""
         )
     if t is EventType.WORKFLOW_TERMINATED:

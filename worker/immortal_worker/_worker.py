@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import logging
 import os
 import socket
@@ -23,8 +22,6 @@ from typing import Any, Protocol
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
-from nats.js.errors import BadRequestError
-from nats.js.errors import NotFoundError as JsNotFound
 
 from immortal._codec import pack
 from immortal._connect import connect
@@ -43,11 +40,11 @@ from immortal._errors import (
     failure_from_exception,
 )
 from immortal._inputs import StaleInput, send_input
-from immortal._jetstream import Puller, StoredMsg, create_consumer, last_message, read_subject
+from immortal._jetstream import Puller, StoredMsg, create_consumer, read_subject
 from immortal._locks import KeyedLocks
 from immortal._logs import LogShipper
 from immortal._names import InputKind, Names, TaskKind, validate_tenant
-from immortal._transient import is_transient, key_value, retry_transient
+from immortal._transient import key_value, retry_transient
 from immortal._wire import (
     ActivityResult,
     ActivityTask,
@@ -58,22 +55,15 @@ from immortal._wire import (
     WorkflowTaskResult,
     decode,
     encode,
-    now_ms,
 )
 from immortal.security.connection import ConnectSecurity
 from immortal.security.errors import AuthError, RefusalReason
 from immortal_worker._activities import ActivityRunner
 from immortal_worker._instance import CacheStale, WorkflowInstance
 from immortal_worker._pushed import PushedTask, Pushes
+from immortal_worker._registration import registration, wait_for_streams, warn_of_conflicts
 
 __all__ = ["Worker"]
-
-
-def immortal_version() -> str:
-    try:
-        return importlib.metadata.version("immortal")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 log = logging.getLogger(__name__)
@@ -190,14 +180,21 @@ class Worker:
         assert self._nc is not None, "worker not started"
         return self._nc
 
+    @property
+    def taking_work(self) -> bool:
+        """Started past the waits for NATS and for a hub: a stop must now hand work back."""
+        return self._running
+
     async def start(self) -> None:
+        """Connect, wait for a hub's streams, serve; cancelled while waiting, it leaves
+        nothing open."""
         if self._nc is None:
             self._nc = await connect(
                 self.servers, name=f"immortal-worker-{self.worker_id}", security=self.security
             )
         self.js = self.nc.jetstream()
-        await self._wait_for_streams()
         try:  # before anything runs: a lease the queues cannot honour refuses the start
+            await wait_for_streams(self)
             kinds: list[TaskKind] = ["wf"] if self.workflows else []
             kinds += ["act"] if self.activities else []
             consumers = [
@@ -231,6 +228,7 @@ class Worker:
                 logger.setLevel(logging.INFO)
             logger.addHandler(self.logs)
         self._workers_kv = await key_value(self.js, self.names.bucket_workers)
+        await warn_of_conflicts(self)
         await self._register()
         self._liveness = asyncio.create_task(self._stay_registered())
         self._pushes = Pushes(
@@ -301,33 +299,6 @@ class Worker:
             await asyncio.Event().wait()
         finally:
             await self.stop()
-
-    async def _wait_for_streams(self) -> None:
-        warned = False
-        while True:
-            try:
-                await self._streams_exist()
-                return
-            except Exception as exc:
-                if not isinstance(exc, (JsNotFound, BadRequestError)) and not is_transient(exc):
-                    raise
-                if not warned:
-                    log.warning(
-                        "waiting for a hub to create Immortal's streams at %s", self.servers
-                    )
-                    warned = True
-                await asyncio.sleep(0.5)
-
-    async def _streams_exist(self) -> None:
-        if self.sticky:
-            await self.js.stream_info(self.names.stream_tasks)
-            await self.js.key_value(self.names.bucket_queues)
-            return
-        # A tenant's connection may not ask for stream info: a direct get of one of its
-        # keys answers (found or not) when the bucket exists, and finds no responder if not.
-        key = self.names.queue_key(self.tenant, self.queues[0] if self.queues else "default")
-        bucket = self.names.bucket_queues
-        await last_message(self.nc, f"KV_{bucket}", self.names.kv_subject(bucket, key))
 
     async def _consumers(self, queue: str, kind: TaskKind) -> list[str]:
         """Create (or find) the task consumers this worker pulls for ``queue``'s ``kind``
@@ -439,21 +410,7 @@ class Worker:
 
     def registration(self) -> dict[str, Any]:
         """What ``imm-workers`` says about this worker (discovery and liveness)."""
-        return {
-            "worker": self.worker_id,
-            "instance": self.instance,  # this process, for a restart under the same id
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "version": immortal_version(),
-            "tenant": self.tenant,
-            "queues": self.queues,
-            "workflows": sorted(self.workflows),
-            "activities": sorted(self.activities),
-            "slots": {"workflow": self.workflow_slots, "activity": self.activity_slots},
-            "held": [m.reply for m in self._held.values() if m.reply],
-            "sticky": self.sticky,  # whether it consumes its own sticky subject
-            "ts": now_ms(),
-        }
+        return registration(self)
 
     async def _register(self) -> None:
         data = pack(self.registration())

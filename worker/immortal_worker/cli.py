@@ -14,12 +14,14 @@ replays recorded histories against the code (no server): exit 0 if they replay c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -27,8 +29,8 @@ from typing import Annotated, Any
 import typer
 
 from immortal._definitions import activity_definition, workflow_definition
-from immortal._errors import ImmortalError
-from immortal.security import ConnectSecurity
+from immortal._errors import ImmortalError, NotSetUpError, ServerUnreachableError
+from immortal.security import AuthError, ConnectSecurity
 from immortal.security.tls import quiet_tls_eof_warning
 from immortal_worker._worker import Worker
 from immortal_worker.replay import replay_file
@@ -143,25 +145,21 @@ def serve(
     security = ConnectSecurity.from_env(
         token=token, token_command=token_command, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
     )
-    try:
-        worker = Worker(
-            server,
-            queues=queue,
-            workflows=workflows,
-            activities=activities,
-            tenant=tenant,
-            prefix=prefix,
-            lease=lease,
-            workflow_slots=workflow_slots,
-            activity_slots=activity_slots,
-            worker_id=worker_id,
-            release_after=release_after,
-            security=security if security.token or security.tls.configured else None,
-        )
-        asyncio.run(_serve(worker, grace))
-    except ImmortalError as exc:  # a refused start: a token, a certificate, a lease
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    worker = Worker(
+        server,
+        queues=queue,
+        workflows=workflows,
+        activities=activities,
+        tenant=tenant,
+        prefix=prefix,
+        lease=lease,
+        workflow_slots=workflow_slots,
+        activity_slots=activity_slots,
+        worker_id=worker_id,
+        release_after=release_after,
+        security=security if security.token or security.tls.configured else None,
+    )
+    asyncio.run(_serve(worker, grace))
 
 
 async def _serve(worker: Worker, grace: float) -> None:
@@ -169,11 +167,28 @@ async def _serve(worker: Worker, grace: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await worker.start()
+    # A signal may come while the worker still waits for NATS or for a hub: starting is
+    # then abandoned, not waited for.
+    starting = asyncio.ensure_future(worker.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done() and not worker.taking_work:
+        starting.cancel()  # it took nothing yet; start() closes what it opened
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return
+    stopping.cancel()
+    await starting  # past the waits it takes a moment more; a failed start raises here
     print(f"worker {worker.worker_id} ready", flush=True)
     await stop.wait()
     await worker.stop(grace=grace)
+    # Idle pool threads end as soon as they see the executor shut down; only a thread still
+    # inside activity code outlives a short join.
     stuck = [t for t in threading.enumerate() if t.name.startswith("activity")]
+    until = time.monotonic() + 0.5
+    for thread in stuck:
+        thread.join(timeout=max(0.0, until - time.monotonic()))
+    stuck = [t for t in stuck if t.is_alive()]
     if stuck:
         # Their tasks were handed back; a thread cannot be stopped, so leave without it
         # (interpreter exit would join it and wait for the code to return on its own).
@@ -221,7 +236,14 @@ def replay(
 
 def main() -> None:
     sys.path.insert(0, "")  # let `module:attr` find modules in the working directory
-    if sys.argv[1:2] == ["replay"]:
-        replay_app(args=sys.argv[2:], prog_name="immortal-worker replay")
-    else:
-        app()
+    try:
+        if sys.argv[1:2] == ["replay"]:
+            replay_app(args=sys.argv[2:], prog_name="immortal-worker replay")
+        else:
+            app()
+    except ImmortalError as exc:  # as `immortal` reports them: one line, exit 2 or 1
+        if os.environ.get("IMMORTAL_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        could_not_run = (NotSetUpError, ServerUnreachableError, AuthError)
+        sys.exit(2 if isinstance(exc, could_not_run) else 1)

@@ -18,20 +18,50 @@ the commands that need them, so a read command starts without loading the hub.
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
 from immortal_hub.cli import auth, dev, dlq, hub, logs, ops, replay, schedule, workflow
 from immortal_hub.cli._common import CONNECT
+from immortal_hub.cli._exit import report
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, help="Immortal: durable workflows on NATS JetStream.")
+HELP = (
+    "Immortal: durable workflows on NATS JetStream. Exit codes: 0 done, 1 failed (the run "
+    "failed, not found, closed, too large), 2 could not run (usage, NATS unreachable, no hub "
+    "has set the server up)."
+)
+# In the order `immortal --help` lists them.
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "hub": hub.hub,
+    "dev": dev.dev,
+    "queues": ops.queues,
+    "workers": ops.workers,
+    "events": logs.events,
+    "logs": logs.logs,
+    "retention": ops.retention,
+    "replay": replay.replay,
+}
+GROUPS: dict[str, typer.Typer] = {
+    "workflow": workflow.app,
+    "dlq": dlq.app,
+    "schedule": schedule.app,
+    "auth": auth.app,
+}
 
 
-@app.callback()
-def connection(
+def _options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", envvar="IMMORTAL_DEBUG", help="tracebacks with errors (any position)"
+        ),
+    ] = False,
     token: Annotated[str | None, typer.Option(help="bearer token (or $IMMORTAL_TOKEN)")] = None,
     token_command: Annotated[
         str | None,
@@ -45,25 +75,46 @@ def connection(
     ] = None,
     tls_key: Annotated[str | None, typer.Option(help="its key ($IMMORTAL_TLS_KEY)")] = None,
 ) -> None:
-    """Options every command connects with (auth on: a token; TLS)."""
+    # Auth on: what every command connects with (read by _common.connect_security).
     CONNECT.update(
         token=token, token_command=token_command, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
     )
 
 
-app.command()(hub.hub)
-app.command()(dev.dev)
-app.command()(ops.queues)
-app.command()(ops.workers)
-app.command()(logs.events)
-app.command()(logs.logs)
-app.command()(ops.retention)
-app.command()(replay.replay)
-app.add_typer(workflow.app, name="workflow")
-app.add_typer(dlq.app, name="dlq")
-app.add_typer(schedule.app, name="schedule")
-app.add_typer(auth.app, name="auth")
+def _build(names: list[str]) -> typer.Typer:
+    built = typer.Typer(
+        add_completion=False,
+        pretty_exceptions_enable=False,  # a bug's traceback as text; a user's error in one line
+        help=HELP,
+    )
+    built.callback()(_options)
+    for name in names:
+        if name in COMMANDS:
+            built.command(name)(COMMANDS[name])
+        else:
+            built.add_typer(GROUPS[name], name=name)
+    return built
+
+
+app = _build([*COMMANDS, *GROUPS])
 
 
 def main() -> None:
-    app()
+    """The ``immortal`` command: errors a user can act on as one line, with exit codes."""
+    args = sys.argv[1:]
+    debug = "--debug" in args or os.environ.get("IMMORTAL_DEBUG", "") not in ("", "0")
+    if "--debug" in args:  # taken anywhere, after the command too
+        args = ["--debug", *(a for a in args if a != "--debug")]
+    # typer reads the signature of every command it knows when it builds its tree: give it
+    # only the one the command line names (all of them for `immortal --help` or a typo).
+    named = next((a for a in args if not a.startswith("-")), None)
+    only = _build([named]) if named in COMMANDS or named in GROUPS else app
+    try:
+        only(args=args, prog_name="immortal")
+    except BrokenPipeError:  # `immortal events | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        sys.exit(report(exc, debug=debug))

@@ -7,12 +7,14 @@ a read command should start fast (the SDK and nats-py are imported when a comman
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -21,14 +23,22 @@ if TYPE_CHECKING:
     from immortal.security import ConnectSecurity
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_SERVER",
+    "EVENT_HEADER",
+    "ConnectTimeout",
+    "InputFiles",
     "Prefix",
     "RunId",
     "Server",
     "Tenant",
+    "closing",
+    "duration_text",
     "event_line",
+    "inputs",
     "json_args",
     "on_run",
+    "parse_duration",
     "print_json",
     "print_result",
     "readable",
@@ -51,7 +61,23 @@ Server = Annotated[
 Tenant = Annotated[str, typer.Option(envvar="IMMORTAL_TENANT")]
 Prefix = Annotated[str, typer.Option(envvar="IMMORTAL_PREFIX")]
 RunId = Annotated[str | None, typer.Option("--run", help="run id (default: newest)")]
+ConnectTimeout = Annotated[
+    float,
+    typer.Option(
+        envvar="IMMORTAL_CONNECT_TIMEOUT", help="seconds to wait for NATS before giving up (exit 2)"
+    ),
+]
+InputFiles = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input-file",
+        "-i",
+        help="a file holding one argument as JSON ('-': standard input); repeatable, in order",
+    ),
+]
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
+DEFAULT_CONNECT_TIMEOUT = 3.0
+T = TypeVar("T")
 
 
 def setup_logging(level: str) -> None:
@@ -86,34 +112,38 @@ def connect_security() -> ConnectSecurity | None:
 
 
 def with_client(
-    server: str, tenant: str, prefix: str, action: Callable[[Client], Awaitable[None]]
+    server: str,
+    tenant: str,
+    prefix: str,
+    connect_timeout: float,
+    action: Callable[[Client], Awaitable[None]],
 ) -> None:
-    """Connect as the tenant, run ``action``, disconnect. With a token, the tenant is the
-    token's (``--tenant`` may only repeat it); a refusal is one line and exit status 2."""
+    """Connect as the tenant (giving up after ``connect_timeout`` seconds), check that a hub
+    has set the server up, run ``action``, disconnect. With a token the tenant is the
+    token's (``--tenant`` may only repeat it)."""
     from immortal import Client
-    from immortal.security import AuthError
+    from immortal.security.tls import quiet_tls_eof_warning
 
     security = connect_security()
     asked = None if security and security.token and tenant == "default" else tenant
 
     async def go() -> None:
-        async with Client(server, tenant=asked, prefix=prefix, security=security) as client:
+        client = Client(
+            server, tenant=asked, prefix=prefix, connect_timeout=connect_timeout, security=security
+        )
+        async with client:
+            await client.check_set_up()
             await action(client)
 
-    from immortal.security.tls import quiet_tls_eof_warning
-
     quiet_tls_eof_warning()
-    try:
-        asyncio.run(go())
-    except AuthError as exc:
-        print(f"immortal: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    asyncio.run(go())  # a refusal (AuthError) is reported by main() as one line, exit 2
 
 
 def on_run(
     server: str,
     tenant: str,
     prefix: str,
+    connect_timeout: float,
     workflow_id: str,
     run: str | None,
     action: Callable[[WorkflowHandle[Any]], Awaitable[None]],
@@ -123,7 +153,19 @@ def on_run(
     async def act(client: Client) -> None:
         await action(await client.get_handle(workflow_id, run))
 
-    with_client(server, tenant, prefix, act)
+    with_client(server, tenant, prefix, connect_timeout, act)
+
+
+@contextlib.asynccontextmanager
+async def closing(items: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close an async generator when the block ends, so its subscription ends with the
+    command rather than after the connection is gone."""
+    try:
+        yield items
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def json_args(args: list[str]) -> list[Any]:
@@ -136,6 +178,28 @@ def json_args(args: list[str]) -> list[Any]:
     return out
 
 
+def inputs(args: list[str] | None, files: list[str] | None) -> list[Any]:
+    """The arguments: JSON values on the command line, or one per ``--input-file``."""
+    if args and files:
+        raise typer.BadParameter("give the arguments on the command line or in files, not both")
+    if not files:
+        return json_args(args or [])
+    if files.count("-") > 1:
+        raise typer.BadParameter("standard input can be read once", param_hint="--input-file")
+    out = []
+    for name in files:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {name}: {exc.strerror}") from exc
+        try:
+            out.append(json.loads(text))
+        except json.JSONDecodeError as exc:
+            where = "standard input" if name == "-" else name
+            raise typer.BadParameter(f"{where} is not JSON: {exc}") from exc
+    return out
+
+
 def print_json(value: Any) -> None:
     from immortal._codec import to_wire
 
@@ -143,21 +207,58 @@ def print_json(value: Any) -> None:
 
 
 async def print_result(handle: WorkflowHandle[Any], timeout: float | None = None) -> None:
-    from immortal import WorkflowFailedError
+    from immortal import ImmortalError, WorkflowFailedError
 
     try:
         print_json(await handle.result(timeout=timeout))
     except WorkflowFailedError as exc:
         print(f"failed: {exc.cause}", file=sys.stderr)
         raise typer.Exit(1) from exc
+    except TimeoutError as exc:
+        if timeout is None:  # a request's own timeout, not ours
+            raise
+        raise ImmortalError(
+            f"run {handle.run_id} of {handle.workflow_id!r} is still open after {timeout:g} s"
+        ) from exc
+
+
+EVENT_HEADER = f"{'seq':>7} {'workflow':<12} {'id':>4} {'event':<24} attributes"
 
 
 def event_line(seq: int, workflow_id: str, e: Any, as_json: bool, run_id: str | None = None) -> str:
+    """One event a line: stream sequence, workflow id, event id, type, attributes; as JSON,
+    the event as ``history --json`` writes it (payload bytes as ``$bytes``)."""
     if as_json:
+        from immortal._timeline import event_to_json
+
         line = {"seq": seq, "workflow_id": workflow_id, "run_id": run_id}
-        return json.dumps({**line, "event": e.model_dump(mode="json")})
+        return json.dumps({**line, "event": event_to_json(e)}, ensure_ascii=False)
     attrs = json.dumps({k: readable(v) for k, v in e.attrs.items()}, default=str)
-    return f"{seq:>7} {workflow_id} {e.id:>4} {e.type.value:<24} {attrs}"
+    return f"{seq:>7} {workflow_id:<12} {e.id:>4} {e.type.value:<24} {attrs}"
+
+
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``12h`` or ``7d``."""
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = text[len(number) :].strip() or "s"
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError) as exc:
+        raise typer.BadParameter(f"{text!r} is not a duration (e.g. 90s, 15m, 12h, 7d)") from exc
+    if value <= 0:
+        raise typer.BadParameter(f"{text!r}: a duration must be positive")
+    return value
+
+
+def duration_text(seconds: float) -> str:
+    """``604800`` as ``7 d``, ``5400`` as ``90 min``: the largest unit that divides it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def readable(value: Any) -> Any:

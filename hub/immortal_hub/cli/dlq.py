@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from immortal_hub.cli._common import DEFAULT_SERVER, Prefix, Server, Tenant, readable, with_client
+from immortal_hub.cli._common import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_SERVER,
+    ConnectTimeout,
+    Prefix,
+    Server,
+    Tenant,
+    readable,
+    with_client,
+)
 
 if TYPE_CHECKING:
     from immortal import Client
@@ -23,17 +32,21 @@ def dlq_list(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """List the tenant's dead letters with the reason each was set aside."""
 
     async def show(client: Client) -> None:
-        for d in await client.dead_letters.list():
+        letters = await client.dead_letters.list()
+        if not letters and not as_json:
+            print(f"none: no dead letters for tenant {tenant!r}")
+        for d in letters:
             if as_json:
                 print(json.dumps({**d.__dict__, "data": readable(d.data)}, default=str))
             else:
                 print(f"{d.seq:>7} {d.queue}/{d.kind:<10} {d.error}")
 
-    with_client(server, tenant, prefix, show)
+    with_client(server, tenant, prefix, connect_timeout, show)
 
 
 @app.command("redrive")
@@ -43,6 +56,7 @@ def dlq_redrive(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Send dead letters back to their queue's input subject (after fixing the cause)."""
 
@@ -54,4 +68,4 @@ def dlq_redrive(
             await client.dead_letters.redrive(seq)
             print(f"{seq}: re-driven")
 
-    with_client(server, tenant, prefix, redrive)
+    with_client(server, tenant, prefix, connect_timeout, redrive)

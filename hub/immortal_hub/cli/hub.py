@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -13,7 +15,6 @@ from immortal_hub.cli._common import (
     Server,
     connect_security,
     setup_logging,
-    until_signalled,
 )
 
 if TYPE_CHECKING:
@@ -47,6 +48,14 @@ def hub(
             min=1, help="copies of each stream and bucket the hub creates (3 on a 3-node cluster)"
         ),
     ] = 1,
+    monitor: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IMMORTAL_MONITOR",
+            help="nats-server's monitoring URL, to check that JetStream syncs every write "
+            "(default: port 8222 of the server's host; off: no check)",
+        ),
+    ] = None,
     log_level: str = "INFO",
 ) -> None:
     """Run one hub (several may run at once against the same NATS)."""
@@ -54,6 +63,8 @@ def hub(
     setup_logging(log_level)
 
     async def serve() -> None:
+        from immortal._connect import display_urls
+        from immortal_hub._durability import check_sync_always
         from immortal_hub._hub import Hub
         from immortal_hub._resources import ResourceSettings
 
@@ -67,9 +78,25 @@ def hub(
             ack_wait=ack_wait,
             settings=ResourceSettings(replicas=replicas),
         )
-        await h.start()
-        print(f"hub {h.hub_id} ready on {server}", flush=True)
-        await until_signalled()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        # A signal while the hub still waits for NATS abandons the start.
+        starting = asyncio.ensure_future(h.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done() and not h._running:  # still connecting: nothing held yet
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        stopping.cancel()
+        await starting
+        if monitor != "off":
+            await check_sync_always(h.nc, display_urls(server), monitor)
+        print(f"hub {h.hub_id} ready on {display_urls(server)}", flush=True)
+        await stop.wait()
         await h.stop()
 
     asyncio.run(serve())

@@ -9,13 +9,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from immortal_hub.cli._common import (
+    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SERVER,
+    EVENT_HEADER,
+    ConnectTimeout,
+    InputFiles,
     Prefix,
     RunId,
     Server,
     Tenant,
     event_line,
-    json_args,
+    inputs,
     on_run,
     print_json,
     print_result,
@@ -34,22 +38,26 @@ app = typer.Typer(add_completion=False, help="Start runs and read their state.")
 def workflow_start(
     workflow_type: Annotated[str, typer.Argument(help="registered workflow name")],
     args: Annotated[list[str] | None, typer.Argument(help="arguments, one JSON value each")] = None,
+    input_file: InputFiles = None,
     id: Annotated[str | None, typer.Option("--id", help="workflow id (default: random)")] = None,
     queue: str = "default",
     wait: Annotated[bool, typer.Option(help="wait for the result")] = False,
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Start a run; print its workflow id and run id."""
 
+    values = inputs(args, input_file)
+
     async def go(client: Client) -> None:
-        handle = await client.start(workflow_type, *json_args(args or []), id=id, queue=queue)
+        handle = await client.start(workflow_type, *values, id=id, queue=queue)
         print(json.dumps({"workflow_id": handle.workflow_id, "run_id": handle.run_id}))
         if wait:
             await print_result(handle)
 
-    with_client(server, tenant, prefix, go)
+    with_client(server, tenant, prefix, connect_timeout, go)
 
 
 @app.command("result")
@@ -60,9 +68,18 @@ def workflow_result(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Wait for a run to close and print its result."""
-    on_run(server, tenant, prefix, workflow_id, run, lambda h: print_result(h, timeout))
+    on_run(
+        server,
+        tenant,
+        prefix,
+        connect_timeout,
+        workflow_id,
+        run,
+        lambda h: print_result(h, timeout),
+    )
 
 
 @app.command("describe")
@@ -72,13 +89,14 @@ def workflow_describe(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Print where a run stands."""
 
     async def describe(handle: WorkflowHandle[Any]) -> None:
         print_json((await handle.describe()).__dict__)
 
-    on_run(server, tenant, prefix, workflow_id, run, describe)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, describe)
 
 
 @app.command("history")
@@ -95,6 +113,7 @@ def workflow_history(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Print a run's history as a timeline grouped by step (or export it as JSON that
     `immortal replay` and immortal.history_from_json read back). With --from-seq or
@@ -103,6 +122,8 @@ def workflow_history(
 
     async def history(handle: WorkflowHandle[Any]) -> None:
         if from_seq > 1 or follow:
+            if not as_json:
+                print(EVENT_HEADER, flush=True)
             async for seq, batch in handle.transitions(from_seq=from_seq, follow=follow):
                 for e in batch:
                     print(event_line(seq, handle.workflow_id, e, as_json), flush=True)
@@ -115,7 +136,7 @@ def workflow_history(
         print(f"workflow {handle.workflow_id}  run {handle.run_id}")
         print(format_timeline(events), end="")
 
-    on_run(server, tenant, prefix, workflow_id, run, history)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, history)
 
 
 @app.command("verify")
@@ -125,6 +146,7 @@ def workflow_verify(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Check a run's history chain: exit 1, naming each problem, if a message was deleted,
     altered or reordered."""
@@ -140,26 +162,34 @@ def workflow_verify(
         if not report.ok:
             raise typer.Exit(1)
 
-    on_run(server, tenant, prefix, workflow_id, run, verify)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, verify)
 
 
 @app.command("signal")
 def workflow_signal(
     workflow_id: str,
     name: Annotated[str, typer.Argument(help="signal name")],
-    payload: Annotated[str, typer.Argument(help="payload, as one JSON value")] = "null",
+    payload: Annotated[str | None, typer.Argument(help="payload, as one JSON value")] = None,
+    input_file: Annotated[
+        str | None,
+        typer.Option("--input-file", "-i", help="a file holding the payload ('-': stdin)"),
+    ] = None,
     run: RunId = None,
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
-    """Send a signal to a running workflow (recorded in its history in arrival order)."""
-    [value] = json_args([payload])
+    """Send a signal to a running workflow (recorded in its history in arrival order); a
+    closed run refuses it (exit 1)."""
+    given = inputs([payload] if payload is not None else None, [input_file] if input_file else None)
+    value = given[0] if given else None
 
     async def send(handle: WorkflowHandle[Any]) -> None:
         await handle.signal(name, value)
+        print(f"signal {name!r} sent to {handle.workflow_id} (run {handle.run_id})")
 
-    on_run(server, tenant, prefix, workflow_id, run, send)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, send)
 
 
 @app.command("cancel")
@@ -170,13 +200,19 @@ def workflow_cancel(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
-    """Ask a run to cancel; its code may clean up before it closes."""
+    """Ask a run to cancel; its code may clean up before it closes. A closed run has
+    nothing to cancel (exit 1)."""
 
     async def cancel(handle: WorkflowHandle[Any]) -> None:
-        await handle.cancel(reason)
+        await handle.cancel(reason)  # a closed run: WorkflowClosedError, exit 1
+        print(
+            f"cancel requested for {handle.workflow_id} (run {handle.run_id}); "
+            "its code may clean up before it closes"
+        )
 
-    on_run(server, tenant, prefix, workflow_id, run, cancel)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, cancel)
 
 
 @app.command("terminate")
@@ -187,14 +223,16 @@ def workflow_terminate(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
-    """Close a run at once, without running its code (it cannot clean up: cancel lets it)."""
+    """Close a run at once, without running its code (it cannot clean up: cancel lets it).
+    A closed run has nothing to terminate (exit 1)."""
 
     async def terminate(handle: WorkflowHandle[Any]) -> None:
         await handle.terminate(reason)
         print(f"terminated {handle.workflow_id} (run {handle.run_id})")
 
-    on_run(server, tenant, prefix, workflow_id, run, terminate)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, terminate)
 
 
 @app.command("status")
@@ -204,10 +242,11 @@ def workflow_status(
     server: Server = DEFAULT_SERVER,
     tenant: Tenant = "default",
     prefix: Prefix = "imm",
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Print the value the workflow last published with ctx.set_status."""
 
     async def status(handle: WorkflowHandle[Any]) -> None:
         print_json(await handle.status())
 
-    on_run(server, tenant, prefix, workflow_id, run, status)
+    on_run(server, tenant, prefix, connect_timeout, workflow_id, run, status)
