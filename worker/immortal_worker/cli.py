@@ -159,7 +159,11 @@ def serve(
         release_after=release_after,
         security=security if security.token or security.tls.configured else None,
     )
-    asyncio.run(_serve(worker, grace))
+    try:
+        asyncio.run(_serve(worker, grace))
+    except ImmortalError as exc:  # a refused start (a lease the queue cannot honour, a token)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 async def _serve(worker: Worker, grace: float) -> None:
