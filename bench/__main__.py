@@ -10,6 +10,7 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench -w fairness             # tenant B's latency while tenant A bursts
     python -m bench -w cli                  # `immortal workflow describe` as a process
     python -m bench -w policy               # policy decision cost (no broker involved)
+    python -m bench -w throughput -w latency --secure   # and again with auth on (_secure)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from bench._harness import (
     table,
 )
 from bench._list import run_list
+from bench._secure import SUFFIX, Secure, compare, secure_server
 from immortal import Client
 from immortal.testing import NatsServer
 
@@ -59,6 +61,8 @@ class Bench:
         self.args = args
         self.metrics: dict[str, Metric] = {}
         self.extra: dict[str, Any] = {}
+        self.secure: Secure | None = None  # the second pass of --secure
+        self.suffix = ""
         self.hub_options = [o for spec in args.tenant_limit or [] for o in ("--tenant-limit", spec)]
         if args.hub_max_in_flight:
             self.hub_options += ["--max-in-flight", str(args.hub_max_in_flight)]
@@ -68,7 +72,18 @@ class Bench:
             self.hub_options += ["--max-writes", str(args.hub_max_writes)]
 
     def metric(self, name: str, unit: str, target: str = "") -> Metric:
+        name += self.suffix
         return self.metrics.setdefault(name, Metric(name, unit, target=target))
+
+    def client(self) -> Client:
+        return Client(self.url, security=self.secure.client if self.secure else None)
+
+    def completions(self, client: Client) -> Completions:
+        # With auth on the client may subscribe to its own tenant's history only.
+        return Completions(client.nc, tenant=client.tenant if self.secure else None)
+
+    def env(self, role: str) -> dict[str, str]:
+        return self.secure.env[role] if self.secure else {}
 
     async def run(self) -> None:
         with tempfile.TemporaryDirectory(prefix="immortal-bench-") as tmp:
@@ -78,6 +93,14 @@ class Bench:
                 self.tmp = Path(tmp)
                 for name in self.args.workload or WORKLOADS:
                     await getattr(self, f"w_{name}")()
+            if self.args.secure:
+                async with secure_server(Path(tmp)) as secure:
+                    self.secure, self.suffix = secure, SUFFIX
+                    self.url, self.server = secure.server.url, secure.server
+                    for name in self.args.workload:
+                        await getattr(self, f"w_{name}")()
+                for name, unit, value, target in compare(self.metrics):
+                    self.metrics[name] = Metric(name, unit, [value], target=target)
 
     # -- the broker's own limit --------------------------------------------------------
 
@@ -113,9 +136,12 @@ class Bench:
     async def _cluster(
         self, workers: int | None = None, **worker_kw: Any
     ) -> tuple[list[Proc], list[Proc]]:
-        hubs = [await start_hub(self.url, i, *self.hub_options) for i in range(self.args.hubs)]
+        hubs = [
+            await start_hub(self.url, i, *self.hub_options, env=self.env("hub"))
+            for i in range(self.args.hubs)
+        ]
         ws = [
-            await start_worker(self.url, i, **worker_kw)
+            await start_worker(self.url, i, env=self.env("worker"), **worker_kw)
             for i in range(workers or self.args.workers)
         ]
         return hubs, ws
@@ -124,6 +150,15 @@ class Bench:
         await asyncio.gather(*(p.stop() for p in procs))
 
     async def _stream_counts(self, nc: Any) -> dict[str, int]:
+        if self.secure:  # a tenant may not read stream info: count as the service user
+            admin = await nats.connect(self.url, **self.secure.admin)
+            try:
+                return await self._stream_counts_on(admin)
+            finally:
+                await admin.close()
+        return await self._stream_counts_on(nc)
+
+    async def _stream_counts_on(self, nc: Any) -> dict[str, int]:
         js = nc.jetstream()
         out = {}
         for s in STREAMS:
@@ -138,7 +173,7 @@ class Bench:
         for _ in range(self.args.trials):
             hubs, workers = await self._cluster()
             try:
-                async with Client(self.url) as client, Completions(client.nc) as done:
+                async with self.client() as client, self.completions(client) as done:
                     await client.start(workflow, 0)  # warm up: queue registered, consumers exist
                     await asyncio.sleep(0.5)
                     before = await self._stream_counts(client.nc)
@@ -167,7 +202,8 @@ class Bench:
                     p99.values.append(pct(latencies, 99))
                     after = await self._stream_counts(client.nc)
                     ops = {k: (after[k] - before[k]) / n for k in STREAMS}
-                    self.extra.setdefault(f"{label}: writes per workflow", []).append(ops)
+                    key = f"{label}: writes per workflow{self.suffix}"
+                    self.extra.setdefault(key, []).append(ops)
                     if resources:
                         self._resources(hubs, workers, cpu0, elapsed)
             finally:
@@ -187,7 +223,7 @@ class Bench:
 
     async def w_throughput(self) -> None:
         await self._many("one_activity", self.args.n, "1 activity", resources=True)
-        self.metrics["1 activity: completed"].target = ">= 500"
+        self.metrics["1 activity: completed" + self.suffix].target = ">= 500"
 
     async def w_sequential5(self) -> None:
         await self._many("five_sequential", max(self.args.n // 4, 100), "5 sequential activities")
@@ -201,7 +237,7 @@ class Bench:
         for _ in range(self.args.trials):
             hubs, workers = await self._cluster()
             try:
-                async with Client(self.url) as client, Completions(client.nc) as done:
+                async with self.client() as client, self.completions(client) as done:
                     lat = []
                     for i in range(self.args.latency_n + 10):
                         t0 = time.perf_counter()
@@ -373,8 +409,17 @@ def main() -> None:
     ap.add_argument("--list-real", type=int, default=2000, help="of those, made the real way")
     ap.add_argument("--list-reps", type=int, default=20, help="timed calls per query, per trial")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument(
+        "--secure",
+        action="store_true",
+        help="run the workloads again with auth on (throughput, latency), and compare",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
+    if (args.secure and not set(args.workload or []) <= {"throughput", "latency"}) or (
+        args.secure and not args.workload
+    ):
+        ap.error("--secure runs with -w throughput and/or -w latency")
     bench = Bench(args)
     asyncio.run(bench.run())
     print(f"\nImmortal bench: {args.hubs} hub(s) x {args.workers} worker(s), {args.trials} trials, "

@@ -66,9 +66,9 @@ async def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -
     return Proc(proc, name)
 
 
-async def start_hub(url: str, i: int, *options: str) -> Proc:
+async def start_hub(url: str, i: int, *options: str, env: dict[str, str] | None = None) -> Proc:
     args = ["-m", "immortal_hub", "hub", "-s", url, "--log-level", "WARNING", "--monitor", "off"]
-    return await spawn(f"hub{i}", [*args, *options])
+    return await spawn(f"hub{i}", [*args, *options], env)
 
 
 async def start_worker(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -12,7 +13,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import trustme
+
 from immortal.testing import NatsServer, find_nats_server
+from immortal_hub.auth import new_account_seed, public_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,12 +32,35 @@ def test_every_shipped_config_sets_sync_interval_always() -> None:
             assert re.search(r"^\s*sync_interval:\s*always\s*$", text, re.M), conf
 
 
-def test_nats_server_accepts_every_shipped_config() -> None:
+def test_nats_server_accepts_every_shipped_config(tmp_path: Path) -> None:
+    # The secure configs name certificates under certs/ (relative to where the server
+    # runs) and take the auth service's key and password from the environment.
+    ca = trustme.CA()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca.cert_pem.write_to_path(certs / "ca.pem")
+    for stem, names in (("server", ["nats-1", "localhost"]), ("route", ["nats-1", "nats-2"])):
+        leaf = ca.issue_cert(*names)
+        leaf.cert_chain_pems[0].write_to_path(certs / f"{stem}.pem")
+        leaf.private_key_pem.write_to_path(certs / f"{stem}-key.pem")
+    env = {
+        **os.environ,
+        "IMMORTAL_AUTH_ACCOUNT": public_key(new_account_seed()),
+        "IMMORTAL_AUTH_PASSWORD": "test-only",
+    }
     for conf in _shipped_configs():
         checked = subprocess.run(
-            [find_nats_server(), "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30
-        )
+            [find_nats_server(), "-c", str(conf), "-t"],
+            capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env,
+        )  # fmt: skip
         assert checked.returncode == 0, (conf, checked.stdout, checked.stderr)
+
+
+def test_the_secure_configs_verify_client_and_route_certificates() -> None:
+    for conf in sorted((ROOT / "deploy" / "secure").rglob("*.conf")):
+        text = conf.read_text()
+        assert text.count("verify: true") == (2 if "cluster {" in text else 1), conf
+        assert "include" in text and "auth-callout.inc" in text, conf
 
 
 def test_the_cluster_configs_name_three_nodes_that_route_to_each_other() -> None:

@@ -280,4 +280,4 @@ async def test_inputs_by_request_reply_are_applied_or_rejected_visibly(
     with pytest.raises(PayloadError, match="not valid msgpack"):
         await send_input(client.nc, names, "default", "default", "act", b"\xc1", msg_id="x")
     dlq = await _dead_letters(client.nc, prefix, expect=1)
-    assert dlq[0].headers["Imm-Subject"] == f"{prefix}.rpc.default.default.act"
+    assert dlq[0].headers["Imm-Subject"] == f"{prefix}.rpc.default.default.act.anon"

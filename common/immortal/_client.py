@@ -39,7 +39,14 @@ from immortal._errors import (
 )
 from immortal._inputs import find_queued_start, send_input
 from immortal._integrity import IntegrityReport, verify_chain
-from immortal._jetstream import StoredMsg, last_message, read_subject, require_jetstream, tail
+from immortal._jetstream import (
+    StoredMsg,
+    kv_scan,
+    last_message,
+    read_subject,
+    require_jetstream,
+    tail,
+)
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._queues import QueueStats, queue_stats
@@ -69,6 +76,8 @@ from immortal.runs import (
     list_runs,
     runs_of,
 )
+from immortal.security import client_side as auth
+from immortal.security.connection import ConnectSecurity, relays_reads
 
 __all__ = [
     "Client",
@@ -120,14 +129,16 @@ class Client:
         self,
         servers: str | list[str] = "nats://127.0.0.1:4222",
         *,
-        tenant: str = "default",
+        tenant: str | None = None,
         prefix: str = "imm",
         nc: NATS | None = None,
         connect_timeout: float | None = None,
+        security: ConnectSecurity | None = None,
     ) -> None:
         self.servers = servers
         self.connect_timeout = connect_timeout
-        self.tenant = validate_tenant(tenant)
+        self.security = security
+        self.tenant = validate_tenant(auth.tenant_of(security, tenant))  # a token's: its own
         self.names = Names(prefix)
         self._nc = nc
         self._own_nc = nc is None
@@ -152,6 +163,7 @@ class Client:
                 self.servers,
                 name="immortal-client",
                 on_reconnect=self._reconnected,
+                security=self.security,
                 timeout=self.connect_timeout,
             )
 
@@ -161,6 +173,11 @@ class Client:
         out its retries and fail with NATS' own error."""
         history = self.names.stream_history
         await require_jetstream(self.nc, display_urls(self.servers))
+        if relays_reads(self.nc):  # a tenant may not ask for stream info
+            probe = self.names.history_subject(self.tenant, "=", "=")
+            if not await auth.stream_answers(self.nc, history, probe):
+                raise self._not_set_up(f"stream {history}")
+            return
         try:
             await retry_transient(partial(self.nc.jetstream().stream_info, history), what=history)
         except JsNotFound as exc:
@@ -209,6 +226,7 @@ class Client:
         ``run_timeout`` bounds one run (``WorkflowRunTimeout``): the same thing until a
         workflow continues as new, which starts a new run with its own clock.
         """
+        auth.require_write(self.security, "start workflows")
         if isinstance(workflow, str):
             name, result_type = workflow, None
         else:
@@ -250,23 +268,25 @@ class Client:
 
     async def workers(self, queue: str | None = None) -> list[WorkerInfo]:
         """The live workers of this tenant (of one queue, if given), with their capabilities."""
-        kv = await self._kv(self.names.bucket_workers)
         pattern = f"{self.tenant}.{encode_token(queue)}.*" if queue else f"{self.tenant}.>"
-        watcher = await kv.watch(pattern, ignore_deletes=True)
+        bucket = self.names.bucket_workers
         found: dict[str, WorkerInfo] = {}
-        try:
-            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
-                if entry.value and entry.operation in (None, "PUT"):
-                    info = _worker_info(unpack(entry.value))
-                    found[info.worker] = info
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        for _, value in await retry_transient(
+            partial(kv_scan, self.nc, bucket, pattern), what=bucket
+        ):
+            info = _worker_info(unpack(value))
+            found[info.worker] = info
         return sorted(found.values(), key=lambda w: w.worker)
 
     async def queues(self) -> list[QueueStats]:
         """Backlog and in-flight work of every queue of this tenant."""
-        registry = await self._kv(self.names.bucket_queues)
-        return await queue_stats(self.nc, self.names, self.tenant, registry)
+        bucket = self.names.bucket_queues
+        keys = await retry_transient(
+            partial(kv_scan, self.nc, bucket, f"{self.tenant}.*"), what=bucket
+        )
+        auth.refuse_unscopable(self.nc, "queue statistics read consumer info")
+        queues = sorted({self.names.parse_queue_key(key)[1] for key, _ in keys})
+        return await queue_stats(self.nc, self.names, self.tenant, queues)
 
     async def _warn_if_unserved(self, workflow_type: str, queue: str) -> None:
         """Say so when no live worker serves this type (the run still waits durably)."""
@@ -313,10 +333,12 @@ class Client:
     ) -> Retention:
         """Keep this tenant's closed runs' history and logs this long (None: the streams'
         limits). Applies to runs that close from now on."""
-        return await write_retention(self.nc.jetstream(), self.names, self.tenant, history, logs)
+        kv = await self._kv(self.names.bucket_policy)
+        return await write_retention(kv, self.names, self.tenant, history, logs)
 
     async def retention(self) -> Retention:
-        return await read_retention(self.nc.jetstream(), self.names, self.tenant)
+        kv = await self._kv(self.names.bucket_policy)
+        return await read_retention(kv, self.names, self.tenant)
 
     async def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle[Any]:
         """A handle on an existing run: the newest one of ``workflow_id`` if no run id.
@@ -592,6 +614,7 @@ class WorkflowHandle(Generic[R]):
     async def _send(
         self, kind: InputKind, body: SignalWorkflow | RequestCancel | RequestTerminate, msg_id: str
     ) -> None:
+        auth.require_write(self.client.security, f"{kind} workflows")
         transition = await self._last_transition()
         if transition is None or (self._newest and transition.state.status.closed):
             queue = await self._queued_start(no_history=transition is None)

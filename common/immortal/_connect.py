@@ -9,24 +9,33 @@ forever, reporting each refused attempt only to the error callback, so a wrong U
 hang without a word. Here the first failed attempt is logged at once (WARNING, with its
 reason), the attempts go in rounds with a growing pause between them (each round logged at
 INFO), and a ``timeout`` gives up with :class:`ServerUnreachableError`. A connection that
-was up once reconnects as nats-py does, forever.
+was up once reconnects as nats-py does, forever. A refusal that trying again cannot mend
+(the token refused, a TLS handshake failed) ends the first connect at once with an
+:class:`~immortal.security.AuthError` naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import re
 import socket
+import ssl
 from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client as NATS
 from nats.errors import AuthorizationError, StaleConnectionError
+from nats.errors import Error as NatsError
 
 from immortal._errors import ServerUnreachableError
+from immortal.security.connection import ConnectSecurity, remember_sender
+from immortal.security.errors import AuthError
+from immortal.security.violations import Violations
 
 __all__ = ["connect", "display_urls", "server_urls"]
 
@@ -71,6 +80,9 @@ async def connect(
     name: str,
     on_reconnect: Callable[[], None] | None = None,
     timeout: float | None = None,
+    security: ConnectSecurity | None = None,
+    relay_reads: bool | None = None,
+    **options: Any,
 ) -> NATS:
     """Connect to any of ``servers``; reconnect to any node of the cluster, forever.
 
@@ -78,7 +90,12 @@ async def connect(
     pause), or, with ``timeout``, give up after that many seconds with
     :class:`ServerUnreachableError`. ``on_reconnect`` is called after each reconnect
     (subscriptions are back; core messages published meanwhile were not delivered).
+    ``security`` adds the token (asked for again at each reconnect), TLS and the inbox
+    prefix that goes with the token; ``relay_reads`` (default: with a token) sends batched
+    reads through the hubs' read relay (a hub reads directly). ``options`` go to nats-py.
     """
+    if security is not None:
+        options = {**security.nats_options(), **options}
     urls = server_urls(servers)
     where = display_urls(urls)
     state = _FirstConnect(name, where)
@@ -87,10 +104,20 @@ async def connect(
     pause = _FIRST_PAUSE_S
     while True:
         window = _ROUND_S if deadline is None else max(0.0, deadline - loop.time())
-        nc = await _try_connect(urls, name, window, state, on_reconnect)
+        violations = Violations()
+        nc = await _try_connect(
+            urls, name, window, state, on_reconnect, _Refusals(security, violations), options
+        )
         if nc is not None:
             if state.failures:
                 log.info("%s: connected to NATS at %s", name, _where(nc))
+            token = security is not None and security.token is not None
+            remember_sender(
+                nc,
+                security.sender() if security is not None else "anon",
+                relay_reads=token if relay_reads is None else relay_reads,
+            )
+            violations.attach(nc)
             return nc
         if deadline is not None:
             raise ServerUnreachableError(
@@ -120,12 +147,34 @@ class _FirstConnect:
             log.warning("%s: waiting for NATS at %s (%s)", self.name, self.where, self.reason)
 
 
+class _Refusals:
+    """What the broker refuses: at the first connect, the token or the handshake (raised:
+    trying again cannot mend it); later, subjects (kept for the caller that caused them)."""
+
+    def __init__(self, security: ConnectSecurity | None, violations: Violations) -> None:
+        self.security = security
+        self.violations = violations
+
+    def at_connect(self, exc: BaseException) -> AuthError | None:
+        if isinstance(exc, NatsError) and "authorization violation" in str(exc).lower():
+            from immortal.security.diagnose import diagnose_refusal
+
+            return diagnose_refusal(self.security)
+        if isinstance(exc, ssl.SSLError):
+            from immortal.security.diagnose import diagnose_tls
+
+            return diagnose_tls(exc, self.security)
+        return None
+
+
 async def _try_connect(
     urls: list[str],
     name: str,
     window: float,
     first: _FirstConnect,
     on_reconnect: Callable[[], None] | None,
+    refusals: _Refusals,
+    options: dict[str, Any],
 ) -> NATS | None:
     """One round: nats-py's own attempts for ``window`` seconds; None if none got through."""
     nc = NATS()
@@ -142,11 +191,16 @@ async def _try_connect(
 
     async def error(exc: Exception) -> None:
         if not connected:
+            refusal = refusals.at_connect(exc)
+            if refusal is not None:
+                raise refusal  # out of nats-py's retrying: the caller is told why
             first.failed(exc)
         # nats-py's default logs each with a traceback at ERROR, also the refused connects
         # and broken sockets that come with every node going away.
         elif isinstance(exc, (OSError, StaleConnectionError, TimeoutError)):
             log.debug("%s: %r", name, exc)
+        elif refusals.violations.record(exc):  # a subject refused: the caller is told
+            log.warning("%s: %s", name, exc)
         else:
             log.warning("%s: NATS error: %r", name, exc)
 
@@ -160,14 +214,17 @@ async def _try_connect(
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
                 error_cb=error,
+                **options,
             )
         connected = True
         return nc
     except TimeoutError:
         return None
     finally:
-        if not connected:  # a round cut short, or cancelled (Ctrl-C while connecting)
-            await asyncio.shield(nc.close())
+        if not connected:  # a round cut short, refused, or cancelled (Ctrl-C)
+            with contextlib.suppress(Exception):  # after a failed handshake it can hang
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(nc.close())
 
 
 def _reason(exc: BaseException) -> str:

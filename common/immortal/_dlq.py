@@ -9,13 +9,15 @@ now exists), and leaves the dead-letter stream.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, get_args
 
 from immortal._errors import ImmortalError
-from immortal._jetstream import StoredMsg, message_at, read_subject
+from immortal._jetstream import StoredMsg, read_subject
 from immortal._names import InputKind, decode_token
+from immortal.security.client_side import refuse_unscopable
 
 if TYPE_CHECKING:
     from immortal._client import Client
@@ -53,6 +55,7 @@ class DeadLetters:
 
     async def redrive(self, seq: int) -> None:
         """Send dead letter ``seq`` back to its queue's input subject, then drop it."""
+        self._deletes()
         letter = await self._get(seq)
         if not letter.redrivable:
             raise ImmortalError(f"dead letter {seq} has no input kind to re-drive ({letter.kind})")
@@ -66,16 +69,27 @@ class DeadLetters:
         await c.nc.jetstream().delete_msg(c.names.stream_dlq, seq)
 
     async def drop(self, seq: int) -> None:
+        self._deletes()
         await self._get(seq)  # only this tenant's
         c = self._client
         await c.nc.jetstream().delete_msg(c.names.stream_dlq, seq)
 
+    def _deletes(self) -> None:
+        refuse_unscopable(self._client.nc, "deleting a dead letter takes a stream message delete")
+
     async def _get(self, seq: int) -> DeadLetter:
+        # The first of this tenant's dead letters from ``seq`` on: a read scoped to the
+        # tenant's subjects (a read by sequence alone could return another tenant's).
         c = self._client
-        msg = await message_at(c.nc, c.names.stream_dlq, seq)
-        if msg is None or not msg.subject.startswith(f"{c.names.prefix}.dlq.{c.tenant}."):
-            raise ImmortalError(f"no dead letter {seq} for tenant {c.tenant!r}")
-        return _letter(msg)
+        subject = f"{c.names.prefix}.dlq.{c.tenant}.>"
+        async with contextlib.aclosing(
+            read_subject(c.nc, c.names.stream_dlq, subject, from_seq=seq)
+        ) as messages:
+            async for msg in messages:
+                if msg.seq == seq:
+                    return _letter(msg)
+                break
+        raise ImmortalError(f"no dead letter {seq} for tenant {c.tenant!r}")
 
 
 def _letter(msg: StoredMsg) -> DeadLetter:

@@ -25,6 +25,8 @@ from immortal._names import InputKind, Names, decode_token
 from immortal._requests import Requests
 from immortal._transient import retry_transient
 from immortal._wire import StartWorkflow, decode
+from immortal.security.connection import relays_reads, sender_of
+from immortal.security.violations import violation_for
 
 __all__ = ["BUSY", "OK", "REJECTED", "STALE", "StaleInput", "find_queued_start", "send_input"]
 
@@ -60,29 +62,27 @@ async def send_input(
             f"{kind} input of {len(data):,} bytes exceeds the server's max_payload of "
             f"{nc.max_payload:,} bytes"
         )
-    try:
-        subject = names.rpc_subject(tenant, queue, kind)
-        reply = await Requests.of(nc).request(subject, data, timeout=rpc_timeout)
-        if reply.data == OK:
-            return None
-        if reply.data.startswith(OK + b":"):
-            return reply.data[len(OK) + 1 :]
-        if reply.data.startswith(STALE):
-            raise StaleInput(reply.data[len(STALE) :].decode(errors="replace").strip())
-        if reply.data.startswith(REJECTED):
-            raise PayloadError(reply.data[len(REJECTED) :].decode(errors="replace").strip())
-    except (NoRespondersError, NatsTimeout, TimeoutError):
-        pass
+    sender = sender_of(nc)
+    answered, reply = await _by_request(
+        nc, names.rpc_subject(tenant, queue, kind, sender), data, rpc_timeout
+    )
+    if answered:
+        return reply
     js = nc.jetstream()
-    subject = names.input_subject(tenant, queue, kind)
+    subject = names.input_subject(tenant, queue, kind, sender)
 
     async def publish() -> None:
         try:
             await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+        except (NatsTimeout, TimeoutError):
+            refused = violation_for(nc, subject)
+            if refused is not None:
+                raise refused from None
+            raise
         except NoStreamResponseError as exc:
             # Nobody stores this subject: no stream at all (not transient), or a stream
             # whose leader is being elected (transient: retried).
-            if not await _stream_may_exist(js, names.stream_in):
+            if not relays_reads(nc) and not await _stream_may_exist(js, names.stream_in):
                 raise ImmortalError(
                     f"no stream {names.stream_in}: start a hub (`immortal hub`) once so it "
                     "creates Immortal's streams"
@@ -110,6 +110,28 @@ async def find_queued_start(
             if start.workflow_id == workflow_id and run_id in (None, start.run_id):
                 return start.run_id, decode_token(msg.subject.split(".")[3])
     return None
+
+
+async def _by_request(
+    nc: NATS, subject: str, data: bytes, timeout: float
+) -> tuple[bool, bytes | None]:
+    """(whether a hub applied it, what it attached); not applied: send it durably."""
+    try:
+        reply = await Requests.of(nc).request(subject, data, timeout=timeout)
+    except (NoRespondersError, NatsTimeout, TimeoutError):
+        refused = violation_for(nc, subject)
+        if refused is not None:
+            raise refused from None
+        return False, None
+    if reply.data == OK:
+        return True, None
+    if reply.data.startswith(OK + b":"):
+        return True, reply.data[len(OK) + 1 :]
+    if reply.data.startswith(STALE):
+        raise StaleInput(reply.data[len(STALE) :].decode(errors="replace").strip())
+    if reply.data.startswith(REJECTED):
+        raise PayloadError(reply.data[len(REJECTED) :].decode(errors="replace").strip())
+    return False, None  # busy, or the hub failed: the durable path
 
 
 async def _stream_may_exist(js: JetStreamContext, stream: str) -> bool:

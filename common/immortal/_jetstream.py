@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +21,11 @@ from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from immortal._requests import Requests
+from immortal.security.connection import read_relay
+from immortal.security.errors import PermissionDeniedError
+from immortal.security.violations import violation_for
+
 __all__ = [
     "ERR_WRONG_LAST_SEQUENCE",
     "Puller",
@@ -28,9 +33,9 @@ __all__ = [
     "TooManySubjects",
     "create_consumer",
     "is_wrong_last_sequence",
+    "kv_scan",
     "last_message",
     "last_per_subject",
-    "message_at",
     "read_newest",
     "read_since",
     "read_subject",
@@ -89,7 +94,10 @@ async def last_message(
     """
     if leader:
         return await _leader_last(nc, stream, subject, timeout)
-    resp = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)
+    # Timer-free, and refused at once when the broker does not permit it.
+    resp = await Requests.of(nc).request(
+        f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout
+    )
     return _lift(resp.headers or {}, resp.data)
 
 
@@ -210,13 +218,6 @@ async def _window(
             return
 
 
-async def message_at(nc: NATS, stream: str, seq: int, *, timeout: float = 5.0) -> StoredMsg | None:
-    """The message at stream sequence ``seq`` by direct get, or ``None``."""
-    req = json.dumps({"seq": seq}).encode()
-    resp = await nc.request(f"$JS.API.DIRECT.GET.{stream}", req, timeout=timeout)
-    return _lift(resp.headers or {}, resp.data)
-
-
 async def tail(
     nc: NATS, stream: str, subject: str, *, from_seq: int = 1, follow: bool = False
 ) -> AsyncGenerator[StoredMsg, None]:
@@ -227,6 +228,10 @@ async def tail(
         seq = msg.seq + 1
         yield msg
     if not follow:
+        return
+    if read_relay(nc, subject) is not None:
+        async for msg in _follow_by_reads(nc, stream, subject, seq):
+            yield msg
         return
     # An ordered consumer from where the read stopped: gap-free, recreated by nats-py on
     # any sequence mismatch.
@@ -252,6 +257,47 @@ async def tail(
         # Left while the connection drains or is closed, the subscription goes with it.
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def _follow_by_reads(
+    nc: NATS, stream: str, subject: str, seq: int
+) -> AsyncIterator[StoredMsg]:
+    """Follow without a consumer (a tenant's connection may create none): a core
+    subscription says something was stored, and a read from the next sequence fetches
+    it, gap-free; a quiet second reads anyway (a core message can be lost)."""
+    stored = asyncio.Event()
+
+    async def notice(_: object) -> None:
+        stored.set()
+
+    sub = await nc.subscribe(subject, cb=notice)
+    try:
+        while True:
+            stored.clear()
+            async for msg in read_subject(nc, stream, subject, from_seq=seq):
+                seq = msg.seq + 1
+                yield msg
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await stored.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def kv_scan(nc: NATS, bucket: str, keys: str) -> list[tuple[str, bytes]]:
+    """(key, value) of every live key of ``bucket`` matching ``keys`` (wildcards allowed),
+    read from the bucket's stream in order: what a KV watch's initial values give, without
+    a consumer (a tenant's connection may create none)."""
+    prefix = f"$KV.{bucket}."
+    out: dict[str, bytes] = {}
+    async for msg in read_subject(nc, f"KV_{bucket}", prefix + keys):
+        key = msg.subject[len(prefix) :]
+        if msg.headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            out.pop(key, None)
+        else:
+            out[key] = msg.data
+    return list(out.items())
 
 
 async def last_per_subject(
@@ -284,7 +330,10 @@ def _direct_batch(
 async def _direct(
     nc: NATS, stream: str, req: dict[str, Any], timeout: float
 ) -> AsyncGenerator[StoredMsg, None]:
-    """The messages a batched direct get answers, up to its end-of-batch marker."""
+    """The messages a batched direct get answers, up to its end-of-batch marker. On a
+    connection the broker keeps in one tenant, the request goes to the hubs' read relay,
+    which checks its filters are the tenant's and forwards it (the answer comes straight
+    from the server)."""
     inbox = nc.new_inbox()
     queue: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
 
@@ -293,10 +342,14 @@ async def _direct(
 
     sub = await nc.subscribe(inbox, cb=collect)
     try:
-        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(req).encode(), reply=inbox)
+        target = f"$JS.API.DIRECT.GET.{stream}"
+        filters = req.get("multi_last") or [req.get("next_by_subj", "")]
+        relay = read_relay(nc, str(filters[0]))
+        if relay is not None:
+            target, req = relay, {**req, "stream": stream}
+        await nc.publish(target, json.dumps(req).encode(), reply=inbox)
         while True:
-            async with asyncio.timeout(timeout):
-                headers, data = await queue.get()
+            headers, data = await _next_answer(nc, queue, target, timeout)
             msg = _lift(headers, data)
             if msg is None:
                 return
@@ -306,10 +359,33 @@ async def _direct(
             await sub.unsubscribe()
 
 
+async def _next_answer(
+    nc: NATS, queue: asyncio.Queue[tuple[dict[str, str], bytes]], target: str, timeout: float
+) -> tuple[dict[str, str], bytes]:
+    """The next answer; a refusal by the broker (reported apart, asynchronously) is raised
+    as soon as it is known rather than after the timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(min(0.25, max(left, 0.0))):
+                return await queue.get()
+        except TimeoutError:
+            refused = violation_for(nc, target)
+            if refused is not None:
+                raise refused from None
+            if left <= 0.25:
+                raise
+
+
 def _lift(headers: dict[str, str], data: bytes) -> StoredMsg | None:
     status = headers.get("Status")
     if status in ("404", "204"):
         return None
+    if status == "403":
+        raise PermissionDeniedError(f"read refused: {headers.get('Description', '')}")
+    if status == "503" and not data:
+        raise NoRespondersError  # no hub answers a relayed read (or the stream is gone)
     if status:
         raise APIError(code=int(status), description=headers.get("Description", ""))
     return StoredMsg(

@@ -20,6 +20,9 @@ _TENANT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 InputKind = Literal[
     "start", "wft", "act", "started", "heartbeat", "signal", "cancel", "terminate", "child"
 ]
+# The sender's principal id ends every input subject (``immortal.security``): the auth
+# service lets a connection publish only under its own, so the broker says who sent what.
+ANONYMOUS_SENDER = "anon"
 TaskKind = Literal["wf", "act"]
 
 
@@ -139,20 +142,36 @@ class Names:
     def bucket_schedules(self) -> str:
         return f"{self.prefix}-schedules"
 
-    # subjects ------------------------------------------------------------------------
-    def input_subject(self, tenant: str, queue: str, kind: InputKind) -> str:
-        return f"{self.prefix}.in.{tenant}.{encode_token(queue)}.{kind}"
+    @property
+    def bucket_principals(self) -> str:
+        """Principal id → who it is (subject, tenant, roles, token id), kept by the auth
+        service for the hubs; never a token."""
+        return f"{self.prefix}-principals"
 
-    def rpc_subject(self, tenant: str, queue: str, kind: InputKind) -> str:
+    # subjects ------------------------------------------------------------------------
+    def input_subject(
+        self, tenant: str, queue: str, kind: InputKind, sender: str = ANONYMOUS_SENDER
+    ) -> str:
+        return f"{self.prefix}.in.{tenant}.{encode_token(queue)}.{kind}.{sender}"
+
+    def rpc_subject(
+        self, tenant: str, queue: str, kind: InputKind, sender: str = ANONYMOUS_SENDER
+    ) -> str:
         """Core request-reply path to the hubs for the same inputs (see ``_inputs``)."""
-        return f"{self.prefix}.rpc.{tenant}.{encode_token(queue)}.{kind}"
+        return f"{self.prefix}.rpc.{tenant}.{encode_token(queue)}.{kind}.{sender}"
+
+    def read_subject(self, tenant: str, sender: str) -> str:
+        """The hubs' read relay (``immortal_hub``'s ``_reads``): a batched direct get whose
+        subject filter the hub checks is the tenant's own before forwarding it."""
+        return f"{self.prefix}.read.{tenant}.{sender}"
 
     def input_filter(self, tenant: str, queue: str) -> str:
         return f"{self.prefix}.in.{tenant}.{encode_token(queue)}.>"
 
     def input_kind_filter(self, tenant: str, kind: InputKind) -> str:
-        """One kind of the tenant's inputs queued in ``IMM_IN``, on every queue."""
-        return f"{self.prefix}.in.{tenant}.*.{kind}"
+        """One kind of the tenant's inputs queued in ``IMM_IN``, on every queue, from every
+        sender."""
+        return f"{self.prefix}.in.{tenant}.*.{kind}.*"
 
     def history_subject(self, tenant: str, workflow_id: str, run_id: str) -> str:
         return f"{self.prefix}.hist.{tenant}.{encode_token(workflow_id)}.{encode_token(run_id)}"
@@ -233,16 +252,23 @@ class Names:
         return f"{self.prefix}.audit.{tenant}"
 
     def parse_input_subject(self, subject: str) -> tuple[str, str, str]:
-        """``imm.{in,rpc}.<tenant>.<queue>.<kind>`` → (tenant, queue, kind).
+        """``imm.{in,rpc}.<tenant>.<queue>.<kind>.<sender>`` → (tenant, queue, kind).
 
         A fired timer, ``imm.fired.<tenant>.<queue>``, is an input of kind ``timer``.
         """
+        tenant, queue, kind, _ = self.parse_input(subject)
+        return tenant, queue, kind
+
+    def parse_input(self, subject: str) -> tuple[str, str, str, str]:
+        """(tenant, queue, kind, sender) of an input subject. A fired timer's sender is the
+        server, and an input without a sender token (sent by an older version, or by a
+        hub, the one role that may publish it when auth is on) has sender ``""``."""
         parts = subject.split(".")
         if len(parts) == 4 and parts[0] == self.prefix and parts[1] == "fired":
-            return parts[2], decode_token(parts[3]), "timer"
-        if len(parts) != 5 or parts[0] != self.prefix or parts[1] not in ("in", "rpc"):
+            return parts[2], decode_token(parts[3]), "timer", ""
+        if len(parts) not in (5, 6) or parts[0] != self.prefix or parts[1] not in ("in", "rpc"):
             raise ValueError(f"not an input subject: {subject!r}")
-        return parts[2], decode_token(parts[3]), parts[4]
+        return parts[2], decode_token(parts[3]), parts[4], parts[5] if len(parts) == 6 else ""
 
     # keys and consumers ----------------------------------------------------------------
     def kv_subject(self, bucket: str, key: str) -> str:

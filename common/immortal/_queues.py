@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError as JsNotFound
-from nats.js.kv import KeyValue
 
 from immortal._names import Names
 
@@ -30,17 +29,9 @@ class QueueStats:
     input_backlog: int  # inputs queued durably for the hubs
 
 
-async def queue_stats(nc: NATS, names: Names, tenant: str, registry: KeyValue) -> list[QueueStats]:
-    """Backlog and in-flight work of every queue of ``tenant`` in ``registry``
-    (``imm-queues``)."""
-    watcher = await registry.watch(f"{tenant}.*", ignore_deletes=True, meta_only=True)
-    queues: set[str] = set()
-    try:
-        while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
-            queues.add(names.parse_queue_key(entry.key)[1])
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    return [await _one(nc, names, tenant, q) for q in sorted(queues)]
+async def queue_stats(nc: NATS, names: Names, tenant: str, queues: list[str]) -> list[QueueStats]:
+    """Backlog and in-flight work of each of ``tenant``'s ``queues``."""
+    return [await _one(nc, names, tenant, q) for q in queues]
 
 
 async def _one(nc: NATS, names: Names, tenant: str, queue: str) -> QueueStats:

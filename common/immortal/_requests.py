@@ -21,6 +21,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError
 
+from immortal.security.violations import on_violation
+
 __all__ = ["Requests"]
 
 _SWEEP_S = 0.25
@@ -34,7 +36,7 @@ class Requests:
         self.nc = nc
         self._prefix = ""
         self._next = 0
-        self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[Msg], float, str]] = {}
         self._sub: asyncio.Future[Any] | None = None
         self._sweeping = False
 
@@ -43,7 +45,14 @@ class Requests:
         found = _by_connection.get(nc)
         if found is None:
             found = _by_connection[nc] = cls(nc)
+            on_violation(nc, found._refused)
         return found
+
+    def _refused(self, subject: str, error: Exception) -> None:
+        """The broker refused a subject: its requests fail now, not at their timeout."""
+        for future, _, sent_to in list(self._waiting.values()):
+            if sent_to.lower() == subject and not future.done():
+                future.set_exception(error)
 
     async def request(
         self,
@@ -67,7 +76,7 @@ class Requests:
         self._next += 1
         token = str(self._next)
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = (future, time.monotonic() + timeout)
+        self._waiting[token] = (future, time.monotonic() + timeout, subject)
         if not self._sweeping:
             self._sweeping = True
             asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
@@ -97,7 +106,7 @@ class Requests:
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        for future, deadline in list(self._waiting.values()):
+        for future, deadline, _ in list(self._waiting.values()):
             if deadline < now and not future.done():
                 future.set_exception(NatsTimeout())
         self._sweeping = bool(self._waiting)

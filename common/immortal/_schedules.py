@@ -20,8 +20,10 @@ from nats.js.errors import NotFoundError as JsNotFound
 from immortal._codec import encode_args, unpack
 from immortal._definitions import workflow_definition
 from immortal._errors import ImmortalError
+from immortal._jetstream import kv_scan
 from immortal._timers import seconds
 from immortal._wire import TimerFired, _Model, encode, now_ms
+from immortal.security.connection import relays_reads
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
@@ -79,8 +81,7 @@ class Schedules:
         self._client = client
 
     async def _kv(self) -> KeyValue:
-        js = self._client.nc.jetstream()
-        return await js.key_value(self._client.names.bucket_schedules)
+        return await self._client._kv(self._client.names.bucket_schedules)
 
     async def create(
         self,
@@ -116,16 +117,9 @@ class Schedules:
         return _info(spec)
 
     async def list(self) -> list[ScheduleInfo]:
-        # One watch over this tenant's keys delivers every definition, then a None marker.
-        kv = await self._kv()
-        watcher = await kv.watch(f"{self._client.tenant}.*", ignore_deletes=True)
-        out = []
-        try:
-            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
-                if entry.value:
-                    out.append(_info(ScheduleSpec.model_validate(unpack(entry.value))))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        c = self._client
+        keys = await kv_scan(c.nc, c.names.bucket_schedules, f"{c.tenant}.*")
+        out = [_info(ScheduleSpec.model_validate(unpack(value))) for _, value in keys]
         return sorted(out, key=lambda s: s.schedule_id)
 
     async def get(self, schedule_id: str) -> ScheduleSpec:
@@ -171,10 +165,14 @@ class Schedules:
         )
 
     async def _disarm(self, schedule_id: str) -> None:
-        names = self._client.names
-        await self._client.nc.jetstream().purge_stream(
-            names.stream_timers, subject=names.schedule_subject(self._client.tenant, schedule_id)
-        )
+        names, nc = self._client.names, self._client.nc
+        subject = names.schedule_subject(self._client.tenant, schedule_id)
+        if relays_reads(nc):
+            # A tenant may not purge the stream (the purge filter is in the request body):
+            # a message that rolls the subject up replaces the schedule instead.
+            await nc.jetstream().publish(subject, b"", headers={"Nats-Rollup": "sub"})
+            return
+        await nc.jetstream().purge_stream(names.stream_timers, subject=subject)
 
 
 def _info(spec: ScheduleSpec) -> ScheduleInfo:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.errors import NotFoundError as JsNotFound
+from nats.js.kv import KeyValue
 
 from immortal._codec import pack, unpack
 from immortal._names import Names
 from immortal._timers import seconds
-from immortal._transient import key_value, retry_transient
+from immortal._transient import retry_transient
 
 __all__ = ["Retention", "read_retention", "write_retention"]
 
@@ -42,8 +42,7 @@ def _positive(value: float | timedelta | None) -> float | None:
     return value
 
 
-async def read_retention(js: Any, names: Names, tenant: str) -> Retention:
-    kv = await key_value(js, names.bucket_policy)
+async def read_retention(kv: KeyValue, names: Names, tenant: str) -> Retention:
     try:
         entry = await retry_transient(lambda: kv.get(_key(names, tenant)), what="retention")
     except (KeyNotFoundError, JsNotFound):
@@ -53,13 +52,12 @@ async def read_retention(js: Any, names: Names, tenant: str) -> Retention:
 
 
 async def write_retention(
-    js: Any,
+    kv: KeyValue,
     names: Names,
     tenant: str,
     history: float | timedelta | None,
     logs: float | timedelta | None,
 ) -> Retention:
     retention = Retention(history=_positive(history), logs=_positive(logs))
-    kv = await js.key_value(names.bucket_policy)
     await kv.put(_key(names, tenant), pack(retention.__dict__))
     return retention

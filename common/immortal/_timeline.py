@@ -396,11 +396,11 @@ def _top_text(e: HistoryEvent, t0: int) -> str:  # noqa: C901 - one branch per e
             text += f"  continuing run {a['continued_from']}"
         if isinstance(a.get("parent"), dict):
             text += f"  child of {a['parent'].get('workflow_id')}"
-        return text
+        return text + _by(a)
     if t is EventType.WORKFLOW_SIGNALED:
-        return f"signal {a.get('name')}  {_value(a.get('input'))}"
+        return f"signal {a.get('name')}  {_value(a.get('input'))}" + _by(a)
     if t is EventType.WORKFLOW_CANCEL_REQUESTED:
-        return "cancel requested" + (f": {a['reason']}" if a.get("reason") else "")
+        return "cancel requested" + (f": {a['reason']}" if a.get("reason") else "") + _by(a)
     if t is EventType.MARKER_RECORDED:
         return f"patch {a.get('patch')!r} marked"
     if t is EventType.STATUS_SET:
@@ -416,13 +416,24 @@ def _top_text(e: HistoryEvent, t0: int) -> str:  # noqa: C901 - one branch per e
             f": {a['reason']}" if a.get("reason") else ""
         )
     if t is EventType.WORKFLOW_TERMINATED:
-        return f"terminated after {_duration(e.ts - t0)}" + (
-            f": {a['reason']}" if a.get("reason") else ""
+        return (
+            f"terminated after {_duration(e.ts - t0)}"
+            + (f": {a['reason']}" if a.get("reason") else "")
+            + _by(a)
         )
     if t is EventType.WORKFLOW_CONTINUED_AS_NEW:
         return f"continued as new run {a.get('new_run_id')}  ({_args(a.get('input'))})"
     shown = {k: _short(_decoded(v)) for k, v in a.items()}
     return f"{t.value}  {json.dumps(shown, ensure_ascii=False, default=str)}" if shown else t.value
+
+
+def _by(attrs: dict[str, Any]) -> str:
+    """Who sent the input (auth on): its subject and role, from the verified identity."""
+    by = attrs.get("by")
+    if not isinstance(by, dict) or not by.get("subject"):
+        return ""
+    roles = ",".join(by.get("roles") or [])
+    return f"  by {by['subject']}" + (f" ({roles})" if roles else "")
 
 
 def _failure(failure: Any) -> str:

@@ -102,5 +102,16 @@ async def publish(nc: NATS, subject: str, data: bytes, *, headers: dict[str, str
 
 
 async def key_value(js: JetStreamContext, bucket: str) -> KeyValue:
-    """A bucket's handle (looking it up is a stream-info request), through leader elections."""
+    """A bucket's handle (looking it up is a stream-info request), through leader elections.
+
+    A connection that authenticated with a token may not ask for stream info (it would list
+    every tenant's keys): its handle is made without asking, for a bucket with direct gets
+    (every bucket the hubs create).
+    """
+    from immortal.security.connection import relays_reads
+
+    if relays_reads(js._nc):
+        return KeyValue(
+            name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=js, direct=True
+        )
     return await retry_transient(lambda: js.key_value(bucket), what=bucket)

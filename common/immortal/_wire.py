@@ -395,6 +395,7 @@ class StartWorkflow(_Model):
     run_timeout: float | None = None  # seconds for this run (continue-as-new starts a new one)
     parent: ParentRef | None = None  # set when a workflow started this one as its child
     continued_from: str | None = None  # the run this one continues
+    by: dict[str, Any] | None = None  # who sent it: set by the hub from the sender, never trusted
 
 
 class SignalWorkflow(_Model):
@@ -406,6 +407,7 @@ class SignalWorkflow(_Model):
     # The sender knows the run's start is durable (queued in IMM_IN) though not applied
     # yet: the hub waits for the start instead of dead-lettering the input at once.
     pending_start: bool = False
+    by: dict[str, Any] | None = None  # set by the hub (see StartWorkflow.by)
 
 
 class RequestCancel(_Model):
@@ -414,6 +416,7 @@ class RequestCancel(_Model):
     reason: str = ""
     request_id: str
     pending_start: bool = False  # as for SignalWorkflow
+    by: dict[str, Any] | None = None  # set by the hub (see StartWorkflow.by)
 
 
 class RequestTerminate(_Model):
@@ -424,6 +427,7 @@ class RequestTerminate(_Model):
     reason: str = ""
     request_id: str
     pending_start: bool = False  # as for SignalWorkflow
+    by: dict[str, Any] | None = None  # set by the hub (see StartWorkflow.by)
 
 
 class ChildClosed(_Model):

@@ -62,8 +62,10 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal.security import HUB_PID, ConnectSecurity
 from immortal_hub._dead_letters import keep_dead_letter
 from immortal_hub._emissions import Emission, attempt_timers, emissions_for, open_emissions
+from immortal_hub._guard import InputGuard
 from immortal_hub._limits import Admission, TenantLimits
 from immortal_hub._local_timers import LocalTimers
 from immortal_hub._metrics import HubMetrics
@@ -149,8 +151,10 @@ class Hub:
         meter_provider: MeterProvider | None = None,
         metrics_interval: float = 5.0,
         nc: NATS | None = None,
+        security: ConnectSecurity | None = None,
     ) -> None:
         self.servers = servers
+        self.security = security  # auth on: its token (role hub) and TLS (see _guard)
         self.names = Names(prefix)
         self.hub_id = hub_id or f"hub-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.settings = settings or ResourceSettings()
@@ -172,6 +176,7 @@ class Hub:
         self._running = False
         self.transitions = 0  # appended transitions, for tests and metrics
         self._held_by: dict[str, list[str]] = {}  # worker key -> ack subjects it holds
+        self._unsticky: set[str] = set()  # worker keys that consume no sticky subject
         self.handed_back = 0  # tasks of dead workers handed back, for tests and metrics
         # Timers due within local_timer_horizon seconds are also fired from this hub's clock.
         self._timers = LocalTimers(
@@ -192,8 +197,12 @@ class Hub:
 
     async def start(self) -> None:
         if self._nc is None:
-            self._nc = await connect(self.servers, name=self.hub_id)
+            self._nc = await connect(
+                self.servers, name=self.hub_id, security=self.security, relay_reads=False
+            )
         self.js = self.nc.jetstream()
+        secure = self.security is not None and self.security.token is not None
+        self._guard = InputGuard(self.nc, self.names, secure=secure, hub_id=self.hub_id)
         await require_jetstream(self.nc, display_urls(self.servers))
         await ensure_resources(self.js, self.names, self.settings)
         self._runs = RunsIndex(self.nc, self.names, self._write)
@@ -211,6 +220,7 @@ class Hub:
         self._workers_kv = await key_value(self.js, self.names.bucket_workers)
         self._spawn(self._watch_workers())
         self._metrics.start(self.js)
+        await self._guard.start()  # the read relay; says so if auth is off
         log.info("hub %s serving %s", self.hub_id, display_urls(self.servers))
 
     async def stop(self) -> None:
@@ -219,6 +229,7 @@ class Hub:
         self._timers.stop()
         with contextlib.suppress(Exception):
             await self._rpc_sub.unsubscribe()
+        await self._guard.stop()
         if self._rpc_tasks:
             await asyncio.wait(self._rpc_tasks, timeout=10)
         # Pullers leave the set as their queue task ends: keep hold of them to drain them.
@@ -301,11 +312,14 @@ class Hub:
             try:
                 registration = unpack(entry.value)
                 self._held_by[entry.key] = list(registration.get("held", []))
+                if registration.get("sticky") is False:
+                    self._unsticky.add(entry.key)
                 self._pushes.registered(entry.key, registration)
             except (PayloadError, AttributeError):
                 log.warning("unreadable worker registration %s", entry.key)
             return
         self._pushes.gone(entry.key)
+        self._unsticky.discard(entry.key)
         held = self._held_by.pop(entry.key, [])
         if held:
             log.warning("worker %s is gone; handing back %d task(s)", entry.key, len(held))
@@ -406,11 +420,14 @@ class Hub:
     async def _handle(self, msg: Msg) -> None:
         try:
             try:
-                tenant, queue, kind = self.names.parse_input_subject(msg.subject)
-                body = self._decode(kind, msg.data)
+                admitted = await self._guard.admit(msg, self._decode)
             except (PayloadError, ValueError) as exc:
                 await self._dead_letter(msg, f"undecodable input: {exc}")
                 return
+            if admitted is None:
+                await msg.ack()  # nobody's input (see _guard): kept in the audit only
+                return
+            tenant, queue, kind, body = admitted
             try:
                 if isinstance(body, TimerFired):
                     early = body.due - now_ms()
@@ -465,7 +482,7 @@ class Hub:
         the limits: held back, they would time out attempts that are fine.
         """
         parts = msg.subject.split(".")
-        tenant = parts[2] if len(parts) == 5 and parts[4] != "heartbeat" else None
+        tenant = parts[2] if len(parts) in (5, 6) and parts[4] != "heartbeat" else None
         if not self._running or (
             tenant is not None and not self.admission.try_enter(tenant, ahead=parts[4] != "start")
         ):
@@ -492,8 +509,10 @@ class Hub:
     async def _apply_rpc(self, msg: Msg) -> None:
         reply = OK
         try:
-            tenant, queue, kind = self.names.parse_input_subject(msg.subject)
-            body = self._decode(kind, msg.data)
+            admitted = await self._guard.admit(msg, self._decode)
+            if admitted is None:
+                return
+            tenant, queue, kind, body = admitted
             applied = await self._apply(tenant, queue, kind, body)
             if applied is not None and (kind in ("wft", "started") or getattr(body, "then", None)):
                 # wft, run ahead: the worker's cache skips a read; started: whether the
@@ -514,6 +533,8 @@ class Hub:
                 "rpc input %s failed (%r); the sender falls back to IMM_IN", msg.subject, exc
             )
             reply = b"retry"
+        if not self._guard.may_reply(msg):
+            return  # applied, but the answer would go to a subject the sender chose
         with contextlib.suppress(Exception):
             await msg.respond(reply)
 
@@ -754,7 +775,7 @@ class Hub:
     async def _publish_emission(self, tenant: str, e: Emission) -> None:
         if e.kind == "input":
             assert e.input_kind is not None
-            subject = self.names.input_subject(tenant, e.queue, e.input_kind)
+            subject = self.names.input_subject(tenant, e.queue, e.input_kind, HUB_PID)
             await self._write(tenant, subject, encode(e.body), {"Nats-Msg-Id": e.msg_id})
             return
         if e.kind == "purge":
@@ -779,7 +800,7 @@ class Hub:
             self._timers.arm(tenant, e)
             return
         subject = self.names.task_subject(tenant, e.queue, e.kind)
-        if e.sticky and self._live(tenant, e.queue, e.sticky):
+        if e.sticky and self._sticky(tenant, e.queue, e.sticky):
             subject = self.names.sticky_subject(tenant, e.queue, e.sticky)  # it has the run
         await self._write(tenant, subject, encode(e.body), {"Nats-Msg-Id": e.msg_id})
 
@@ -790,6 +811,11 @@ class Hub:
 
     async def _purge_timer(self, subject: str) -> None:
         await self.js.purge_stream(self.names.stream_timers, subject=subject)
+
+    def _sticky(self, tenant: str, queue: str, worker: str) -> bool:
+        """Whether the worker is live and consumes its own sticky subject."""
+        key = self.names.worker_key(tenant, queue, worker)
+        return key in self._held_by and key not in self._unsticky
 
     def _live(self, tenant: str, queue: str, worker: str) -> bool:
         """Whether this hub's watch of ``imm-workers`` has the worker's key."""

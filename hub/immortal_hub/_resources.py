@@ -36,6 +36,7 @@ class ResourceSettings:
     dlq_max_age: float = 30 * _DAY
     idem_max_age: float = 30 * _DAY
     worker_marker_ttl: float = 60.0  # how long an expired worker's marker stays
+    principal_max_age: float = 30 * _DAY  # renewed whenever the principal connects
 
 
 def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
@@ -103,10 +104,11 @@ def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
         ),
         StreamConfig(
             name=names.stream_audit,
-            description="Immortal: policy decisions",
+            description="Immortal: refusals and policy decisions",
             subjects=[f"{p}.audit.>"],
             retention=RetentionPolicy.LIMITS,
             max_age=s.audit_max_age,
+            allow_direct=True,
             **common,
         ),
         StreamConfig(
@@ -122,7 +124,14 @@ def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
 
 
 def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
-    common: dict[str, Any] = {"storage": StorageType.FILE, "replicas": s.replicas, "history": 1}
+    # Direct gets on every bucket: the one read the broker can scope to a tenant's keys
+    # (``$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<tenant>.>``) when auth is on.
+    common: dict[str, Any] = {
+        "storage": StorageType.FILE,
+        "replicas": s.replicas,
+        "history": 1,
+        "direct": True,
+    }
     return [
         # Keys carry their own short TTL; an expired key leaves a marker that watchers see.
         KeyValueConfig(
@@ -139,6 +148,13 @@ def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
         # One key per live hub, renewed every second: what it may still have pushed.
         KeyValueConfig(bucket=names.bucket_hubs, description="live hubs", **common),
         KeyValueConfig(bucket=names.bucket_schedules, description="workflow schedules", **common),
+        # Kept by the auth service: who each principal id is (never a token).
+        KeyValueConfig(
+            bucket=names.bucket_principals,
+            description="principals by id",
+            ttl=s.principal_max_age,
+            **common,
+        ),
     ]
 
 
@@ -175,6 +191,10 @@ async def _ensure(js: JetStreamContext, names: Names, s: ResourceSettings) -> No
             await js.key_value(kv.bucket)
             info = await js.stream_info(f"KV_{kv.bucket}")
             _warn_if_replicas_differ(f"KV_{kv.bucket}", info.config.num_replicas, s.replicas)
+            if not info.config.allow_direct:  # a bucket from an older version
+                info.config.allow_direct = True
+                await js.update_stream(info.config)
+                log.info("bucket %s updated: direct gets", kv.bucket)
         except (NotFoundError, BadRequestError):
             await js.create_key_value(kv)
             log.info("created bucket %s", kv.bucket)

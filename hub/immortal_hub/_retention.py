@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from immortal._jetstream import last_message
 from immortal._names import Names
 from immortal._tenants import Retention, read_retention
-from immortal._transient import retry_transient
+from immortal._transient import key_value, retry_transient
 from immortal._wire import RunState, TimerFired, Transition, decode, now_ms
 from immortal.runs import find_closed_record
 from immortal_hub._emissions import Emission
@@ -51,7 +51,8 @@ class Retentions:
         now = now_ms()
         known = self._known.get(tenant)
         if known is None or now - known[0] > _REREAD_MS:
-            known = (now, await read_retention(self._nc.jetstream(), self._names, tenant))
+            kv = await key_value(self._nc.jetstream(), self._names.bucket_policy)
+            known = (now, await read_retention(kv, self._names, tenant))
             self._known[tenant] = known
         return known[1]
 

@@ -199,6 +199,8 @@ def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: i
         extra["parent"] = start.parent.model_dump()
     if start.continued_from is not None:
         extra["continued_from"] = start.continued_from
+    if start.by is not None:
+        extra["by"] = start.by  # who started it (the hub sets it from the sender)
     started = b.add(
         EventType.WORKFLOW_STARTED,
         workflow_type=start.workflow_type,
@@ -383,6 +385,7 @@ def apply_signal(state: RunState | None, signal: SignalWorkflow, now: int) -> Ou
         name=signal.name,
         input=signal.input,
         signal_id=signal.signal_id,
+        **({"by": signal.by} if signal.by is not None else {}),
     )
     b.news(ev)
     return b.outcome(signal.signal_id)
@@ -398,7 +401,8 @@ def apply_cancel_request(state: RunState | None, request: RequestCancel, now: in
     state = _fork(state)
     state.cancel_requested = True
     b = _Builder(state, now)
-    asked = b.add(EventType.WORKFLOW_CANCEL_REQUESTED, None, reason=request.reason)
+    by = {"by": request.by} if request.by is not None else {}  # who asked (set by the hub)
+    asked = b.add(EventType.WORKFLOW_CANCEL_REQUESTED, None, reason=request.reason, **by)
     if not (state.ran or state.sticky):
         # No workflow task has completed: the code never ran, so it has nothing to clean
         # up (it issued no command yet) and perhaps no worker can ever run it (an unknown
@@ -427,7 +431,8 @@ def apply_terminate(state: RunState | None, request: RequestTerminate, now: int)
         return Outcome(note=f"termination requested of a {state.status} run")
     state = _fork(state)
     b = _Builder(state, now)
-    b.add(EventType.WORKFLOW_TERMINATED, None, reason=request.reason)
+    by = {"by": request.by} if request.by is not None else {}
+    b.add(EventType.WORKFLOW_TERMINATED, None, reason=request.reason, **by)
     b.close(RunStatus.TERMINATED)
     message = "workflow terminated" + (f": {request.reason}" if request.reason else "")
     state.close_failure = Failure(type="WorkflowTerminated", message=message)

@@ -21,6 +21,7 @@ from immortal._codec import encode_args, encode_value
 from immortal._definitions import workflow_definition
 from immortal._inputs import send_input
 from immortal._wire import SignalWorkflow, StartWorkflow, encode
+from immortal.security import sender_of
 from tests.chaos.workload import mixed, poisoned
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ async def _retrying(out: Outcome, deadline: float, op: Callable[[], Awaitable[T]
 async def _send_twice_more(client: Client, queue: str, kind: Any, data: bytes, msg_id: str) -> int:
     await send_input(client.nc, client.names, client.tenant, queue, kind, data, msg_id=msg_id)
     await client.nc.jetstream().publish(
-        client.names.input_subject(client.tenant, queue, kind),
+        client.names.input_subject(client.tenant, queue, kind, sender_of(client.nc)),
         data,
         headers={"Nats-Msg-Id": f"{msg_id}:again"},
     )

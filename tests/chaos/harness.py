@@ -11,12 +11,17 @@ import os
 import random
 import signal
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats
+
+from immortal import Client
+from immortal.security import ConnectSecurity
 from immortal.testing import NatsServer, Process, _die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +50,9 @@ class Deployment:
     hubs: int = 2
     workers: int = 3
     cluster: bool = False
+    secure: bool = False  # auth on: the callout, the auth service, a token per process
     nats: Any = None  # NatsServer | NatsCluster
+    auth: Any = None  # (LocalIssuer, AuthService) when secure
     slots: list[Slot] = field(default_factory=list)
     restarts: Counter[str] = field(default_factory=Counter)
     _supervisor: asyncio.Task[None] | None = None
@@ -67,14 +74,63 @@ class Deployment:
             from immortal.testing import NatsCluster  # type: ignore[attr-defined]
 
             self.nats = NatsCluster(base_dir=self.tmp / "cluster")
+        elif self.secure:
+            self.nats = await self._secure_server()
         else:
             self.nats = NatsServer(store_dir=self.tmp / "nats")
-        await self.nats.start()
+            await self.nats.start()
+        if self.cluster:
+            await self.nats.start()
         self.slots = [Slot("hub", i) for i in range(self.hubs)]
         self.slots += [Slot("worker", i) for i in range(self.workers)]
         for slot in self.slots:  # hubs first: the first one creates the streams
             await self._launch(slot)
         self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _secure_server(self) -> NatsServer:
+        from immortal_hub.auth import AuthService, callout_config, new_account_seed, public_key
+        from immortal_hub.auth.local import LocalIssuer
+
+        issuer, seed = LocalIssuer(), new_account_seed()
+        self._password = uuid.uuid4().hex
+        server = NatsServer(
+            store_dir=self.tmp / "nats",
+            extra_config=callout_config(
+                public_key(seed), service_user="immortal-auth", service_password=self._password
+            ),
+        )
+        await server.start()
+        service = AuthService(
+            server.url,
+            config=issuer.config(),
+            issuer_seed=seed,
+            user="immortal-auth",
+            password=self._password,
+        )
+        await service.start()  # in the test's process: the faults never touch it
+        self.auth = (issuer, service)
+        return server
+
+    def token(self, kind: str) -> str:
+        issuer = self.auth[0]
+        if kind == "hub":
+            return str(issuer.token(f"chaos-{kind}", ["immortal-system:hub"]))
+        if kind == "worker":
+            return str(issuer.token("chaos-worker", ["default:worker"], queues=["default"]))
+        return str(issuer.token("chaos-client", ["default:writer"]))
+
+    def client(self) -> Client:
+        """The driver's client: with auth on, a writer of tenant default."""
+        if not self.secure:
+            return Client(self.urls)
+        return Client(self.urls, security=ConnectSecurity.with_token(self.token("client")))
+
+    async def checker_client(self) -> Client:
+        """The checker reads stream state no tenant may read: the service user's login."""
+        if not self.secure:
+            return Client(self.urls)
+        nc = await nats.connect(self.url, user="immortal-auth", password=self._password)
+        return Client(self.urls, nc=nc)
 
     async def close(self) -> None:
         self._stopping = True
@@ -88,6 +144,9 @@ class Deployment:
                     slot.proc.proc.send_signal(signal.SIGCONT)
                 await slot.proc.stop(timeout=5)
         await self.nats.close()
+        if self.auth is not None:
+            await self.auth[1].stop()
+            self.auth[0].close()
 
     # -- processes ------------------------------------------------------------------------
 
@@ -114,6 +173,7 @@ class Deployment:
                 **os.environ,
                 "PYTHONPATH": str(ROOT),
                 "IMMORTAL_CHAOS_LEDGER": str(self.ledger),
+                **({"IMMORTAL_TOKEN": self.token(slot.kind)} if self.secure else {}),
             },
             stdout=asyncio.subprocess.PIPE,
             stderr=log,

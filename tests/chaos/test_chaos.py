@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from immortal import Client
 from tests.chaos.checker import Report, check
 from tests.chaos.driver import drive, make_specs
 from tests.chaos.harness import INJECTORS, Deployment, inject
@@ -40,20 +39,33 @@ IN_FLIGHT = 150
 async def test_every_workflow_completes_exactly_once(
     fault: str, chaos_seed: int, chaos_workflows: int
 ) -> None:
-    seed = chaos_seed
+    await _run(fault, chaos_seed, chaos_workflows, secure=False)
+
+
+@pytest.mark.parametrize("fault", ["worker-sigkill", "hub-sigkill"])
+async def test_with_auth_on_every_workflow_completes_exactly_once(
+    fault: str, chaos_seed: int, chaos_workflows: int
+) -> None:
+    """The same, on a server whose every connection goes through the auth service: hubs
+    and workers reconnect with their tokens after each kill."""
+    await _run(fault, chaos_seed, chaos_workflows, secure=True)
+
+
+async def _run(fault: str, seed: int, chaos_workflows: int, *, secure: bool) -> None:
     # Not pytest's tmp_path, which keeps only the last few sessions: a failed run's store,
     # ledger and process logs stay here for a post-mortem; a passed run's are removed.
-    tmp_path = Path(tempfile.gettempdir()) / "immortal-chaos" / f"{fault}-{seed}"
+    label = f"{fault}-auth" if secure else fault
+    tmp_path = Path(tempfile.gettempdir()) / "immortal-chaos" / f"{label}-{seed}"
     shutil.rmtree(tmp_path, ignore_errors=True)
     tmp_path.mkdir(parents=True)
     print(f"\n[chaos] {fault}: seed {seed}  (again: just chaos -k {fault} --chaos-seed {seed})")
     ledger = tmp_path / "ledger.db"
     connect_ledger(str(ledger)).close()
-    dep = Deployment(tmp_path, ledger, cluster=fault == "cluster-node-kill")
+    dep = Deployment(tmp_path, ledger, cluster=fault == "cluster-node-kill", secure=secure)
     await dep.start()
     faults: Counter[str] = Counter()
     try:
-        async with Client(dep.urls) as client:
+        async with dep.client() as client:
             specs = make_specs(chaos_workflows, POISONED if fault == "poison" else 0, seed)
             stop = asyncio.Event()
             injector = asyncio.create_task(
@@ -66,8 +78,9 @@ async def test_every_workflow_completes_exactly_once(
             finally:
                 stop.set()
                 await injector  # its last fault is undone (a node restarted, a process thawed)
-            report = Report(fault, seed, faults=dict(faults), restarts=dict(dep.restarts))
-            await check(client, driven, str(ledger), report)
+            report = Report(label, seed, faults=dict(faults), restarts=dict(dep.restarts))
+            async with await dep.checker_client() as reader:
+                await check(reader, driven, str(ledger), report)
     finally:
         await dep.close()
     _publish(report)

@@ -38,6 +38,7 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal.security.connection import sender_of
 
 __all__ = ["ActivityRunner"]
 
@@ -169,7 +170,9 @@ class ActivityRunner:
         """
         assert task.heartbeat_timeout is not None
         sent, n = 0, 0
-        subject = self._names.rpc_subject(self._tenant, task.workflow_queue, "heartbeat")
+        subject = self._names.rpc_subject(
+            self._tenant, task.workflow_queue, "heartbeat", sender_of(self._nc)
+        )
         while not runner.done():
             await asyncio.sleep(task.heartbeat_timeout / 3)
             if beats.beats == sent:

@@ -18,9 +18,10 @@ from nats.js.errors import NotFoundError as JsNotFound
 from immortal._connect import display_urls
 from immortal._definitions import ActivityDefinition, WorkflowDefinition
 from immortal._fingerprints import conflicts, definition_key, fingerprint, signature
-from immortal._jetstream import require_jetstream
+from immortal._jetstream import last_message, require_jetstream
 from immortal._transient import is_transient
 from immortal._wire import now_ms
+from immortal.security.connection import relays_reads
 
 if TYPE_CHECKING:
     from immortal_worker._worker import Worker
@@ -58,6 +59,7 @@ def registration(worker: Worker) -> dict[str, Any]:
         "slots": {"workflow": worker.workflow_slots, "activity": worker.activity_slots},
         "held": [m.reply for m in worker._held.values() if m.reply],
         "running": sorted(worker._running_attempts.values()),  # "<run>/<activity>/<attempt>"
+        "sticky": worker.sticky,  # whether it consumes its own sticky subject
         "ts": now_ms(),
     }
 
@@ -69,8 +71,7 @@ async def wait_for_streams(worker: Worker) -> None:
     warned = False
     while True:
         try:
-            await worker.js.stream_info(worker.names.stream_tasks)
-            await worker.js.key_value(worker.names.bucket_queues)
+            await _streams_exist(worker)
             return
         except Exception as exc:
             if not isinstance(exc, (JsNotFound, BadRequestError)) and not is_transient(exc):
@@ -82,6 +83,19 @@ async def wait_for_streams(worker: Worker) -> None:
                 )
                 warned = True
             await asyncio.sleep(0.5)
+
+
+async def _streams_exist(worker: Worker) -> None:
+    if not relays_reads(worker.nc):
+        await worker.js.stream_info(worker.names.stream_tasks)
+        await worker.js.key_value(worker.names.bucket_queues)
+        return
+    # A tenant's connection may not ask for stream info: a direct get of one of its keys
+    # is answered (found or not) when the bucket exists, by no responder when it does not.
+    names = worker.names
+    key = names.queue_key(worker.tenant, worker.queues[0] if worker.queues else "default")
+    bucket = names.bucket_queues
+    await last_message(worker.nc, f"KV_{bucket}", names.kv_subject(bucket, key))
 
 
 async def warn_of_conflicts(worker: Worker) -> None:

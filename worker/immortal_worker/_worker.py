@@ -56,6 +56,8 @@ from immortal._wire import (
     decode,
     encode,
 )
+from immortal.security.connection import ConnectSecurity
+from immortal.security.errors import AuthError, RefusalReason
 from immortal_worker._activities import ActivityRunner
 from immortal_worker._instance import CacheStale, WorkflowInstance
 from immortal_worker._pushed import PushedTask, Pushes
@@ -78,6 +80,20 @@ class _Task(Protocol):
     async def nak(self, delay: float | None = None) -> None: ...
 
 
+def _check_queues(security: ConnectSecurity | None, queues: list[str]) -> None:
+    """A worker's token names the queues it may serve: say so before the broker refuses."""
+    principal = security.principal() if security is not None else None
+    if principal is None:
+        return
+    refused = [q for q in queues if q not in principal.queues]
+    if refused:
+        raise AuthError(
+            RefusalReason.PERMISSION,
+            f"the token of {principal.subject!r} may serve queues "
+            f"{', '.join(principal.queues) or 'none'}, not {', '.join(refused)}",
+        )
+
+
 class Worker:
     """Serves workflows and activities on one or more queues of a tenant.
 
@@ -93,7 +109,7 @@ class Worker:
         queues: Sequence[str] = ("default",),
         workflows: Iterable[Callable[..., Any]] = (),
         activities: Iterable[Callable[..., Any]] = (),
-        tenant: str = "default",
+        tenant: str | None = None,
         prefix: str = "imm",
         worker_id: str | None = None,
         workflow_slots: int = 256,
@@ -104,10 +120,19 @@ class Worker:
         liveness_ttl: float = 2.0,
         release_after: float = 30.0,
         nc: NATS | None = None,
+        security: ConnectSecurity | None = None,
     ) -> None:
         self.servers = servers
+        self.security = security
+        # With a token, the broker lets this worker create and pull only the queues' shared
+        # consumers (names it can compute), not a consumer of its own for cached runs'
+        # workflow tasks; those come pushed over core NATS, or from the shared consumer.
+        self.sticky = security is None or security.token is None
         self.queues = list(queues)
-        self.tenant = validate_tenant(tenant)
+        self.tenant = validate_tenant(
+            security.tenant_for(tenant) if security is not None else tenant or "default"
+        )
+        _check_queues(security, self.queues)
         self.names = Names(prefix)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.instance = uuid.uuid4().hex
@@ -165,7 +190,9 @@ class Worker:
         """Connect, wait for a hub's streams, serve; cancelled while waiting, it leaves
         nothing open."""
         if self._nc is None:
-            self._nc = await connect(self.servers, name=f"immortal-worker-{self.worker_id}")
+            self._nc = await connect(
+                self.servers, name=f"immortal-worker-{self.worker_id}", security=self.security
+            )
         self.js = self.nc.jetstream()
         try:  # before anything runs: a lease the queues cannot honour refuses the start
             await wait_for_streams(self)
@@ -252,7 +279,7 @@ class Worker:
         await self.logs.aclose()
         self._liveness.cancel()
         await self._deregister()  # hubs now hand this worker's sticky tasks to the queue
-        for queue in self.queues if self.workflows else []:
+        for queue in self.queues if self.workflows and self.sticky else []:
             with contextlib.suppress(Exception):
                 await self.js.delete_consumer(
                     self.names.stream_tasks,
@@ -285,7 +312,7 @@ class Worker:
                 None,
             )
         ]
-        if kind == "wf":  # and the tasks of the runs this worker has cached (hub/_sticky.py)
+        if kind == "wf" and self.sticky:  # and its cached runs' tasks (hub/_sticky.py)
             subjects.append(
                 (
                     self.names.sticky_consumer(self.tenant, queue, self.worker_id),
@@ -295,6 +322,7 @@ class Worker:
             )
         for durable, subject, inactive in subjects:
             config = ConsumerConfig(
+                name=durable,  # the filtered create: the form the broker can scope
                 durable_name=durable,
                 filter_subject=subject,
                 ack_policy=AckPolicy.EXPLICIT,

@@ -30,6 +30,8 @@ import typer
 
 from immortal._definitions import activity_definition, workflow_definition
 from immortal._errors import ImmortalError, NotSetUpError, ServerUnreachableError
+from immortal.security import AuthError, ConnectSecurity
+from immortal.security.tls import quiet_tls_eof_warning
 from immortal_worker._worker import Worker
 from immortal_worker.replay import replay_file
 
@@ -98,8 +100,20 @@ def serve(
     queue: Annotated[list[str], typer.Option("--queue", "-q", help="queues to serve")] = [  # noqa: B006
         "default"
     ],
-    tenant: Annotated[str, typer.Option(envvar="IMMORTAL_TENANT")] = "default",
+    tenant: Annotated[
+        str | None,
+        typer.Option(envvar="IMMORTAL_TENANT", help="default: the token's, or 'default'"),
+    ] = None,
     prefix: Annotated[str, typer.Option(envvar="IMMORTAL_PREFIX")] = "imm",
+    token: Annotated[str | None, typer.Option(help="bearer token (or $IMMORTAL_TOKEN)")] = None,
+    token_command: Annotated[
+        str | None, typer.Option(help="command printing a token, run at each reconnect")
+    ] = None,
+    tls_ca: Annotated[
+        str | None, typer.Option(help="CA of the server (or $IMMORTAL_TLS_CA)")
+    ] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="client certificate (mTLS)")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="its key")] = None,
     lease: Annotated[
         float | None,
         typer.Option(
@@ -126,7 +140,11 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_tls_eof_warning()
     workflows, activities = load_targets(targets)
+    security = ConnectSecurity.from_env(
+        token=token, token_command=token_command, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+    )
     worker = Worker(
         server,
         queues=queue,
@@ -139,10 +157,11 @@ def serve(
         activity_slots=activity_slots,
         worker_id=worker_id,
         release_after=release_after,
+        security=security if security.token or security.tls.configured else None,
     )
     try:
         asyncio.run(_serve(worker, grace))
-    except ImmortalError as exc:  # a refused start (say, a lease the queue cannot honour)
+    except ImmortalError as exc:  # a refused start (a lease the queue cannot honour, a token)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -230,4 +249,5 @@ def main() -> None:
         if os.environ.get("IMMORTAL_DEBUG", "") not in ("", "0"):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2 if isinstance(exc, (NotSetUpError, ServerUnreachableError)) else 1)
+        could_not_run = (NotSetUpError, ServerUnreachableError, AuthError)
+        sys.exit(2 if isinstance(exc, could_not_run) else 1)

@@ -8,6 +8,9 @@ immortal workflow start place_order '{"id": "o2", "items": ["x"], "cents": 100}'
 immortal workflow result <workflow-id>
 immortal workflow signal <workflow-id> approve '"yes"'
 immortal schedule create nightly report --cron "0 3 * * *"
+immortal dev --secure               # the same with auth on: issuer, CA, auth service, tokens
+immortal --token "$(cat writer.jwt)" --tls-ca ca.pem workflow start ...   # auth on
+immortal auth keygen | serve        # the NATS auth callout service
 
 One module per command group; each imports the SDK, and the hub's machinery, only inside
 the commands that need them, so a read command starts without loading the hub.
@@ -22,7 +25,8 @@ from typing import Annotated, Any
 
 import typer
 
-from immortal_hub.cli import dev, dlq, hub, logs, ops, replay, runs, schedule, workflow
+from immortal_hub.cli import auth, dev, dlq, hub, logs, ops, replay, runs, schedule, workflow
+from immortal_hub.cli._common import CONNECT
 from immortal_hub.cli._exit import report
 
 __all__ = ["app", "main"]
@@ -49,6 +53,7 @@ GROUPS: dict[str, typer.Typer] = {
     "workflow": workflow.app,
     "dlq": dlq.app,
     "schedule": schedule.app,
+    "auth": auth.app,
 }
 
 
@@ -59,8 +64,23 @@ def _options(
             "--debug", envvar="IMMORTAL_DEBUG", help="tracebacks with errors (any position)"
         ),
     ] = False,
+    token: Annotated[str | None, typer.Option(help="bearer token (or $IMMORTAL_TOKEN)")] = None,
+    token_command: Annotated[
+        str | None,
+        typer.Option(
+            help="command printing a token, run at each connect ($IMMORTAL_TOKEN_COMMAND)"
+        ),
+    ] = None,
+    tls_ca: Annotated[str | None, typer.Option(help="CA of the server ($IMMORTAL_TLS_CA)")] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option(help="client certificate, mTLS ($IMMORTAL_TLS_CERT)")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option(help="its key ($IMMORTAL_TLS_KEY)")] = None,
 ) -> None:
-    pass
+    # Auth on: what every command connects with (read by _common.connect_security).
+    CONNECT.update(
+        token=token, token_command=token_command, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+    )
 
 
 def _build(names: list[str]) -> typer.Typer:

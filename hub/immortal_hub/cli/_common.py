@@ -20,6 +20,7 @@ import typer
 
 if TYPE_CHECKING:
     from immortal import Client, WorkflowHandle
+    from immortal.security import ConnectSecurity
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -45,6 +46,11 @@ __all__ = [
     "until_signalled",
     "with_client",
 ]
+
+# Set by the app's callback (``immortal --token ... --tls-ca ... <command>``); each falls
+# back to its environment variable ($IMMORTAL_TOKEN, $IMMORTAL_TOKEN_COMMAND,
+# $IMMORTAL_TLS_CA, $IMMORTAL_TLS_CERT, $IMMORTAL_TLS_KEY).
+CONNECT: dict[str, str | None] = {}
 
 Server = Annotated[
     str,
@@ -75,9 +81,12 @@ T = TypeVar("T")
 
 
 def setup_logging(level: str) -> None:
+    from immortal.security.tls import quiet_tls_eof_warning
+
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_tls_eof_warning()
 
 
 async def until_signalled() -> None:
@@ -88,6 +97,20 @@ async def until_signalled() -> None:
     await stop.wait()
 
 
+def connect_security() -> ConnectSecurity | None:
+    """The token and TLS this command connects with (None: neither is set)."""
+    from immortal.security import ConnectSecurity
+
+    security = ConnectSecurity.from_env(
+        token=CONNECT.get("token"),
+        token_command=CONNECT.get("token_command"),
+        tls_ca=CONNECT.get("tls_ca"),
+        tls_cert=CONNECT.get("tls_cert"),
+        tls_key=CONNECT.get("tls_key"),
+    )
+    return security if security.token is not None or security.tls.configured else None
+
+
 def with_client(
     server: str,
     tenant: str,
@@ -96,16 +119,24 @@ def with_client(
     action: Callable[[Client], Awaitable[None]],
 ) -> None:
     """Connect as the tenant (giving up after ``connect_timeout`` seconds), check that a hub
-    has set the server up, run ``action``, disconnect."""
+    has set the server up, run ``action``, disconnect. With a token the tenant is the
+    token's (``--tenant`` may only repeat it)."""
     from immortal import Client
+    from immortal.security.tls import quiet_tls_eof_warning
+
+    security = connect_security()
+    asked = None if security and security.token and tenant == "default" else tenant
 
     async def go() -> None:
-        client = Client(server, tenant=tenant, prefix=prefix, connect_timeout=connect_timeout)
+        client = Client(
+            server, tenant=asked, prefix=prefix, connect_timeout=connect_timeout, security=security
+        )
         async with client:
             await client.check_set_up()
             await action(client)
 
-    asyncio.run(go())
+    quiet_tls_eof_warning()
+    asyncio.run(go())  # a refusal (AuthError) is reported by main() as one line, exit 2
 
 
 def on_run(

@@ -2,7 +2,8 @@
 
 0 done; 1 the command ran and the answer is no (the run failed, no such run, the run is
 closed, a payload too large, ...); 2 it could not run (bad usage, NATS unreachable, no hub
-has set the server up). ``--debug`` or ``IMMORTAL_DEBUG=1`` adds the traceback.
+has set the server up, refused: no token, a token or certificate refused, a role that may
+not do it). ``--debug`` or ``IMMORTAL_DEBUG=1`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ def exit_code(exc: BaseException) -> int | None:
     from nats.errors import Error as NatsError
 
     from immortal import ImmortalError, NotSetUpError, ServerUnreachableError
+    from immortal.security import AuthError
 
-    if isinstance(exc, (ServerUnreachableError, NotSetUpError)):
-        return EXIT_USAGE
+    if isinstance(exc, (ServerUnreachableError, NotSetUpError, AuthError)):
+        return EXIT_USAGE  # (AuthError: no token, a refused token or certificate, a role)
     if isinstance(exc, (ImmortalError, NatsError)):
         return EXIT_FAILED
     return None

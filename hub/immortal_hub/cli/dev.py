@@ -39,11 +39,29 @@ def dev(
     example: Annotated[
         bool, typer.Option(help="serve the bundled example and run it once (without --worker)")
     ] = True,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="with auth on: a local issuer, a CA and certificates, the auth service, "
+            "tokens for the hub, the worker, a reader and a writer (store: .immortal-dev-secure)"
+        ),
+    ] = False,
     log_level: str = "WARNING",
 ) -> None:
     """Start nats-server, a hub and a worker (the bundled example, or your --worker
     modules), then run the example once."""
     setup_logging(log_level)
+    if secure:
+        from immortal_hub.auth.dev import run_secure_dev
+
+        if store == Path(".immortal-dev"):  # the accounts differ: keep the data apart
+            store = Path(".immortal-dev-secure")
+        secure_lock = _claim(store)
+        try:
+            asyncio.run(run_secure_dev(port if port else -1, store.resolve(), example))
+        finally:
+            secure_lock.close()
+        return
     targets = list(worker or ([EXAMPLE] if example else []))
     lock = _claim(store)
     try:

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from immortal_hub.cli._common import DEFAULT_SERVER, Prefix, Server, setup_logging
+from immortal_hub.cli._common import (
+    DEFAULT_SERVER,
+    Prefix,
+    Server,
+    connect_security,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     from immortal_hub._limits import TenantLimits
@@ -71,6 +77,7 @@ def hub(
 
         h = Hub(
             server,
+            security=connect_security(),  # auth on: the hub's token (immortal-system:hub)
             prefix=prefix,
             max_in_flight=max_in_flight,
             concurrency=concurrency,

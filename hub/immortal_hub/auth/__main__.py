@@ -1,0 +1,3 @@
+from immortal_hub.cli.auth import app
+
+app()
