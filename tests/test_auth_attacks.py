@@ -101,20 +101,32 @@ async def test_a_timer_aimed_at_another_tenant_is_refused(
     stack = running
     victim = await globex_run(stack)
     handle = await victim.get_handle("victim")
-    security = stack.security("mallory", ["acme:worker"], queues=["default"])
-    nc = await connect(stack.url, name="mallory", security=security)
+    fired = TimerFired(
+        workflow_id="victim", run_id=handle.run_id, timer="t", kind="execution_timeout"
+    )
+    due = int(time.time() * 1000) + 200
+    headers = schedule_headers(due, "imm.fired.globex.default", "evil-1")
+    # A worker arms no timers (the hub arms its attempts'): the broker refuses it any.
+    worker = stack.security("mallory", ["acme:worker"], queues=["default"])
+    nc = await connect(stack.url, name="mallory", security=worker)
     try:
-        fired = TimerFired(
-            workflow_id="victim", run_id=handle.run_id, timer="t", kind="execution_timeout"
-        )
-        due = int(time.time() * 1000) + 200
-        headers = schedule_headers(due, "imm.fired.globex.default", "evil-1")
-        await nc.jetstream().publish("imm.timer.acme.x.t", encode(fired), headers=headers)
+        with pytest.raises(Exception):  # noqa: B017 - refused by the broker: no ack comes
+            await nc.jetstream().publish(
+                "imm.timer.acme.x.t", encode(fired), headers=headers, timeout=1
+            )
+    finally:
+        await nc.close()
+    # A writer may schedule runs of its tenant, on its subjects; one aimed at another
+    # tenant's fired subject is refused by the hub when it fires.
+    writer = stack.security("wally", ["acme:writer"])
+    nc = await connect(stack.url, name="wally", security=writer)
+    try:
+        await nc.jetstream().publish("imm.sched.acme.evil", encode(fired), headers=headers)
         records = await audit_of(stack, "globex")
     finally:
         await nc.close()
     assert records[0].reason == "forged_origin"
-    assert "from schedule 'imm.timer.acme.x.t'" in records[0].message
+    assert "from schedule 'imm.sched.acme.evil'" in records[0].message
     assert (await handle.describe()).status is RunStatus.RUNNING  # not timed out
     await victim.close()
 
