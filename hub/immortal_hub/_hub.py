@@ -28,7 +28,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.metrics import MeterProvider
 from pydantic import BaseModel
 
-from immortal._codec import unpack
 from immortal._connect import connect, display_urls
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
@@ -41,7 +40,7 @@ from immortal._jetstream import (
     require_jetstream,
 )
 from immortal._locks import KeyedLocks
-from immortal._names import Names, decode_token
+from immortal._names import Names
 from immortal._timers import schedule_headers
 from immortal._transient import is_transient, key_value, publish, retry_transient
 from immortal._wire import (
@@ -64,6 +63,7 @@ from immortal._wire import (
 )
 from immortal.security import HUB_PID, ConnectSecurity
 from immortal_hub._dead_letters import keep_dead_letter
+from immortal_hub._dead_workers import WorkerWatch
 from immortal_hub._emissions import Emission, attempt_timers, emissions_for, open_emissions
 from immortal_hub._guard import InputGuard
 from immortal_hub._limits import Admission, TenantLimits
@@ -74,7 +74,6 @@ from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._retention import Retentions
 from immortal_hub._runs_index import RunsIndex
 from immortal_hub._schedule_firing import scheduled_start
-from immortal_hub._sticky import move_sticky_tasks
 from immortal_hub._transitions import (
     AwaitingStart,
     InvalidInput,
@@ -175,9 +174,6 @@ class Hub:
         self._background: set[asyncio.Task[Any]] = set()
         self._running = False
         self.transitions = 0  # appended transitions, for tests and metrics
-        self._held_by: dict[str, list[str]] = {}  # worker key -> ack subjects it holds
-        self._unsticky: set[str] = set()  # worker keys that consume no sticky subject
-        self.handed_back = 0  # tasks of dead workers handed back, for tests and metrics
         # Timers due within local_timer_horizon seconds are also fired from this hub's clock.
         self._timers = LocalTimers(
             self.names, local_timer_horizon, self._on_timer, self._purge_timer, self._spawn
@@ -211,14 +207,19 @@ class Hub:
         )
         self._queues_kv = await key_value(self.js, self.names.bucket_queues)
         self._running = self._timers.running = True
-        self._pushes = Pushes(self.nc, self.names, self.hub_id, self._publish_emission, self._live)
+        self._workers = WorkerWatch(
+            self.nc, self.names, self._metrics, lambda: self._running, self._spawn
+        )
+        self._pushes = Pushes(
+            self.nc, self.names, self.hub_id, self._publish_emission, self._workers.live
+        )
         await self._pushes.start()
         self._rpc_sub = await self.nc.subscribe(
             f"{self.names.prefix}.rpc.>", queue=f"{self.names.prefix}-hubs", cb=self._on_rpc
         )
         self._spawn(self._watch_queues())
-        self._workers_kv = await key_value(self.js, self.names.bucket_workers)
-        self._spawn(self._watch_workers())
+        workers_kv = await key_value(self.js, self.names.bucket_workers)
+        self._spawn(self._workers.watch(workers_kv, self._pushes))
         self._metrics.start(self.js)
         await self._guard.start()  # the read relay; says so if auth is off
         log.info("hub %s serving %s", self.hub_id, display_urls(self.servers))
@@ -244,6 +245,11 @@ class Hub:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
         self._nc = None
+
+    @property
+    def handed_back(self) -> int:
+        """Tasks of dead workers this hub handed back (for tests)."""
+        return self._workers.handed_back
 
     async def run(self) -> None:
         """Start and serve until cancelled."""
@@ -280,62 +286,6 @@ class Hub:
             except Exception as exc:  # reconnects, server restarts: list again
                 log.debug("queue watch restarted: %s", exc)
                 await asyncio.sleep(1.0)
-
-    async def _watch_workers(self) -> None:
-        """Hand a dead worker's tasks back at once, instead of after their whole lease.
-
-        Workers renew a short-TTL key in ``imm-workers`` listing the tasks they hold; when a
-        key expires (the server leaves a marker that the watch sees) or is deleted, each held
-        task is NAKed so that another worker gets it now. Redelivered work is fenced as usual.
-        """
-        while self._running:
-            try:
-                watcher = await self._workers_kv.watchall()
-                try:
-                    while self._running:
-                        try:
-                            entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
-                        except (TimeoutError, nats.errors.TimeoutError):
-                            continue
-                        if entry is not None:
-                            await self._worker_update(entry)
-                finally:
-                    await watcher.stop()  # type: ignore[no-untyped-call]
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # reconnects, server restarts: watch again
-                log.debug("worker watch restarted: %s", exc)
-                await asyncio.sleep(1.0)
-
-    async def _worker_update(self, entry: Any) -> None:
-        if entry.operation in (None, "PUT") and entry.value:
-            try:
-                registration = unpack(entry.value)
-                self._held_by[entry.key] = list(registration.get("held", []))
-                if registration.get("sticky") is False:
-                    self._unsticky.add(entry.key)
-                self._pushes.registered(entry.key, registration)
-            except (PayloadError, AttributeError):
-                log.warning("unreadable worker registration %s", entry.key)
-            return
-        self._pushes.gone(entry.key)
-        self._unsticky.discard(entry.key)
-        held = self._held_by.pop(entry.key, [])
-        if held:
-            log.warning("worker %s is gone; handing back %d task(s)", entry.key, len(held))
-        tenant, queue, worker = (*entry.key.split(".", 2), "", "")[:3]  # <t>.<q>.<worker>
-        where = {"tenant": tenant, "queue": decode_token(queue)}
-        if worker:  # its cached runs' workflow tasks go to every worker of the queue
-            self._spawn(
-                move_sticky_tasks(
-                    self.nc, self.names, tenant, decode_token(queue), decode_token(worker)
-                )
-            )
-        for ack_subject in held:
-            with contextlib.suppress(Exception):
-                await self.nc.publish(ack_subject, b"-NAK")
-            self.handed_back += 1
-            self._metrics.handed_back.add(1, where)
 
     def _serve(self, key: str) -> None:
         tenant, queue = self.names.parse_queue_key(key)
@@ -800,7 +750,7 @@ class Hub:
             self._timers.arm(tenant, e)
             return
         subject = self.names.task_subject(tenant, e.queue, e.kind)
-        if e.sticky and self._sticky(tenant, e.queue, e.sticky):
+        if e.sticky and self._workers.sticky(tenant, e.queue, e.sticky):
             subject = self.names.sticky_subject(tenant, e.queue, e.sticky)  # it has the run
         await self._write(tenant, subject, encode(e.body), {"Nats-Msg-Id": e.msg_id})
 
@@ -811,12 +761,3 @@ class Hub:
 
     async def _purge_timer(self, subject: str) -> None:
         await self.js.purge_stream(self.names.stream_timers, subject=subject)
-
-    def _sticky(self, tenant: str, queue: str, worker: str) -> bool:
-        """Whether the worker is live and consumes its own sticky subject."""
-        key = self.names.worker_key(tenant, queue, worker)
-        return key in self._held_by and key not in self._unsticky
-
-    def _live(self, tenant: str, queue: str, worker: str) -> bool:
-        """Whether this hub's watch of ``imm-workers`` has the worker's key."""
-        return self.names.worker_key(tenant, queue, worker) in self._held_by
