@@ -183,3 +183,12 @@ async def test_a_large_oidc_token_fits_in_connect(stack: SecureStack) -> None:
     nc = await connect(stack.url, name="big", security=security)
     assert nc.is_connected
     await nc.close()
+
+
+def test_the_permission_table_in_docs_is_the_one_the_auth_service_uses() -> None:
+    from pathlib import Path
+
+    from immortal.security import permission_table
+
+    doc = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    assert permission_table() in doc, "regenerate docs/security.md's table: permission_table()"
