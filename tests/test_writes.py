@@ -40,6 +40,8 @@ async def test_writes_are_bounded_and_the_lightest_tenant_goes_first() -> None:
             order.append(tag)
             await release.wait()
 
+    async with gate.slot("quiet"):  # a light tenant wrote: the others are bounded now
+        pass
     first = [asyncio.create_task(write("burst", f"burst-{i}")) for i in range(2)]
     await asyncio.sleep(0)
     assert gate.in_flight == 2
@@ -58,8 +60,39 @@ async def test_writes_are_bounded_and_the_lightest_tenant_goes_first() -> None:
     assert gate.in_flight == 0 and gate.waiting == 0
 
 
+async def test_a_tenant_alone_is_not_bounded_and_the_bound_lifts_when_the_quiet_go() -> None:
+    now = [0.0]
+    held = {"burst": 50, "quiet": 1}
+    gate = WriteGate(2, held.__getitem__, light=2, window=1.0, clock=lambda: now[0])
+    release = asyncio.Event()
+
+    async def write(tenant: str) -> None:
+        async with gate.slot(tenant):
+            await release.wait()
+
+    held["burst"] = 1
+    async with gate.slot("burst"):  # light once (its first inputs): it bounds only others
+        pass
+    held["burst"] = 50
+    alone = [asyncio.create_task(write("burst")) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert gate.in_flight == 5 and gate.waiting == 0  # nobody to protect: all in flight
+    async with gate.slot("quiet"):
+        pass
+    bounded = [asyncio.create_task(write("burst")) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert gate.waiting == 3 and gate.in_flight == 5  # a quiet tenant wrote: wait
+    now[0] = 1.5  # the quiet tenant wrote nothing for longer than the window
+    release.set()
+    await asyncio.gather(*alone, *bounded)
+    assert gate.in_flight == 0 and gate.waiting == 0
+    assert not gate.bounding("burst")
+
+
 async def test_a_write_cancelled_while_waiting_gives_its_turn_on() -> None:
-    gate = WriteGate(1, lambda tenant: 10)
+    gate = WriteGate(1, lambda tenant: 0 if tenant == "quiet" else 10)
+    async with gate.slot("quiet"):  # a quiet tenant wrote: the bound is on
+        pass
     release = asyncio.Event()
     done: list[str] = []
 

@@ -15,6 +15,7 @@ __all__ = ["Names", "decode_token", "encode_token", "validate_tenant"]
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _ESCAPE = "="
+_ALL_SAFE = re.compile("[A-Za-z0-9_-]+").fullmatch  # one C call, not a generator per char
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 InputKind = Literal[
@@ -35,7 +36,7 @@ def encode_token(value: str) -> str:
     """
     if not value:
         return _ESCAPE
-    if all(ch in _SAFE for ch in value):
+    if _ALL_SAFE(value):
         return value
     out: list[str] = []
     for ch in value:
