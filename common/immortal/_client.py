@@ -13,8 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -67,6 +66,7 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal._workers import WorkerInfo, worker_info
 from immortal.runs import (
     RunDescription,
     RunInfo,
@@ -95,26 +95,6 @@ _LOOK_AGAIN_S = 1.0
 _LOOK_AGAIN_MAX_S = 60.0
 
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """A live worker, as it registered itself in ``imm-workers``."""
-
-    worker: str
-    host: str
-    pid: int
-    version: str
-    queues: list[str]
-    workflows: list[str]
-    activities: list[str]
-    slots: dict[str, int]
-    tasks_held: int
-    last_seen: datetime
-    # workflow:<name> / activity:<name> -> a hash, and the signature it was made of
-    fingerprints: dict[str, str] = field(default_factory=dict)
-    signatures: dict[str, str] = field(default_factory=dict)
-    running: list[str] = field(default_factory=list)  # activity attempts: run/activity/attempt
 
 
 class Client:
@@ -274,7 +254,7 @@ class Client:
         for _, value in await retry_transient(
             partial(kv_scan, self.nc, bucket, pattern), what=bucket
         ):
-            info = _worker_info(unpack(value))
+            info = worker_info(unpack(value))
             found[info.worker] = info
         return sorted(found.values(), key=lambda w: w.worker)
 
@@ -745,25 +725,3 @@ class WorkflowHandle(Generic[R]):
             anchor = found[1].get("head") if found is not None else None
             head = anchor if isinstance(anchor, bytes) else None
         return verify_chain(messages, head)
-
-
-def _worker_info(raw: dict[str, Any]) -> WorkerInfo:
-    return WorkerInfo(
-        worker=str(raw.get("worker", "?")),
-        host=str(raw.get("host", "?")),
-        pid=int(raw.get("pid", 0)),
-        version=str(raw.get("version", "?")),
-        queues=list(raw.get("queues", [])),
-        workflows=list(raw.get("workflows", [])),
-        activities=list(raw.get("activities", [])),
-        slots=dict(raw.get("slots", {})),
-        tasks_held=len(raw.get("held", [])),
-        last_seen=_ts(int(raw.get("ts", 0))),
-        fingerprints=dict(raw.get("fingerprints", {})),
-        signatures=dict(raw.get("signatures", {})),
-        running=list(raw.get("running", [])),
-    )
-
-
-def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
