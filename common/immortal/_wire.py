@@ -92,6 +92,9 @@ class Failure(_Model):
     details: Any = None
     traceback: str | None = None
     cause: Failure | None = None
+    # With a payload codec: message, details, traceback and cause, sealed (immortal.codec);
+    # ``message`` then only says so.
+    sealed: bytes | None = None
 
 
 # -- history ---------------------------------------------------------------------------
