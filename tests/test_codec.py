@@ -1,0 +1,195 @@
+"""Encrypted payloads (issue 17) against a real nats-server: nothing readable in the
+streams without the key ring, ciphertexts bound to their run, keys rotated in flight."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from immortal import Client, EventType, WorkflowFailedError
+from immortal._inputs import send_input
+from immortal._wire import SignalWorkflow, decode, encode
+from immortal.codec import AesGcmCodec, KeyRing, is_sealed, reveal_events, reveal_log
+from immortal_hub import Hub
+from tests.codec_workflows import MARK, activities, enc_fails, enc_parent, enc_waits, workflows
+from tests.helpers import running_worker, wait_for_history
+
+K1, K2 = bytes(range(32)), bytes(range(32, 64))
+
+
+def codec(current: str = "k1", **keys: bytes) -> AesGcmCodec:
+    return AesGcmCodec(KeyRing(keys or {"k1": K1}, current=current))
+
+
+Seen = list[tuple[str, dict[str, str], bytes]]
+
+
+@asynccontextmanager
+async def _capture(nats_url: str, prefix: str) -> AsyncIterator[Seen]:
+    """Every message published under the prefix, as it went by (inputs and tasks leave
+    their work-queue streams once taken, so they are caught on the way)."""
+    seen: Seen = []
+    nc = NATS()
+    await nc.connect(nats_url)
+
+    async def keep(msg: Any) -> None:
+        seen.append((msg.subject, dict(msg.headers or {}), msg.data))
+
+    await nc.subscribe(f"{prefix}.>", cb=keep)
+    await nc.flush()
+    try:
+        yield seen
+    finally:
+        await nc.drain()
+
+
+def _raw(headers: dict[str, str], data: bytes) -> bytes:
+    return "".join(f"{k}:{v}" for k, v in headers.items()).encode() + data
+
+
+async def _stored(nc: NATS, stream: str) -> list[bytes]:
+    """What ``stream`` still stores, raw."""
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            msg = await js.get_msg(stream, seq)
+        except Exception:  # deleted (a work queue's taken message)
+            continue
+        out.append(_raw(dict(msg.headers or {}), msg.data or b""))
+    return out
+
+
+async def _run_everything(client: Client) -> tuple[str, str]:
+    handle = await client.start(enc_parent, MARK, id=f"enc-{MARK[-4:]}")
+    # The run continues as new at once; signal the run that waits.
+    for _ in range(200):
+        newest = await client.get_handle(handle.workflow_id)
+        if newest.run_id != handle.run_id and await newest.status() is not None:
+            break
+        await asyncio.sleep(0.05)
+    await newest.signal("go", f"go-{MARK}")
+    result = await handle.result(timeout=30)
+    failed = await client.start(enc_fails, MARK)
+    with pytest.raises(WorkflowFailedError) as caught:
+        await failed.result(timeout=20)
+    assert caught.value.cause.type == "Refusal"
+    assert caught.value.cause.message == f"workflow fails holding {MARK}"
+    assert caught.value.cause.details == MARK
+    return result, newest.run_id
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("encrypt", [True, False], ids=["encrypted", "plain-control"])
+async def test_no_plaintext_in_any_stream(
+    nats_url: str, prefix: str, hub: Hub, encrypt: bool
+) -> None:
+    """With encryption on, the marker is in no message of IMM_HISTORY, IMM_IN, IMM_TASKS or
+    IMM_LOGS, as published or as stored; the control run without it finds the marker in
+    all four, so the search can fail."""
+    c = codec() if encrypt else None
+    async with (
+        _capture(nats_url, prefix) as seen,
+        Client(nats_url, prefix=prefix, codec=c) as client,
+        running_worker(nats_url, prefix, workflows=workflows, activities=activities, codec=c),
+    ):
+        result, _ = await _run_everything(client)
+        await asyncio.sleep(0.5)  # the last log lines reach the stream
+        names = client.names
+        stored = {s: await _stored(client.nc, s) for s in
+                  (names.stream_history, names.stream_in, names.stream_tasks, names.stream_logs)}  # fmt: skip
+    assert result == (
+        f"worked {MARK}/go-{MARK} after {{'progress': 'half of {MARK}/go-{MARK}'}} "
+        f"| child of {MARK} | go-{MARK}"
+    )
+    families = {f"{prefix}.{k}." for k in ("hist", "in", "task", "log")}
+    caught = {f: [_raw(h, d) for s, h, d in seen if s.startswith(f)] for f in families}
+    assert all(caught.values()), {f: len(v) for f, v in caught.items()}  # all four were seen
+    marked = {f: sum(MARK.encode() in d for d in v) for f, v in caught.items()}
+    marked_stored = {s: sum(MARK.encode() in d for d in v) for s, v in stored.items()}
+    if encrypt:
+        assert set(marked.values()) == {0}, marked
+        assert set(marked_stored.values()) == {0}, marked_stored
+        assert any(is_sealed(d) or b"\xc1IE" in d for d in caught[f"{prefix}.hist."])
+    else:
+        assert all(marked.values()), marked
+
+
+@pytest.mark.timeout(60)
+async def test_history_decrypts_with_the_ring_and_says_so_without(
+    nats_url: str, prefix: str, hub: Hub
+) -> None:
+    async with (
+        Client(nats_url, prefix=prefix, codec=codec()) as client,
+        running_worker(nats_url, prefix, workflows=workflows, activities=activities, codec=codec()),
+    ):
+        failed = await client.start(enc_fails, MARK)
+        with pytest.raises(WorkflowFailedError):
+            await failed.result(timeout=20)
+        events = await failed.history()
+    opened = reveal_events(events, codec(), client.tenant, failed.workflow_id, failed.run_id)
+    closed = opened[-1]
+    assert closed.type is EventType.WORKFLOW_FAILED
+    assert closed.attrs["failure"]["message"] == f"workflow fails holding {MARK}"
+    assert closed.attrs["failure"]["type"] == "Refusal"  # plain all along: the hub's to read
+    assert events[-1].attrs["failure"]["type"] == "Refusal"
+    assert events[-1].attrs["failure"]["message"] == "<encrypted (key k1)>"
+    blind = reveal_events(events, None, client.tenant, failed.workflow_id, failed.run_id)
+    assert blind[0].attrs["input"] == "<encrypted (key k1)>"
+    other = reveal_events(
+        events, codec("k2", k2=K2), client.tenant, failed.workflow_id, failed.run_id
+    )
+    assert other[0].attrs["input"] == "<encrypted: key k1 not in ring>"
+    assert other[-1].attrs["failure"]["message"] == "<encrypted: key k1 not in ring>"
+
+
+@pytest.mark.timeout(60)
+async def test_ciphertext_moved_to_another_run_is_refused(
+    nats_url: str, prefix: str, hub: Hub
+) -> None:
+    """A signal payload sealed for run A, sent to run B (as anyone who can publish inputs
+    could), is refused by B's worker and dropped with a line in B's log naming why; B goes
+    on and completes with its own signal. A start whose input is A's ciphertext fails."""
+    c = codec()
+    async with (
+        Client(nats_url, prefix=prefix, codec=c) as client,
+        running_worker(nats_url, prefix, workflows=workflows, activities=activities, codec=c),
+    ):
+        a = await client.start(enc_waits, "A")
+        b = await client.start(enc_waits, "B")
+        async with _capture(nats_url, prefix) as seen:
+            await a.signal("go", "for A only")
+            await client.nc.flush()
+            await asyncio.sleep(0.2)
+        assert await a.result(timeout=20) == "A: for A only"
+        sent = next(d for s, _, d in seen if ".signal." in s)  # by request, or to IMM_IN
+        stolen = decode(SignalWorkflow, sent)
+        assert is_sealed(stolen.input)
+        # Run B gets A's ciphertext as its "go" signal (a raw input: any sender can), then
+        # its own.
+        moved = stolen.model_copy(
+            update={"workflow_id": b.workflow_id, "run_id": b.run_id, "signal_id": "signal:moved"}
+        )
+        await send_input(
+            client.nc, client.names, client.tenant, "default", "signal", encode(moved),
+            msg_id="signal:moved",
+        )  # fmt: skip
+        await wait_for_history(
+            client, b.workflow_id, b.run_id,
+            lambda h: sum(e.type is EventType.WORKFLOW_TASK_COMPLETED for e in h) >= 2,
+        )  # fmt: skip
+        await b.signal("go", "for B")
+        assert await b.result(timeout=20) == "B: for B"
+        await asyncio.sleep(0.5)  # the log line reaches the stream
+        lines = [line async for line in b.logs()]
+    assert not any("refused" in ln.message for ln in lines)  # sealed like any line
+    opened = [reveal_log(ln, c, client.tenant).message for ln in lines]
+    assert any(
+        "signal 'go'" in m and "refused and dropped" in m and "signal:go" in m for m in opened
+    ), opened
