@@ -13,8 +13,16 @@ from nats.aio.client import Client as NATS
 
 from immortal import Client, EventType, WorkflowFailedError
 from immortal._inputs import send_input
-from immortal._wire import SignalWorkflow, decode, encode
-from immortal.codec import AesGcmCodec, KeyRing, is_sealed, reveal_events, reveal_log
+from immortal._wire import SignalWorkflow, StartWorkflow, decode, encode
+from immortal.codec import (
+    AesGcmCodec,
+    KeyNotInRingError,
+    KeyRing,
+    is_sealed,
+    key_id_of,
+    reveal_events,
+    reveal_log,
+)
 from immortal_hub import Hub
 from tests.codec_workflows import MARK, activities, enc_fails, enc_parent, enc_waits, workflows
 from tests.helpers import running_worker, wait_for_history
@@ -193,3 +201,107 @@ async def test_ciphertext_moved_to_another_run_is_refused(
     assert any(
         "signal 'go'" in m and "refused and dropped" in m and "signal:go" in m for m in opened
     ), opened
+
+
+@pytest.mark.timeout(60)
+async def test_start_with_a_moved_input_fails_visibly(nats_url: str, prefix: str, hub: Hub) -> None:
+    """A start carrying another run's sealed input fails with the codec's refusal, naming
+    the field; the run it was taken from is untouched."""
+    c = codec()
+    async with (
+        Client(nats_url, prefix=prefix, codec=c) as client,
+        running_worker(nats_url, prefix, workflows=workflows, activities=activities, codec=c),
+    ):
+        a = await client.start(enc_waits, MARK)
+        first = (await a.history())[0]
+        forged = StartWorkflow(
+            workflow_id="forged", run_id="f" * 32, workflow_type="enc_waits",
+            input=first.attrs["input"],
+        )  # fmt: skip
+        await send_input(
+            client.nc, client.names, client.tenant, "default", "start", encode(forged),
+            msg_id="start:forged",
+        )  # fmt: skip
+        forged_run = await client.get_handle("forged", "f" * 32)
+        with pytest.raises(WorkflowFailedError) as caught:
+            await forged_run.result(timeout=20)
+        await a.signal("go", "still fine")
+        assert await a.result(timeout=20) == f"{MARK}: still fine"
+    cause = caught.value.cause
+    assert cause.type == "CiphertextRefusedError"
+    assert "input of run " + "f" * 32 in cause.message and "key 'k1'" in cause.message
+
+
+@pytest.mark.timeout(90)
+async def test_key_missing_from_the_ring_fails_the_task_until_it_is_back(
+    nats_url: str, prefix: str, hub: Hub
+) -> None:
+    """A payload sealed with a key the worker's ring lacks: the workflow task fails with an
+    error naming the field and the key id (recorded in history), and is retried; with the
+    key back in the ring the run goes on, nothing lost."""
+    sealer = codec("k0", k0=K2)
+    async with Client(nats_url, prefix=prefix, codec=sealer) as client:
+        handle = await client.start(enc_waits, MARK)
+        opts: dict[str, Any] = {"workflows": workflows, "activities": activities}
+        async with running_worker(
+            nats_url, prefix, codec=codec(), workflow_task_retry_delay=0.2, **opts
+        ):
+            events = await wait_for_history(
+                client, handle.workflow_id, handle.run_id,
+                lambda h: any(e.type is EventType.WORKFLOW_TASK_FAILED for e in h),
+            )  # fmt: skip
+        failed = next(e for e in events if e.type is EventType.WORKFLOW_TASK_FAILED)
+        assert failed.attrs["failure"]["type"] == "KeyNotInRingError"
+        message = failed.attrs["failure"]["message"]
+        assert f"input of run {handle.run_id}" in message and "key 'k0'" in message, message
+        assert "not in the key ring (it holds k1)" in message
+        both = codec("k1", k1=K1, k0=K2)
+        async with running_worker(
+            nats_url, prefix, codec=both, workflow_task_retry_delay=0.2, **opts
+        ):
+            await handle.signal("go", "k0 is back")
+            with pytest.raises(KeyNotInRingError, match=r"result of run .* key 'k1'"):
+                await handle.result(timeout=30)  # this client's ring lacks the worker's key
+            async with Client(nats_url, prefix=prefix, codec=both) as reader:
+                mine = await reader.get_handle(handle.workflow_id, handle.run_id)
+                assert await mine.result(timeout=30) == f"{MARK}: k0 is back"
+
+
+@pytest.mark.timeout(120)
+async def test_rotation_with_runs_in_flight(nats_url: str, prefix: str, hub: Hub) -> None:
+    """Rotate k1 -> k2 with runs in flight, the documented way: first every reader learns
+    k2 (k1 still current), then k2 becomes current (k1 kept to open older payloads). Runs
+    started under k1 and signalled under k2 complete; none fails, no task fails."""
+    opts: dict[str, Any] = {"workflows": workflows, "activities": activities}
+    only_k1 = codec("k1", k1=K1)
+    learned = codec("k1", k1=K1, k2=K2)
+    rotated = codec("k2", k1=K1, k2=K2)
+    async with Client(nats_url, prefix=prefix, codec=only_k1) as old_client:
+        async with running_worker(nats_url, prefix, codec=only_k1, **opts):
+            early = [await old_client.start(enc_waits, f"early-{i}-{MARK}") for i in range(4)]
+        async with running_worker(nats_url, prefix, codec=learned, **opts):
+            async with Client(nats_url, prefix=prefix, codec=rotated) as new_client:
+                late = [await new_client.start(enc_waits, f"late-{i}-{MARK}") for i in range(4)]
+                for h in early[:2]:
+                    await (await new_client.get_handle(h.workflow_id, h.run_id)).signal("go", "k2")
+        async with running_worker(nats_url, prefix, codec=rotated, **opts):
+            async with Client(nats_url, prefix=prefix, codec=rotated) as new_client:
+                for h in [*early[2:], *late]:
+                    await (await new_client.get_handle(h.workflow_id, h.run_id)).signal("go", "k2")
+                results = []
+                keys: set[str] = set()
+                for h in [*early, *late]:
+                    mine = await new_client.get_handle(h.workflow_id, h.run_id)
+                    results.append(await mine.result(timeout=30))
+                    history = await mine.history()
+                    assert not any(e.type is EventType.WORKFLOW_TASK_FAILED for e in history)
+                    keys |= {
+                        key_id_of(v) or ""
+                        for e in history
+                        for v in e.attrs.values()
+                        if is_sealed(v)
+                    }
+    assert results == [f"early-{i}-{MARK}: k2" for i in range(4)] + [
+        f"late-{i}-{MARK}: k2" for i in range(4)
+    ]
+    assert keys == {"k1", "k2"}

@@ -54,6 +54,7 @@ class AesGcmCodec:
     def __init__(self, ring: KeyRing) -> None:
         self.ring = ring
         self._ciphers: dict[str, tuple[bytes, AESGCM]] = {}
+        self._mac_keys: dict[bytes, bytes] = {}
 
     def encode(self, data: bytes, binding: Binding) -> bytes:
         key_id, key = self.ring.current()
@@ -91,7 +92,10 @@ class AesGcmCodec:
 
     def digest(self, data: bytes) -> str:
         key_id, key = self.ring.current()
-        mac_key = HKDF(hashes.SHA256(), 32, salt=None, info=b"immortal-codec digest").derive(key)
+        mac_key = self._mac_keys.get(key)
+        if mac_key is None:  # never the encryption key itself
+            hkdf = HKDF(hashes.SHA256(), 32, salt=None, info=b"immortal-codec digest")
+            mac_key = self._mac_keys[key] = hkdf.derive(key)
         return key_id + ":" + hmac.new(mac_key, data, hashlib.sha256).hexdigest()[:16]
 
     def _cipher(self, key_id: str, key: bytes) -> AESGCM:
