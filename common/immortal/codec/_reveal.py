@@ -62,10 +62,16 @@ def reveal_events(
     tenant: str,
     workflow_id: str,
     run_id: str,
+    *,
+    seqs: dict[int, int] | None = None,
 ) -> list[HistoryEvent]:
-    """Copies of ``events`` with each sealed payload opened (or its placeholder)."""
+    """Copies of ``events`` with each sealed payload opened (or its placeholder).
+
+    ``seqs`` (ActivityScheduled id -> the command's seq, which names an activity's
+    payloads) carries over from one call to the next when a run is read piecewise.
+    """
     here = Binding(tenant, workflow_id, run_id, "")
-    seqs: dict[int, int] = {}  # ActivityScheduled id -> the command's seq
+    seqs = {} if seqs is None else seqs
     out = []
     for ev in events:
         if ev.type is EventType.ACTIVITY_SCHEDULED:
@@ -89,11 +95,13 @@ def reveal_log(line: LogLine, codec: PayloadCodec | None, tenant: str) -> LogLin
     try:
         message, fields = open_log(codec, binding, line.sealed)
     except CodecError as exc:
-        return dataclasses.replace(line, message=unreadable(line.sealed, codec, exc))
+        return dataclasses.replace(line, message=unreadable(line.sealed, codec, exc), sealed=None)
     return dataclasses.replace(line, message=message, fields=dict(fields), sealed=None)
 
 
-def _where(ev: HistoryEvent, here: Binding, seqs: dict[int, int]) -> tuple[str, Binding] | None:
+def _where(
+    ev: HistoryEvent, here: Binding, seqs: dict[int, int]
+) -> tuple[str, Binding | None] | None:
     t, attrs = ev.type, ev.attrs
     if t is EventType.WORKFLOW_STARTED:
         return "input", start_binding(here.tenant, here.workflow_id, here.run_id, attrs)
@@ -103,7 +111,10 @@ def _where(ev: HistoryEvent, here: Binding, seqs: dict[int, int]) -> tuple[str, 
         return "input", here.at(activity_field(int(attrs.get("seq", 0)), "input"))
     if t in _ACTIVITY_PARTS:
         attr, part = _ACTIVITY_PARTS[t]
-        return attr, here.at(activity_field(seqs.get(ev.caused_by or 0, 0), part))
+        seq = seqs.get(ev.caused_by or 0)
+        if seq is None:  # its ActivityScheduled was not read: the place is unknown
+            return attr, None
+        return attr, here.at(activity_field(seq, part))
     if t is EventType.CHILD_WORKFLOW_SCHEDULED:
         return "input", here.at(child_input_field(str(attrs.get("workflow_id"))))
     if t in (EventType.CHILD_WORKFLOW_COMPLETED, EventType.CHILD_WORKFLOW_FAILED):
@@ -120,8 +131,11 @@ def _has_sealed(value: Any) -> bool:
     return is_sealed(value) or (isinstance(value, dict) and is_sealed(value.get("sealed")))
 
 
-def _reveal(value: Any, codec: PayloadCodec | None, binding: Binding) -> Any:
+def _reveal(value: Any, codec: PayloadCodec | None, binding: Binding | None) -> Any:
     sealed = value if isinstance(value, bytes) else value["sealed"]
+    if binding is None:
+        text = placeholder(sealed)
+        return text if isinstance(value, bytes) else {**value, "message": text}
     try:
         if isinstance(value, bytes):
             return open_payload(codec, binding, value)
