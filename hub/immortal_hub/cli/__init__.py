@@ -11,6 +11,8 @@ immortal schedule create nightly report --cron "0 3 * * *"
 immortal dev --secure               # the same with auth on: issuer, CA, auth service, tokens
 immortal --token "$(cat writer.jwt)" --tls-ca ca.pem workflow start ...   # auth on
 immortal auth keygen | serve        # the NATS auth callout service
+immortal codec keygen k1 > keys.json  # encrypted payloads; --codec-keys keys.json to read
+immortal codec serve --ring acme=keys.json   # POST /decode for the web UI, tokens verified
 
 One module per command group; each imports the SDK, and the hub's machinery, only inside
 the commands that need them, so a read command starts without loading the hub.
@@ -25,7 +27,19 @@ from typing import Annotated, Any
 
 import typer
 
-from immortal_hub.cli import auth, dev, dlq, hub, logs, ops, replay, runs, schedule, workflow
+from immortal_hub.cli import (
+    auth,
+    codec,
+    dev,
+    dlq,
+    hub,
+    logs,
+    ops,
+    replay,
+    runs,
+    schedule,
+    workflow,
+)
 from immortal_hub.cli._common import CONNECT
 from immortal_hub.cli._exit import report
 
@@ -54,6 +68,7 @@ GROUPS: dict[str, typer.Typer] = {
     "dlq": dlq.app,
     "schedule": schedule.app,
     "auth": auth.app,
+    "codec": codec.app,
 }
 
 
