@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +25,10 @@ from immortal.codec import (
     reveal_log,
 )
 from immortal_hub import Hub
+from immortal_worker import Worker
 from tests.codec_workflows import MARK, activities, enc_fails, enc_parent, enc_waits, workflows
 from tests.helpers import running_worker, wait_for_history
+from tests.security_fixtures import secure_stack
 
 K1, K2 = bytes(range(32)), bytes(range(32, 64))
 
@@ -38,12 +41,12 @@ Seen = list[tuple[str, dict[str, str], bytes]]
 
 
 @asynccontextmanager
-async def _capture(nats_url: str, prefix: str) -> AsyncIterator[Seen]:
+async def _capture(nats_url: str, prefix: str, **login: Any) -> AsyncIterator[Seen]:
     """Every message published under the prefix, as it went by (inputs and tasks leave
     their work-queue streams once taken, so they are caught on the way)."""
     seen: Seen = []
     nc = NATS()
-    await nc.connect(nats_url)
+    await nc.connect(nats_url, **login)
 
     async def keep(msg: Any) -> None:
         seen.append((msg.subject, dict(msg.headers or {}), msg.data))
@@ -112,6 +115,12 @@ async def test_no_plaintext_in_any_stream(
         names = client.names
         stored = {s: await _stored(client.nc, s) for s in
                   (names.stream_history, names.stream_in, names.stream_tasks, names.stream_logs)}  # fmt: skip
+    _assert_no_plaintext(prefix, result, seen, stored, encrypt=encrypt)
+
+
+def _assert_no_plaintext(
+    prefix: str, result: str, seen: Seen, stored: dict[str, list[bytes]], *, encrypt: bool
+) -> None:
     assert result == (
         f"worked {MARK}/go-{MARK} after {{'progress': 'half of {MARK}/go-{MARK}'}} "
         f"| child of {MARK} | go-{MARK}"
@@ -305,3 +314,40 @@ async def test_rotation_with_runs_in_flight(nats_url: str, prefix: str, hub: Hub
         f"late-{i}-{MARK}: k2" for i in range(4)
     ]
     assert keys == {"k1", "k2"}
+
+
+@pytest.mark.timeout(120)
+async def test_no_plaintext_in_any_stream_with_auth_on(tmp_path: Path) -> None:
+    """The same with auth on: hub, worker and client each with its own token; the hub
+    holds no key. What was published and stored is read raw as the service user."""
+    async with secure_stack(tmp_path) as stack:
+        hub = Hub(stack.url, security=stack.hub_security())
+        await hub.start()
+        worker = Worker(
+            stack.url, workflows=workflows, activities=activities, codec=codec(),
+            security=stack.security("svc-worker", ["acme:worker"], queues=["default"]),
+        )  # fmt: skip
+        await worker.start()
+        writer = stack.security("ann", ["acme:writer"])
+        try:
+            async with (
+                _capture(stack.url, "imm", **stack.admin_nc_options()) as seen,
+                Client(stack.url, security=writer, codec=codec()) as client,
+            ):
+                result, _ = await _run_everything(client)
+                await asyncio.sleep(0.5)  # the last log lines reach the stream
+                admin = NATS()
+                await admin.connect(stack.url, **stack.admin_nc_options())
+                names = client.names
+                streams = (
+                    names.stream_history,
+                    names.stream_in,
+                    names.stream_tasks,
+                    names.stream_logs,
+                )
+                stored = {s: await _stored(admin, s) for s in streams}
+                await admin.close()
+        finally:
+            await worker.stop()
+            await hub.stop()
+    _assert_no_plaintext("imm", result, seen, stored, encrypt=True)
