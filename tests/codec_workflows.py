@@ -53,3 +53,19 @@ async def enc_waits(ctx: WorkflowContext, text: str) -> str:
 
 workflows = [enc_parent, enc_child, enc_fails, enc_waits]
 activities = [enc_work]
+
+
+@immortal.activity
+async def enc_quick(text: str) -> str:
+    return f"quick {text}"
+
+
+@immortal.workflow
+async def enc_quick_flow(ctx: WorkflowContext, text: str) -> str:
+    """Activities without heartbeats: their results come back run ahead by the worker."""
+    first = await ctx.activity(enc_quick, text)
+    return await ctx.activity(enc_quick, first)
+
+
+workflows += [enc_quick_flow]
+activities += [enc_quick]

@@ -13,10 +13,12 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from immortal import Client, EventType, WorkflowFailedError
+from immortal._codec import unpack
 from immortal._inputs import send_input
 from immortal._wire import SignalWorkflow, StartWorkflow, decode, encode
 from immortal.codec import (
     AesGcmCodec,
+    CodecError,
     KeyNotInRingError,
     KeyRing,
     is_sealed,
@@ -26,7 +28,15 @@ from immortal.codec import (
 )
 from immortal_hub import Hub
 from immortal_worker import Worker
-from tests.codec_workflows import MARK, activities, enc_fails, enc_parent, enc_waits, workflows
+from tests.codec_workflows import (
+    MARK,
+    activities,
+    enc_fails,
+    enc_parent,
+    enc_quick_flow,
+    enc_waits,
+    workflows,
+)
 from tests.helpers import running_worker, wait_for_history
 from tests.security_fixtures import secure_stack
 
@@ -351,3 +361,30 @@ async def test_no_plaintext_in_any_stream_with_auth_on(tmp_path: Path) -> None:
             await worker.stop()
             await hub.stop()
     _assert_no_plaintext("imm", result, seen, stored, encrypt=True)
+
+
+@pytest.mark.timeout(60)
+async def test_results_run_ahead_are_sealed_and_opened(
+    nats_url: str, prefix: str, hub: Hub
+) -> None:
+    """An activity's result that the worker runs the workflow ahead with (one transition for
+    result and next task) is sealed like any other, and opened by the code."""
+    c = codec()
+    async with (
+        Client(nats_url, prefix=prefix, codec=c) as client,
+        running_worker(nats_url, prefix, workflows=workflows, activities=activities, codec=c),
+    ):
+        handle = await client.start(enc_quick_flow, MARK)
+        assert await handle.result(timeout=20) == f"quick quick {MARK}"
+        events = await handle.history()
+    completed = [e for e in events if e.type is EventType.ACTIVITY_COMPLETED]
+    assert len(completed) == 2 and all(key_id_of(e.attrs["result"]) == "k1" for e in completed)
+    opened = reveal_events(events, c, client.tenant, handle.workflow_id, handle.run_id)
+    results = [e.attrs["result"] for e in opened if e.type is EventType.ACTIVITY_COMPLETED]
+    assert [unpack(r) for r in results] == [f"quick {MARK}", f"quick quick {MARK}"]
+
+
+async def test_schedules_refuse_arguments_they_cannot_seal() -> None:
+    client = Client("nats://127.0.0.1:1", codec=codec())
+    with pytest.raises(CodecError, match="cannot be encrypted for schedules yet"):
+        await client.schedules.create("nightly", enc_waits, MARK, every=60)

@@ -175,3 +175,37 @@ def test_digest_is_keyed_and_stable() -> None:
     assert codec.digest(b"hello") == codec.digest(b"hello") != other.digest(b"hello")
     assert codec.digest(b"hello") != codec.digest(b"hullo")
     assert unpack(encode_value(1)) == 1
+
+
+def test_the_package_exports() -> None:
+    import immortal.codec
+
+    assert sorted(immortal.codec.__all__) == sorted(
+        ["ENV_KEYS", "ENV_KEYS_FILE", "AesGcmCodec", "Binding", "CiphertextRefusedError",
+         "CodecError", "KeyNotInRingError", "KeyRing", "KeyRingError", "PayloadCodec",
+         "codec_from_env", "is_sealed", "key_id_of", "new_key", "reveal_events", "reveal_log",
+         "unreadable"]
+    )  # fmt: skip
+
+
+def test_keygen_prints_a_ring_and_serve_needs_auth(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("IMMORTAL_")}
+    made = subprocess.run(
+        [sys.executable, "-m", "immortal_hub", "codec", "keygen", "k7"],
+        capture_output=True, text=True, timeout=30, env=env,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    ring = KeyRing.parse(made.stdout)
+    assert ring.current_id == "k7" and len(ring.current()[1]) == 32
+    (tmp_path / "ring.json").write_text(made.stdout)
+    refused = subprocess.run(
+        [sys.executable, "-m", "immortal_hub", "codec", "serve", "--ring",
+         f"acme={tmp_path / 'ring.json'}"],
+        capture_output=True, text=True, timeout=30, env=env,
+    )  # fmt: skip
+    said = " ".join(refused.stderr.replace("│", " ").split())
+    assert refused.returncode == 2 and "decodes only for verified tokens" in said, said
+    assert "Traceback" not in refused.stderr
