@@ -67,5 +67,25 @@ async def enc_quick_flow(ctx: WorkflowContext, text: str) -> str:
     return await ctx.activity(enc_quick, first)
 
 
-workflows += [enc_quick_flow]
-activities += [enc_quick]
+@immortal.activity
+async def enc_refuses(text: str) -> str:
+    raise ApplicationError(f"refusing {text}", type="Refused", non_retryable=True, details=text)
+
+
+@immortal.workflow
+async def enc_catches(ctx: WorkflowContext, text: str) -> list[str]:
+    """Failures of an activity and of a child reach the code opened."""
+    caught = []
+    try:
+        await ctx.activity(enc_refuses, text)
+    except immortal.ActivityError as exc:
+        caught.append(f"{exc.cause.type}: {exc.cause.message} ({exc.cause.details})")
+    try:
+        await ctx.child(enc_fails, text)
+    except immortal.ChildWorkflowError as exc:
+        caught.append(f"{exc.cause.type}: {exc.cause.message} ({exc.cause.details})")
+    return caught
+
+
+workflows += [enc_quick_flow, enc_catches]
+activities += [enc_quick, enc_refuses]

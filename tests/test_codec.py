@@ -31,6 +31,7 @@ from immortal_worker import Worker
 from tests.codec_workflows import (
     MARK,
     activities,
+    enc_catches,
     enc_fails,
     enc_parent,
     enc_quick_flow,
@@ -382,6 +383,28 @@ async def test_results_run_ahead_are_sealed_and_opened(
     opened = reveal_events(events, c, client.tenant, handle.workflow_id, handle.run_id)
     results = [e.attrs["result"] for e in opened if e.type is EventType.ACTIVITY_COMPLETED]
     assert [unpack(r) for r in results] == [f"quick {MARK}", f"quick quick {MARK}"]
+
+
+@pytest.mark.timeout(60)
+async def test_failures_reach_the_code_opened(nats_url: str, prefix: str, hub: Hub) -> None:
+    """An activity's and a child's failure, sealed by their workers, are opened for the
+    parent's code (the child's bound to the child's run); the hub read only their type."""
+    c = codec()
+    async with (
+        Client(nats_url, prefix=prefix, codec=c) as client,
+        running_worker(nats_url, prefix, workflows=workflows, activities=activities, codec=c),
+    ):
+        handle = await client.start(enc_catches, MARK)
+        assert await handle.result(timeout=20) == [
+            f"Refused: refusing {MARK} ({MARK})",
+            f"Refusal: workflow fails holding {MARK} ({MARK})",
+        ]
+        events = await handle.history()
+    failed = [
+        e for e in events if e.type in (EventType.ACTIVITY_FAILED, EventType.CHILD_WORKFLOW_FAILED)
+    ]
+    assert [e.attrs["failure"]["type"] for e in failed] == ["Refused", "Refusal"]
+    assert all(e.attrs["failure"]["message"] == "<encrypted (key k1)>" for e in failed)
 
 
 async def test_schedules_refuse_arguments_they_cannot_seal() -> None:
