@@ -18,7 +18,6 @@ from immortal._inputs import send_input
 from immortal._wire import SignalWorkflow, StartWorkflow, decode, encode
 from immortal.codec import (
     AesGcmCodec,
-    CodecError,
     KeyNotInRingError,
     KeyRing,
     is_sealed,
@@ -407,7 +406,41 @@ async def test_failures_reach_the_code_opened(nats_url: str, prefix: str, hub: H
     assert all(e.attrs["failure"]["message"] == "<encrypted (key k1)>" for e in failed)
 
 
-async def test_schedules_refuse_arguments_they_cannot_seal() -> None:
-    client = Client("nats://127.0.0.1:1", codec=codec())
-    with pytest.raises(CodecError, match="cannot be encrypted for schedules yet"):
-        await client.schedules.create("nightly", enc_waits, MARK, every=60)
+@pytest.mark.timeout(60)
+async def test_schedule_arguments_are_sealed_and_each_firing_opens_them(
+    nats_url: str, prefix: str, hub: Hub
+) -> None:
+    """A schedule's arguments are sealed when it is created (bound to the schedule: no run
+    exists yet); every run it fires opens them, and the schedule's record holds no
+    plaintext."""
+    c = codec()
+    async with (
+        Client(nats_url, prefix=prefix, codec=c) as client,
+        running_worker(nats_url, prefix, workflows=workflows, activities=activities, codec=c),
+    ):
+        await client.schedules.create("enc-nightly", enc_quick_flow, MARK, every=1)
+        async with asyncio.timeout(20):
+            while not (fired := await _fired(client, "enc-nightly")):
+                await asyncio.sleep(0.1)
+        js = client.nc.jetstream()
+        kv = await js.key_value(client.names.bucket_schedules)
+        assert len(await kv.keys()) == 1
+        assert [k async for k in _no_plaintext_keys(kv)] == []
+        await client.schedules.delete("enc-nightly")
+        run = await client.get_handle(fired[0])
+        assert await run.result(timeout=10) == f"quick quick {MARK}"
+        started = (await run.history())[0]
+        assert started.attrs["schedule_id"] == "enc-nightly" and is_sealed(started.attrs["input"])
+
+
+async def _fired(client: Client, schedule_id: str) -> list[str]:
+    page = await client.list_workflows(status="completed", limit=1000)
+    return sorted(r.workflow_id for r in page.runs if r.workflow_id.startswith(f"{schedule_id}@"))
+
+
+async def _no_plaintext_keys(kv: Any) -> AsyncIterator[str]:
+    """Keys of the bucket whose values hold the marker in the clear (none should)."""
+    for key in await kv.keys():
+        entry = await kv.get(key)
+        if MARK.encode() in (entry.value or b""):
+            yield key

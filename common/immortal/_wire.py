@@ -398,6 +398,7 @@ class StartWorkflow(_Model):
     run_timeout: float | None = None  # seconds for this run (continue-as-new starts a new one)
     parent: ParentRef | None = None  # set when a workflow started this one as its child
     continued_from: str | None = None  # the run this one continues
+    schedule_id: str | None = None  # the schedule whose firing made this start (by the hub)
     by: dict[str, Any] | None = None  # who sent it: set by the hub from the sender, never trusted
 
 

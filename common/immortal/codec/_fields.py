@@ -21,6 +21,7 @@ __all__ = [
     "STATUS",
     "activity_field",
     "child_input_field",
+    "schedule_binding",
     "signal_field",
     "start_binding",
 ]
@@ -50,9 +51,15 @@ def child_input_field(child_workflow_id: str) -> str:
     return f"child:{child_workflow_id}:input"
 
 
+def schedule_binding(tenant: str, schedule_id: str) -> Binding:
+    """A schedule's arguments are sealed when it is created, before any run exists (each
+    firing's run id is the hub's to choose): bound to the schedule."""
+    return Binding(tenant, f"schedule:{schedule_id}", "", INPUT)
+
+
 def start_binding(tenant: str, workflow_id: str, run_id: str, attrs: Mapping[str, Any]) -> Binding:
     """What a ``WorkflowStarted`` event's input is bound to: the run itself, the parent
-    that started it as a child, or the run it continues."""
+    that started it as a child, the run it continues, or the schedule that fired it."""
     parent = attrs.get("parent")
     if isinstance(parent, dict) and parent.get("run_id"):
         return Binding(
@@ -64,4 +71,7 @@ def start_binding(tenant: str, workflow_id: str, run_id: str, attrs: Mapping[str
     continued = attrs.get("continued_from")
     if continued:
         return Binding(tenant, workflow_id, str(continued), CONTINUE_INPUT)
+    schedule = attrs.get("schedule_id")
+    if schedule:
+        return schedule_binding(tenant, str(schedule))
     return Binding(tenant, workflow_id, run_id, INPUT)
