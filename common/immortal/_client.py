@@ -678,7 +678,8 @@ class WorkflowHandle(Generic[R]):
         return describe_run(state, running_on, now_ms())
 
     async def history(self, *, from_seq: int = 1) -> list[HistoryEvent]:
-        """Every event of the run, in order (from stream sequence ``from_seq`` on)."""
+        """Every event of the run, in order (from stream sequence ``from_seq`` on), payloads
+        as stored (sealed ones too: ``immortal.codec.reveal_events`` opens them)."""
         events: list[HistoryEvent] = []
         for msg in await self._read(from_seq):
             events.extend(decode(Transition, msg.data).events)
