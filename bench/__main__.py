@@ -11,6 +11,7 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench -w cli                  # `immortal workflow describe` as a process
     python -m bench -w policy               # policy decision cost (no broker involved)
     python -m bench -w throughput -w latency --secure   # and again with auth on (_secure)
+    python -m bench -w throughput -w latency --encrypt  # and again with payloads encrypted
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import nats
 from nats.js.api import StorageType, StreamConfig
 
-from bench import _policy
+from bench import _encrypt, _policy
 from bench._cli import cli
 from bench._fleet import fairness, fairness_batch, frozen_worker, wait_marks
 from bench._harness import (
@@ -63,6 +64,8 @@ class Bench:
         self.extra: dict[str, Any] = {}
         self.secure: Secure | None = None  # the second pass of --secure
         self.suffix = ""
+        self.codec: Any = None  # with --encrypt, in its pass: the client's payload codec
+        self.codec_env: dict[str, str] = {}  # ...and the workers' key ring
         self.hub_options = [o for spec in args.tenant_limit or [] for o in ("--tenant-limit", spec)]
         if args.hub_max_in_flight:
             self.hub_options += ["--max-in-flight", str(args.hub_max_in_flight)]
@@ -76,14 +79,16 @@ class Bench:
         return self.metrics.setdefault(name, Metric(name, unit, target=target))
 
     def client(self) -> Client:
-        return Client(self.url, security=self.secure.client if self.secure else None)
+        security = self.secure.client if self.secure else None
+        return Client(self.url, security=security, codec=self.codec)
 
     def completions(self, client: Client) -> Completions:
         # With auth on the client may subscribe to its own tenant's history only.
         return Completions(client.nc, tenant=client.tenant if self.secure else None)
 
     def env(self, role: str) -> dict[str, str]:
-        return self.secure.env[role] if self.secure else {}
+        env = self.secure.env[role] if self.secure else {}
+        return {**env, **self.codec_env} if role == "worker" else env  # never the hub's
 
     async def run(self) -> None:
         with tempfile.TemporaryDirectory(prefix="immortal-bench-") as tmp:
@@ -93,6 +98,13 @@ class Bench:
                 self.tmp = Path(tmp)
                 for name in self.args.workload or WORKLOADS:
                     await getattr(self, f"w_{name}")()
+                if self.args.encrypt:
+                    (self.codec, self.codec_env), self.suffix = _encrypt.key_ring(), _encrypt.SUFFIX
+                    for name in self.args.workload:
+                        await getattr(self, f"w_{name}")()
+                    self.codec, self.codec_env, self.suffix = None, {}, ""
+                    for name, unit, value, target in _encrypt.compare(self.metrics):
+                        self.metrics[name] = Metric(name, unit, [value], target=target)
             if self.args.secure:
                 async with secure_server(Path(tmp)) as secure:
                     self.secure, self.suffix = secure, SUFFIX
@@ -414,12 +426,19 @@ def main() -> None:
         action="store_true",
         help="run the workloads again with auth on (throughput, latency), and compare",
     )
+    ap.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="run the workloads again with payloads encrypted (throughput, latency), and compare",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     if (args.secure and not set(args.workload or []) <= {"throughput", "latency"}) or (
         args.secure and not args.workload
     ):
         ap.error("--secure runs with -w throughput and/or -w latency")
+    if args.encrypt and not (args.workload and set(args.workload) <= {"throughput", "latency"}):
+        ap.error("--encrypt runs with -w throughput and/or -w latency")
     bench = Bench(args)
     asyncio.run(bench.run())
     print(f"\nImmortal bench: {args.hubs} hub(s) x {args.workers} worker(s), {args.trials} trials, "

@@ -13,8 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -67,6 +66,10 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal._workers import WorkerInfo, worker_info
+from immortal.codec import Binding, PayloadCodec
+from immortal.codec._fields import FAILURE, INPUT, RESULT, STATUS, signal_field
+from immortal.codec._sealing import open_failure, open_payload, seal
 from immortal.runs import (
     RunDescription,
     RunInfo,
@@ -97,26 +100,6 @@ _LOOK_AGAIN_MAX_S = 60.0
 R = TypeVar("R")
 
 
-@dataclass(frozen=True)
-class WorkerInfo:
-    """A live worker, as it registered itself in ``imm-workers``."""
-
-    worker: str
-    host: str
-    pid: int
-    version: str
-    queues: list[str]
-    workflows: list[str]
-    activities: list[str]
-    slots: dict[str, int]
-    tasks_held: int
-    last_seen: datetime
-    # workflow:<name> / activity:<name> -> a hash, and the signature it was made of
-    fingerprints: dict[str, str] = field(default_factory=dict)
-    signatures: dict[str, str] = field(default_factory=dict)
-    running: list[str] = field(default_factory=list)  # activity attempts: run/activity/attempt
-
-
 class Client:
     """A connection to an Immortal deployment for one tenant.
 
@@ -134,8 +117,10 @@ class Client:
         nc: NATS | None = None,
         connect_timeout: float | None = None,
         security: ConnectSecurity | None = None,
+        codec: PayloadCodec | None = None,
     ) -> None:
         self.servers = servers
+        self.codec = codec  # seals payloads this client sends, opens those it reads
         self.connect_timeout = connect_timeout
         self.security = security
         self.tenant = validate_tenant(auth.tenant_of(security, tenant))  # a token's: its own
@@ -252,11 +237,12 @@ class Client:
                 # run is owed, which heals a task lost to an outage.
         await self._register_queue(queue)
         await self._warn_if_unserved(name, queue)
+        codec = self.codec
         body = StartWorkflow(
             workflow_id=workflow_id,
             run_id=run_id,
             workflow_type=name,
-            input=encoded,
+            input=seal(codec, Binding(self.tenant, workflow_id, run_id, INPUT), encoded),
             execution_timeout=seconds(execution_timeout),
             run_timeout=seconds(run_timeout),
         )
@@ -274,7 +260,7 @@ class Client:
         for _, value in await retry_transient(
             partial(kv_scan, self.nc, bucket, pattern), what=bucket
         ):
-            info = _worker_info(unpack(value))
+            info = worker_info(unpack(value))
             found[info.worker] = info
         return sorted(found.values(), key=lambda w: w.worker)
 
@@ -548,12 +534,18 @@ class WorkflowHandle(Generic[R]):
             self.client._waiting.discard(updates)
             await sub.unsubscribe()
 
+    def _at(self, field: str) -> Binding:
+        return Binding(self.client.tenant, self.workflow_id, self.run_id, field)
+
     def _outcome(self, events: list[HistoryEvent]) -> R:
+        codec = self.client.codec
         for event in reversed(events):
             if event.type is EventType.WORKFLOW_COMPLETED:
-                return decode_value(event.attrs.get("result"), self._result_type)  # type: ignore[no-any-return]
+                result = open_payload(codec, self._at(RESULT), event.attrs.get("result"))
+                return decode_value(result, self._result_type)  # type: ignore[no-any-return]
             if event.type is EventType.WORKFLOW_FAILED:
-                cause = exception_from_failure(event.attrs["failure"])
+                failure = open_failure(codec, self._at(FAILURE), event.attrs["failure"])
+                cause = exception_from_failure(failure)
                 raise WorkflowFailedError(self.workflow_id, self.run_id, cause)
             if event.type in (EventType.WORKFLOW_CANCELED, EventType.WORKFLOW_TERMINATED):
                 reason = str(event.attrs.get("reason") or "")
@@ -614,7 +606,8 @@ class WorkflowHandle(Generic[R]):
         transition = await self._last_transition()
         if transition is None:
             raise WorkflowNotFoundError(f"run {self.run_id} of {self.workflow_id!r} not found")
-        return decode_value(transition.state.status_value, result_type)
+        value = open_payload(self.client.codec, self._at(STATUS), transition.state.status_value)
+        return decode_value(value, result_type)
 
     async def _send(
         self, kind: InputKind, body: SignalWorkflow | RequestCancel | RequestTerminate, msg_id: str
@@ -625,7 +618,7 @@ class WorkflowHandle(Generic[R]):
             queue = await self._queued_start(no_history=transition is None)
             if queue is not None:  # the hub applies it after the start
                 body = body.model_copy(update={"run_id": self.run_id, "pending_start": True})
-                await self._deliver(queue, kind, encode(body), msg_id)
+                await self._deliver(queue, kind, self._sealed(body), msg_id)
                 return
         if transition is None:
             raise WorkflowNotFoundError(f"run {self.run_id} of {self.workflow_id!r} not found")
@@ -635,7 +628,14 @@ class WorkflowHandle(Generic[R]):
                 f"cannot {kind} run {self.run_id} of {self.workflow_id!r}: it is already "
                 f"{state.status}"
             )
-        await self._deliver(state.queue, kind, encode(body), msg_id)
+        await self._deliver(state.queue, kind, self._sealed(body), msg_id)
+
+    def _sealed(self, body: SignalWorkflow | RequestCancel | RequestTerminate) -> bytes:
+        """The input's bytes, a signal's payload sealed for the run it goes to now."""
+        if isinstance(body, SignalWorkflow) and self.client.codec is not None:
+            where = self._at(signal_field(body.name))
+            body = body.model_copy(update={"input": seal(self.client.codec, where, body.input)})
+        return encode(body)
 
     async def _queued_start(self, *, no_history: bool) -> str | None:
         """The queue of this run's start if it is durable but not applied yet: known from
@@ -678,7 +678,8 @@ class WorkflowHandle(Generic[R]):
         return describe_run(state, running_on, now_ms())
 
     async def history(self, *, from_seq: int = 1) -> list[HistoryEvent]:
-        """Every event of the run, in order (from stream sequence ``from_seq`` on)."""
+        """Every event of the run, in order (from stream sequence ``from_seq`` on), payloads
+        as stored (sealed ones too: ``immortal.codec.reveal_events`` opens them)."""
         events: list[HistoryEvent] = []
         for msg in await self._read(from_seq):
             events.extend(decode(Transition, msg.data).events)
@@ -745,25 +746,3 @@ class WorkflowHandle(Generic[R]):
             anchor = found[1].get("head") if found is not None else None
             head = anchor if isinstance(anchor, bytes) else None
         return verify_chain(messages, head)
-
-
-def _worker_info(raw: dict[str, Any]) -> WorkerInfo:
-    return WorkerInfo(
-        worker=str(raw.get("worker", "?")),
-        host=str(raw.get("host", "?")),
-        pid=int(raw.get("pid", 0)),
-        version=str(raw.get("version", "?")),
-        queues=list(raw.get("queues", [])),
-        workflows=list(raw.get("workflows", [])),
-        activities=list(raw.get("activities", [])),
-        slots=dict(raw.get("slots", {})),
-        tasks_held=len(raw.get("held", [])),
-        last_seen=_ts(int(raw.get("ts", 0))),
-        fingerprints=dict(raw.get("fingerprints", {})),
-        signatures=dict(raw.get("signatures", {})),
-        running=list(raw.get("running", [])),
-    )
-
-
-def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)

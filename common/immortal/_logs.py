@@ -42,6 +42,7 @@ class LogLine:
     attempt: int | None = None  # set for activity lines
     activity: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    sealed: bytes | None = None  # message and fields, with a payload codec (immortal.codec)
 
 
 def decode_log(seq: int, data: bytes) -> LogLine:
@@ -59,6 +60,7 @@ def decode_log(seq: int, data: bytes) -> LogLine:
         attempt=raw.get("attempt"),
         activity=raw.get("activity"),
         fields=dict(raw.get("fields") or {}),
+        sealed=raw.get("sealed"),
     )
 
 
@@ -132,9 +134,12 @@ class LogShipper(logging.Handler):
     same process are left to them.
     """
 
-    def __init__(self, js: Any, names: Names, tenant: str, worker_id: str) -> None:
+    def __init__(
+        self, js: Any, names: Names, tenant: str, worker_id: str, codec: Any = None
+    ) -> None:
         super().__init__(logging.DEBUG)
         self._js, self._names, self._tenant, self._worker = js, names, tenant, worker_id
+        self._sealer = None if codec is None else _LineSealer(codec, tenant)
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[str, bytes, dict[str, str] | None] | None] = (
             asyncio.Queue()
@@ -158,14 +163,17 @@ class LogShipper(logging.Handler):
         subject = self._names.log_subject(self._tenant, str(ids["workflow_id"]), str(ids["run_id"]))
         headers = None
         if "line" in ids:  # a workflow line: the same line logged again is stored once
-            digest = zlib.crc32(body["message"].encode())
-            headers = {"Nats-Msg-Id": f"log:{ids['run_id']}:{ids['line']}:{digest:08x}"}
+            digest = f"{zlib.crc32(body['message'].encode()):08x}"
+            if self._sealer is not None:  # a plain CRC would betray short messages
+                digest = self._sealer.codec.digest(body["message"].encode())
+            headers = {"Nats-Msg-Id": f"log:{ids['run_id']}:{ids['line']}:{digest}"}
         try:
             body["fields"] = to_wire(ids.get("fields") or {})
-            item = (subject, pack(body), headers)
         except Exception:  # an unencodable field: keep the line, name the fields
             body["fields"] = {"unencodable": repr(ids.get("fields"))}
-            item = (subject, pack(body), headers)
+        if self._sealer is not None:
+            body = self._sealer.seal(body)
+        item = (subject, pack(body), headers)
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     async def _ship(self) -> None:
@@ -183,3 +191,20 @@ class LogShipper(logging.Handler):
             async with asyncio.timeout(timeout):
                 await self._task
         self._task.cancel()
+
+
+class _LineSealer:
+    """Seals a log line's message and fields (bound to its run, field ``log``)."""
+
+    def __init__(self, codec: Any, tenant: str) -> None:
+        from immortal.codec import Binding  # the codec package reads LogLine from here
+
+        self.codec, self._tenant, self._binding = codec, tenant, Binding
+
+    def seal(self, body: dict[str, Any]) -> dict[str, Any]:
+        from immortal.codec._sealing import placeholder
+
+        where = self._binding(self._tenant, str(body["workflow_id"]), str(body["run_id"]), "log")
+        secret = pack({"message": body["message"], "fields": body.pop("fields")})
+        sealed = self.codec.encode(secret, where)
+        return {**body, "message": placeholder(sealed), "sealed": sealed}

@@ -23,6 +23,8 @@ from immortal._errors import ImmortalError
 from immortal._jetstream import kv_scan
 from immortal._timers import seconds
 from immortal._wire import TimerFired, _Model, encode, now_ms
+from immortal.codec._fields import schedule_binding
+from immortal.codec._sealing import seal
 from immortal.security.connection import relays_reads
 
 if TYPE_CHECKING:
@@ -101,11 +103,12 @@ class Schedules:
         if every is not None and (every < 1 or every != int(every)):
             raise ValueError("every= must be a whole number of seconds, at least 1")
         name = workflow if isinstance(workflow, str) else workflow_definition(workflow).name
+        where = schedule_binding(self._client.tenant, schedule_id)
         spec = ScheduleSpec(
             schedule_id=schedule_id,
             workflow_type=name,
             queue=queue,
-            input=encode_args(args),
+            input=seal(self._client.codec, where, encode_args(args)),
             every=every,
             cron=_cron(cron) if cron is not None else None,
             execution_timeout=seconds(execution_timeout),

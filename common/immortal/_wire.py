@@ -92,6 +92,9 @@ class Failure(_Model):
     details: Any = None
     traceback: str | None = None
     cause: Failure | None = None
+    # With a payload codec: message, details, traceback and cause, sealed (immortal.codec);
+    # ``message`` then only says so.
+    sealed: bytes | None = None
 
 
 # -- history ---------------------------------------------------------------------------
@@ -395,6 +398,7 @@ class StartWorkflow(_Model):
     run_timeout: float | None = None  # seconds for this run (continue-as-new starts a new one)
     parent: ParentRef | None = None  # set when a workflow started this one as its child
     continued_from: str | None = None  # the run this one continues
+    schedule_id: str | None = None  # the schedule whose firing made this start (by the hub)
     by: dict[str, Any] | None = None  # who sent it: set by the hub from the sender, never trusted
 
 

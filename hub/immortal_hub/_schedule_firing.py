@@ -48,5 +48,6 @@ async def scheduled_start(
         workflow_type=spec.workflow_type,
         input=spec.input,
         execution_timeout=spec.execution_timeout,
+        schedule_id=spec.schedule_id,  # names what a sealed input is bound to
     )
     return spec.queue, start

@@ -199,6 +199,8 @@ def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: i
         extra["parent"] = start.parent.model_dump()
     if start.continued_from is not None:
         extra["continued_from"] = start.continued_from
+    if start.schedule_id is not None:
+        extra["schedule_id"] = start.schedule_id
     if start.by is not None:
         extra["by"] = start.by  # who started it (the hub sets it from the sender)
     started = b.add(

@@ -38,6 +38,9 @@ from immortal._wire import (
     encode,
     now_ms,
 )
+from immortal.codec import Binding, PayloadCodec
+from immortal.codec._fields import activity_field
+from immortal.codec._sealing import open_payload, seal, seal_failure
 from immortal.security.connection import sender_of
 
 __all__ = ["ActivityRunner"]
@@ -63,13 +66,19 @@ class ActivityRunner:
         hold: Callable[[Msg, str | None], AbstractAsyncContextManager[None]],
         send: Send,
         report_result: ReportResult,
+        codec: PayloadCodec | None = None,
     ) -> None:
+        self._codec = codec
         self._nc, self._names, self._tenant, self._worker_id = nc, names, tenant, worker_id
         self._activities = activities
         self._executor = executor
         self._hold = hold
         self._send = send
         self._report_result = report_result
+
+    def _at(self, task: ActivityTask, part: str) -> Binding:
+        """Where a payload of this activity belongs (its command's seq names it)."""
+        return Binding(self._tenant, task.workflow_id, task.run_id, activity_field(task.seq, part))
 
     async def handle(self, msg: Msg) -> None:
         """Run one delivery of an activity task and report its outcome."""
@@ -101,6 +110,7 @@ class ActivityRunner:
                     raise
             except Exception as exc:
                 failure = Failure.model_validate(failure_from_exception(exc))
+                failure = seal_failure(self._codec, self._at(task, "failure"), failure)
             finally:
                 if sender is not None:
                     sender.cancel()
@@ -185,7 +195,9 @@ class ActivityRunner:
                 attempt=task.attempt,
                 worker=self._worker_id,
                 result_id=f"hb:{task.run_id}:{task.scheduled_id}:{task.attempt}:{delivery}:{n}",
-                details=None if beats.details is None else encode_value(beats.details),
+                details=None
+                if beats.details is None
+                else seal(self._codec, self._at(task, "heartbeat"), encode_value(beats.details)),
             )
             try:
                 reply = await self._nc.request(subject, encode(body), timeout=5.0)
@@ -205,7 +217,10 @@ class ActivityRunner:
                 f"(registered: {', '.join(sorted(self._activities)) or 'none'})",
                 type="UnknownActivityType",
             )
-        args = decode_args(task.input, defn.arg_types)
+        args = decode_args(
+            open_payload(self._codec, self._at(task, "input"), task.input) or b"\x90",
+            defn.arg_types,
+        )
         info = ActivityInfo(
             tenant=self._tenant,
             workflow_id=task.workflow_id,
@@ -215,7 +230,9 @@ class ActivityRunner:
             name=task.name,
             attempt=task.attempt,
             worker=self._worker_id,
-            heartbeat_details=decode_value(task.heartbeat_details),
+            heartbeat_details=decode_value(
+                open_payload(self._codec, self._at(task, "heartbeat"), task.heartbeat_details)
+            ),
         )
         token = current_activity.set(info)
         beats_token = current_heartbeats.set(beats)
@@ -230,4 +247,4 @@ class ActivityRunner:
         finally:
             current_activity.reset(token)
             current_heartbeats.reset(beats_token)
-        return encode_value(value)
+        return seal(self._codec, self._at(task, "result"), encode_value(value))

@@ -51,7 +51,9 @@ from immortal._wire import (
     StartChild,
     StartTimer,
 )
+from immortal.codec import PayloadCodec
 from immortal_worker._loop import WorkflowLoop
+from immortal_worker._sealed import RunSeals
 
 __all__ = ["CacheStale", "WorkflowInstance"]
 
@@ -120,8 +122,10 @@ class WorkflowInstance(WorkflowRuntime):
         info: WorkflowInfo,
         worker_id: str,
         activities: dict[str, ActivityDefinition] | None = None,
+        codec: PayloadCodec | None = None,
     ) -> None:
         self.defn = defn
+        self.seals = RunSeals(codec, info)  # the run's payloads, sealed and opened
         self.info = info
         self.worker_id = worker_id
         # Activities scheduled by name take the declared options of one registered here.
@@ -173,7 +177,7 @@ class WorkflowInstance(WorkflowRuntime):
                 seq=seq,
                 name=name,
                 queue=options.queue,
-                input=payload,
+                input=self.seals.activity_input(seq, payload),
                 retry=options.retry.to_wire() if options.retry else None,
                 start_to_close=options.start_to_close_s,
                 schedule_to_close=options.schedule_to_close_s,
@@ -251,7 +255,7 @@ class WorkflowInstance(WorkflowRuntime):
                 workflow_type=workflow_type,
                 workflow_id=child_id,
                 queue=queue,
-                input=payload,
+                input=self.seals.child_input(child_id, payload),
                 execution_timeout=execution_timeout,
             )
         )
@@ -267,7 +271,7 @@ class WorkflowInstance(WorkflowRuntime):
         return self._patches[patch_id]
 
     def set_status(self, payload: bytes) -> None:
-        self._command(SetStatus(value=payload))
+        self._command(SetStatus(value=self.seals.status(payload)))
 
     def now_ms(self) -> int:
         return self.loop.now_ms
@@ -429,7 +433,7 @@ class WorkflowInstance(WorkflowRuntime):
     def _apply(self, ev: HistoryEvent) -> None:
         t = ev.type
         if t is EventType.WORKFLOW_STARTED:
-            self._main = self.loop.create_task(self._run_main(ev.attrs.get("input", b"\x90")))
+            self._main = self.loop.create_task(self._run_main(self.seals.start_input(ev)))
         elif t in _RESOLVING:
             self._resolve(ev)
         elif t is EventType.TIMER_FIRED:
@@ -438,7 +442,9 @@ class WorkflowInstance(WorkflowRuntime):
                 timer.future.set_result(None)
         elif t is EventType.WORKFLOW_SIGNALED:
             signals = self._signals[str(ev.attrs.get("name"))]
-            payload = ev.attrs.get("input") or b"\xc0"
+            payload = self.seals.signal(ev, self.ctx.log)
+            if payload is None:  # refused: it does not belong to this run
+                return
             while signals.waiters:
                 waiter = signals.waiters.popleft()
                 if not waiter.done():  # a wait that timed out is skipped
@@ -465,21 +471,28 @@ class WorkflowInstance(WorkflowRuntime):
 
     def _resolve(self, ev: HistoryEvent) -> None:
         """An activity or child run closed: wake the code that waits on it."""
-        pending = self._waiting.pop(self._bound(ev), None)
+        seq = self._bound(ev)
+        pending = self._waiting.pop(seq, None)
         if pending is None or pending.future.done():
             return  # the code stopped waiting (cancelled)
         if ev.type in (EventType.ACTIVITY_COMPLETED, EventType.CHILD_WORKFLOW_COMPLETED):
-            pending.future.set_result(ev.attrs.get("result") or b"\xc0")
-            return
-        cause = exception_from_failure(ev.attrs["failure"])
-        if ev.type is EventType.ACTIVITY_FAILED:
+            result = self.seals.resolved(ev, seq)
+            if isinstance(result, bytes):
+                pending.future.set_result(result)
+                return
+            cause = result  # the result was refused
+        else:
+            cause = exception_from_failure(self.seals.failure(ev, seq))
+        if ev.type in (EventType.ACTIVITY_FAILED, EventType.ACTIVITY_COMPLETED):
             pending.future.set_exception(ActivityError(pending.name, cause))
         else:
             pending.future.set_exception(
                 ChildWorkflowError(pending.name, pending.workflow_id, cause)
             )
 
-    async def _run_main(self, payload: bytes) -> Any:
+    async def _run_main(self, payload: bytes | Exception) -> Any:
+        if isinstance(payload, Exception):  # the input was refused: the run fails with why
+            raise payload
         args = decode_args(payload, self.defn.arg_types)
         return await self.defn.fn(self.ctx, *args)
 
@@ -492,10 +505,11 @@ class WorkflowInstance(WorkflowRuntime):
             )
         exc = main.exception()
         if isinstance(exc, ContinueAsNewRequest):
-            return ContinueAsNew(input=exc.payload)
+            return ContinueAsNew(input=self.seals.continue_input(exc.payload))
         if exc is not None:
-            return FailWorkflow(failure=Failure.model_validate(failure_from_exception(exc)))
-        return CompleteWorkflow(result=encode_value(main.result()))
+            failure = Failure.model_validate(failure_from_exception(exc))
+            return FailWorkflow(failure=self.seals.run_failure(failure))
+        return CompleteWorkflow(result=self.seals.result(encode_value(main.result())))
 
     def _match(self, done: HistoryEvent) -> None:
         """The commands issued must be the ones recorded after ``done``, in order."""

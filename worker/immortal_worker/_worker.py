@@ -56,6 +56,7 @@ from immortal._wire import (
     decode,
     encode,
 )
+from immortal.codec import KeyNotInRingError, PayloadCodec
 from immortal.security.connection import ConnectSecurity
 from immortal.security.errors import AuthError, RefusalReason
 from immortal_worker._activities import ActivityRunner
@@ -121,8 +122,10 @@ class Worker:
         release_after: float = 30.0,
         nc: NATS | None = None,
         security: ConnectSecurity | None = None,
+        codec: PayloadCodec | None = None,
     ) -> None:
         self.servers = servers
+        self.codec = codec  # seals the payloads this worker's code makes, opens history's
         self.security = security
         # With a token, the broker lets this worker create and pull only the queues' shared
         # consumers (names it can compute), not a consumer of its own for cached runs'
@@ -220,9 +223,10 @@ class Worker:
             hold=self._lease,
             send=self._send,
             report_result=self._report_result,
+            codec=self.codec,
         )
         # Log lines of this worker's runs go to IMM_LOGS (ctx.log, immortal.activity.logger).
-        self.logs = LogShipper(self.js, self.names, self.tenant, self.worker_id)
+        self.logs = LogShipper(self.js, self.names, self.tenant, self.worker_id, self.codec)
         for name in _RUN_LOGGERS:
             logger = logging.getLogger(name)
             if logger.level == logging.NOTSET:
@@ -500,7 +504,7 @@ class Worker:
                 self.evictions += 1
                 inst = await self._load(defn, task)
                 commands, through = inst.activate(task.wft)
-        except NonDeterminismError as exc:
+        except (NonDeterminismError, KeyNotInRingError) as exc:  # retried: fixed code, the key
             log.error("run %s of %s: %s", task.run_id, task.workflow_id, exc)
             if inst is not None:
                 inst.close()
@@ -605,7 +609,7 @@ class Worker:
             workflow_type=task.workflow_type,
             queue=task.queue,
         )
-        inst = WorkflowInstance(defn, info, self.worker_id, self.activities)
+        inst = WorkflowInstance(defn, info, self.worker_id, self.activities, self.codec)
         self.replays += 1
         await self._read_new(inst, task)
         return inst

@@ -30,6 +30,7 @@ import typer
 
 from immortal._definitions import activity_definition, workflow_definition
 from immortal._errors import ImmortalError, NotSetUpError, ServerUnreachableError
+from immortal.codec import AesGcmCodec, KeyRing, PayloadCodec, codec_from_env
 from immortal.security import AuthError, ConnectSecurity
 from immortal.security.tls import quiet_tls_eof_warning
 from immortal_worker._worker import Worker
@@ -85,6 +86,20 @@ def load_targets(refs: list[str]) -> tuple[list[Any], list[Any]]:
     return workflows, activities
 
 
+CodecKeys = Annotated[
+    str | None,
+    typer.Option(
+        "--codec-keys",
+        envvar="IMMORTAL_CODEC_KEYS_FILE",
+        help="key ring file: encrypt payloads (or $IMMORTAL_CODEC_KEYS)",
+    ),
+]
+
+
+def _codec(path: str | None) -> PayloadCodec | None:
+    return AesGcmCodec(KeyRing.from_file(path)) if path else codec_from_env()
+
+
 @app.command()
 def serve(
     targets: Annotated[list[str], typer.Argument(help="module:attribute references")],
@@ -130,6 +145,7 @@ def serve(
     release_after: Annotated[
         float, typer.Option(help="drop a run from memory when it sleeps at least this long")
     ] = 30.0,
+    codec_keys: CodecKeys = None,
     log_level: str = "INFO",
 ) -> None:
     """Serve workflows and activities until SIGINT or SIGTERM.
@@ -158,6 +174,7 @@ def serve(
         worker_id=worker_id,
         release_after=release_after,
         security=security if security.token or security.tls.configured else None,
+        codec=_codec(codec_keys),
     )
     try:
         asyncio.run(_serve(worker, grace))
@@ -214,6 +231,7 @@ def replay(
         list[str],
         typer.Option("--workflow", "-w", help="module:attribute holding the workflow code"),
     ],
+    codec_keys: CodecKeys = None,
 ) -> None:
     """Replay recorded histories against workflow code, no server needed: exit 0 if every
     one replays cleanly, 1 (printing the first divergence of each) if any diverges, 2 if
@@ -221,10 +239,11 @@ def replay(
     workflows, activities = load_targets(workflow)
     if not workflows:
         raise typer.BadParameter(f"{', '.join(workflow)} holds no @workflow function")
+    codec = _codec(codec_keys)
     worst = 0
     for path in histories:
         try:
-            result = replay_file(path, workflows, activities=activities)
+            result = replay_file(path, workflows, activities=activities, codec=codec)
         except Exception as exc:  # unreadable, malformed, or not this code's workflow type
             print(f"{path}: cannot replay: {type(exc).__name__}: {exc}", file=sys.stderr)
             worst = 2

@@ -24,6 +24,7 @@ from immortal._definitions import WorkflowDefinition, activity_definition, workf
 from immortal._errors import NonDeterminismError, PayloadError, UnknownWorkflowTypeError
 from immortal._timeline import load_history
 from immortal._wire import EventType, HistoryEvent
+from immortal.codec import PayloadCodec
 from immortal_worker._instance import WorkflowInstance
 
 __all__ = ["Divergence", "ReplayResult", "replay", "replay_file"]
@@ -62,6 +63,7 @@ def replay(
     workflow_id: str = "replay",
     run_id: str = "replay",
     tenant: str = "default",
+    codec: PayloadCodec | None = None,
 ) -> ReplayResult:
     """Re-execute ``workflow`` (a ``@workflow`` function, or several: the one whose name
     the history's ``WorkflowStarted`` names is used) against ``history``.
@@ -85,7 +87,7 @@ def replay(
         queue=str(started.attrs.get("queue", "default")),
     )
     declared = {d.name: d for d in map(activity_definition, activities)}
-    instance = WorkflowInstance(defn, info, "replayer", declared)
+    instance = WorkflowInstance(defn, info, "replayer", declared, codec)
     instance.events = events
     last_task = max(
         (e.id for e in events if e.type is EventType.WORKFLOW_TASK_SCHEDULED), default=0
@@ -100,8 +102,15 @@ def replay(
     return ReplayResult(workflow_type, len(events))
 
 
-def replay_file(path: str | Path, workflow: Any, *, activities: Iterable[Any] = ()) -> ReplayResult:
-    """:func:`replay` a JSON export, as the run it records (its ids are in the file)."""
+def replay_file(
+    path: str | Path,
+    workflow: Any,
+    *,
+    activities: Iterable[Any] = (),
+    codec: PayloadCodec | None = None,
+) -> ReplayResult:
+    """:func:`replay` a JSON export, as the run it records (its ids are in the file);
+    ``codec`` opens its sealed payloads (they are bound to those ids)."""
     export = load_history(Path(path).read_text())
     return replay(
         export.events,
@@ -110,6 +119,7 @@ def replay_file(path: str | Path, workflow: Any, *, activities: Iterable[Any] = 
         workflow_id=export.workflow_id or "replay",
         run_id=export.run_id or "replay",
         tenant=export.tenant or "default",
+        codec=codec,
     )
 
 

@@ -11,6 +11,8 @@ immortal schedule create nightly report --cron "0 3 * * *"
 immortal dev --secure               # the same with auth on: issuer, CA, auth service, tokens
 immortal --token "$(cat writer.jwt)" --tls-ca ca.pem workflow start ...   # auth on
 immortal auth keygen | serve        # the NATS auth callout service
+immortal codec keygen k1 > keys.json  # encrypted payloads; --codec-keys keys.json to read
+immortal codec serve --ring acme=keys.json   # POST /decode for the web UI, tokens verified
 
 One module per command group; each imports the SDK, and the hub's machinery, only inside
 the commands that need them, so a read command starts without loading the hub.
@@ -25,7 +27,19 @@ from typing import Annotated, Any
 
 import typer
 
-from immortal_hub.cli import auth, dev, dlq, hub, logs, ops, replay, runs, schedule, workflow
+from immortal_hub.cli import (
+    auth,
+    codec,
+    dev,
+    dlq,
+    hub,
+    logs,
+    ops,
+    replay,
+    runs,
+    schedule,
+    workflow,
+)
 from immortal_hub.cli._common import CONNECT
 from immortal_hub.cli._exit import report
 
@@ -54,6 +68,7 @@ GROUPS: dict[str, typer.Typer] = {
     "dlq": dlq.app,
     "schedule": schedule.app,
     "auth": auth.app,
+    "codec": codec.app,
 }
 
 
@@ -76,11 +91,20 @@ def _options(
         str | None, typer.Option(help="client certificate, mTLS ($IMMORTAL_TLS_CERT)")
     ] = None,
     tls_key: Annotated[str | None, typer.Option(help="its key ($IMMORTAL_TLS_KEY)")] = None,
+    codec_keys: Annotated[
+        str | None,
+        typer.Option(
+            "--codec-keys",
+            envvar="IMMORTAL_CODEC_KEYS_FILE",
+            help="key ring file: seal the payloads sent, open those read (any position)",
+        ),
+    ] = None,
 ) -> None:
     # Auth on: what every command connects with (read by _common.connect_security).
     CONNECT.update(
         token=token, token_command=token_command, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
     )
+    CONNECT["codec_keys"] = codec_keys
 
 
 def _build(names: list[str]) -> typer.Typer:
@@ -101,12 +125,24 @@ def _build(names: list[str]) -> typer.Typer:
 app = _build([*COMMANDS, *GROUPS])
 
 
+def _hoisted(args: list[str], option: str) -> list[str]:
+    """``args`` with ``option VALUE`` (or ``option=VALUE``) moved before the command, so the
+    app's option is taken after the command too."""
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            return [arg, args[i + 1], *args[:i], *args[i + 2 :]]
+        if arg.startswith(option + "="):
+            return [arg, *args[:i], *args[i + 1 :]]
+    return args
+
+
 def main() -> None:
     """The ``immortal`` command: errors a user can act on as one line, with exit codes."""
     args = sys.argv[1:]
     debug = "--debug" in args or os.environ.get("IMMORTAL_DEBUG", "") not in ("", "0")
     if "--debug" in args:  # taken anywhere, after the command too
         args = ["--debug", *(a for a in args if a != "--debug")]
+    args = _hoisted(args, "--codec-keys")
     # typer reads the signature of every command it knows when it builds its tree: give it
     # only the one the command line names (all of them for `immortal --help` or a typo).
     named = next((a for a in args if not a.startswith("-")), None)

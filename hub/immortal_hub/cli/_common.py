@@ -20,6 +20,7 @@ import typer
 
 if TYPE_CHECKING:
     from immortal import Client, WorkflowHandle
+    from immortal.codec import PayloadCodec
     from immortal.security import ConnectSecurity
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Server",
     "Tenant",
     "closing",
+    "connect_codec",
     "duration_text",
     "event_line",
     "inputs",
@@ -42,6 +44,7 @@ __all__ = [
     "print_json",
     "print_result",
     "readable",
+    "reveal",
     "setup_logging",
     "until_signalled",
     "with_client",
@@ -111,6 +114,24 @@ def connect_security() -> ConnectSecurity | None:
     return security if security.token is not None or security.tls.configured else None
 
 
+def connect_codec() -> PayloadCodec | None:
+    """The payload codec over the key ring of ``--codec-keys`` (else of the environment:
+    $IMMORTAL_CODEC_KEYS_FILE or $IMMORTAL_CODEC_KEYS); None without a ring."""
+    from immortal.codec import AesGcmCodec, KeyRing, codec_from_env
+
+    path = CONNECT.get("codec_keys")
+    return AesGcmCodec(KeyRing.from_file(path)) if path else codec_from_env()
+
+
+def reveal(handle: WorkflowHandle[Any], events: list[Any], seqs: dict[int, int]) -> list[Any]:
+    """The run's events with their sealed payloads opened, or saying why not, per field."""
+    from immortal.codec import reveal_events
+
+    client = handle.client
+    ids = (client.tenant, handle.workflow_id, handle.run_id)
+    return reveal_events(events, client.codec, *ids, seqs=seqs)
+
+
 def with_client(
     server: str,
     tenant: str,
@@ -129,7 +150,12 @@ def with_client(
 
     async def go() -> None:
         client = Client(
-            server, tenant=asked, prefix=prefix, connect_timeout=connect_timeout, security=security
+            server,
+            tenant=asked,
+            prefix=prefix,
+            connect_timeout=connect_timeout,
+            security=security,
+            codec=connect_codec(),
         )
         async with client:
             await client.check_set_up()

@@ -23,6 +23,7 @@ from immortal_hub.cli._common import (
     closing,
     event_line,
     on_run,
+    reveal,
     with_client,
 )
 
@@ -53,9 +54,19 @@ def events(
     """The tenant's whole event stream, every run, in the order the hubs appended it."""
 
     async def go(client: Client) -> None:
+        from immortal.codec import reveal_events
+
         printed = 0
+        seqs: dict[tuple[str, str], dict[int, int]] = {}  # per run: activities' seqs
         async with closing(client.events(from_seq=from_seq, follow=follow)) as stream:
-            async for seq, workflow_id, run_id, e in stream:
+            async for seq, workflow_id, run_id, sealed in stream:
+                run = (workflow_id, run_id)
+                e = sealed
+                if not as_json:
+                    ids = (client.tenant, workflow_id, run_id)
+                    e = reveal_events([sealed], client.codec, *ids, seqs=seqs.setdefault(run, {}))[
+                        0
+                    ]
                 if not printed and not as_json:
                     print(EVENT_HEADER)
                 printed += 1
@@ -96,7 +107,8 @@ def logs(
             await _with_history(handle, from_seq)
             return
         printed = 0
-        async for entry in _lines(handle, from_seq, follow, forever):
+        async for sealed in _lines(handle, from_seq, follow, forever):
+            entry = _opened(handle, sealed)
             if not printed and not as_json:
                 print(LOG_HEADER)
             printed += 1
@@ -163,11 +175,20 @@ async def _with_history(handle: WorkflowHandle[Any], from_seq: int) -> None:
     notes: dict[int, list[str]] = {}
     async with closing(handle.logs(from_seq=from_seq)) as lines:
         async for entry in lines:
+            entry = _opened(handle, entry)
             notes.setdefault(entry.event_id or 0, []).append(f"log {_line(entry)}")
     print(f"workflow {handle.workflow_id}  run {handle.run_id}")
     for note in notes.pop(0, []):  # lines of no event: before the first
         print(f"{'':>18}{note}")
-    print(format_timeline(await handle.history(), notes=notes), end="")
+    events = reveal(handle, await handle.history(), {})
+    print(format_timeline(events, notes=notes), end="")
+
+
+def _opened(handle: WorkflowHandle[Any], entry: LogLine) -> LogLine:
+    """The line with its message and fields opened with the key ring, or saying why not."""
+    from immortal.codec import reveal_log
+
+    return reveal_log(entry, handle.client.codec, handle.client.tenant)
 
 
 def _line(entry: LogLine) -> str:

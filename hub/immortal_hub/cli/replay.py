@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from immortal_hub.cli._common import CONNECT
+
 __all__ = ["replay"]
 
 
@@ -30,4 +32,6 @@ def replay(
     args = [sys.executable, "-m", "immortal_worker", "replay", *map(str, histories)]
     for ref in workflow:
         args += ["--workflow", ref]
+    ring = CONNECT.get("codec_keys")  # `immortal --codec-keys F replay ...`
+    args += ["--codec-keys", ring] if ring else []
     raise typer.Exit(subprocess.run(args, check=False).returncode)

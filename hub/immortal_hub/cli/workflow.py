@@ -23,6 +23,7 @@ from immortal_hub.cli._common import (
     on_run,
     print_json,
     print_result,
+    reveal,
     with_client,
 )
 
@@ -106,7 +107,9 @@ def workflow_describe(
 def workflow_history(
     workflow_id: str,
     run: RunId = None,
-    as_json: Annotated[bool, typer.Option("--json", help="lossless JSON export")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="lossless JSON export (sealed payloads as stored)")
+    ] = False,
     from_seq: Annotated[
         int, typer.Option("--from-seq", help="only the records from this stream sequence on")
     ] = 1,
@@ -124,11 +127,12 @@ def workflow_history(
     from immortal import format_timeline, history_to_json
 
     async def history(handle: WorkflowHandle[Any]) -> None:
+        seqs: dict[int, int] = {}  # activities' seqs, which name their payloads' places
         if from_seq > 1 or follow:
             if not as_json:
                 print(EVENT_HEADER, flush=True)
             async for seq, batch in handle.transitions(from_seq=from_seq, follow=follow):
-                for e in batch:
+                for e in batch if as_json else reveal(handle, batch, seqs):
                     print(event_line(seq, handle.workflow_id, e, as_json), flush=True)
             return
         events = await handle.history()
@@ -137,7 +141,7 @@ def workflow_history(
             print(history_to_json(events, **ids))
             return
         print(f"workflow {handle.workflow_id}  run {handle.run_id}")
-        print(format_timeline(events), end="")
+        print(format_timeline(reveal(handle, events, seqs)), end="")
 
     on_run(server, tenant, prefix, connect_timeout, workflow_id, run, history)
 
