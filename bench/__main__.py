@@ -152,8 +152,9 @@ class Bench:
             await start_hub(self.url, i, *self.hub_options, env=self.env("hub"))
             for i in range(self.args.hubs)
         ]
+        env = {**self.env("worker"), **worker_kw.pop("env", {})}
         ws = [
-            await start_worker(self.url, i, env=self.env("worker"), **worker_kw)
+            await start_worker(self.url, i, env=env, **worker_kw)
             for i in range(workers or self.args.workers)
         ]
         return hubs, ws
