@@ -406,6 +406,9 @@ class StartWorkflow(_Model):
     # The run a hub starts for another (a child, a continuation) acts for the same principal
     # (``RunState.principal``); the hub clears it on any input a hub did not send.
     acting_for: dict[str, Any] | None = None
+    # The tenant's policy allowed it: {reason, rule_ids, policy_version}, recorded as the
+    # run's PolicyDecision event. Set by the hub, never trusted from the sender.
+    decision: dict[str, Any] | None = None
 
 
 class SignalWorkflow(_Model):

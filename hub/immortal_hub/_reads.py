@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -56,6 +57,8 @@ class ReadRelay:
         ):
             self._streams[f"KV_{bucket}"] = f"$KV.{bucket}"
         self._sub: Any = None
+        # The tenant's policy on reads (``policy._gate``): why it refuses, or None.
+        self.policy: Callable[[str, str, str, list[str]], Awaitable[str | None]] | None = None
         self.forwarded = 0
         self.refused = 0
 
@@ -81,6 +84,9 @@ class ReadRelay:
             await self._refuse(msg, tenant, f"malformed read request: {exc}")
             return
         reason = self._check(tenant, stream, body)
+        if reason is None and self.policy is not None:
+            filters = body.get("multi_last") or [body["next_by_subj"]]
+            reason = await self.policy(tenant, sender, stream, filters)
         if reason is not None:
             await self._refuse(msg, tenant, reason)
             return
