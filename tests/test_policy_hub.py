@@ -373,3 +373,63 @@ async def test_a_policy_change_reaches_two_hubs_while_runs_are_in_flight(
         await worker.stop()
         for hub in hubs:
             await hub.stop()
+
+
+SERVING = """
+tenant: acme
+version: 1
+rules:
+  - id: r-writers
+    effect: allow
+    roles: [writer]
+    actions: [workflow.*]
+  - id: r-workers-default
+    effect: allow
+    roles: [worker]
+    actions: [worker.serve]
+    resources: {queue: default}
+"""
+
+
+@pytest.mark.parametrize("stack", ["builtin"], indirect=True)
+async def test_a_worker_is_refused_the_queues_its_principal_may_not_serve(
+    stack: SecureStack,
+) -> None:
+    hub = Hub(stack.url, security=stack.hub_security())
+    await hub.start()
+    try:
+        await apply(stack, SERVING, hub)
+        for _ in range(100):  # the auth service watches the policy too
+            policy = stack.service._policies.get("acme")
+            if policy is not None and policy.version == 1:
+                break
+            await asyncio.sleep(0.01)
+        token = stack.security("svc-worker", ["acme:worker"], queues=["default", "payments"])
+        worker = Worker(
+            stack.url,
+            workflows=[three_step],
+            activities=[double, square, add],
+            queues=["payments"],
+            security=token,
+        )
+        with pytest.raises(PermissionDeniedError):
+            await worker.start()
+        if worker._nc is not None:  # Worker.stop after a failed start fails (no _pushes yet)
+            await worker._nc.close()
+        good = Worker(
+            stack.url, workflows=[three_step], activities=[double, square, add], security=token
+        )
+        await good.start()
+        try:
+            async with Client(stack.url, security=stack.security("ann", ["acme:writer"])) as ann:
+                handle = await ann.start(three_step, 2, id="served-1")
+                assert await asyncio.wait_for(handle.result(), 30) == 8
+        finally:
+            await good.stop()
+        records = await audit(stack, [hub], action="worker.serve")
+        assert {(r.resource or {}).get("queue"): r.decision for r in records} == {
+            "default": "allow",
+            "payments": "deny",
+        }
+    finally:
+        await hub.stop()
