@@ -11,6 +11,8 @@ immortal schedule create nightly report --cron "0 3 * * *"
 immortal dev --secure               # the same with auth on: issuer, CA, auth service, tokens
 immortal --token "$(cat writer.jwt)" --tls-ca ca.pem workflow start ...   # auth on
 immortal auth keygen | serve        # the NATS auth callout service
+immortal policy apply policy.yaml   # the tenant's policy (admin); show, test, explain
+immortal audit --follow --decision deny   # the decision log, live
 
 One module per command group; each imports the SDK, and the hub's machinery, only inside
 the commands that need them, so a read command starts without loading the hub.
@@ -25,7 +27,20 @@ from typing import Annotated, Any
 
 import typer
 
-from immortal_hub.cli import auth, dev, dlq, hub, logs, ops, replay, runs, schedule, workflow
+from immortal_hub.cli import (
+    audit,
+    auth,
+    dev,
+    dlq,
+    hub,
+    logs,
+    ops,
+    policy,
+    replay,
+    runs,
+    schedule,
+    workflow,
+)
 from immortal_hub.cli._common import CONNECT
 from immortal_hub.cli._exit import report
 
@@ -45,6 +60,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "events": logs.events,
     "logs": logs.logs,
     "retention": ops.retention,
+    "audit": audit.audit,
     "replay": replay.replay,
 }
 workflow.app.command("list")(runs.workflow_list)  # finding runs, in a module of its own
@@ -54,6 +70,7 @@ GROUPS: dict[str, typer.Typer] = {
     "dlq": dlq.app,
     "schedule": schedule.app,
     "auth": auth.app,
+    "policy": policy.app,
 }
 
 

@@ -12,7 +12,8 @@
 - **Reads** (``read_refusal``): the read relay asks before forwarding a batched read of
   history (``workflow.read``), logs (``logs.read``), the runs index (``workflow.read``),
   the audit (``admin.audit``) or dead letters (``admin.dlq``). A worker's reads are not
-  decided there: it reads the runs of the queues it serves.
+  decided there: it reads the runs of the queues it serves. An allowed read is logged
+  once a minute per reader and run (a follower reads every second).
 
 Inputs a hub sent (a child's start, a continuation) are not decided again: they carry
 the principal of the run they come from. With auth off there is no verified principal,
@@ -52,6 +53,8 @@ INPUT_ACTIONS = {
     "terminate": "workflow.terminate",
 }
 
+_READ_LOG_S = 60.0  # an allowed read is logged once a minute per reader, action, run
+
 LoadState = Callable[[str, str, str], Awaitable[RunState | None]]  # tenant, workflow, run
 ApplyRefused = Callable[[str, str, str, RefusedInput], Awaitable[Any]]
 Claims = Callable[[str], Awaitable[Mapping[str, Any]]]  # sender pid -> its full record
@@ -79,6 +82,7 @@ class PolicyGate:
         self._load_state = load_state
         self._apply_refused = apply_refused
         self._warned: set[str] = set()
+        self._reads_logged: dict[tuple[str, str, str | None, int], float] = {}
         self.decisions = 0  # for tests and the bench
 
     @classmethod
@@ -230,10 +234,24 @@ class PolicyGate:
                 workflow_id = decode_token(parts[id_token])
             resource = Resource(tenant=tenant, workflow_id=workflow_id)
             decision = policy.engine.decide(principal, action, resource)
-            self._log(tenant, record, action, resource, decision, None)
+            if not decision.allow or self._first_read(sender, action, workflow_id, decision):
+                self._log(tenant, record, action, resource, decision, None)
             if not decision.allow:
                 return decision.reason
         return None
+
+    def _first_read(self, sender: str, action: str, wid: str | None, d: Decision) -> bool:
+        """Whether this allowed read is the first of its kind in a while: a follower (logs,
+        events, the audit itself) reads every second, and logging each of its reads would
+        fill the log with the same allow (and the audit's followers with their own)."""
+        now = time.monotonic()
+        key = (sender, action, wid, d.policy_version)
+        if now - self._reads_logged.get(key, -_READ_LOG_S) < _READ_LOG_S:
+            return False
+        if len(self._reads_logged) > 10_000:
+            self._reads_logged.clear()
+        self._reads_logged[key] = now
+        return True
 
     def _read_action(self, stream: str) -> tuple[str | None, int | None]:
         n = self.names
