@@ -50,14 +50,16 @@ class DecisionLog:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def record(self, tenant: str, record: AuditRecord) -> None:
-        """Keep ``record``: a deny now, an allow with the next batch."""
-        if record.decision != "allow":
-            self._spawn(publish_audit(self.nc, self.names, tenant, record))
+    def record(self, tenant: str, record: dict[str, Any]) -> None:
+        """Keep ``record`` (an :class:`AuditRecord`'s fields): a deny now, an allow with
+        the next batch."""
+        if record["decision"] != "allow":
+            audit = AuditRecord.model_validate(record)
+            self._spawn(publish_audit(self.nc, self.names, tenant, audit))
             self.stored += 1
             return
         batch = self._allows.setdefault(tenant, [])
-        batch.append(record.model_dump(exclude_none=True))
+        batch.append(record)
         if len(batch) >= self.max_batch:
             self._spawn(self._store(tenant, self._allows.pop(tenant)))
 
