@@ -39,7 +39,7 @@ from immortal.security import HUB_PID
 from immortal_hub._emissions import Emission
 from immortal_hub.policy._decision_log import DecisionLog
 from immortal_hub.policy._refused import RefusedInput
-from immortal_hub.policy._watch import PolicyWatch
+from immortal_hub.policy._watch import PolicyWatch, TenantPolicy
 
 __all__ = ["INPUT_ACTIONS", "PolicyGate"]
 
@@ -193,21 +193,23 @@ class PolicyGate:
         return out
 
     def _decide_activity(
-        self, tenant: str, state: RunState, queue: str, task: ActivityTask, policy: Any
+        self, tenant: str, state: RunState, queue: str, task: ActivityTask, policy: TenantPolicy
     ) -> Decision | None:
         record = state.principal or {"subject": "unknown", "tenant": tenant}
+        # The run's id only if some rule could read it: otherwise every run's first
+        # activity of a type would be a new request and the engine's cache of no use.
+        by_id = policy.reads_workflow_id("activity.run")
         resource = Resource(
             tenant=tenant,
             queue=queue,
             workflow_type=state.workflow_type,
-            workflow_id=state.workflow_id,
+            workflow_id=state.workflow_id if by_id else None,
             activity_type=task.name,
         )
-        decision: Decision = policy.engine.decide(
-            _principal(record, tenant), "activity.run", resource
-        )
+        decision = policy.engine.decide(_principal(record, tenant), "activity.run", resource)
         digest = hashlib.sha256(task.input).hexdigest()
-        self._log(tenant, record, "activity.run", resource, decision, digest)
+        run = {"workflow_id": state.workflow_id}
+        self._log(tenant, record, "activity.run", resource, decision, digest, run)
         return None if decision.allow else decision
 
     # -- reads --------------------------------------------------------------------------
@@ -272,6 +274,7 @@ class PolicyGate:
         resource: Resource,
         decision: Decision,
         digest: str | None,
+        run: dict[str, Any] | None = None,
     ) -> None:
         self.decisions += 1
         # A plain mapping (an AuditRecord's fields): allows are the bulk, and building
@@ -283,7 +286,7 @@ class PolicyGate:
             "reason": "policy",
             "message": decision.reason,
             "principal": _acting_for(principal),
-            "resource": _facets(resource),
+            "resource": {**_facets(resource), **(run or {})},
             "rule_ids": list(decision.rule_ids),
             "policy_version": decision.policy_version,
             "by": self.hub_id,

@@ -35,6 +35,7 @@ class TenantPolicy:
         self.engine = engine
         self._compiled = CompiledPolicy(document)
         self._covered: dict[str, bool] = {}
+        self._by_id: dict[str, bool] = {}
 
     @property
     def version(self) -> int:
@@ -47,6 +48,20 @@ class TenantPolicy:
         known = self._covered.get(activity_type)
         if known is None:
             known = self._covered[activity_type] = _covers(self._compiled, activity_type)
+        return known
+
+    def reads_workflow_id(self, action: str) -> bool:
+        """Whether a decision on ``action`` may depend on the workflow id: some rule
+        covering it names a workflow id pattern, a relation or a condition (which may
+        reach it; taken as reading it, to be sure)."""
+        known = self._by_id.get(action)
+        if known is None:
+            known = self._by_id[action] = any(
+                rule.relation is not None
+                or rule.condition is not None
+                or any(name == "workflow_id" for fields in rule.patterns for name, _ in fields)
+                for rule in self._compiled.by_action[action].all
+            )
         return known
 
 
