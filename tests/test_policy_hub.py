@@ -433,3 +433,42 @@ async def test_a_worker_is_refused_the_queues_its_principal_may_not_serve(
         }
     finally:
         await hub.stop()
+
+
+LATE = """
+tenant: acme
+version: 1
+rules:
+  - id: r-writers
+    effect: allow
+    roles: [writer]
+    actions: [workflow.*]
+  - id: r-ann-no-doubling
+    effect: deny
+    principals: [user:ann]
+    actions: [activity.run]
+    resources: {activity_type: double}
+"""
+
+
+@pytest.mark.parametrize("stack", ["builtin"], indirect=True)
+async def test_a_policy_applied_mid_run_decides_its_activities_for_its_starter(
+    running: tuple[SecureStack, Hub],
+) -> None:
+    stack, hub = running
+    async with Client(stack.url, security=stack.security("ann", ["acme:writer"])) as ann:
+        handle = await ann.start(waits_for_go, 1, id="late-1")  # no policy yet: roles decide
+        await eventually(lambda: _has(handle, EventType.ACTIVITY_COMPLETED))
+        assert not await _has(handle, EventType.POLICY_DECISION)
+        await apply(stack, LATE, hub)
+        await handle.signal("go", None)
+        with pytest.raises(Exception, match="r-ann-no-doubling"):
+            await asyncio.wait_for(handle.result(), 30)
+    denies = await audit(stack, [hub], action="activity.run", decision="deny")
+    assert [(d.principal or {}).get("subject") for d in denies] == ["ann"]
+    assert denies[0].resource == {
+        "queue": "default",
+        "workflow_type": "waits_for_go",
+        "activity_type": "double",
+        "workflow_id": "late-1",
+    }

@@ -128,15 +128,23 @@ class PolicyGate:
             return None
         by = body.by
         from_hub = by is not None and by.get("pid") == HUB_PID
-        if isinstance(body, StartWorkflow) and not from_hub:
-            body.acting_for = body.decision = None  # never the sender's word
+        if from_hub:
+            return None  # a child's start, a continuation: it acts for its parent's principal
+        verified = self.secure and by is not None
+        principal_record: dict[str, Any] = {}
+        if verified:
+            principal_record = {**(await self._claims(str(by.get("pid", "")))), **by}
+        if isinstance(body, StartWorkflow):
+            # Never the sender's word. The run acts for its verified starter, policy or
+            # not, so a policy applied later decides its activities for the right one.
+            body.decision = None
+            body.acting_for = _acting_for(principal_record) if verified else None
         policy = self.watch.get(tenant)
-        if policy is None or from_hub:
+        if policy is None:
             return None
-        if not self.secure or by is None:
+        if not verified:
             self._warn_unverified(tenant)
             return None
-        principal_record = {**(await self._claims(str(by.get("pid", "")))), **by}
         resource = await self._resource_of(tenant, queue, body)
         if resource is None:
             return None  # a run whose start is queued: decided once it is applied
@@ -145,7 +153,6 @@ class PolicyGate:
         self._log(tenant, principal_record, action, resource, decision, _digest(body))
         if decision.allow:
             if isinstance(body, StartWorkflow):
-                body.acting_for = _acting_for(principal_record)
                 body.decision = _event_attrs(decision)
             return None
         if kind != "start":
