@@ -11,6 +11,7 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench -w cli                  # `immortal workflow describe` as a process
     python -m bench -w policy               # policy decision cost (no broker involved)
     python -m bench -w throughput -w latency --secure   # and again with auth on (_secure)
+    python -m bench -w throughput --secure --policy     # and with a tenant policy on top
 """
 
 from __future__ import annotations
