@@ -15,7 +15,7 @@ import nats
 import pytest
 
 import immortal
-from immortal import Client, EventType, WorkflowContext
+from immortal import Client, EventType, WorkflowContext, format_timeline
 from immortal._names import Names
 from immortal._transient import key_value
 from immortal.policy import parse_policy, write_policy
@@ -140,6 +140,8 @@ async def test_rbac_allow_records_the_decision_and_deny_creates_no_run(
         assert decision.attrs["rule_ids"] == ["r-writers-start"]
         assert decision.attrs["policy_version"] == 1
         assert "r-writers-start" in decision.attrs["reason"]
+        shown = f"#2  policy workflow.start  {decision.attrs['reason']}"
+        assert any(line.endswith(shown) for line in format_timeline(events).splitlines())
 
         with pytest.raises(PolicyDeniedError) as refused:
             await ann.start(three_step, 3, id="other-1")
@@ -227,6 +229,7 @@ async def test_abac_on_time_refuses_a_signal_into_the_history_and_explicit_deny_
         assert not any(e.type is EventType.WORKFLOW_SIGNALED for e in events)
         assert events[-1].type is EventType.SIGNAL_REFUSED  # no workflow task follows it
         assert (await handle.describe()).status == "running"
+        assert f"signal go refused  {refused[0].attrs['reason']}  by ann" in format_timeline(events)
 
         # Explicit deny beats allow: r-writers allows workflow.*, ann may not terminate.
         with pytest.raises(PolicyDeniedError, match="r-no-terminate-by-ann"):
