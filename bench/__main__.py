@@ -12,6 +12,7 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench -w policy               # policy decision cost (no broker involved)
     python -m bench -w throughput -w latency --secure   # and again with auth on (_secure)
     python -m bench -w throughput -w latency --encrypt  # and again with payloads encrypted
+    python -m bench -w throughput --secure --policy     # and with a tenant policy on top
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from bench._harness import (
     table,
 )
 from bench._list import run_list
-from bench._secure import SUFFIX, Secure, compare, secure_server
+from bench._secure import BENCH_POLICY, POLICY_SUFFIX, SUFFIX, Secure, compare, secure_server
 from immortal import Client
 from immortal.testing import NatsServer
 
@@ -111,8 +112,28 @@ class Bench:
                     self.url, self.server = secure.server.url, secure.server
                     for name in self.args.workload:
                         await getattr(self, f"w_{name}")()
+            if self.args.policy:
+                text = BENCH_POLICY if self.args.policy == "-" else self.args.policy.read_text()
+                async with secure_server(Path(tmp) / "policy", policy=text) as secure:
+                    self.secure, self.suffix = secure, POLICY_SUFFIX
+                    self.url, self.server = secure.server.url, secure.server
+                    for name in self.args.workload:
+                        await getattr(self, f"w_{name}")()
+                    await self._decisions_logged()
+            if self.args.secure:
                 for name, unit, value, target in compare(self.metrics):
                     self.metrics[name] = Metric(name, unit, [value], target=target)
+
+    async def _decisions_logged(self) -> None:
+        """Proof that the policy pass decided: the decision log's size."""
+        assert self.secure is not None
+        admin = await nats.connect(self.url, **self.secure.admin)
+        try:
+            info = await admin.jetstream().stream_info("IMM_AUDIT")
+            print(f"policy pass: IMM_AUDIT holds {info.state.messages} messages "
+                  f"({info.state.bytes / 1e6:.1f} MB) of decisions", flush=True)  # fmt: skip
+        finally:
+            await admin.close()
 
     # -- the broker's own limit --------------------------------------------------------
 
@@ -432,6 +453,14 @@ def main() -> None:
         action="store_true",
         help="run the workloads again with payloads encrypted (throughput, latency), and compare",
     )
+    ap.add_argument(
+        "--policy",
+        nargs="?",
+        const="-",
+        type=lambda v: v if v == "-" else Path(v),
+        help="with --secure: a third pass with a tenant policy (bench/_secure.BENCH_POLICY, "
+        "or this file, for tenant default) decided on every start and activity",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     if (args.secure and not set(args.workload or []) <= {"throughput", "latency"}) or (
@@ -440,6 +469,8 @@ def main() -> None:
         ap.error("--secure runs with -w throughput and/or -w latency")
     if args.encrypt and not (args.workload and set(args.workload) <= {"throughput", "latency"}):
         ap.error("--encrypt runs with -w throughput and/or -w latency")
+    if args.policy and not args.secure:
+        ap.error("--policy runs with --secure")
     bench = Bench(args)
     asyncio.run(bench.run())
     print(f"\nImmortal bench: {args.hubs} hub(s) x {args.workers} worker(s), {args.trials} trials, "

@@ -1,7 +1,12 @@
 """``python -m bench -w throughput -w latency --secure``: the same workloads again on a
 server with auth on (the NATS auth callout, tokens for the hubs, workers and the client),
 in the same run, and what auth costs: the share of throughput kept and the latency added.
-Tokens are verified at CONNECT only (cached); nothing is verified per message."""
+Tokens are verified at CONNECT only (cached); nothing is verified per message.
+
+``--policy`` adds a third pass: auth on and a tenant policy (``BENCH_POLICY``, or the
+file given) stored before the workloads, so every start and every activity task is
+decided by the hub and logged to ``IMM_AUDIT``; ``compare`` reports its share of the
+auth-on throughput and of the auth-off one."""
 
 from __future__ import annotations
 
@@ -19,6 +24,41 @@ from immortal_hub.auth.local import LocalIssuer
 
 SERVICE_USER = "immortal-auth"
 SUFFIX = " [auth on]"
+POLICY_SUFFIX = " [auth + policy]"
+
+# What a tenant might write: its writers start, signal and read; activities are covered
+# (so each task is decided); and enough other rules that the index has work to do.
+BENCH_POLICY = """
+tenant: default
+version: 1
+relations:
+  - queue:default managed-by team:ops
+rules:
+  - id: r-writers
+    effect: allow
+    roles: [writer]
+    actions: [workflow.*, logs.read]
+  - id: r-activities
+    effect: allow
+    roles: [writer]
+    actions: [activity.run]
+  - id: r-no-payouts
+    effect: deny
+    actions: [activity.run]
+    resources: {activity_type: "payout*"}
+  - id: r-ops
+    effect: allow
+    relation: resource.queue managed-by principal
+    actions: [workflow.*]
+""" + "".join(
+    f"""  - id: r-filler-{i}
+    effect: allow
+    groups: [team-{i}]
+    actions: [workflow.start]
+    resources: {{workflow_type: "type-{i}-*"}}
+"""
+    for i in range(200)
+)
 
 
 @dataclass
@@ -30,7 +70,8 @@ class Secure:
 
 
 @asynccontextmanager
-async def secure_server(tmp: Path) -> AsyncIterator[Secure]:
+async def secure_server(tmp: Path, *, policy: str | None = None) -> AsyncIterator[Secure]:
+    """A server with auth on; with ``policy`` (a document's text), stored for its tenant."""
     issuer = LocalIssuer()
     seed, password = new_account_seed(), secrets.token_urlsafe(18)
     server = NatsServer(
@@ -48,6 +89,8 @@ async def secure_server(tmp: Path) -> AsyncIterator[Secure]:
         password=password,
     )
     await service.start()
+    if policy is not None:
+        await _store_policy(server.url, policy, {"user": SERVICE_USER, "password": password})
     try:
         yield Secure(
             server=server,
@@ -68,6 +111,22 @@ async def secure_server(tmp: Path) -> AsyncIterator[Secure]:
         issuer.close()
 
 
+async def _store_policy(url: str, text: str, admin: dict[str, Any]) -> None:
+    import nats
+
+    from immortal._names import Names
+    from immortal.policy import parse_policy, write_policy
+    from immortal_hub._resources import ResourceSettings, ensure_resources
+
+    nc = await nats.connect(url, **admin)
+    try:
+        js = nc.jetstream()
+        await ensure_resources(js, Names("imm"), ResourceSettings())
+        await write_policy(await js.key_value(Names("imm").bucket_policy), parse_policy(text))
+    finally:
+        await nc.close()
+
+
 def compare(metrics: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     """(name, unit, value, target) of what auth on costs, from metrics of both runs."""
     out = []
@@ -85,4 +144,19 @@ def compare(metrics: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     off, on = median("unloaded latency p50"), median("unloaded latency p50" + SUFFIX)
     if off is not None and on is not None:
         out.append(("auth on: unloaded p50 added", "ms", on - off, "<= 1"))
+    plain = median("1 activity: completed")
+    auth, policy = (
+        median("1 activity: completed" + SUFFIX),
+        median("1 activity: completed" + POLICY_SUFFIX),
+    )
+    if auth and policy:
+        out.append(("policy on / off (auth on): throughput kept", "%", 100 * policy / auth, ""))
+    if plain and policy:
+        out.append(("auth + policy / nothing: throughput kept", "%", 100 * policy / plain, ">= 85"))
+    off, on = (
+        median("unloaded latency p50" + SUFFIX),
+        median("unloaded latency p50" + POLICY_SUFFIX),
+    )
+    if off is not None and on is not None:
+        out.append(("policy on: unloaded p50 added", "ms", on - off, ""))
     return out

@@ -53,9 +53,10 @@ def test_public_api_is_pinned() -> None:
     assert sorted(immortal.policy.__all__) == [
         "ACTIONS", "BuiltinEngine", "Case", "CaseReport", "CaseResult", "CaseSuite", "CedarEngine", "Context",
         "Decision", "ENGINE_NAMES", "Explanation", "PolicyDocument", "PolicyEngine", "PolicyError",
-        "PolicyPrincipal", "PrincipalLike", "Resource", "Rule", "RuleTrace", "expand_actions", "load_cases",
-        "load_policy", "make_engine", "parse_input", "parse_policy", "parse_principal", "parse_resource",
-        "render_explanation", "render_policy", "run_cases",
+        "PolicyPrincipal", "PrincipalLike", "Resource", "Rule", "RuleTrace", "StoredPolicy", "expand_actions",
+        "load_cases", "load_policy", "make_engine", "parse_input", "parse_policy", "parse_principal",
+        "parse_resource", "policy_key", "read_policy", "render_explanation", "render_policy", "run_cases",
+        "write_policy",
     ]  # fmt: skip
     for engine in (BuiltinEngine(ACME), CedarEngine(ACME)):
         assert isinstance(engine, PolicyEngine)

@@ -11,6 +11,7 @@ applies it once: inputs are idempotent by their id.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 
 from nats.aio.client import Client as NATS
@@ -26,9 +27,20 @@ from immortal._requests import Requests
 from immortal._transient import retry_transient
 from immortal._wire import StartWorkflow, decode
 from immortal.security.connection import relays_reads, sender_of
+from immortal.security.errors import PolicyDeniedError
 from immortal.security.violations import violation_for
 
-__all__ = ["BUSY", "OK", "REJECTED", "STALE", "StaleInput", "find_queued_start", "send_input"]
+__all__ = [
+    "BUSY",
+    "DENIED",
+    "OK",
+    "REJECTED",
+    "STALE",
+    "StaleInput",
+    "denied_reply",
+    "find_queued_start",
+    "send_input",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +48,7 @@ OK = b"ok"
 BUSY = b"busy"
 REJECTED = b"rejected:"
 STALE = b"stale:"  # a heartbeat's attempt no longer counts
+DENIED = b"denied:"  # the tenant's policy refused it: JSON {reason, rule_ids, policy_version}
 
 
 class StaleInput(Exception):
@@ -131,7 +144,27 @@ async def _by_request(
         raise StaleInput(reply.data[len(STALE) :].decode(errors="replace").strip())
     if reply.data.startswith(REJECTED):
         raise PayloadError(reply.data[len(REJECTED) :].decode(errors="replace").strip())
+    if reply.data.startswith(DENIED):
+        raise _policy_denied(reply.data[len(DENIED) :])
     return False, None  # busy, or the hub failed: the durable path
+
+
+def denied_reply(reason: str, rule_ids: tuple[str, ...], policy_version: int) -> bytes:
+    """The hub's answer to an input its tenant's policy refused."""
+    body = {"reason": reason, "rule_ids": list(rule_ids), "policy_version": policy_version}
+    return DENIED + json.dumps(body).encode()
+
+
+def _policy_denied(data: bytes) -> PolicyDeniedError:
+    try:
+        body = json.loads(data)
+        return PolicyDeniedError(
+            str(body["reason"]),
+            rule_ids=tuple(str(r) for r in body.get("rule_ids") or ()),
+            policy_version=body.get("policy_version"),
+        )
+    except (ValueError, KeyError, TypeError):
+        return PolicyDeniedError(data.decode(errors="replace").strip() or "denied by policy")
 
 
 async def _stream_may_exist(js: JetStreamContext, stream: str) -> bool:

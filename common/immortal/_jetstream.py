@@ -18,6 +18,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
@@ -129,7 +130,15 @@ async def create_consumer(
     config.name = name
     subject = f"$JS.API.CONSUMER.CREATE.{stream}.{name}.{config.filter_subject}"
     request = {"stream_name": stream, "config": config.as_dict(), "action": "create"}
-    resp = await nc.request(subject, json.dumps(request).encode(), timeout=timeout)
+    try:
+        resp = await nc.request(subject, json.dumps(request).encode(), timeout=timeout)
+    except (TimeoutError, NatsTimeout):
+        from immortal.security.violations import violation_for
+
+        refused = violation_for(nc, subject)  # the broker refused it: say so, typed
+        if refused is not None:
+            raise refused from None
+        raise
     body = json.loads(resp.data)
     error = body.get("error")
     if error is None:

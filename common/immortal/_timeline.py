@@ -423,8 +423,19 @@ def _top_text(e: HistoryEvent, t0: int) -> str:  # noqa: C901 - one branch per e
         )
     if t is EventType.WORKFLOW_CONTINUED_AS_NEW:
         return f"continued as new run {a.get('new_run_id')}  ({_args(a.get('input'))})"
+    if t in (EventType.POLICY_DECISION, EventType.SIGNAL_REFUSED):
+        return _policy_text(e)
     shown = {k: _short(_decoded(v)) for k, v in a.items()}
     return f"{t.value}  {json.dumps(shown, ensure_ascii=False, default=str)}" if shown else t.value
+
+
+def _policy_text(e: HistoryEvent) -> str:
+    """A policy's decision: what it was about and its reason (which names rules, version)."""
+    a = e.attrs
+    if e.type is EventType.SIGNAL_REFUSED:
+        return f"signal {a.get('name')} refused  {a.get('reason')}" + _by(a)
+    verdict = "policy" if a.get("allow") else "refused"
+    return f"{verdict} {a.get('action')}  {a.get('reason')}" + _by(a)
 
 
 def _by(attrs: dict[str, Any]) -> str:

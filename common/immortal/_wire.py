@@ -132,6 +132,9 @@ class EventType(StrEnum):
     WORKFLOW_CANCELED = WORKFLOW_CANCELLED
     WORKFLOW_CONTINUED_AS_NEW = "WorkflowContinuedAsNew"
     WORKFLOW_TERMINATED = "WorkflowTerminated"
+    # A tenant's policy decided about the run: its start (allowed), or anything it refused.
+    POLICY_DECISION = "PolicyDecision"
+    SIGNAL_REFUSED = "SignalRefused"  # a signal the policy refused: delivered to no code
 
     @classmethod
     def _missing_(cls, value: object) -> EventType | None:
@@ -276,6 +279,10 @@ class RunState(_Model):
     cancel_requested: bool = False
     status_value: bytes | None = None  # what the workflow last set with ctx.set_status
     continued_run_id: str | None = None  # the run this one continued as
+    # Whom the run acts for when a policy decides what it does (its activities): the
+    # starter's claims (subject, tenant, roles, groups, attributes, pid); a child and a
+    # continued run inherit them. None with policies off.
+    principal: dict[str, Any] | None = None
     # How it closed: the result (or a continued run's input) and the failure, kept so a
     # closing emission (the parent's notice, the next run's start) can be re-sent.
     close_payload: bytes | None = None
@@ -400,6 +407,12 @@ class StartWorkflow(_Model):
     continued_from: str | None = None  # the run this one continues
     schedule_id: str | None = None  # the schedule whose firing made this start (by the hub)
     by: dict[str, Any] | None = None  # who sent it: set by the hub from the sender, never trusted
+    # The run a hub starts for another (a child, a continuation) acts for the same principal
+    # (``RunState.principal``); the hub clears it on any input a hub did not send.
+    acting_for: dict[str, Any] | None = None
+    # The tenant's policy allowed it: {reason, rule_ids, policy_version}, recorded as the
+    # run's PolicyDecision event. Set by the hub, never trusted from the sender.
+    decision: dict[str, Any] | None = None
 
 
 class SignalWorkflow(_Model):

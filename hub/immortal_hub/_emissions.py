@@ -12,6 +12,7 @@ from typing import Any, Literal
 from immortal._names import InputKind, TaskKind
 from immortal._wire import (
     CLOSING_EVENTS,
+    ActivityResult,
     ActivityTask,
     ChildClosed,
     EventType,
@@ -50,7 +51,15 @@ class Emission:
     kind: TaskKind | Literal["timer", "purge", "input"]
     queue: str
     msg_id: str
-    body: WorkflowTask | ActivityTask | TimerFired | StartWorkflow | RequestCancel | ChildClosed
+    body: (
+        WorkflowTask
+        | ActivityTask
+        | TimerFired
+        | StartWorkflow
+        | RequestCancel
+        | ChildClosed
+        | ActivityResult  # a policy's refusal of an activity task (``policy._gate``)
+    )
     due_ms: int | None = None
     input_kind: InputKind | None = None
     sticky: str | None = None  # a workflow task's preferred worker: the one that has it cached
@@ -150,6 +159,7 @@ def _child_start(state: RunState, sid: int, child: OpenChild) -> Emission:
         workflow_type=child.workflow_type,
         input=child.input,
         execution_timeout=child.execution_timeout,
+        acting_for=state.principal,  # the child acts for the same principal
         parent=ParentRef(
             workflow_id=state.workflow_id, run_id=state.run_id, queue=state.queue, scheduled_id=sid
         ),
@@ -183,6 +193,7 @@ def _closing_emissions(state: RunState) -> list[Emission]:
             run_timeout=state.run_timeout,
             parent=state.parent,
             continued_from=state.run_id,
+            acting_for=state.principal,
         )
         msg_id = f"start:{state.continued_run_id}"
         out.append(Emission("input", state.queue, msg_id, start, input_kind="start"))

@@ -52,6 +52,7 @@ class InputGuard:
         self.secure = secure
         self.hub_id = hub_id
         self._principals: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._claims: dict[str, dict[str, Any]] = {}  # with groups and attributes (policies)
         self.refused = 0
         self.reads = ReadRelay(nc, names, hub_id)
 
@@ -144,6 +145,8 @@ class InputGuard:
             raw = unpack(entry.value or b"")
             keep = ("subject", "tenant", "roles", "kind", "token_id", "issuer", "pid")
             record = {k: raw[k] for k in keep if raw.get(k) not in (None, "", [])}
+            full = ("groups", "attributes", "queues")
+            self._claims[sender] = {**record, **{k: raw[k] for k in full if raw.get(k)}}
         except (KeyNotFoundError, JsNotFound):
             log.warning("no principal record for sender %s: recording its id alone", sender)
         except Exception as exc:
@@ -151,3 +154,9 @@ class InputGuard:
             return record
         self._principals[sender] = (time.monotonic(), record)
         return record
+
+    async def claims(self, sender: str) -> dict[str, Any]:
+        """The sender's full record (:meth:`who` with its groups and attributes), for the
+        tenant's policy."""
+        record = await self.who(sender)
+        return self._claims.get(sender, record)

@@ -92,6 +92,7 @@ from immortal_hub._transitions import (
     input_id,
 )
 from immortal_hub._writes import WriteGate
+from immortal_hub.policy import PolicyGate, RefusedInput, apply_refused
 
 __all__ = ["Hub"]
 
@@ -151,9 +152,11 @@ class Hub:
         metrics_interval: float = 5.0,
         nc: NATS | None = None,
         security: ConnectSecurity | None = None,
+        policy_engine: str = "builtin",
     ) -> None:
         self.servers = servers
         self.security = security  # auth on: its token (role hub) and TLS (see _guard)
+        self.policy_engine = policy_engine  # the engine tenants' policies decide with
         self.names = Names(prefix)
         self.hub_id = hub_id or f"hub-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.settings = settings or ResourceSettings()
@@ -201,6 +204,18 @@ class Hub:
         self._guard = InputGuard(self.nc, self.names, secure=secure, hub_id=self.hub_id)
         await require_jetstream(self.nc, display_urls(self.servers))
         await ensure_resources(self.js, self.names, self.settings)
+        self.policy = await PolicyGate.open(  # tenants' policies, decided before inputs apply
+            self.nc,
+            self.names,
+            self.hub_id,
+            engine=self.policy_engine,
+            secure=secure,
+            claims=self._guard.claims,
+            load_state=self._run_state,
+            apply_refused=self._apply,
+            spawn=self._spawn,
+        )
+        self._guard.reads.policy = self.policy.read_refusal
         self._runs = RunsIndex(self.nc, self.names, self._write)
         self._retentions = Retentions(
             self.nc, self.names, self._runs, self._publish_emission, self._forget
@@ -240,6 +255,7 @@ class Hub:
         await asyncio.gather(*self._queues.values(), *self._background, return_exceptions=True)
         await asyncio.gather(*(p.drain(10.0) for p in pullers))
         await self._pushes.stop()
+        await self.policy.stop()
         await self._metrics.stop()
         if self._nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
@@ -258,6 +274,10 @@ class Hub:
             await asyncio.Event().wait()
         finally:
             await self.stop()
+
+    async def _run_state(self, tenant: str, workflow_id: str, run_id: str) -> RunState | None:
+        subject = self.names.history_subject(tenant, workflow_id, run_id)
+        return (await self._load(subject, fresh=False))[0]
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -379,6 +399,9 @@ class Hub:
                 return
             tenant, queue, kind, body = admitted
             try:
+                if await self.policy.refuses(tenant, queue, kind, body) is not None:
+                    await msg.ack()  # refused: in the audit (and the run's history)
+                    return
                 if isinstance(body, TimerFired):
                     early = body.due - now_ms()
                     if body.due and early > _EARLY_FIRING_MS:
@@ -463,8 +486,13 @@ class Hub:
             if admitted is None:
                 return
             tenant, queue, kind, body = admitted
-            applied = await self._apply(tenant, queue, kind, body)
-            if applied is not None and (kind in ("wft", "started") or getattr(body, "then", None)):
+            denied = await self.policy.refuses(tenant, queue, kind, body)
+            applied = None if denied else await self._apply(tenant, queue, kind, body)
+            if denied:
+                reply = denied
+            elif applied is not None and (
+                kind in ("wft", "started") or getattr(body, "then", None)
+            ):
                 # wft, run ahead: the worker's cache skips a read; started: whether the
                 # attempt was lost
                 reply = OK + b":" + encode(applied)
@@ -620,7 +648,9 @@ class Hub:
             if appended is None:
                 return None
             new_seq, new_digest = appended
-            emissions = emissions_for(outcome.state, outcome.events, new_seq, seq)
+            emissions = self.policy.screen(
+                tenant, outcome.state, emissions_for(outcome.state, outcome.events, new_seq, seq)
+            )
             if pushing:  # its workflow task goes over core NATS (_push)
                 pushed = partial(self._pushes.push, tenant, subject, seq=new_seq)
                 emissions = [e for e in emissions if not pushed(e)]
@@ -649,13 +679,16 @@ class Hub:
         """Publish again what the run owes, but a workflow task that a live hub pushed and
         still answers for (``_push``); and what the runs index may lack (``closing``: the
         input being redelivered is the one that closed the run)."""
+        unpushed = self._pushes.unpushed(subject, state, open_emissions(state, seq))
         await asyncio.gather(
-            self._emit(tenant, self._pushes.unpushed(subject, state, open_emissions(state, seq))),
+            self._emit(tenant, self.policy.screen(tenant, state, unpushed)),
             self._runs.reemit(tenant, state, seq, digest, closing=closing),
         )
 
     @staticmethod
     def _transition(state: RunState | None, queue: str, kind: str, body: Any) -> Outcome:
+        if isinstance(body, RefusedInput):  # what the policy refused (policy._refused)
+            return apply_refused(state, body, now_ms())
         return _INPUTS[kind][1](state, body, queue, now_ms())
 
     async def _load(self, subject: str, *, fresh: bool) -> tuple[RunState | None, int, bytes]:

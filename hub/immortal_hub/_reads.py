@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -56,6 +57,8 @@ class ReadRelay:
         ):
             self._streams[f"KV_{bucket}"] = f"$KV.{bucket}"
         self._sub: Any = None
+        # The tenant's policy on reads (``policy._gate``): why it refuses, or None.
+        self.policy: Callable[[str, str, str, list[str]], Awaitable[str | None]] | None = None
         self.forwarded = 0
         self.refused = 0
 
@@ -84,6 +87,12 @@ class ReadRelay:
         if reason is not None:
             await self._refuse(msg, tenant, reason)
             return
+        if self.policy is not None:
+            filters = body.get("multi_last") or [body["next_by_subj"]]
+            reason = await self.policy(tenant, sender, stream, filters)
+            if reason is not None:  # the decision log has it already
+                await self._refuse(msg, tenant, reason, audit=False)
+                return
         await self.nc.publish(
             f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=msg.reply
         )
@@ -122,13 +131,14 @@ class ReadRelay:
             return f"filter {filters[0]!r} has a wildcard where the tenant belongs"
         return None
 
-    async def _refuse(self, msg: Msg, tenant: str, reason: str) -> None:
+    async def _refuse(self, msg: Msg, tenant: str, reason: str, *, audit: bool = True) -> None:
         self.refused += 1
         with contextlib.suppress(Exception):
             await self.nc.publish(
                 msg.reply or "", b"", headers={"Status": "403", "Description": reason[:200]}
             )
-        await self._audit(tenant, msg.subject, reason)
+        if audit:
+            await self._audit(tenant, msg.subject, reason)
 
     async def _audit(self, tenant: str, subject: str, reason: str) -> None:
         log.warning("read refused on %s: %s", subject, reason)

@@ -192,6 +192,7 @@ def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: i
         execution_timeout=start.execution_timeout,
         run_timeout=start.run_timeout,
         parent=start.parent,
+        principal=start.acting_for,
     )
     b = _Builder(new, now)
     extra: dict[str, Any] = {}
@@ -211,6 +212,8 @@ def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: i
         **extra,
     )
     new.last_external = started.id
+    if start.decision is not None:  # why the policy let it start (the hub decided)
+        b.add(EventType.POLICY_DECISION, started.id, action="workflow.start", **start.decision)
     b.schedule_workflow_task(started.id)
     return b.outcome(start.run_id)
 

@@ -34,6 +34,7 @@ from immortal.policy._loader import load_policy, parse_policy
 from immortal.policy._model import Context, Decision, PolicyPrincipal, PrincipalLike, Resource
 from immortal.policy._render import render_explanation, render_policy
 from immortal.policy._specs import parse_input, parse_principal, parse_resource
+from immortal.policy._store import StoredPolicy, policy_key, read_policy, write_policy
 
 __all__ = [
     "ACTIONS",
@@ -55,6 +56,7 @@ __all__ = [
     "Resource",
     "Rule",
     "RuleTrace",
+    "StoredPolicy",
     "expand_actions",
     "load_cases",
     "load_policy",
@@ -63,7 +65,10 @@ __all__ = [
     "parse_policy",
     "parse_principal",
     "parse_resource",
+    "policy_key",
+    "read_policy",
     "render_explanation",
     "render_policy",
     "run_cases",
+    "write_policy",
 ]

@@ -14,6 +14,7 @@ from immortal.security.connection import ConnectSecurity, is_secure, sender_of
 from immortal.security.errors import (
     AuthError,
     PermissionDeniedError,
+    PolicyDeniedError,
     RefusalReason,
     TlsError,
     TokenError,
@@ -59,6 +60,7 @@ __all__ = [
     "Grants",
     "JwksCache",
     "PermissionDeniedError",
+    "PolicyDeniedError",
     "Principal",
     "PrincipalKind",
     "RefusalReason",

@@ -1,19 +1,34 @@
-"""Refusals (and, with issue 18's policies, every decision) kept in ``IMM_AUDIT`` on
-``<p>.audit.<tenant>``: when, who (the verified principal, or what an unverified token
-claimed), what, the decision and why. Never a token, a key or a payload."""
+"""Refusals and policy decisions kept in ``IMM_AUDIT`` on ``<p>.audit.<tenant>``: when,
+who (the verified principal, or what an unverified token claimed), what, the decision and
+why. Never a token, a key or a payload (an input is named by its digest).
+
+A message holds one record, or a batch of them (``{"records": [...]}``): the hubs write
+the policy decisions they allow in batches (see ``immortal_hub._decision_log``). Readers
+get records either way (:func:`records_of`, :func:`tail_audit`).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import Field
 
+from immortal._codec import unpack
+from immortal._errors import PayloadError
 from immortal._names import Names
-from immortal._wire import _Model, decode, encode
+from immortal._wire import _Model, encode
 
-__all__ = ["UNVERIFIED_TENANT", "AuditRecord", "publish_audit", "read_audit"]
+__all__ = [
+    "UNVERIFIED_TENANT",
+    "AuditRecord",
+    "publish_audit",
+    "read_audit",
+    "records_of",
+    "tail_audit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +41,18 @@ class AuditRecord(_Model):
     ts: float = Field(default_factory=time.time)
     action: str  # "connect", "workflow.start", "timer.fire", ...
     decision: str  # "allow" or "deny"
-    reason: str  # a RefusalReason, or a rule id
-    message: str  # a sentence a person understands
+    reason: str  # a RefusalReason, or "policy" for a policy's decision
+    message: str  # a sentence a person understands (a policy decision's reason)
     principal: dict[str, Any] | None = None  # Principal.record() when verified
     claimed: dict[str, Any] | None = None  # an unverified token's iss/sub/kid/alg
     where: dict[str, Any] = Field(default_factory=dict)  # client host, server, subject
     by: str = ""  # the service that decided
+    # A policy's decision: what it was about, the deciding rules, the version of the
+    # tenant's policy it used, and the digest of the input it read (never the input).
+    resource: dict[str, Any] | None = None
+    rule_ids: list[str] = Field(default_factory=list)
+    policy_version: int | None = None
+    input_digest: str | None = None
 
 
 async def publish_audit(nc: Any, names: Names, tenant: str, record: AuditRecord) -> None:
@@ -44,11 +65,38 @@ async def publish_audit(nc: Any, names: Names, tenant: str, record: AuditRecord)
         log.warning("audit record not stored (%s): %s", exc, record.message)
 
 
+def records_of(data: bytes) -> list[AuditRecord]:
+    """The records one ``IMM_AUDIT`` message holds (one, or a batch); unreadable ones are
+    left out."""
+    try:
+        raw = unpack(data)
+    except PayloadError:
+        return []
+    items = raw.get("records") if isinstance(raw, dict) and "action" not in raw else [raw]
+    out = []
+    for item in items if isinstance(items, list) else []:
+        try:
+            out.append(AuditRecord.model_validate(item))
+        except ValueError:
+            log.debug("unreadable audit record skipped: %r", item)
+    return out
+
+
 async def read_audit(nc: Any, names: Names, tenant: str) -> list[AuditRecord]:
     """Every audit record of ``tenant`` (``UNVERIFIED_TENANT`` for refused connects)."""
-    from immortal._jetstream import read_subject
+    return [record async for _, record in tail_audit(nc, names, tenant)]
+
+
+async def tail_audit(
+    nc: Any, names: Names, tenant: str, *, from_seq: int = 1, follow: bool = False
+) -> AsyncIterator[tuple[int, AuditRecord]]:
+    """(stream sequence, record) of ``tenant``'s audit records from ``from_seq`` on, in
+    the order they were stored; with ``follow``, then each new one, until the caller stops.
+    A tenant's connection reads through the hubs' relay, which may ask the policy
+    (``admin.audit``)."""
+    from immortal._jetstream import tail
 
     subject = names.audit_subject(tenant)
-    return [
-        decode(AuditRecord, m.data) async for m in read_subject(nc, names.stream_audit, subject)
-    ]
+    async for msg in tail(nc, names.stream_audit, subject, from_seq=from_seq, follow=follow):
+        for record in records_of(msg.data):
+            yield msg.seq, record

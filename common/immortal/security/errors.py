@@ -6,7 +6,14 @@ from enum import StrEnum
 
 from immortal._errors import ImmortalError
 
-__all__ = ["AuthError", "PermissionDeniedError", "RefusalReason", "TlsError", "TokenError"]
+__all__ = [
+    "AuthError",
+    "PermissionDeniedError",
+    "PolicyDeniedError",
+    "RefusalReason",
+    "TlsError",
+    "TokenError",
+]
 
 
 class RefusalReason(StrEnum):
@@ -44,6 +51,25 @@ class PermissionDeniedError(AuthError):
 
     def __init__(self, message: str) -> None:
         super().__init__(RefusalReason.PERMISSION, message)
+
+
+class PolicyDeniedError(PermissionDeniedError):
+    """The tenant's policy refused the request: ``str()`` is the decision's reason, which
+    names the deciding rules and the policy version (also in ``rule_ids`` and
+    ``policy_version``).
+
+    >>> try:
+    ...     await client.start(refund, {"amount": 12_000})
+    ... except PolicyDeniedError as e:
+    ...     print(e)  # denied: input.amount 12,000 exceeds the 10,000 limit ... (rule ...)
+    """
+
+    def __init__(
+        self, reason: str, *, rule_ids: tuple[str, ...] = (), policy_version: int | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.rule_ids = rule_ids
+        self.policy_version = policy_version
 
 
 class TlsError(AuthError):

@@ -116,7 +116,8 @@ def _writer(names: Names, t: str, pid: str) -> Grants:
 
 
 def _admin(names: Names, t: str) -> Grants:
-    return Grants(pub=[_kv(names, names.bucket_policy, t)[1]])
+    # The tenant's policy; the audit's new records as notifications (``immortal audit -f``).
+    return Grants(pub=[_kv(names, names.bucket_policy, t)[1]], sub=[names.audit_subject(t)])
 
 
 def _worker(names: Names, t: str, queue: str, pid: str) -> Grants:

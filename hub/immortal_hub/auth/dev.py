@@ -90,6 +90,7 @@ def _write_tokens(directory: Path, issuer: LocalIssuer) -> dict[str, Path]:
     made = {
         "writer": issuer.token("dev-writer", [f"{TENANT}:writer"]),
         "reader": issuer.token("dev-reader", [f"{TENANT}:reader"]),
+        "admin": issuer.token("dev-admin", [f"{TENANT}:admin"]),  # e.g. immortal policy apply
         "worker": issuer.token("dev-worker", [f"{TENANT}:worker"], queues=["default"]),
     }
     paths = {}

@@ -35,6 +35,8 @@ from immortal.security.permissions import Grants
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub.auth import nats_jwt
 from immortal_hub.auth.server_config import APP_ACCOUNT
+from immortal_hub.policy._serve import served_queues
+from immortal_hub.policy._watch import PolicyWatch
 
 __all__ = ["AuthService"]
 
@@ -72,6 +74,7 @@ class AuthService:
         self._nc: NATS | None = None
         self._known: dict[str, dict[str, Any]] = {}  # pid -> the record last kept
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watching: asyncio.Task[None] | None = None
         self.allowed = 0
         self.refused = 0
 
@@ -90,10 +93,18 @@ class AuthService:
         # The principals bucket and the audit stream: the service may start before a hub.
         await ensure_resources(self._nc.jetstream(), self.names, self._settings)
         self._principals = await self._nc.jetstream().key_value(self.names.bucket_principals)
+        # Tenants' policies: which queues a worker may serve (worker.serve).
+        self._policies = PolicyWatch(self._nc.jetstream(), self.names, engine="builtin")
+        await self._policies.start()
+        self._watching = asyncio.create_task(self._policies.watch())
         await self._nc.subscribe(AUTH_SUBJECT, queue="immortal-auth", cb=self._on_request)
         log.info("auth service for issuer %s serving %s", self.config.issuer, self.servers)
 
     async def stop(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         if self._nc is not None:
@@ -129,6 +140,9 @@ class AuthService:
         except TokenError as exc:
             await self._refuse(msg, user_nkey, server_id, exc, token, where)
             return
+        principal = await served_queues(
+            self._policies, self._nc, self.names, principal, by="immortal-auth"
+        )
         await self._remember(principal)
         user_jwt = self._user_jwt(user_nkey, principal, grants_for(principal, self.names))
         response = {"jwt": user_jwt}

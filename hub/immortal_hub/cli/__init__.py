@@ -13,6 +13,8 @@ immortal --token "$(cat writer.jwt)" --tls-ca ca.pem workflow start ...   # auth
 immortal auth keygen | serve        # the NATS auth callout service
 immortal codec keygen k1 > keys.json  # encrypted payloads; --codec-keys keys.json to read
 immortal codec serve --ring acme=keys.json   # POST /decode for the web UI, tokens verified
+immortal policy apply policy.yaml   # the tenant's policy (admin); show, test, explain
+immortal audit --follow --decision deny   # the decision log, live
 
 One module per command group; each imports the SDK, and the hub's machinery, only inside
 the commands that need them, so a read command starts without loading the hub.
@@ -28,6 +30,7 @@ from typing import Annotated, Any
 import typer
 
 from immortal_hub.cli import (
+    audit,
     auth,
     codec,
     dev,
@@ -35,6 +38,7 @@ from immortal_hub.cli import (
     hub,
     logs,
     ops,
+    policy,
     replay,
     runs,
     schedule,
@@ -59,6 +63,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "events": logs.events,
     "logs": logs.logs,
     "retention": ops.retention,
+    "audit": audit.audit,
     "replay": replay.replay,
 }
 workflow.app.command("list")(runs.workflow_list)  # finding runs, in a module of its own
@@ -69,6 +74,7 @@ GROUPS: dict[str, typer.Typer] = {
     "schedule": schedule.app,
     "auth": auth.app,
     "codec": codec.app,
+    "policy": policy.app,
 }
 
 
