@@ -74,6 +74,7 @@ from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._retention import Retentions
 from immortal_hub._runs_index import RunsIndex
 from immortal_hub._schedule_firing import scheduled_start
+from immortal_hub._signatures import SignatureRefused
 from immortal_hub._transitions import (
     AwaitingStart,
     InvalidInput,
@@ -151,9 +152,11 @@ class Hub:
         metrics_interval: float = 5.0,
         nc: NATS | None = None,
         security: ConnectSecurity | None = None,
+        require_signatures: bool = False,
     ) -> None:
         self.servers = servers
         self.security = security  # auth on: its token (role hub) and TLS (see _guard)
+        self.require_signatures = require_signatures  # for every tenant (see _signatures)
         self.names = Names(prefix)
         self.hub_id = hub_id or f"hub-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.settings = settings or ResourceSettings()
@@ -198,9 +201,18 @@ class Hub:
             )
         self.js = self.nc.jetstream()
         secure = self.security is not None and self.security.token is not None
-        self._guard = InputGuard(self.nc, self.names, secure=secure, hub_id=self.hub_id)
+        self._guard = InputGuard(
+            self.nc,
+            self.names,
+            secure=secure,
+            hub_id=self.hub_id,
+            require_signatures=self.require_signatures,
+            duplicate_window=self.settings.duplicate_window,
+        )
         await require_jetstream(self.nc, display_urls(self.servers))
         await ensure_resources(self.js, self.names, self.settings)
+        # Key registries, then the read relay (says so if auth is off): before any input.
+        await self._guard.start()
         self._runs = RunsIndex(self.nc, self.names, self._write)
         self._retentions = Retentions(
             self.nc, self.names, self._runs, self._publish_emission, self._forget
@@ -221,7 +233,6 @@ class Hub:
         workers_kv = await key_value(self.js, self.names.bucket_workers)
         self._spawn(self._workers.watch(workers_kv, self._pushes))
         self._metrics.start(self.js)
-        await self._guard.start()  # the read relay; says so if auth is off
         log.info("hub %s serving %s", self.hub_id, display_urls(self.servers))
 
     async def stop(self) -> None:
@@ -371,6 +382,9 @@ class Hub:
         try:
             try:
                 admitted = await self._guard.admit(msg, self._decode)
+            except SignatureRefused as exc:
+                await self._dead_letter(msg, str(exc))  # and in IMM_AUDIT (see _signatures)
+                return
             except (PayloadError, ValueError) as exc:
                 await self._dead_letter(msg, f"undecodable input: {exc}")
                 return

@@ -39,6 +39,7 @@ from immortal._wire import (
     now_ms,
 )
 from immortal.security.connection import sender_of
+from immortal.security.signing import signed_headers
 
 __all__ = ["ActivityRunner"]
 
@@ -188,7 +189,9 @@ class ActivityRunner:
                 details=None if beats.details is None else encode_value(beats.details),
             )
             try:
-                reply = await self._nc.request(subject, encode(body), timeout=5.0)
+                data = encode(body)
+                headers = signed_headers(self._nc, subject, data)
+                reply = await self._nc.request(subject, data, timeout=5.0, headers=headers)
             except (NoRespondersError, NatsTimeout):
                 continue  # no hub now; the timer decides
             if reply.data.startswith(STALE):

@@ -37,6 +37,7 @@ import os
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -60,9 +61,12 @@ __all__ = [
     "SignatureRefusal",
     "Signer",
     "SigningKey",
+    "attach_signer",
     "parse_signature",
     "public_key_bytes",
     "signature_base",
+    "signed_headers",
+    "signer_of",
     "verify_signature",
 ]
 
@@ -207,7 +211,7 @@ def _problem(names: list[str], values: dict[str, str]) -> str | None:
 
 
 def verify_signature(
-    public_key: bytes,
+    public_key: bytes | VerifyKey,
     subject: str,
     body: bytes,
     headers: Mapping[str, str],
@@ -216,7 +220,8 @@ def verify_signature(
 ) -> bool:
     """Whether ``signature`` is ``public_key``'s over this message and these parameters."""
     try:
-        VerifyKey(public_key).verify(signature_base(subject, body, headers, params), signature)
+        key = public_key if isinstance(public_key, VerifyKey) else VerifyKey(public_key)
+        key.verify(signature_base(subject, body, headers, params), signature)
     except (BadSignatureError, ValueError, TypeError):
         return False
     return True
@@ -366,3 +371,31 @@ class Signer:
                 SignatureRefusal.MALFORMED, f"$IMMORTAL_SIGNING_KEY: {exc}"
             ) from exc
         return cls([key], lifetime=lifetime)
+
+
+_signers: weakref.WeakKeyDictionary[Any, Signer] = weakref.WeakKeyDictionary()
+
+
+def attach_signer(nc: Any, signer: Signer | None) -> None:
+    """Sign every input sent on connection ``nc`` with ``signer`` (``immortal._connect``
+    does this from ``ConnectSecurity.signer``); None: send inputs unsigned."""
+    if signer is None:
+        _signers.pop(nc, None)
+    else:
+        _signers[nc] = signer
+
+
+def signer_of(nc: Any) -> Signer | None:
+    return _signers.get(nc)
+
+
+def signed_headers(
+    nc: Any, subject: str, body: bytes, headers: Mapping[str, str] | None = None
+) -> dict[str, str] | None:
+    """``headers`` with a signature over this input when ``nc`` has a signer; as given
+    (None when there are none) otherwise. Sign once per subject: a signature covers the
+    subject, so an input sent by request and then durably is signed for each."""
+    signer = _signers.get(nc)
+    if signer is None:
+        return dict(headers) if headers else None
+    return signer.sign(subject, body, headers)

@@ -11,6 +11,7 @@ immortal schedule create nightly report --cron "0 3 * * *"
 immortal dev --secure               # the same with auth on: issuer, CA, auth service, tokens
 immortal --token "$(cat writer.jwt)" --tls-ca ca.pem workflow start ...   # auth on
 immortal auth keygen | serve        # the NATS auth callout service
+immortal keys new|add|list|retire   # signing keys of the tenant (admin)
 
 One module per command group; each imports the SDK, and the hub's machinery, only inside
 the commands that need them, so a read command starts without loading the hub.
@@ -25,7 +26,19 @@ from typing import Annotated, Any
 
 import typer
 
-from immortal_hub.cli import auth, dev, dlq, hub, logs, ops, replay, runs, schedule, workflow
+from immortal_hub.cli import (
+    auth,
+    dev,
+    dlq,
+    hub,
+    keys,
+    logs,
+    ops,
+    replay,
+    runs,
+    schedule,
+    workflow,
+)
 from immortal_hub.cli._common import CONNECT
 from immortal_hub.cli._exit import report
 
@@ -54,6 +67,7 @@ GROUPS: dict[str, typer.Typer] = {
     "dlq": dlq.app,
     "schedule": schedule.app,
     "auth": auth.app,
+    "keys": keys.app,
 }
 
 
