@@ -61,7 +61,7 @@ class Keys:
         security = self.stack.security("root", [f"{tenant}:admin"])
         async with Client(self.stack.url, security=security) as client:
             registry, revision = await read_registry(client.nc, client.names, tenant)
-            await write_registry(client.nc, client.names, tenant, change(registry), revision)
+            assert await write_registry(client.nc, client.names, tenant, change(registry), revision)
             wanted, _ = await read_registry(client.nc, client.names, tenant)
         for _ in range(200):  # the hubs watch the registry: a change applies within a second
             if all(h._guard.signatures.registry(tenant) == wanted for h in self.hubs):

@@ -19,7 +19,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from immortal.security.signing import SignatureError, SignatureRefusal, public_key_bytes
+from immortal.security.signing import (
+    KEY_ID,
+    SignatureError,
+    SignatureRefusal,
+    public_key_bytes,
+)
 
 __all__ = ["KeyRegistry", "RegisteredKey", "registry_key"]
 
@@ -43,6 +48,8 @@ class RegisteredKey:
     added_by: str = ""
 
     def __post_init__(self) -> None:
+        if not KEY_ID.match(self.key_id):
+            raise ValueError(f"key id {self.key_id!r} is not a valid key id (1-64 of A-Za-z0-9._-)")
         public_key_bytes(self.public_key)  # raises ValueError naming the problem
 
     def status(self, now: float) -> str:
@@ -140,13 +147,19 @@ async def read_registry(nc: Any, names: Any, tenant: str) -> tuple[KeyRegistry, 
 
 async def write_registry(
     nc: Any, names: Any, tenant: str, registry: KeyRegistry, revision: int
-) -> int:
-    """Store ``registry`` if the stored one is still at ``revision`` (a concurrent change
-    is a ``KeyWrongLastSequenceError``: read again). Only a tenant's admins may."""
-    from immortal._transient import key_value
+) -> bool:
+    """Store ``registry`` if the stored one is still at ``revision`` (0: none yet); False
+    when another write came first (read again). Only a tenant's admins may: anyone else
+    gets the broker's refusal as a ``PermissionDeniedError`` at once."""
+    from immortal._jetstream import is_wrong_last_sequence
+    from immortal._requests import Requests
 
-    kv = await key_value(nc.jetstream(), names.bucket_policy)
-    key = registry_key(tenant)
-    if revision == 0:
-        return int(await kv.create(key, registry.to_bytes()))
-    return int(await kv.update(key, registry.to_bytes(), last=revision))
+    subject = f"$KV.{names.bucket_policy}.{registry_key(tenant)}"
+    headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+    try:
+        await Requests.of(nc).publish(subject, registry.to_bytes(), headers)
+    except Exception as exc:
+        if is_wrong_last_sequence(exc):
+            return False
+        raise
+    return True

@@ -53,6 +53,7 @@ from immortal.security.errors import AuthError, RefusalReason
 __all__ = [
     "ALG",
     "DEFAULT_LIFETIME_S",
+    "KEY_ID",
     "SCHEME",
     "SIGNATURE",
     "SIGNATURE_INPUT",
@@ -76,7 +77,7 @@ SIGNATURE = "Imm-Signature"
 ALG = "ed25519"
 DEFAULT_LIFETIME_S = 60.0  # what a signer gives a signature (the hubs accept up to 120 s)
 _LABEL = "sig1"
-_KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _HEADER_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
 _INPUT = re.compile(r'^sig1=\(((?:"[^"]*" ?)*)\)((?:;[a-z]+=(?:"[^"]*"|-?\d+))*)$')
@@ -203,7 +204,7 @@ def _problem(names: list[str], values: dict[str, str]) -> str | None:
         return f"signature parameters missing: {', '.join(missing)}"
     if values["alg"] != ALG:
         return f"algorithm {values['alg']!r} is not accepted (only {ALG})"
-    if not _KEY_ID.match(values["keyid"]):
+    if not KEY_ID.match(values["keyid"]):
         return f"key id {values['keyid']!r} is not a valid key id"
     if not _NONCE.match(values["nonce"]):
         return "the nonce must be 16 to 64 base64url characters"
@@ -252,7 +253,7 @@ class SigningKey:
     not_before: float | None = None
 
     def __post_init__(self) -> None:
-        if not _KEY_ID.match(self.key_id):
+        if not KEY_ID.match(self.key_id):
             raise ValueError(f"key id {self.key_id!r}: use 1-64 of A-Z a-z 0-9 . _ -")
         if len(self.seed) != 32:
             raise ValueError(f"key {self.key_id!r}: an Ed25519 seed is 32 bytes")

@@ -28,7 +28,10 @@ from immortal_hub.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from immortal import Client
+    from immortal.security.keys import KeyRegistry
 
 __all__ = ["app"]
 
@@ -144,25 +147,19 @@ def keys_retire(
     with_client(server, tenant, prefix, connect_timeout, retire)
 
 
-async def _change(client: Client, change: object) -> None:
+async def _change(client: Client, change: Callable[[KeyRegistry], KeyRegistry]) -> None:
     """Read, change, write back unless someone else wrote meanwhile (then again)."""
-    from nats.js.errors import KeyWrongLastSequenceError
-
     from immortal import ImmortalError
     from immortal.security.keys import read_registry, write_registry
 
-    assert callable(change)
     for _ in range(5):
         registry, revision = await read_registry(client.nc, client.names, client.tenant)
         try:
             changed = change(registry)
         except ValueError as exc:
             raise ImmortalError(str(exc)) from None
-        try:
-            await write_registry(client.nc, client.names, client.tenant, changed, revision)
+        if await write_registry(client.nc, client.names, client.tenant, changed, revision):
             return
-        except KeyWrongLastSequenceError:
-            continue
     raise ImmortalError("the key registry kept changing meanwhile: try again")
 
 
