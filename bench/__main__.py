@@ -11,6 +11,8 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench -w cli                  # `immortal workflow describe` as a process
     python -m bench -w policy               # policy decision cost (no broker involved)
     python -m bench -w throughput -w latency --secure   # and again with auth on (_secure)
+    python -m bench -w throughput --secure --signing    # ... with auth and signed inputs on
+    python -m bench -w signing              # sign/verify cost per input (no broker involved)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import nats
 from nats.js.api import StorageType, StreamConfig
 
-from bench import _policy
+from bench import _policy, _signing
 from bench._cli import cli
 from bench._fleet import fairness, fairness_batch, frozen_worker, wait_marks
 from bench._harness import (
@@ -44,13 +46,13 @@ from bench._harness import (
     table,
 )
 from bench._list import run_list
-from bench._secure import SUFFIX, Secure, compare, secure_server
+from bench._secure import Secure, compare, secure_server
 from immortal import Client
 from immortal.testing import NatsServer
 
 WORKLOADS = [
     "jetstream", "throughput", "sequential5", "fanout10", "latency", "timers", "dead_worker",
-    "frozen_worker", "fairness", "cli", "policy",
+    "frozen_worker", "fairness", "cli", "policy", "signing",
 ]  # fmt: skip
 OPTIONAL = ["soak", "fairness_batch", "list"]  # run with -w (list fills a tenant first)
 STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "IMM_RUNS"]
@@ -94,12 +96,12 @@ class Bench:
                 for name in self.args.workload or WORKLOADS:
                     await getattr(self, f"w_{name}")()
             if self.args.secure:
-                async with secure_server(Path(tmp)) as secure:
-                    self.secure, self.suffix = secure, SUFFIX
+                async with secure_server(Path(tmp), signing=self.args.signing) as secure:
+                    self.secure, self.suffix = secure, secure.suffix
                     self.url, self.server = secure.server.url, secure.server
                     for name in self.args.workload:
                         await getattr(self, f"w_{name}")()
-                for name, unit, value, target in compare(self.metrics):
+                for name, unit, value, target in compare(self.metrics, self.suffix):
                     self.metrics[name] = Metric(name, unit, [value], target=target)
 
     # -- the broker's own limit --------------------------------------------------------
@@ -368,6 +370,12 @@ class Bench:
         self.extra["policy"] = shape
         print(f"  {_policy.report(shape)}", flush=True)
 
+    async def w_signing(self) -> None:
+        """Sign and check one input, on the CPU (bench/_signing.py)."""
+        shape = _signing.measure(self.metric, trials=self.args.trials)
+        self.extra["signing"] = shape
+        print(f"  {_signing.report(shape)}", flush=True)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(
@@ -414,12 +422,19 @@ def main() -> None:
         action="store_true",
         help="run the workloads again with auth on (throughput, latency), and compare",
     )
+    ap.add_argument(
+        "--signing",
+        action="store_true",
+        help="with --secure: the second pass signs every input and its hubs require it",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     if (args.secure and not set(args.workload or []) <= {"throughput", "latency"}) or (
         args.secure and not args.workload
     ):
         ap.error("--secure runs with -w throughput and/or -w latency")
+    if args.signing and not args.secure:
+        ap.error("--signing goes with --secure (signatures are checked with auth on)")
     bench = Bench(args)
     asyncio.run(bench.run())
     print(f"\nImmortal bench: {args.hubs} hub(s) x {args.workers} worker(s), {args.trials} trials, "

@@ -1,7 +1,11 @@
 """``python -m bench -w throughput -w latency --secure``: the same workloads again on a
 server with auth on (the NATS auth callout, tokens for the hubs, workers and the client),
 in the same run, and what auth costs: the share of throughput kept and the latency added.
-Tokens are verified at CONNECT only (cached); nothing is verified per message."""
+Tokens are verified at CONNECT only (cached); nothing is verified per message.
+
+``--signing`` adds signed inputs to the second pass: the tenant's registry holds a key for
+the client and one for the workers, so its hubs require and check a signature on every
+input (and store each request's nonce)."""
 
 from __future__ import annotations
 
@@ -12,13 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from immortal._names import Names
 from immortal.security import ConnectSecurity
+from immortal.security.keys import KeyRegistry, RegisteredKey, registry_key
+from immortal.security.signing import Signer, SigningKey
 from immortal.testing import NatsServer
 from immortal_hub.auth import AuthService, callout_config, new_account_seed, public_key
 from immortal_hub.auth.local import LocalIssuer
 
 SERVICE_USER = "immortal-auth"
 SUFFIX = " [auth on]"
+SIGNING_SUFFIX = " [auth+signing on]"
+TENANT = "default"
 
 
 @dataclass
@@ -27,10 +36,11 @@ class Secure:
     client: ConnectSecurity
     env: dict[str, dict[str, str]] = field(default_factory=dict)  # "hub"/"worker" -> env
     admin: dict[str, Any] = field(default_factory=dict)  # nats.connect options, all rights
+    suffix: str = SUFFIX
 
 
 @asynccontextmanager
-async def secure_server(tmp: Path) -> AsyncIterator[Secure]:
+async def secure_server(tmp: Path, *, signing: bool = False) -> AsyncIterator[Secure]:
     issuer = LocalIssuer()
     seed, password = new_account_seed(), secrets.token_urlsafe(18)
     server = NatsServer(
@@ -48,19 +58,28 @@ async def secure_server(tmp: Path) -> AsyncIterator[Secure]:
         password=password,
     )
     await service.start()
+    admin = {"user": SERVICE_USER, "password": password}
+    worker_env = {
+        "IMMORTAL_TOKEN": issuer.token("bench-worker", ["default:worker"], queues=["default"])
+    }
+    signer = None
+    if signing:
+        client_key, worker_key = SigningKey.generate("client-1"), SigningKey.generate("worker-1")
+        await _register(server.url, admin, [client_key, worker_key])
+        signer = Signer([client_key])
+        worker_env["IMMORTAL_SIGNING_KEY"] = f"worker-1:{worker_key.to_json()['seed']}"
     try:
         yield Secure(
             server=server,
-            client=ConnectSecurity.with_token(issuer.token("bench-client", ["default:writer"])),
+            client=ConnectSecurity.with_token(
+                issuer.token("bench-client", ["default:writer"]), signer=signer
+            ),
             env={
                 "hub": {"IMMORTAL_TOKEN": issuer.token("bench-hub", ["immortal-system:hub"])},
-                "worker": {
-                    "IMMORTAL_TOKEN": issuer.token(
-                        "bench-worker", ["default:worker"], queues=["default"]
-                    )
-                },
+                "worker": worker_env,
             },
-            admin={"user": SERVICE_USER, "password": password},
+            admin=admin,
+            suffix=SIGNING_SUFFIX if signing else SUFFIX,
         )
     finally:
         await service.stop()
@@ -68,7 +87,25 @@ async def secure_server(tmp: Path) -> AsyncIterator[Secure]:
         issuer.close()
 
 
-def compare(metrics: dict[str, Any]) -> list[tuple[str, str, float, str]]:
+async def _register(url: str, admin: dict[str, Any], keys: list[SigningKey]) -> None:
+    """The tenant's registry, written as its admin would (``immortal keys add``), on a
+    server whose buckets exist already (they are made here if no hub ran yet)."""
+    import nats
+
+    from immortal_hub._resources import ensure_resources
+
+    nc = await nats.connect(url, **admin)
+    try:
+        names = Names()
+        await ensure_resources(nc.jetstream(), names)
+        kv = await nc.jetstream().key_value(names.bucket_policy)
+        entries = tuple(RegisteredKey(k.key_id, k.public_key) for k in keys)
+        await kv.put(registry_key(TENANT), KeyRegistry(entries).to_bytes())
+    finally:
+        await nc.close()
+
+
+def compare(metrics: dict[str, Any], suffix: str = SUFFIX) -> list[tuple[str, str, float, str]]:
     """(name, unit, value, target) of what auth on costs, from metrics of both runs."""
     out = []
 
@@ -79,10 +116,11 @@ def compare(metrics: dict[str, Any]) -> list[tuple[str, str, float, str]]:
         v = sorted(m.values)
         return float(v[len(v) // 2])
 
-    off, on = median("1 activity: completed"), median("1 activity: completed" + SUFFIX)
+    what = suffix.strip(" []").removesuffix(" on")  # "auth", "auth+signing"
+    off, on = median("1 activity: completed"), median("1 activity: completed" + suffix)
     if off and on:
-        out.append(("auth on / off: throughput kept", "%", 100 * on / off, ">= 85"))
-    off, on = median("unloaded latency p50"), median("unloaded latency p50" + SUFFIX)
+        out.append((f"{what} on / off: throughput kept", "%", 100 * on / off, ">= 85"))
+    off, on = median("unloaded latency p50"), median("unloaded latency p50" + suffix)
     if off is not None and on is not None:
-        out.append(("auth on: unloaded p50 added", "ms", on - off, "<= 1"))
+        out.append((f"{what} on: unloaded p50 added", "ms", on - off, "<= 1"))
     return out
