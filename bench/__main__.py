@@ -101,8 +101,20 @@ class Bench:
                     self.url, self.server = secure.server.url, secure.server
                     for name in self.args.workload:
                         await getattr(self, f"w_{name}")()
+                    if self.args.signing:
+                        await self._signed_proof()
                 for name, unit, value, target in compare(self.metrics, self.suffix):
                     self.metrics[name] = Metric(name, unit, [value], target=target)
+
+    async def _signed_proof(self) -> None:
+        """That the signed pass was checked: the hubs stored a nonce per input by request."""
+        assert self.secure is not None
+        admin = await nats.connect(self.url, **self.secure.admin)
+        try:
+            info = await admin.jetstream().stream_info("KV_imm-nonces")
+            print(f"  signed inputs' nonces stored by the hubs: {info.state.messages:,}")
+        finally:
+            await admin.close()
 
     # -- the broker's own limit --------------------------------------------------------
 
