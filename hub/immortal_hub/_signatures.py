@@ -125,10 +125,7 @@ class SignatureCheck:
         js = self.nc.jetstream()
         self._policy = await key_value(js, self.names.bucket_policy)
         self._nonces = await key_value(js, self.names.bucket_nonces)
-        watcher = await self._policy.watch("*.keys")
-        while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
-            self._store(entry)
-        self._watch = asyncio.create_task(self._follow(watcher))
+        self._watch = asyncio.create_task(self._follow(await self._load()))
         if self.queued_need_nonce:
             log.warning(
                 "signatures may be valid for %g s (+%g s skew each side), longer than "
@@ -326,6 +323,14 @@ class SignatureCheck:
             # Keep the last good one: a broken write must not open the door nor shut it.
             log.error("tenant %s: key registry not applied: %s", tenant, exc)
 
+    async def _load(self) -> Any:
+        """Every tenant's registry as stored now; the watcher that follows the changes."""
+        assert self._policy is not None
+        watcher = await self._policy.watch("*.keys")
+        while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
+            self._store(entry)
+        return watcher
+
     async def _follow(self, watcher: Any) -> None:
         while True:
             try:
@@ -334,9 +339,15 @@ class SignatureCheck:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the connection is away: nats-py resumes the watch
-                log.debug("key registry watch: %r", exc)
+            except Exception as exc:  # the watch broke (an outage): load and watch again
+                log.warning("key registry watch: %r; reading the registries again", exc)
                 await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+                try:
+                    watcher = await self._load()
+                except Exception as again:
+                    log.warning("key registries not read (%r): keeping what is known", again)
                 continue
             if entry is not None:
                 self._store(entry)
