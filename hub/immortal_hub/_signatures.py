@@ -41,11 +41,13 @@ from typing import Any
 
 from nacl.signing import VerifyKey
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
 
+from immortal._jetstream import is_wrong_last_sequence
 from immortal._names import Names
+from immortal._requests import Requests
 from immortal._transient import key_value
 from immortal.security import HUB_PID
 from immortal.security.audit import AuditRecord, publish_audit
@@ -115,6 +117,7 @@ class SignatureCheck:
         self._reread: dict[str, float] = {}
         self._policy: KeyValue | None = None
         self._nonces: KeyValue | None = None
+        self._nonce_prefix = f"$KV.{names.bucket_nonces}."
         self._watch: asyncio.Task[None] | None = None
         self.verified = 0
         self.refused = 0
@@ -270,12 +273,16 @@ class SignatureCheck:
         stream sequence) is not a replay."""
         assert self._nonces is not None, "not started"
         key = f"{tenant}.{params.nonce}"
+        # A create is a publish expecting no message on the key yet; timer-free (_requests),
+        # as this is one per input by request.
+        headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
         try:
-            await self._nonces.create(key, where.encode())
+            await Requests.of(self.nc).publish(self._nonce_prefix + key, where.encode(), headers)
             self.nonces_written += 1
             return
-        except KeyWrongLastSequenceError:
-            pass
+        except Exception as exc:
+            if not is_wrong_last_sequence(exc):
+                raise
         if where != "rpc":
             with contextlib.suppress(KeyNotFoundError, JsNotFound):
                 entry = await self._nonces.get(key)
