@@ -179,10 +179,18 @@ async def test_signed_inputs_run_a_workflow_and_history_names_the_key(signed: An
     async with writer(stack, Signer([ann_key])) as client:
         handle = await client.start(three_step, 3, id="signed-1")
         assert await asyncio.wait_for(handle.result(), 30) == 15
-        started = (await handle.history())[0]
+        events = await handle.history()
+        started = events[0]
         assert started.type is EventType.WORKFLOW_STARTED
         assert started.attrs["by"]["key_id"] == "ann-1"
         assert started.attrs["by"]["subject"] == "ann"
+        # The worker's results name its key beside the worker.
+        results = [
+            e
+            for e in events
+            if e.type in (EventType.ACTIVITY_COMPLETED, EventType.WORKFLOW_TASK_COMPLETED)
+        ]
+        assert len(results) >= 4 and {e.attrs["key_id"] for e in results} == {"worker-1"}
         assert ann_key.public_key not in str(await handle.history())  # nor any secret
     assert hub._guard.signatures.refused == 0
 

@@ -102,8 +102,11 @@ class InputGuard:
         signed = await self.signatures.check(msg, tenant, kind, sender, self.who)
         body = decode(kind, msg.data)
         await self.identify(tenant, kind, sender, body)
-        if signed is not None and kind in _IDENTIFIED and hasattr(body, "by"):
-            body.by = {**(body.by or {}), "key_id": signed.key_id}  # which key signed it
+        key_id = signed.key_id if signed is not None else None
+        if hasattr(body, "key_id"):  # a result: beside its worker (never the payload's word)
+            body.key_id = key_id
+        elif key_id is not None and kind in _IDENTIFIED and hasattr(body, "by"):
+            body.by = {**(body.by or {}), "key_id": key_id}  # beside who sent it
         return tenant, queue, kind, body
 
     def forged(self, subject: str, headers: dict[str, str] | None) -> str | None:
