@@ -17,7 +17,6 @@ import pytest
 
 from immortal import Client, EventType
 from immortal._codec import encode_args
-from immortal._errors import PayloadError
 from immortal._inputs import OK, REJECTED
 from immortal._jetstream import read_subject
 from immortal._requests import Requests
@@ -25,7 +24,7 @@ from immortal._wire import StartWorkflow, encode
 from immortal.security import sender_of
 from immortal.security.audit import AuditRecord, read_audit
 from immortal.security.keys import KeyRegistry, RegisteredKey, read_registry, write_registry
-from immortal.security.signing import Signer, SigningKey
+from immortal.security.signing import SignatureError, SignatureRefusal, Signer, SigningKey
 from immortal_hub import Hub
 from immortal_worker import Worker
 from tests.security_fixtures import SecureStack, secure_stack
@@ -201,7 +200,7 @@ async def test_signed_inputs_run_a_workflow_and_history_names_the_key(signed: An
 async def test_unsigned_input_is_refused_when_the_tenant_has_keys(signed: Any, admin: Any) -> None:
     stack, *_ = signed
     async with writer(stack, None) as client:
-        with pytest.raises(PayloadError, match=r"signature refused \(unsigned\)"):
+        with pytest.raises(SignatureError, match=r"signature refused \(unsigned\)"):
             await client.start(three_step, 3, id="unsigned-1")
         await no_run(admin, "unsigned-1")
         assert any("requires signed inputs" in e for e in await dead_letters(admin))
@@ -225,8 +224,9 @@ async def test_a_key_the_hub_may_not_accept_is_refused_by_its_id(
     if registered is not None:
         await keys.add(k9, **registered)
     async with writer(stack, Signer([k9])) as client:
-        with pytest.raises(PayloadError, match=message):
+        with pytest.raises(SignatureError, match=message) as refused:
             await client.start(three_step, 3, id=f"bad-key-{check}")
+        assert refused.value.refusal is SignatureRefusal(check) and refused.value.key_id == "k9"
         await no_run(admin, f"bad-key-{check}")
         assert any(message in e for e in await dead_letters(admin))
     [record] = await refusals(admin, check)
@@ -238,7 +238,7 @@ async def test_a_key_owned_by_another_principal_is_refused(signed: Any, admin: A
     bobs = SigningKey.generate("bob-1")
     await keys.add(bobs, subject="bob")
     async with writer(stack, Signer([bobs]), subject="ann") as client:
-        with pytest.raises(PayloadError, match="key id 'bob-1' belongs to subject='bob'"):
+        with pytest.raises(SignatureError, match="key id 'bob-1' belongs to subject='bob'"):
             await client.start(three_step, 3, id="not-yours")
         await no_run(admin, "not-yours")
     assert await refusals(admin, "wrong_owner")
@@ -251,7 +251,7 @@ async def test_tenant_a_key_on_tenant_b_subject_is_unknown_there(signed: Any, ad
     await keys.add(SigningKey.generate("beta-1"), tenant="beta")  # beta requires signatures
     security = _with_signer(stack.security("eve", ["beta:writer"]), Signer([acme_key]))
     async with Client(stack.url, security=security) as beta:
-        with pytest.raises(PayloadError, match="key id 'acme-1' is not in the registry"):
+        with pytest.raises(SignatureError, match="key id 'acme-1' is not in the registry"):
             await beta.start(three_step, 3, id="cross-1")
         await no_run(admin, "cross-1", "beta")
     [record] = await refusals(admin, "unknown_key", tenant="beta")
@@ -291,7 +291,7 @@ async def test_an_expired_signature_is_refused(signed: Any, admin: Any) -> None:
     await keys.add(ann_key)
     ten_minutes_ago = Signer([ann_key], clock=lambda: time.time() - 600)
     async with writer(stack, ten_minutes_ago) as client:
-        with pytest.raises(PayloadError, match="expired"):
+        with pytest.raises(SignatureError, match="expired"):
             await client.start(three_step, 3, id="expired-1")
         await no_run(admin, "expired-1")
     [record] = await refusals(admin, "expired")
@@ -428,3 +428,30 @@ async def test_a_rotation_with_runs_in_flight_fails_none(signed: Any, admin: Any
         assert (await early[0].history())[0].attrs["by"]["key_id"] == "k1"
     assert hub._guard.signatures.refused == 0
     assert await dead_letters(admin) == []
+
+
+@pytest.mark.parametrize("action", ["signal", "cancel", "terminate"])
+async def test_a_refused_input_to_a_running_run_leaves_it_as_it_was(
+    signed: Any, admin: Any, action: str
+) -> None:
+    stack, _, keys, _ = signed
+    good, unknown = SigningKey.generate("ann-1"), SigningKey.generate("k9")
+    await keys.add(good)
+    async with writer(stack, Signer([good])) as client:
+        handle = await client.start(waits_for_go, 2, id=f"running-{action}")
+        async with writer(stack, Signer([unknown])) as intruder:
+            theirs = await intruder.get_handle(f"running-{action}")
+            with pytest.raises(SignatureError, match="key id 'k9' is not in the registry"):
+                if action == "signal":
+                    await theirs.signal("go", None)
+                else:
+                    await getattr(theirs, action)("by an unknown key")
+        assert await refusals(admin, "unknown_key")
+        types = {e.type for e in await handle.history()}
+        assert not types & {
+            EventType.WORKFLOW_SIGNALED,
+            EventType.WORKFLOW_CANCEL_REQUESTED,
+            EventType.WORKFLOW_TERMINATED,
+        }
+        await handle.signal("go", None)
+        assert await asyncio.wait_for(handle.result(), 30) == 8

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from immortal import Client
-from immortal._errors import PayloadError
 from immortal._transient import key_value
 from immortal.security import ConnectSecurity
 from immortal.security.keys import KeyRegistry, RegisteredKey, registry_key
@@ -165,7 +164,7 @@ async def test_require_signatures_refuses_unsigned_input_with_auth_off(
             if strict_hub._guard.signatures.registry("default").keys:
                 break
             await asyncio.sleep(0.02)
-        with pytest.raises(PayloadError, match=r"signature refused \(unsigned\)"):
+        with pytest.raises(SignatureError, match=r"signature refused \(unsigned\)"):
             await plain.start(three_step, 3, id="plain-1")
     from immortal_worker import Worker
 
@@ -185,3 +184,12 @@ def _activities() -> list[Any]:
     from tests.workflows import activities
 
     return list(activities)
+
+
+def test_a_hubs_rejection_text_becomes_the_typed_error() -> None:
+    from immortal.security.signing import refusal_in
+
+    found = refusal_in("signature refused (retired_key): key id 'k1' is retired")
+    assert found is not None and found.refusal is SignatureRefusal.RETIRED_KEY
+    assert found.key_id == "k1" and "key id 'k1' is retired" in str(found)
+    assert refusal_in("run closed: workflow 'x' completed") is None

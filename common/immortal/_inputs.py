@@ -26,7 +26,7 @@ from immortal._requests import Requests
 from immortal._transient import retry_transient
 from immortal._wire import StartWorkflow, decode
 from immortal.security.connection import relays_reads, sender_of
-from immortal.security.signing import signed_headers
+from immortal.security.signing import refusal_in, signed_headers
 from immortal.security.violations import violation_for
 
 __all__ = ["BUSY", "OK", "REJECTED", "STALE", "StaleInput", "find_queued_start", "send_input"]
@@ -133,7 +133,8 @@ async def _by_request(
     if reply.data.startswith(STALE):
         raise StaleInput(reply.data[len(STALE) :].decode(errors="replace").strip())
     if reply.data.startswith(REJECTED):
-        raise PayloadError(reply.data[len(REJECTED) :].decode(errors="replace").strip())
+        reason = reply.data[len(REJECTED) :].decode(errors="replace").strip()
+        raise refusal_in(reason) or PayloadError(reason)
     return False, None  # busy, or the hub failed: the durable path
 
 

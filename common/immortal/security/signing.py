@@ -65,6 +65,7 @@ __all__ = [
     "attach_signer",
     "parse_signature",
     "public_key_bytes",
+    "refusal_in",
     "signature_base",
     "signed_headers",
     "signer_of",
@@ -189,6 +190,25 @@ def parse_signature(headers: Mapping[str, str] | None) -> tuple[SignatureParams,
     if params.text() != raw_input[len(_LABEL) + 1 :]:  # one spelling only: the canonical one
         raise SignatureError(SignatureRefusal.MALFORMED, "non-canonical signature input", key_id)
     return params, base64.b64decode(sig.group(1))
+
+
+_REFUSED = re.compile(r"^signature refused \(([a-z_]+)\): (.*)$", re.S)
+_KEY_NAMED = re.compile(r"key id '([A-Za-z0-9._-]+)'")
+
+
+def refusal_in(reason: str) -> SignatureError | None:
+    """The :class:`SignatureError` a hub's rejection text stands for (``signature refused
+    (<check>): <message>``, as ``immortal_hub``'s ``_signatures`` words it), None if the
+    rejection was for something else."""
+    found = _REFUSED.match(reason)
+    if found is None:
+        return None
+    try:
+        refusal = SignatureRefusal(found.group(1))
+    except ValueError:
+        refusal = SignatureRefusal.MALFORMED
+    key = _KEY_NAMED.search(found.group(2))
+    return SignatureError(refusal, reason, key.group(1) if key else None)
 
 
 def _problem(names: list[str], values: dict[str, str]) -> str | None:
