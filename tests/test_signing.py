@@ -398,36 +398,59 @@ def _keep(into: list[Any]) -> Callable[[Any], Awaitable[None]]:
 # -- rotation -------------------------------------------------------------------------------
 
 
-async def test_a_rotation_with_runs_in_flight_fails_none(signed: Any, admin: Any) -> None:
-    """Add k2, let the signers move to it (they sign with the newest key whose not_before
-    has passed), retire k1: the runs started under k1 finish under k2."""
-    stack, hub, keys, _ = signed
-    k1 = SigningKey.generate("k1")
-    await keys.add(k1)
+async def test_a_rotation_with_runs_in_flight_fails_none(stack: SecureStack, admin: Any) -> None:
+    """Add the new keys, let the signers move to them (each signs with the newest key whose
+    not_before has passed), retire the old ones: the runs started under the old keys
+    finish under the new ones, the worker's results included."""
+    hub = Hub(stack.url, security=stack.hub_security())
+    await hub.start()
+    keys = Keys(stack, [hub])
     switch_at = time.time() + 2.0
-    k2 = SigningKey.generate("k2", not_before=switch_at)
+    w1, w2 = SigningKey.generate("worker-1"), SigningKey.generate("worker-2", not_before=switch_at)
+    k1, k2 = SigningKey.generate("k1"), SigningKey.generate("k2", not_before=switch_at)
+    await keys.add(w1, role="worker")
+    await keys.add(k1)
+    worker = Worker(
+        stack.url,
+        workflows=[three_step, waits_for_go],
+        activities=[double, square, add],
+        security=_with_signer(
+            stack.security("svc-worker", [f"{TENANT}:worker"], queues=["default"]),
+            Signer([w1, w2]),
+        ),
+    )
+    await worker.start()
     signer = Signer([k1, k2])
-    async with writer(stack, signer) as client:
-        early = [await client.start(waits_for_go, i, id=f"rot-{i}") for i in range(4)]
-        await keys.add(k2, not_before=switch_at - 1.0)  # hubs accept it before signers move
-        while time.time() < switch_at + 0.1:
-            await asyncio.sleep(0.1)
-        assert signer.current().key_id == "k2"
-        await early[0].signal("go", None)
-        await keys.retire("k1")
-        for handle in early[1:]:
-            await handle.signal("go", None)
-        late = await client.start(three_step, 3, id="rot-late")
-        results = [await asyncio.wait_for(h.result(), 30) for h in early]
-        assert results == [4 * i for i in range(4)]
-        assert await asyncio.wait_for(late.result(), 30) == 15
-        signals = [
-            e for h in early for e in await h.history() if e.type is EventType.WORKFLOW_SIGNALED
-        ]
-        assert {e.attrs["by"]["key_id"] for e in signals} == {"k2"}
-        assert (await early[0].history())[0].attrs["by"]["key_id"] == "k1"
-    assert hub._guard.signatures.refused == 0
-    assert await dead_letters(admin) == []
+    try:
+        async with writer(stack, signer) as client:
+            early = [await client.start(waits_for_go, i, id=f"rot-{i}") for i in range(4)]
+            # 1. the new keys, valid a little before the signers move to them
+            await keys.add(w2, role="worker", not_before=switch_at - 1.0)
+            await keys.add(k2, not_before=switch_at - 1.0)
+            while time.time() < switch_at + 0.1:  # 2. the signers move by themselves
+                await asyncio.sleep(0.1)
+            assert signer.current().key_id == "k2"
+            await early[0].signal("go", None)
+            await keys.retire("k1")  # 3. the old keys retired, runs in flight
+            await keys.retire("worker-1")
+            for handle in early[1:]:
+                await handle.signal("go", None)
+            late = await client.start(three_step, 3, id="rot-late")
+            results = [await asyncio.wait_for(h.result(), 30) for h in early]
+            assert results == [4 * i for i in range(4)]
+            assert await asyncio.wait_for(late.result(), 30) == 15
+            for handle in early:
+                events = await handle.history()
+                assert events[0].attrs["by"]["key_id"] == "k1"
+                signalled = [e for e in events if e.type is EventType.WORKFLOW_SIGNALED]
+                assert [e.attrs["by"]["key_id"] for e in signalled] == ["k2"]
+                done = [e for e in events if e.type is EventType.ACTIVITY_COMPLETED]
+                assert [e.attrs["key_id"] for e in done] == ["worker-1", "worker-2"]
+        assert hub._guard.signatures.refused == 0
+        assert await dead_letters(admin) == []
+    finally:
+        await worker.stop()
+        await hub.stop()
 
 
 @pytest.mark.parametrize("action", ["signal", "cancel", "terminate"])
