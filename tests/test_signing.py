@@ -15,7 +15,7 @@ from typing import Any
 import nats
 import pytest
 
-from immortal import Client, EventType
+from immortal import Client, EventType, format_timeline
 from immortal._codec import encode_args
 from immortal._inputs import OK, REJECTED
 from immortal._jetstream import read_subject
@@ -183,6 +183,7 @@ async def test_signed_inputs_run_a_workflow_and_history_names_the_key(signed: An
         assert started.type is EventType.WORKFLOW_STARTED
         assert started.attrs["by"]["key_id"] == "ann-1"
         assert started.attrs["by"]["subject"] == "ann"
+        assert "by ann (writer, signed with key ann-1)" in format_timeline(events).splitlines()[0]
         # The worker's results name its key beside the worker.
         results = [
             e
