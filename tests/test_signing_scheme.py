@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -114,6 +115,11 @@ def test_a_signer_from_a_file_or_the_environment(tmp_path: Any) -> None:
     seed = key.to_json()["seed"]
     assert Signer.from_env({"IMMORTAL_SIGNING_KEY": f"w1:{seed}"}).keys == [key]  # type: ignore[union-attr]
     assert Signer.from_env({}) is None
+    soon = SigningKey.generate("w2", not_before=time.time() + 3600)
+    (tmp_path / "w2.json").write_text(json.dumps(soon.to_json()))
+    both = Signer.from_env({"IMMORTAL_SIGNING_KEY_FILE": f"{path}, {tmp_path / 'w2.json'}"})
+    assert both is not None and both.keys == [key, soon]
+    assert both.current().key_id == "w1"  # w2 from its not_before on
     with pytest.raises(SignatureError, match="IMMORTAL_SIGNING_KEY"):
         Signer.from_env({"IMMORTAL_SIGNING_KEY": "w1:short"})
     with pytest.raises(SignatureError, match="signing key file"):

@@ -375,12 +375,15 @@ class Signer:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Signer | None:
-        """``$IMMORTAL_SIGNING_KEY_FILE`` (a key file), or ``$IMMORTAL_SIGNING_KEY`` as
+        """``$IMMORTAL_SIGNING_KEY_FILE`` (key files, comma-separated: during a rollout the
+        old key's and the new one's), or ``$IMMORTAL_SIGNING_KEY`` as
         ``<key id>:<seed, base64url>``; None when neither is set."""
         env = os.environ if env is None else env
         lifetime = float(env.get("IMMORTAL_SIGNING_LIFETIME") or DEFAULT_LIFETIME_S)
         if env.get("IMMORTAL_SIGNING_KEY_FILE"):
-            return cls.from_file(env["IMMORTAL_SIGNING_KEY_FILE"], lifetime=lifetime)
+            files = [f.strip() for f in env["IMMORTAL_SIGNING_KEY_FILE"].split(",") if f.strip()]
+            keys = [k for f in files for k in cls.from_file(f).keys]
+            return cls(keys, lifetime=lifetime)
         inline = env.get("IMMORTAL_SIGNING_KEY")
         if not inline:
             return None

@@ -1,7 +1,7 @@
 """``immortal keys``: a tenant's signing keys (the public keys its hubs accept inputs
 signed by), for its admins.
 
-immortal keys new k2 --out k2.json          # a private key file for a signer, prints its public key
+immortal keys new k2 --out k2.json --not-before 2026-12-02T10:00:00Z   # prints the public key
 immortal keys add k2 --public-key <b64url> --not-before 2026-12-02T10:00:00Z
 immortal keys list
 immortal keys retire k1                    # now (or --at ...): its signatures are refused
@@ -46,13 +46,18 @@ When = Annotated[
 def keys_new(
     key_id: Annotated[str, typer.Argument(help="the new key's id")],
     out: Annotated[Path, typer.Option(help="where to write the private key (mode 600)")],
+    not_before: Annotated[
+        str | None,
+        typer.Option(help="signers move to this key from then on (ISO 8601 or epoch seconds)"),
+    ] = None,
 ) -> None:
     """Make a key pair: the private key goes to a file for a signer
-    (``$IMMORTAL_SIGNING_KEY_FILE``), the public key is printed for ``keys add``."""
+    (``$IMMORTAL_SIGNING_KEY_FILE``; during a rollout ``old.json,new.json``), the public
+    key is printed for ``keys add``."""
     from immortal.security.signing import SigningKey
 
     try:
-        key = SigningKey.generate(key_id)
+        key = SigningKey.generate(key_id, not_before=_when(not_before) if not_before else None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if out.exists():
