@@ -13,6 +13,8 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench -w throughput -w latency --secure   # and again with auth on (_secure)
     python -m bench -w throughput -w latency --encrypt  # and again with payloads encrypted
     python -m bench -w throughput --secure --policy     # and with a tenant policy on top
+    python -m bench -w throughput --secure --signing    # ... with auth and signed inputs on
+    python -m bench -w signing              # sign/verify cost per input (no broker involved)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 import nats
 from nats.js.api import StorageType, StreamConfig
 
-from bench import _encrypt, _policy
+from bench import _encrypt, _policy, _signing
 from bench._cli import cli
 from bench._fleet import fairness, fairness_batch, frozen_worker, wait_marks
 from bench._harness import (
@@ -46,13 +48,13 @@ from bench._harness import (
     table,
 )
 from bench._list import run_list
-from bench._secure import BENCH_POLICY, POLICY_SUFFIX, SUFFIX, Secure, compare, secure_server
+from bench._secure import BENCH_POLICY, POLICY_SUFFIX, Secure, compare, secure_server
 from immortal import Client
 from immortal.testing import NatsServer
 
 WORKLOADS = [
     "jetstream", "throughput", "sequential5", "fanout10", "latency", "timers", "dead_worker",
-    "frozen_worker", "fairness", "cli", "policy",
+    "frozen_worker", "fairness", "cli", "policy", "signing",
 ]  # fmt: skip
 OPTIONAL = ["soak", "fairness_batch", "list"]  # run with -w (list fills a tenant first)
 STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "IMM_RUNS"]
@@ -107,11 +109,13 @@ class Bench:
                     for name, unit, value, target in _encrypt.compare(self.metrics):
                         self.metrics[name] = Metric(name, unit, [value], target=target)
             if self.args.secure:
-                async with secure_server(Path(tmp)) as secure:
-                    self.secure, self.suffix = secure, SUFFIX
+                async with secure_server(Path(tmp), signing=self.args.signing) as secure:
+                    self.secure, self.suffix = secure, secure.suffix
                     self.url, self.server = secure.server.url, secure.server
                     for name in self.args.workload:
                         await getattr(self, f"w_{name}")()
+                    if self.args.signing:
+                        await self._signed_proof()
             if self.args.policy:
                 text = BENCH_POLICY if self.args.policy == "-" else self.args.policy.read_text()
                 async with secure_server(Path(tmp) / "policy", policy=text) as secure:
@@ -121,7 +125,8 @@ class Bench:
                         await getattr(self, f"w_{name}")()
                     await self._decisions_logged()
             if self.args.secure:
-                for name, unit, value, target in compare(self.metrics):
+                suffix = " [auth+signing on]" if self.args.signing else " [auth on]"
+                for name, unit, value, target in compare(self.metrics, suffix):
                     self.metrics[name] = Metric(name, unit, [value], target=target)
 
     async def _decisions_logged(self) -> None:
@@ -132,6 +137,16 @@ class Bench:
             info = await admin.jetstream().stream_info("IMM_AUDIT")
             print(f"policy pass: IMM_AUDIT holds {info.state.messages} messages "
                   f"({info.state.bytes / 1e6:.1f} MB) of decisions", flush=True)  # fmt: skip
+        finally:
+            await admin.close()
+
+    async def _signed_proof(self) -> None:
+        """That the signed pass was checked: the hubs stored a nonce per input by request."""
+        assert self.secure is not None
+        admin = await nats.connect(self.url, **self.secure.admin)
+        try:
+            info = await admin.jetstream().stream_info("KV_imm-nonces")
+            print(f"  signed inputs' nonces stored by the hubs: {info.state.messages:,}")
         finally:
             await admin.close()
 
@@ -402,6 +417,12 @@ class Bench:
         self.extra["policy"] = shape
         print(f"  {_policy.report(shape)}", flush=True)
 
+    async def w_signing(self) -> None:
+        """Sign and check one input, on the CPU (bench/_signing.py)."""
+        shape = _signing.measure(self.metric, trials=self.args.trials)
+        self.extra["signing"] = shape
+        print(f"  {_signing.report(shape)}", flush=True)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(
@@ -461,6 +482,11 @@ def main() -> None:
         help="with --secure: a third pass with a tenant policy (bench/_secure.BENCH_POLICY, "
         "or this file, for tenant default) decided on every start and activity",
     )
+    ap.add_argument(
+        "--signing",
+        action="store_true",
+        help="with --secure: the second pass signs every input and its hubs require it",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     if (args.secure and not set(args.workload or []) <= {"throughput", "latency"}) or (
@@ -471,6 +497,8 @@ def main() -> None:
         ap.error("--encrypt runs with -w throughput and/or -w latency")
     if args.policy and not args.secure:
         ap.error("--policy runs with --secure")
+    if args.signing and not args.secure:
+        ap.error("--signing goes with --secure (signatures are checked with auth on)")
     bench = Bench(args)
     asyncio.run(bench.run())
     print(f"\nImmortal bench: {args.hubs} hub(s) x {args.workers} worker(s), {args.trials} trials, "

@@ -6,7 +6,11 @@ Tokens are verified at CONNECT only (cached); nothing is verified per message.
 ``--policy`` adds a third pass: auth on and a tenant policy (``BENCH_POLICY``, or the
 file given) stored before the workloads, so every start and every activity task is
 decided by the hub and logged to ``IMM_AUDIT``; ``compare`` reports its share of the
-auth-on throughput and of the auth-off one."""
+auth-on throughput and of the auth-off one.
+
+``--signing`` adds signed inputs to the second pass: the tenant's registry holds a key for
+the client and one for the workers, so its hubs require and check a signature on every
+input (and store each request's nonce)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from immortal._names import Names
 from immortal.security import ConnectSecurity
+from immortal.security.keys import KeyRegistry, RegisteredKey, registry_key
+from immortal.security.signing import Signer, SigningKey
 from immortal.testing import NatsServer
 from immortal_hub.auth import AuthService, callout_config, new_account_seed, public_key
 from immortal_hub.auth.local import LocalIssuer
@@ -25,6 +32,8 @@ from immortal_hub.auth.local import LocalIssuer
 SERVICE_USER = "immortal-auth"
 SUFFIX = " [auth on]"
 POLICY_SUFFIX = " [auth + policy]"
+SIGNING_SUFFIX = " [auth+signing on]"
+TENANT = "default"
 
 # What a tenant might write: its writers start, signal and read; activities are covered
 # (so each task is decided); and enough other rules that the index has work to do.
@@ -67,11 +76,15 @@ class Secure:
     client: ConnectSecurity
     env: dict[str, dict[str, str]] = field(default_factory=dict)  # "hub"/"worker" -> env
     admin: dict[str, Any] = field(default_factory=dict)  # nats.connect options, all rights
+    suffix: str = SUFFIX  # of the metrics of this pass
 
 
 @asynccontextmanager
-async def secure_server(tmp: Path, *, policy: str | None = None) -> AsyncIterator[Secure]:
-    """A server with auth on; with ``policy`` (a document's text), stored for its tenant."""
+async def secure_server(
+    tmp: Path, *, policy: str | None = None, signing: bool = False
+) -> AsyncIterator[Secure]:
+    """A server with auth on; with ``policy`` (a document's text), stored for its tenant;
+    with ``signing``, a key registry for it and signing keys for the client and workers."""
     issuer = LocalIssuer()
     seed, password = new_account_seed(), secrets.token_urlsafe(18)
     server = NatsServer(
@@ -89,21 +102,30 @@ async def secure_server(tmp: Path, *, policy: str | None = None) -> AsyncIterato
         password=password,
     )
     await service.start()
+    admin = {"user": SERVICE_USER, "password": password}
     if policy is not None:
-        await _store_policy(server.url, policy, {"user": SERVICE_USER, "password": password})
+        await _store_policy(server.url, policy, admin)
+    worker_env = {
+        "IMMORTAL_TOKEN": issuer.token("bench-worker", ["default:worker"], queues=["default"])
+    }
+    signer = None
+    if signing:
+        client_key, worker_key = SigningKey.generate("client-1"), SigningKey.generate("worker-1")
+        await _register(server.url, admin, [client_key, worker_key])
+        signer = Signer([client_key])
+        worker_env["IMMORTAL_SIGNING_KEY"] = f"worker-1:{worker_key.to_json()['seed']}"
     try:
         yield Secure(
             server=server,
-            client=ConnectSecurity.with_token(issuer.token("bench-client", ["default:writer"])),
+            client=ConnectSecurity.with_token(
+                issuer.token("bench-client", ["default:writer"]), signer=signer
+            ),
             env={
                 "hub": {"IMMORTAL_TOKEN": issuer.token("bench-hub", ["immortal-system:hub"])},
-                "worker": {
-                    "IMMORTAL_TOKEN": issuer.token(
-                        "bench-worker", ["default:worker"], queues=["default"]
-                    )
-                },
+                "worker": worker_env,
             },
-            admin={"user": SERVICE_USER, "password": password},
+            admin=admin,
+            suffix=SIGNING_SUFFIX if signing else SUFFIX,
         )
     finally:
         await service.stop()
@@ -127,7 +149,25 @@ async def _store_policy(url: str, text: str, admin: dict[str, Any]) -> None:
         await nc.close()
 
 
-def compare(metrics: dict[str, Any]) -> list[tuple[str, str, float, str]]:
+async def _register(url: str, admin: dict[str, Any], keys: list[SigningKey]) -> None:
+    """The tenant's registry, written as its admin would (``immortal keys add``), on a
+    server whose buckets exist already (they are made here if no hub ran yet)."""
+    import nats
+
+    from immortal_hub._resources import ensure_resources
+
+    nc = await nats.connect(url, **admin)
+    try:
+        names = Names()
+        await ensure_resources(nc.jetstream(), names)
+        kv = await nc.jetstream().key_value(names.bucket_policy)
+        entries = tuple(RegisteredKey(k.key_id, k.public_key) for k in keys)
+        await kv.put(registry_key(TENANT), KeyRegistry(entries).to_bytes())
+    finally:
+        await nc.close()
+
+
+def compare(metrics: dict[str, Any], suffix: str = SUFFIX) -> list[tuple[str, str, float, str]]:
     """(name, unit, value, target) of what auth on costs, from metrics of both runs."""
     out = []
 
@@ -138,15 +178,16 @@ def compare(metrics: dict[str, Any]) -> list[tuple[str, str, float, str]]:
         v = sorted(m.values)
         return float(v[len(v) // 2])
 
-    off, on = median("1 activity: completed"), median("1 activity: completed" + SUFFIX)
+    what = suffix.strip(" []").removesuffix(" on")  # "auth", "auth+signing"
+    off, on = median("1 activity: completed"), median("1 activity: completed" + suffix)
     if off and on:
-        out.append(("auth on / off: throughput kept", "%", 100 * on / off, ">= 85"))
-    off, on = median("unloaded latency p50"), median("unloaded latency p50" + SUFFIX)
+        out.append((f"{what} on / off: throughput kept", "%", 100 * on / off, ">= 85"))
+    off, on = median("unloaded latency p50"), median("unloaded latency p50" + suffix)
     if off is not None and on is not None:
-        out.append(("auth on: unloaded p50 added", "ms", on - off, "<= 1"))
+        out.append((f"{what} on: unloaded p50 added", "ms", on - off, "<= 1"))
     plain = median("1 activity: completed")
     auth, policy = (
-        median("1 activity: completed" + SUFFIX),
+        median("1 activity: completed" + suffix),
         median("1 activity: completed" + POLICY_SUFFIX),
     )
     if auth and policy:
@@ -154,7 +195,7 @@ def compare(metrics: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     if plain and policy:
         out.append(("auth + policy / nothing: throughput kept", "%", 100 * policy / plain, ">= 85"))
     off, on = (
-        median("unloaded latency p50" + SUFFIX),
+        median("unloaded latency p50" + suffix),
         median("unloaded latency p50" + POLICY_SUFFIX),
     )
     if off is not None and on is not None:

@@ -35,6 +35,7 @@ from nats.errors import Error as NatsError
 from immortal._errors import ServerUnreachableError
 from immortal.security.connection import ConnectSecurity, remember_sender
 from immortal.security.errors import AuthError
+from immortal.security.signing import attach_signer
 from immortal.security.violations import Violations
 
 __all__ = ["connect", "display_urls", "server_urls"]
@@ -117,6 +118,7 @@ async def connect(
                 security.sender() if security is not None else "anon",
                 relay_reads=token if relay_reads is None else relay_reads,
             )
+            attach_signer(nc, security.signer if security is not None else None)
             violations.attach(nc)
             return nc
         if deadline is not None:

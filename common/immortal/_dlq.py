@@ -18,6 +18,7 @@ from immortal._errors import ImmortalError
 from immortal._jetstream import StoredMsg, read_subject
 from immortal._names import InputKind, decode_token
 from immortal.security.client_side import refuse_unscopable
+from immortal.security.signing import signed_headers
 
 if TYPE_CHECKING:
     from immortal._client import Client
@@ -61,10 +62,12 @@ class DeadLetters:
             raise ImmortalError(f"dead letter {seq} has no input kind to re-drive ({letter.kind})")
         c = self._client
         stamp = datetime.now(UTC).isoformat()
+        subject = c.names.input_subject(c.tenant, letter.queue, letter.kind)  # type: ignore[arg-type]
+        headers = {"Nats-Msg-Id": f"redrive:{seq}", "Imm-Redriven": stamp}
+        # Re-driven by this client, so signed by it (the original signature, if any, has
+        # expired by now and covered another subject).
         await c.nc.jetstream().publish(
-            c.names.input_subject(c.tenant, letter.queue, letter.kind),  # type: ignore[arg-type]
-            letter.data,
-            headers={"Nats-Msg-Id": f"redrive:{seq}", "Imm-Redriven": stamp},
+            subject, letter.data, headers=signed_headers(c.nc, subject, letter.data, headers)
         )
         await c.nc.jetstream().delete_msg(c.names.stream_dlq, seq)
 

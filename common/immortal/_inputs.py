@@ -28,6 +28,7 @@ from immortal._transient import retry_transient
 from immortal._wire import StartWorkflow, decode
 from immortal.security.connection import relays_reads, sender_of
 from immortal.security.errors import PolicyDeniedError
+from immortal.security.signing import refusal_in, signed_headers
 from immortal.security.violations import violation_for
 
 __all__ = [
@@ -76,17 +77,19 @@ async def send_input(
             f"{nc.max_payload:,} bytes"
         )
     sender = sender_of(nc)
-    answered, reply = await _by_request(
-        nc, names.rpc_subject(tenant, queue, kind, sender), data, rpc_timeout
-    )
+    rpc = names.rpc_subject(tenant, queue, kind, sender)
+    headers = signed_headers(nc, rpc, data, {"Nats-Msg-Id": msg_id})
+    answered, reply = await _by_request(nc, rpc, data, rpc_timeout, headers)
     if answered:
         return reply
     js = nc.jetstream()
     subject = names.input_subject(tenant, queue, kind, sender)
+    # Signed anew for this subject; the same headers on each retry (a repeat is deduped).
+    durable = signed_headers(nc, subject, data, {"Nats-Msg-Id": msg_id})
 
     async def publish() -> None:
         try:
-            await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+            await js.publish(subject, data, headers=durable)
         except (NatsTimeout, TimeoutError):
             refused = violation_for(nc, subject)
             if refused is not None:
@@ -126,11 +129,11 @@ async def find_queued_start(
 
 
 async def _by_request(
-    nc: NATS, subject: str, data: bytes, timeout: float
+    nc: NATS, subject: str, data: bytes, timeout: float, headers: dict[str, str] | None
 ) -> tuple[bool, bytes | None]:
     """(whether a hub applied it, what it attached); not applied: send it durably."""
     try:
-        reply = await Requests.of(nc).request(subject, data, timeout=timeout)
+        reply = await Requests.of(nc).request(subject, data, timeout=timeout, headers=headers)
     except (NoRespondersError, NatsTimeout, TimeoutError):
         refused = violation_for(nc, subject)
         if refused is not None:
@@ -143,7 +146,8 @@ async def _by_request(
     if reply.data.startswith(STALE):
         raise StaleInput(reply.data[len(STALE) :].decode(errors="replace").strip())
     if reply.data.startswith(REJECTED):
-        raise PayloadError(reply.data[len(REJECTED) :].decode(errors="replace").strip())
+        reason = reply.data[len(REJECTED) :].decode(errors="replace").strip()
+        raise refusal_in(reason) or PayloadError(reason)
     if reply.data.startswith(DENIED):
         raise _policy_denied(reply.data[len(DENIED) :])
     return False, None  # busy, or the hub failed: the durable path

@@ -144,6 +144,12 @@ class Names:
         return f"{self.prefix}-schedules"
 
     @property
+    def bucket_nonces(self) -> str:
+        """The nonces of signed inputs, kept for as long as a signature can be valid, so
+        a replay to any hub is refused (``immortal_hub``'s ``_signatures``)."""
+        return f"{self.prefix}-nonces"
+
+    @property
     def bucket_principals(self) -> str:
         """Principal id → who it is (subject, tenant, roles, token id), kept by the auth
         service for the hubs; never a token."""

@@ -439,12 +439,19 @@ def _policy_text(e: HistoryEvent) -> str:
 
 
 def _by(attrs: dict[str, Any]) -> str:
-    """Who sent the input (auth on): its subject and role, from the verified identity."""
+    """Who sent the input (auth on): its subject and role, from the verified identity, and
+    the key that signed it."""
     by = attrs.get("by")
-    if not isinstance(by, dict) or not by.get("subject"):
+    if not isinstance(by, dict):
         return ""
-    roles = ",".join(by.get("roles") or [])
-    return f"  by {by['subject']}" + (f" ({roles})" if roles else "")
+    notes = [",".join(by.get("roles") or [])]
+    if by.get("key_id"):
+        notes.append(f"signed with key {by['key_id']}")
+    note = ", ".join(n for n in notes if n)
+    who = f"by {by['subject']}" if by.get("subject") else ""
+    if not who and not note:
+        return ""
+    return "  " + " ".join(p for p in (who, f"({note})" if note else "") if p)
 
 
 def _failure(failure: Any) -> str:

@@ -470,6 +470,7 @@ class WorkflowTaskResult(_Model):
     worker: str
     commands: list[Command] = Field(default_factory=list)
     failure: Failure | None = None
+    key_id: str | None = None  # the key that signed it: set by the hub, never trusted
 
 
 class RunAhead(_Model):
@@ -499,6 +500,7 @@ class ActivityResult(_Model):
     result: bytes | None = None
     failure: Failure | None = None
     then: RunAhead | None = None
+    key_id: str | None = None  # set by the hub (see WorkflowTaskResult.key_id)
 
 
 class TimerFired(_Model):

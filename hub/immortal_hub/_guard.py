@@ -31,6 +31,7 @@ from immortal._names import Names
 from immortal.security import HUB_PID, inbox_prefix
 from immortal.security.audit import AuditRecord, publish_audit
 from immortal_hub._reads import ReadRelay
+from immortal_hub._signatures import SignatureCheck
 
 __all__ = ["ForeignSender", "InputGuard"]
 
@@ -46,7 +47,16 @@ class ForeignSender(ValueError):
 
 
 class InputGuard:
-    def __init__(self, nc: Any, names: Names, *, secure: bool, hub_id: str) -> None:
+    def __init__(
+        self,
+        nc: Any,
+        names: Names,
+        *,
+        secure: bool,
+        hub_id: str,
+        require_signatures: bool = False,
+        duplicate_window: float = 120.0,
+    ) -> None:
         self.nc = nc
         self.names = names
         self.secure = secure
@@ -55,8 +65,17 @@ class InputGuard:
         self._claims: dict[str, dict[str, Any]] = {}  # with groups and attributes (policies)
         self.refused = 0
         self.reads = ReadRelay(nc, names, hub_id)
+        self.signatures = SignatureCheck(
+            nc,
+            names,
+            hub_id=hub_id,
+            secure=secure,
+            require=require_signatures,
+            duplicate_window=duplicate_window,
+        )
 
     async def start(self) -> None:
+        await self.signatures.start()  # every tenant's key registry, before any input
         await self.reads.start()
         if not self.secure:
             log.warning(
@@ -67,20 +86,28 @@ class InputGuard:
 
     async def stop(self) -> None:
         await self.reads.stop()
+        await self.signatures.stop()
 
     async def admit(
         self, msg: Any, decode: Callable[[str, bytes], Any]
     ) -> tuple[str, str, str, Any] | None:
         """(tenant, queue, kind, body) of an input, with the sender recorded in the body;
         None when it is no one's input (refused and audited). Raises ``ValueError`` (or
-        the decoder's error) for an input that cannot be read."""
+        the decoder's error) for an input that cannot be read, ``SignatureRefused`` for
+        one whose signature is refused (audited)."""
         tenant, queue, kind, sender = self.names.parse_input(msg.subject)
         forged = self.forged(msg.subject, msg.headers)
         if forged is not None:
             await self.refuse(tenant, msg.subject, forged)
             return None
+        signed = await self.signatures.check(msg, tenant, kind, sender, self.who)
         body = decode(kind, msg.data)
         await self.identify(tenant, kind, sender, body)
+        key_id = signed.key_id if signed is not None else None
+        if hasattr(body, "key_id"):  # a result: beside its worker (never the payload's word)
+            body.key_id = key_id
+        elif key_id is not None and kind in _IDENTIFIED and hasattr(body, "by"):
+            body.by = {**(body.by or {}), "key_id": key_id}  # beside who sent it
         return tenant, queue, kind, body
 
     def forged(self, subject: str, headers: dict[str, str] | None) -> str | None:

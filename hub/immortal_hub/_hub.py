@@ -30,7 +30,6 @@ from pydantic import BaseModel
 
 from immortal._connect import connect, display_urls
 from immortal._errors import PayloadError
-from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._integrity import transition_digest
 from immortal._jetstream import (
     Puller,
@@ -72,8 +71,10 @@ from immortal_hub._metrics import HubMetrics
 from immortal_hub._push import PUSH_HEADER, Pushes
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._retention import Retentions
+from immortal_hub._rpc_inputs import RpcInputs
 from immortal_hub._runs_index import RunsIndex
 from immortal_hub._schedule_firing import scheduled_start
+from immortal_hub._signatures import SignatureRefused
 from immortal_hub._transitions import (
     AwaitingStart,
     InvalidInput,
@@ -120,7 +121,7 @@ _EARLY_FIRING_MS = 2  # a durable timer's firing this much before its due time w
 _LIGHT_TENANT = 2  # a tenant holding this few inputs: its writes never wait (_writes)
 
 
-class Hub:
+class Hub(RpcInputs):
     """One hub process. Run as many as you like against the same NATS.
 
     ``max_in_flight`` bounds the inputs this hub holds (queued or being applied), shared
@@ -153,10 +154,12 @@ class Hub:
         nc: NATS | None = None,
         security: ConnectSecurity | None = None,
         policy_engine: str = "builtin",
+        require_signatures: bool = False,
     ) -> None:
         self.servers = servers
         self.security = security  # auth on: its token (role hub) and TLS (see _guard)
         self.policy_engine = policy_engine  # the engine tenants' policies decide with
+        self.require_signatures = require_signatures  # for every tenant (see _signatures)
         self.names = Names(prefix)
         self.hub_id = hub_id or f"hub-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.settings = settings or ResourceSettings()
@@ -201,7 +204,14 @@ class Hub:
             )
         self.js = self.nc.jetstream()
         secure = self.security is not None and self.security.token is not None
-        self._guard = InputGuard(self.nc, self.names, secure=secure, hub_id=self.hub_id)
+        self._guard = InputGuard(
+            self.nc,
+            self.names,
+            secure=secure,
+            hub_id=self.hub_id,
+            require_signatures=self.require_signatures,
+            duplicate_window=self.settings.duplicate_window,
+        )
         await require_jetstream(self.nc, display_urls(self.servers))
         await ensure_resources(self.js, self.names, self.settings)
         self.policy = await PolicyGate.open(  # tenants' policies, decided before inputs apply
@@ -216,6 +226,8 @@ class Hub:
             spawn=self._spawn,
         )
         self._guard.reads.policy = self.policy.read_refusal
+        # Key registries, then the read relay (says so if auth is off): before any input.
+        await self._guard.start()
         self._runs = RunsIndex(self.nc, self.names, self._write)
         self._retentions = Retentions(
             self.nc, self.names, self._runs, self._publish_emission, self._forget
@@ -236,7 +248,6 @@ class Hub:
         workers_kv = await key_value(self.js, self.names.bucket_workers)
         self._spawn(self._workers.watch(workers_kv, self._pushes))
         self._metrics.start(self.js)
-        await self._guard.start()  # the read relay; says so if auth is off
         log.info("hub %s serving %s", self.hub_id, display_urls(self.servers))
 
     async def stop(self) -> None:
@@ -391,6 +402,9 @@ class Hub:
         try:
             try:
                 admitted = await self._guard.admit(msg, self._decode)
+            except SignatureRefused as exc:
+                await self._dead_letter(msg, str(exc))  # and in IMM_AUDIT (see _signatures)
+                return
             except (PayloadError, ValueError) as exc:
                 await self._dead_letter(msg, f"undecodable input: {exc}")
                 return
@@ -402,16 +416,8 @@ class Hub:
                 if await self.policy.refuses(tenant, queue, kind, body) is not None:
                     await msg.ack()  # refused: in the audit (and the run's history)
                     return
-                if isinstance(body, TimerFired):
-                    early = body.due - now_ms()
-                    if body.due and early > _EARLY_FIRING_MS:
-                        # The server's clock runs ahead of this hub's, which is the one due
-                        # times are reckoned on: a sleep never ends early. Back when due.
-                        await msg.nak(delay=early / 1000)
-                        return
-                    await self._on_timer(tenant, queue, body, msg)
-                else:
-                    await self._apply(tenant, queue, kind, body)
+                if not await self._dispatch(tenant, queue, kind, body, msg):
+                    return
             except InvalidInput as exc:
                 await self._dead_letter(msg, str(exc))
                 return
@@ -434,6 +440,20 @@ class Hub:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
 
+    async def _dispatch(self, tenant: str, queue: str, kind: str, body: Any, msg: Msg) -> bool:
+        """Apply a durable input; False if it was handed back for later (not to be acked)."""
+        if isinstance(body, TimerFired):
+            early = body.due - now_ms()
+            if body.due and early > _EARLY_FIRING_MS:
+                # The server's clock runs ahead of this hub's, which is the one due times
+                # are reckoned on: a sleep never ends early. Back when due.
+                await msg.nak(delay=early / 1000)
+                return False
+            await self._on_timer(tenant, queue, body, msg)
+        else:
+            await self._apply(tenant, queue, kind, body)
+        return True
+
     async def _await_start(self, msg: Msg, exc: AwaitingStart) -> None:
         """An input for a run whose start is durable but not applied: the start is queued
         ahead of it (or being applied by another hub), so it comes back a little later,
@@ -445,76 +465,6 @@ class Hub:
             return
         waited = f"{exc}; it waited {deliveries} times, {_START_WAIT_S:g} s apart, for the start"
         await self._dead_letter(msg, waited)
-
-    async def _on_rpc(self, msg: Msg) -> None:
-        """An input by request-reply: apply it, then reply; past its limits, ``busy``.
-
-        A busy reply makes the sender queue the input durably in the tenant's ``IMM_IN``
-        subjects, where this tenant's pullers take it as its limits allow. Results may enter
-        ahead of the tenant's queued inputs, starts may not. Heartbeats are admitted past
-        the limits: held back, they would time out attempts that are fine.
-        """
-        parts = msg.subject.split(".")
-        tenant = parts[2] if len(parts) in (5, 6) and parts[4] != "heartbeat" else None
-        if not self._running or (
-            tenant is not None and not self.admission.try_enter(tenant, ahead=parts[4] != "start")
-        ):
-            if tenant is not None:
-                self.refused[tenant] += 1
-                self._metrics.refused.add(1, {"tenant": tenant})
-            with contextlib.suppress(Exception):
-                await msg.respond(BUSY)
-            return
-        task = asyncio.create_task(self._serve_rpc(msg, tenant))
-        self._rpc_tasks.add(task)
-        task.add_done_callback(self._rpc_tasks.discard)
-
-    async def _serve_rpc(self, msg: Msg, entered: str | None) -> None:
-        if entered is None:
-            await self._apply_rpc(msg)
-            return
-        await self.admission.start(entered)  # a slot, in turn with other tenants
-        try:
-            await self._apply_rpc(msg)
-        finally:
-            self.admission.release(entered)
-
-    async def _apply_rpc(self, msg: Msg) -> None:
-        reply = OK
-        try:
-            admitted = await self._guard.admit(msg, self._decode)
-            if admitted is None:
-                return
-            tenant, queue, kind, body = admitted
-            denied = await self.policy.refuses(tenant, queue, kind, body)
-            applied = None if denied else await self._apply(tenant, queue, kind, body)
-            if denied:
-                reply = denied
-            elif applied is not None and (
-                kind in ("wft", "started") or getattr(body, "then", None)
-            ):
-                # wft, run ahead: the worker's cache skips a read; started: whether the
-                # attempt was lost
-                reply = OK + b":" + encode(applied)
-        except StaleAttempt as exc:
-            reply = STALE + b" " + str(exc).encode()
-        except AwaitingStart:
-            reply = BUSY  # the sender queues it durably, behind the run's start
-        except (PayloadError, ValueError, InvalidInput) as exc:
-            reason = f"undecodable input: {exc}" if not isinstance(exc, InvalidInput) else str(exc)
-            await self._keep_dead_letter(
-                msg.subject, msg.data, reason, ref=f"rpc:{uuid.uuid4().hex}"
-            )
-            reply = REJECTED + b" " + reason.encode()
-        except Exception as exc:
-            log.warning(
-                "rpc input %s failed (%r); the sender falls back to IMM_IN", msg.subject, exc
-            )
-            reply = b"retry"
-        if not self._guard.may_reply(msg):
-            return  # applied, but the answer would go to a subject the sender chose
-        with contextlib.suppress(Exception):
-            await msg.respond(reply)
 
     # -- timers ---------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class ResourceSettings:
     idem_max_age: float = 30 * _DAY
     worker_marker_ttl: float = 60.0  # how long an expired worker's marker stays
     principal_max_age: float = 30 * _DAY  # renewed whenever the principal connects
+    nonce_max_age: float = 180.0  # >= a signature's accepted span (``_signatures``)
 
 
 def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
@@ -148,6 +149,14 @@ def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
         # One key per live hub, renewed every second: what it may still have pushed.
         KeyValueConfig(bucket=names.bucket_hubs, description="live hubs", **common),
         KeyValueConfig(bucket=names.bucket_schedules, description="workflow schedules", **common),
+        # Signed inputs' nonces, one create each, expiring with the signature window. In
+        # memory: a replay after every server restarted at once is the price (see docs).
+        KeyValueConfig(
+            bucket=names.bucket_nonces,
+            description="signed inputs' nonces",
+            ttl=s.nonce_max_age,
+            **{**common, "storage": StorageType.MEMORY, "history": 1},
+        ),
         # Kept by the auth service: who each principal id is (never a token).
         KeyValueConfig(
             bucket=names.bucket_principals,

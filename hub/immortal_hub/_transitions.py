@@ -243,18 +243,28 @@ def apply_workflow_task_result(
             result.wft,
             worker=result.worker,
             failure=result.failure.model_dump(exclude_defaults=True),
+            **({"key_id": result.key_id} if result.key_id else {}),
         )
         state.last_wft_failure = result.failure.message
         return b.outcome(result.result_id)
-    _complete_workflow_task(b, result.wft, result.through, result.worker, result.commands)
+    _complete_workflow_task(
+        b, result.wft, result.through, result.worker, result.commands, key_id=result.key_id
+    )
     return b.outcome(result.result_id)
 
 
 def _complete_workflow_task(
-    b: _Builder, wft: int, through: int, worker: str, commands: list[Command]
+    b: _Builder,
+    wft: int,
+    through: int,
+    worker: str,
+    commands: list[Command],
+    *,
+    key_id: str | None = None,
 ) -> None:
     state = b.state
-    done = b.add(EventType.WORKFLOW_TASK_COMPLETED, wft, through=through, worker=worker)
+    signed = {"key_id": key_id} if key_id else {}  # the key that signed the result
+    done = b.add(EventType.WORKFLOW_TASK_COMPLETED, wft, through=through, worker=worker, **signed)
     state.wft = None
     state.last_wft_failure = None
     state.sticky = worker
@@ -489,6 +499,7 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
         "worker": result.worker,
         "started_ts": result.started_ts,
         "ended_ts": result.ended_ts,
+        **({"key_id": result.key_id} if result.key_id else {}),  # who signed it
     }
     act = state.activities.get(result.scheduled_id)
     reason = None
@@ -510,7 +521,9 @@ def apply_activity_result(state: RunState | None, result: ActivityResult, now: i
     _close_activity(b, result.scheduled_id, ev)
     if ahead is not None and state.wft == ahead.wft:  # the task it ran ahead is this one
         b.now = max(b.now, now)
-        _complete_workflow_task(b, ahead.wft, ahead.wft, result.worker, ahead.commands)
+        _complete_workflow_task(
+            b, ahead.wft, ahead.wft, result.worker, ahead.commands, key_id=result.key_id
+        )
     return b.outcome(result.result_id)
 
 

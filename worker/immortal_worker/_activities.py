@@ -42,6 +42,7 @@ from immortal.codec import Binding, PayloadCodec
 from immortal.codec._fields import activity_field
 from immortal.codec._sealing import open_payload, seal, seal_failure
 from immortal.security.connection import sender_of
+from immortal.security.signing import signed_headers
 
 __all__ = ["ActivityRunner"]
 
@@ -200,7 +201,9 @@ class ActivityRunner:
                 else seal(self._codec, self._at(task, "heartbeat"), encode_value(beats.details)),
             )
             try:
-                reply = await self._nc.request(subject, encode(body), timeout=5.0)
+                data = encode(body)
+                headers = signed_headers(self._nc, subject, data)
+                reply = await self._nc.request(subject, data, timeout=5.0, headers=headers)
             except (NoRespondersError, NatsTimeout):
                 continue  # no hub now; the timer decides
             if reply.data.startswith(STALE):

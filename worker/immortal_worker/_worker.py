@@ -59,6 +59,7 @@ from immortal._wire import (
 from immortal.codec import KeyNotInRingError, PayloadCodec
 from immortal.security.connection import ConnectSecurity
 from immortal.security.errors import AuthError, RefusalReason
+from immortal.security.signing import SignatureError
 from immortal_worker._activities import ActivityRunner
 from immortal_worker._instance import CacheStale, WorkflowInstance
 from immortal_worker._pushed import PushedTask, Pushes
@@ -676,6 +677,6 @@ class Worker:
             return await send_input(
                 self.nc, self.names, self.tenant, queue, kind, data, msg_id=msg_id
             )
-        except PayloadError as exc:  # the hub dead-lettered it, with the reason: nothing to retry
+        except (PayloadError, SignatureError) as exc:  # dead-lettered, with the reason
             log.error("hub rejected %s result %s: %s", kind, msg_id, exc)
             return None

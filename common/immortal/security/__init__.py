@@ -1,5 +1,5 @@
 """Identity and isolation: verified tokens, principals and roles, the permissions each
-role gets from the broker, TLS.
+role gets from the broker, TLS, signed inputs.
 
 >>> verifier = TokenVerifier(AuthConfig.load())
 >>> principal = await verifier.verify(token)   # or a TokenError naming the reason
@@ -29,6 +29,7 @@ from immortal.security.identity import (
     principal_id,
 )
 from immortal.security.permissions import Grants, grants_for, inbox_prefix, permission_table
+from immortal.security.signing import SignatureError, Signer, SigningKey
 from immortal.security.tls import TlsFiles
 
 if TYPE_CHECKING:
@@ -65,6 +66,9 @@ __all__ = [
     "PrincipalKind",
     "RefusalReason",
     "Role",
+    "SignatureError",
+    "Signer",
+    "SigningKey",
     "TlsError",
     "TlsFiles",
     "TokenError",

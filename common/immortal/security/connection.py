@@ -14,6 +14,7 @@ from immortal.security.config import AuthConfig, TokenSource
 from immortal.security.errors import AuthError, RefusalReason
 from immortal.security.identity import ANONYMOUS_PID, Principal
 from immortal.security.permissions import inbox_prefix
+from immortal.security.signing import Signer
 from immortal.security.tls import TlsFiles
 
 __all__ = [
@@ -41,6 +42,7 @@ class ConnectSecurity:
 
     token: TokenSource | None = None
     tls: TlsFiles = field(default_factory=TlsFiles)
+    signer: Signer | None = None  # signs every input sent (``signing``)
 
     @classmethod
     def from_env(
@@ -57,11 +59,14 @@ class ConnectSecurity:
         return cls(
             token=source if source.configured else None,
             tls=TlsFiles.from_env(tls_ca, tls_cert, tls_key, env=env),
+            signer=Signer.from_env(env),
         )
 
     @classmethod
-    def with_token(cls, token: str, tls: TlsFiles | None = None) -> ConnectSecurity:
-        return cls(token=TokenSource.fixed(token), tls=tls or TlsFiles())
+    def with_token(
+        cls, token: str, tls: TlsFiles | None = None, signer: Signer | None = None
+    ) -> ConnectSecurity:
+        return cls(token=TokenSource.fixed(token), tls=tls or TlsFiles(), signer=signer)
 
     def sender(self) -> str:
         """The principal id this connection's inputs carry (``anon`` without a token)."""

@@ -32,6 +32,7 @@ class RefusalReason(StrEnum):
     REFUSED = "refused"  # the server said no and we cannot tell why from here
     PERMISSION = "permission"
     TLS = "tls"
+    SIGNATURE = "signature"  # an input's signature (``signing``)
 
 
 class AuthError(ImmortalError):

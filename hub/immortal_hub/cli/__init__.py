@@ -15,6 +15,7 @@ immortal codec keygen k1 > keys.json  # encrypted payloads; --codec-keys keys.js
 immortal codec serve --ring acme=keys.json   # POST /decode for the web UI, tokens verified
 immortal policy apply policy.yaml   # the tenant's policy (admin); show, test, explain
 immortal audit --follow --decision deny   # the decision log, live
+immortal keys new|add|list|retire   # signing keys of the tenant (admin)
 
 One module per command group; each imports the SDK, and the hub's machinery, only inside
 the commands that need them, so a read command starts without loading the hub.
@@ -36,6 +37,7 @@ from immortal_hub.cli import (
     dev,
     dlq,
     hub,
+    keys,
     logs,
     ops,
     policy,
@@ -75,6 +77,7 @@ GROUPS: dict[str, typer.Typer] = {
     "auth": auth.app,
     "codec": codec.app,
     "policy": policy.app,
+    "keys": keys.app,
 }
 
 

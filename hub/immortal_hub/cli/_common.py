@@ -101,7 +101,7 @@ async def until_signalled() -> None:
 
 
 def connect_security() -> ConnectSecurity | None:
-    """The token and TLS this command connects with (None: neither is set)."""
+    """The token, TLS and signing key this command connects with (None: none is set)."""
     from immortal.security import ConnectSecurity
 
     security = ConnectSecurity.from_env(
@@ -111,7 +111,8 @@ def connect_security() -> ConnectSecurity | None:
         tls_cert=CONNECT.get("tls_cert"),
         tls_key=CONNECT.get("tls_key"),
     )
-    return security if security.token is not None or security.tls.configured else None
+    configured = security.token is not None or security.tls.configured or security.signer
+    return security if configured else None
 
 
 def connect_codec() -> PayloadCodec | None:

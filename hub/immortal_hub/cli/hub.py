@@ -63,6 +63,14 @@ def hub(
             "(default: port 8222 of the server's host; off: no check)",
         ),
     ] = None,
+    require_signatures: Annotated[
+        bool,
+        typer.Option(
+            envvar="IMMORTAL_REQUIRE_SIGNATURES",
+            help="refuse unsigned inputs of every tenant (auth on, a tenant with signing "
+            "keys registered requires them anyway)",
+        ),
+    ] = False,
     log_level: str = "INFO",
 ) -> None:
     """Run one hub (several may run at once against the same NATS)."""
@@ -85,6 +93,7 @@ def hub(
             tenant_limits=limits,
             ack_wait=ack_wait,
             settings=ResourceSettings(replicas=replicas),
+            require_signatures=require_signatures,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

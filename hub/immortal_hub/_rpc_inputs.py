@@ -1,0 +1,115 @@
+"""Inputs by request-reply (``imm.rpc.>``): the fast path, where a hub applies an input
+and answers its sender at once, which then skips the durable ``IMM_IN`` path. A mixin of
+``Hub`` (``_hub.py``), for the hub's admission, guard, policy and apply."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+
+from immortal._errors import PayloadError
+from immortal._inputs import BUSY, OK, REJECTED, STALE
+from immortal._wire import AppliedTransition, encode
+from immortal_hub._transitions import AwaitingStart, InvalidInput, StaleAttempt
+
+if TYPE_CHECKING:
+    from immortal_hub._guard import InputGuard
+    from immortal_hub._limits import Admission
+    from immortal_hub._metrics import HubMetrics
+    from immortal_hub.policy import PolicyGate
+
+__all__ = ["RpcInputs"]
+
+log = logging.getLogger(__name__)
+
+
+class RpcInputs:
+    _running: bool
+    refused: Counter[str]
+    admission: Admission
+    _metrics: HubMetrics
+    _rpc_tasks: set[asyncio.Task[None]]
+    _guard: InputGuard
+    policy: PolicyGate
+
+    # The hub's own (``Hub``): apply an input, decode one, keep a dead letter.
+    _apply: Callable[[str, str, str, Any], Awaitable[AppliedTransition | None]]
+    _decode: Callable[[str, bytes], Any]
+    _keep_dead_letter: Callable[..., Awaitable[None]]
+
+    async def _on_rpc(self, msg: Msg) -> None:
+        """An input by request-reply: apply it, then reply; past its limits, ``busy``.
+
+        A busy reply makes the sender queue the input durably in the tenant's ``IMM_IN``
+        subjects, where this tenant's pullers take it as its limits allow. Results may enter
+        ahead of the tenant's queued inputs, starts may not. Heartbeats are admitted past
+        the limits: held back, they would time out attempts that are fine.
+        """
+        parts = msg.subject.split(".")
+        tenant = parts[2] if len(parts) in (5, 6) and parts[4] != "heartbeat" else None
+        if not self._running or (
+            tenant is not None and not self.admission.try_enter(tenant, ahead=parts[4] != "start")
+        ):
+            if tenant is not None:
+                self.refused[tenant] += 1
+                self._metrics.refused.add(1, {"tenant": tenant})
+            with contextlib.suppress(Exception):
+                await msg.respond(BUSY)
+            return
+        task = asyncio.create_task(self._serve_rpc(msg, tenant))
+        self._rpc_tasks.add(task)
+        task.add_done_callback(self._rpc_tasks.discard)
+
+    async def _serve_rpc(self, msg: Msg, entered: str | None) -> None:
+        if entered is None:
+            await self._apply_rpc(msg)
+            return
+        await self.admission.start(entered)  # a slot, in turn with other tenants
+        try:
+            await self._apply_rpc(msg)
+        finally:
+            self.admission.release(entered)
+
+    async def _apply_rpc(self, msg: Msg) -> None:
+        reply = OK
+        try:
+            admitted = await self._guard.admit(msg, self._decode)
+            if admitted is None:
+                return
+            tenant, queue, kind, body = admitted
+            denied = await self.policy.refuses(tenant, queue, kind, body)
+            applied = None if denied else await self._apply(tenant, queue, kind, body)
+            if denied:
+                reply = denied
+            elif applied is not None and (
+                kind in ("wft", "started") or getattr(body, "then", None)
+            ):
+                # wft, run ahead: the worker's cache skips a read; started: whether the
+                # attempt was lost
+                reply = OK + b":" + encode(applied)
+        except StaleAttempt as exc:
+            reply = STALE + b" " + str(exc).encode()
+        except AwaitingStart:
+            reply = BUSY  # the sender queues it durably, behind the run's start
+        except (PayloadError, ValueError, InvalidInput) as exc:
+            reason = f"undecodable input: {exc}" if not isinstance(exc, InvalidInput) else str(exc)
+            await self._keep_dead_letter(
+                msg.subject, msg.data, reason, ref=f"rpc:{uuid.uuid4().hex}"
+            )
+            reply = REJECTED + b" " + reason.encode()
+        except Exception as exc:
+            log.warning(
+                "rpc input %s failed (%r); the sender falls back to IMM_IN", msg.subject, exc
+            )
+            reply = b"retry"
+        if not self._guard.may_reply(msg):
+            return  # applied, but the answer would go to a subject the sender chose
+        with contextlib.suppress(Exception):
+            await msg.respond(reply)

@@ -1,0 +1,370 @@
+"""Where an input's signature is checked, before the hub applies anything.
+
+A signed input (``immortal.security.signing``) is accepted when, in this order:
+
+1. its key id is in the tenant's registry (``imm-policy`` ``<tenant>.keys``, watched, so
+   a change applies within a second) and valid now (not before ``not_before``, not
+   retired); a key of another tenant is unknown here;
+2. ``created``/``expires`` hold: the lifetime is at most ``max_lifetime`` and the
+   reference time lies in ``[created - skew, expires + skew]``. The reference time is
+   the hub's clock for an input by request, and for one queued in ``IMM_IN`` the time
+   the server stored it (the ack subject's timestamp): an input that waited durably
+   through an outage still counts, a copy stored later does not;
+3. ``Nats-Msg-Id``, when there is one, is covered, and the signature verifies over the
+   subject the input arrived on (so one signed for ``imm.rpc`` cannot be replayed into
+   ``imm.in``, nor onto another tenant, queue, kind or sender);
+4. the key's owner (``subject``/``role`` in the registry, when set) is the
+   broker-stamped sender (auth on);
+5. its nonce was never seen by any hub: an atomic create of ``<tenant>.<nonce>`` in the
+   ``imm-nonces`` bucket, whose entries expire with the window. Only where it is needed:
+   an input by request (core NATS has no dedupe); one queued in ``IMM_IN`` is covered by
+   the stream's duplicate window on its signed ``Nats-Msg-Id`` as long as the accepted
+   span (``max_lifetime + 2 * skew``) fits in that window, and the create is made for
+   those too if it does not (see docs/security.md).
+
+A refusal is an ``IMM_AUDIT`` record (reason ``signature``, the check, the key id) and a
+:class:`SignatureRefused`, which the hub dead-letters with the message (a request gets it
+as its rejection). Unsigned input is refused when the tenant requires signatures:
+``Hub(require_signatures=True)``, or auth on and a non-empty registry for the tenant.
+The hub's own inputs (sender ``hub``) and fired timers are the broker's to vouch for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.signing import VerifyKey
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import KeyNotFoundError
+from nats.js.errors import NotFoundError as JsNotFound
+from nats.js.kv import KeyValue
+
+from immortal._jetstream import is_wrong_last_sequence
+from immortal._names import Names
+from immortal._requests import Requests
+from immortal._transient import key_value
+from immortal.security import HUB_PID
+from immortal.security.audit import AuditRecord, publish_audit
+from immortal.security.keys import KeyRegistry, RegisteredKey, registry_key
+from immortal.security.signing import (
+    SignatureError,
+    SignatureParams,
+    SignatureRefusal,
+    parse_signature,
+    public_key_bytes,
+    verify_signature,
+)
+from immortal_hub._transitions import InvalidInput
+
+__all__ = ["MAX_LIFETIME_S", "SKEW_S", "SignatureCheck", "SignatureRefused", "SignedBy"]
+
+log = logging.getLogger(__name__)
+
+MAX_LIFETIME_S = 60.0  # the longest a signature may be valid (expires - created)
+SKEW_S = 30.0  # clock difference allowed on each side of [created, expires]
+_REREAD_S = 1.0  # an unknown key id reads the registry again at most this often per tenant
+_UNSIGNED_OK = frozenset({"timer", "child"})  # what the broker or a hub sends, never a client
+
+
+class SignatureRefused(InvalidInput):
+    """An input refused for its signature (or the lack of one); the message names the
+    check and the key id."""
+
+    def __init__(self, error: SignatureError) -> None:
+        super().__init__(f"signature refused ({error.refusal}): {error}")
+        self.error = error
+
+
+@dataclass(frozen=True)
+class SignedBy:
+    """Who signed an accepted input: what history records beside the sender."""
+
+    key_id: str
+    subject: str
+
+
+class SignatureCheck:
+    """One hub's signature checks. ``who(sender)`` gives the sender's principal record
+    (the guard's)."""
+
+    def __init__(
+        self,
+        nc: Any,
+        names: Names,
+        *,
+        hub_id: str,
+        secure: bool,
+        require: bool = False,
+        duplicate_window: float = 120.0,
+        max_lifetime: float = MAX_LIFETIME_S,
+        skew: float = SKEW_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.nc, self.names, self.hub_id = nc, names, hub_id
+        self.secure, self.require = secure, require
+        self.max_lifetime, self.skew = max_lifetime, skew
+        # Within this span of a signature's time, IMM_IN's dedupe drops any second copy.
+        self.queued_need_nonce = max_lifetime + 2 * skew > duplicate_window
+        self._clock = clock
+        self._registries: dict[str, KeyRegistry] = {}
+        self._verify_keys: dict[str, VerifyKey] = {}
+        self._reread: dict[str, float] = {}
+        self._policy: KeyValue | None = None
+        self._nonces: KeyValue | None = None
+        self._nonce_prefix = f"$KV.{names.bucket_nonces}."
+        self._watch: asyncio.Task[None] | None = None
+        self.verified = 0
+        self.refused = 0
+        self.nonces_written = 0
+
+    async def start(self) -> None:
+        """Load every tenant's registry, then keep watching it."""
+        js = self.nc.jetstream()
+        self._policy = await key_value(js, self.names.bucket_policy)
+        self._nonces = await key_value(js, self.names.bucket_nonces)
+        self._watch = asyncio.create_task(self._follow(await self._load()))
+        if self.queued_need_nonce:
+            log.warning(
+                "signatures may be valid for %g s (+%g s skew each side), longer than "
+                "IMM_IN's duplicate window: queued inputs' nonces are stored too",
+                self.max_lifetime,
+                self.skew,
+            )
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch
+
+    def registry(self, tenant: str) -> KeyRegistry:
+        """``tenant``'s registry as this hub knows it now."""
+        return self._registries.get(tenant, _EMPTY)
+
+    def required(self, tenant: str) -> bool:
+        return self.require or (self.secure and bool(self._registries.get(tenant, _EMPTY).keys))
+
+    async def check(
+        self,
+        msg: Any,
+        tenant: str,
+        kind: str,
+        sender: str,
+        who: Callable[[str], Awaitable[dict[str, Any]]],
+    ) -> SignedBy | None:
+        """Who signed ``msg`` (None: unsigned, and allowed); raises
+        :class:`SignatureRefused` after recording the refusal."""
+        try:
+            return await self._check(msg, tenant, kind, sender, who)
+        except SignatureError as exc:
+            await self._refuse(tenant, msg.subject, exc)
+            raise SignatureRefused(exc) from None
+
+    async def _check(
+        self,
+        msg: Any,
+        tenant: str,
+        kind: str,
+        sender: str,
+        who: Callable[[str], Awaitable[dict[str, Any]]],
+    ) -> SignedBy | None:
+        found = parse_signature(msg.headers)
+        if found is None:
+            if kind in _UNSIGNED_OK or sender == HUB_PID or not self.required(tenant):
+                return None
+            raise SignatureError(
+                SignatureRefusal.UNSIGNED, f"tenant {tenant!r} requires signed inputs"
+            )
+        params, signature = found
+        queued = msg.subject.split(".", 2)[1] == "in"
+        at = self._stored_at(msg) if queued else self._clock()
+        # Judged at the time it was stored: a key retired while a signed input waited in
+        # IMM_IN still vouches for it (the server's timestamp cannot be forged).
+        key = await self._key(tenant, params.key_id, at)
+        self._check_window(params, at)
+        headers = msg.headers or {}
+        if "Nats-Msg-Id" in headers and "nats-msg-id" not in params.covered:
+            raise SignatureError(
+                SignatureRefusal.UNCOVERED, "Nats-Msg-Id is not covered", params.key_id
+            )
+        if not verify_signature(
+            self._verify_key(key), msg.subject, msg.data, headers, params, signature
+        ):
+            raise SignatureError(
+                SignatureRefusal.BAD_SIGNATURE,
+                f"signature by key id {params.key_id!r} does not match this input (its body, "
+                "subject or a covered header was altered, or another key signed it)",
+                params.key_id,
+            )
+        if self.secure and (key.subject or key.role):
+            await self._check_owner(key, sender, who)
+        if not queued or self.queued_need_nonce:
+            await self._remember_nonce(tenant, params, "rpc" if not queued else _seq(msg))
+        self.verified += 1
+        return SignedBy(key.key_id, key.subject)
+
+    async def _key(self, tenant: str, key_id: str, now: float) -> RegisteredKey:
+        try:
+            return self._registries.get(tenant, _EMPTY).lookup(key_id, now)
+        except SignatureError as exc:
+            if exc.refusal != SignatureRefusal.UNKNOWN_KEY or not await self._read_again(tenant):
+                raise
+        return self._registries.get(tenant, _EMPTY).lookup(key_id, now)
+
+    async def _read_again(self, tenant: str) -> bool:
+        """Read ``tenant``'s registry now (a key added this instant, before the watch
+        told us); at most once a second per tenant, so unknown key ids cost little."""
+        now = time.monotonic()
+        if now - self._reread.get(tenant, 0.0) < _REREAD_S or self._policy is None:
+            return False
+        self._reread[tenant] = now
+        try:
+            entry = await self._policy.get(registry_key(tenant))
+        except (KeyNotFoundError, JsNotFound):
+            return False
+        self._store(entry)
+        return True
+
+    def _check_window(self, params: SignatureParams, at: float) -> None:
+        kid = params.key_id
+        if params.expires - params.created > self.max_lifetime:
+            raise SignatureError(
+                SignatureRefusal.TOO_LONG,
+                f"signature valid for {params.expires - params.created} s, more than the "
+                f"{self.max_lifetime:g} s accepted",
+                kid,
+            )
+        if at < params.created - self.skew:
+            raise SignatureError(
+                SignatureRefusal.FROM_THE_FUTURE,
+                f"signature created {params.created - at:.0f} s in the future",
+                kid,
+            )
+        if at > params.expires + self.skew:
+            raise SignatureError(
+                SignatureRefusal.EXPIRED,
+                f"signature by key id {kid!r} expired {at - params.expires:.0f} s ago",
+                kid,
+            )
+
+    async def _check_owner(
+        self, key: RegisteredKey, sender: str, who: Callable[[str], Awaitable[dict[str, Any]]]
+    ) -> None:
+        principal = await who(sender)
+        subject, roles = principal.get("subject"), principal.get("roles") or []
+        if (key.subject and subject != key.subject) or (key.role and key.role not in roles):
+            owner = " ".join(
+                f"{k}={v!r}" for k, v in (("subject", key.subject), ("role", key.role)) if v
+            )
+            raise SignatureError(
+                SignatureRefusal.WRONG_OWNER,
+                f"key id {key.key_id!r} belongs to {owner}, not to sender {subject!r}",
+                key.key_id,
+            )
+
+    async def _remember_nonce(self, tenant: str, params: SignatureParams, where: str) -> None:
+        """First writer wins, across every hub; a queued input delivered again (same
+        stream sequence) is not a replay."""
+        assert self._nonces is not None, "not started"
+        key = f"{tenant}.{params.nonce}"
+        # A create is a publish expecting no message on the key yet; timer-free (_requests),
+        # as this is one per input by request.
+        headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
+        try:
+            await Requests.of(self.nc).publish(self._nonce_prefix + key, where.encode(), headers)
+            self.nonces_written += 1
+            return
+        except Exception as exc:
+            if not is_wrong_last_sequence(exc):
+                raise
+        if where != "rpc":
+            with contextlib.suppress(KeyNotFoundError, JsNotFound):
+                entry = await self._nonces.get(key)
+                if entry.value == where.encode():
+                    return
+        raise SignatureError(
+            SignatureRefusal.REPLAY,
+            f"replay: nonce of key id {params.key_id!r} already used",
+            params.key_id,
+        )
+
+    def _verify_key(self, key: RegisteredKey) -> VerifyKey:
+        found = self._verify_keys.get(key.public_key)
+        if found is None:
+            found = self._verify_keys[key.public_key] = VerifyKey(public_key_bytes(key.public_key))
+        return found
+
+    def _stored_at(self, msg: Any) -> float:
+        try:
+            return float(msg.metadata.timestamp.timestamp())
+        except Exception:  # not a JetStream delivery after all: judge on our clock
+            return self._clock()
+
+    async def _refuse(self, tenant: str, subject: str, error: SignatureError) -> None:
+        self.refused += 1
+        log.warning("refused input on %s: %s (%s)", subject, error, error.refusal)
+        record = AuditRecord(
+            action="input",
+            decision="deny",
+            reason="signature",
+            message=f"{error.refusal}: {error}",
+            where={"subject": subject, "key_id": error.key_id, "check": str(error.refusal)},
+            by=self.hub_id,
+        )
+        await publish_audit(self.nc, self.names, tenant, record)
+
+    def _store(self, entry: Any) -> None:
+        tenant = entry.key.rsplit(".", 1)[0]
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self._registries.pop(tenant, None)
+            return
+        try:
+            self._registries[tenant] = KeyRegistry.from_bytes(entry.value)
+        except ValueError as exc:
+            # Keep the last good one: a broken write must not open the door nor shut it.
+            log.error("tenant %s: key registry not applied: %s", tenant, exc)
+
+    async def _load(self) -> Any:
+        """Every tenant's registry as stored now; the watcher that follows the changes."""
+        assert self._policy is not None
+        watcher = await self._policy.watch("*.keys")
+        while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
+            self._store(entry)
+        return watcher
+
+    async def _follow(self, watcher: Any) -> None:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=5.0)
+            except NatsTimeout:  # nothing changed
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the watch broke (an outage): load and watch again
+                log.warning("key registry watch: %r; reading the registries again", exc)
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+                try:
+                    watcher = await self._load()
+                except Exception as again:
+                    log.warning("key registries not read (%r): keeping what is known", again)
+                continue
+            if entry is not None:
+                self._store(entry)
+
+
+_EMPTY = KeyRegistry()
+
+
+def _seq(msg: Any) -> str:
+    try:
+        return f"in:{msg.metadata.sequence.stream}"
+    except Exception:
+        return "in:?"
