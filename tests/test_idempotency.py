@@ -55,9 +55,13 @@ async def test_workflow_id_reuse_policies(
             gated_flow, "g", id="order-7", id_reuse_policy=IdReusePolicy.RETURN_EXISTING
         )
         assert same.run_id == running.run_id
-        # A running run is found from its history, and listed as running.
+        # A running run is found from its history, and listed as running (once it has run
+        # for a second: the hub lists a run that lives that long).
         assert (await client.get_handle("order-7")).run_id == running.run_id
-        [listed] = (await client.list_workflows(status="running")).runs
+        async with asyncio.timeout(5):
+            while not (open_runs := (await client.list_workflows(status="running")).runs):
+                await asyncio.sleep(0.1)
+        [listed] = open_runs
         assert (listed.workflow_id, listed.run_id) == ("order-7", running.run_id)
         (tmp_path / "gate-g").touch()
         await running.result(timeout=20)

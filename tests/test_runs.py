@@ -74,6 +74,14 @@ async def _settled(client: Client, closed: int) -> None:
             await asyncio.sleep(0.2)
 
 
+async def _listed_open(client: Client, running: int) -> None:
+    """Until the index lists ``running`` open runs: a run is listed as open once it has
+    run for a second (Hub(list_after=1.0)); one that closes sooner only when it closes."""
+    async with asyncio.timeout(30):
+        while len(await _all_pages(client, 1000, status="running")) < running:
+            await asyncio.sleep(0.2)
+
+
 async def test_list_filters_and_pages_over_thousands_of_runs(
     nats_url: str, prefix: str, client: Client
 ) -> None:
@@ -97,6 +105,7 @@ async def test_list_filters_and_pages_over_thousands_of_runs(
         for h in done[:2000]:
             await h.result(timeout=60)
         await _settled(client, 2300)
+        await _listed_open(client, 305)
 
         # Open runs come first, newest started first, and only runs still open.
         running = await _all_pages(client, 70, status="running")
@@ -215,6 +224,7 @@ async def test_list_and_runs_from_the_command_line(
         with pytest.raises(immortal.WorkflowFailedError):
             await broken.result(timeout=20)
         await _settled(client, 4)
+        await _listed_open(client, 1)
 
     cli = partial(asyncio.to_thread, _cli, nats_url, prefix)
     listed = await cli("list")

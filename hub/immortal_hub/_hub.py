@@ -69,10 +69,11 @@ from immortal_hub._limits import Admission, TenantLimits
 from immortal_hub._local_timers import LocalTimers
 from immortal_hub._metrics import HubMetrics
 from immortal_hub._push import PUSH_HEADER, Pushes
+from immortal_hub._push_recovery import UNLISTED_HEADER
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._retention import Retentions
 from immortal_hub._rpc_inputs import RpcInputs
-from immortal_hub._runs_index import RunsIndex
+from immortal_hub._runs_index import LIST_AFTER_S, RunsIndex
 from immortal_hub._schedule_firing import scheduled_start
 from immortal_hub._signatures import SignatureRefused
 from immortal_hub._transitions import (
@@ -147,6 +148,7 @@ class Hub(RpcInputs):
         tenant_limits: Mapping[str, TenantLimits] | None = None,
         ack_wait: float = 5.0,
         start_wait: float = 60.0,
+        list_after: float = LIST_AFTER_S,
         cache_size: int = 10_000,
         local_timer_horizon: float = 300.0,
         meter_provider: MeterProvider | None = None,
@@ -165,6 +167,7 @@ class Hub(RpcInputs):
         self.settings = settings or ResourceSettings()
         self.ack_wait = ack_wait
         self.start_wait = start_wait
+        self.list_after = list_after  # a run is listed as open once it lived this long
         self._nc = nc
         self._own_nc = nc is None
         self.max_in_flight = max_in_flight
@@ -228,7 +231,14 @@ class Hub(RpcInputs):
         self._guard.reads.policy = self.policy.read_refusal
         # Key registries, then the read relay (says so if auth is off): before any input.
         await self._guard.start()
-        self._runs = RunsIndex(self.nc, self.names, self._write)
+        self._runs = RunsIndex(
+            self.nc,
+            self.names,
+            self._write,
+            list_after=self.list_after,
+            hold=lambda: self._pushes.hold(),
+            release=lambda token: self._pushes.release(token),
+        )
         self._retentions = Retentions(
             self.nc, self.names, self._runs, self._publish_emission, self._forget
         )
@@ -238,9 +248,15 @@ class Hub(RpcInputs):
             self.nc, self.names, self._metrics, lambda: self._running, self._spawn
         )
         self._pushes = Pushes(
-            self.nc, self.names, self.hub_id, self._publish_emission, self._workers.live
+            self.nc,
+            self.names,
+            self.hub_id,
+            self._publish_emission,
+            self._workers.live,
+            self._runs.list_if_open,
         )
         await self._pushes.start()
+        self._spawn(self._runs.sweep(lambda: self._running))
         self._rpc_sub = await self.nc.subscribe(
             f"{self.names.prefix}.rpc.>", queue=f"{self.names.prefix}-hubs", cb=self._on_rpc
         )
@@ -265,6 +281,8 @@ class Hub(RpcInputs):
             task.cancel()
         await asyncio.gather(*self._queues.values(), *self._background, return_exceptions=True)
         await asyncio.gather(*(p.drain(10.0) for p in pullers))
+        with contextlib.suppress(Exception):
+            await self._runs.flush()  # its young runs listed (else another hub lists them)
         await self._pushes.stop()
         await self.policy.stop()
         await self._metrics.stop()
@@ -673,6 +691,8 @@ class Hub(RpcInputs):
         headers = {"Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
         if pushing:
             headers[PUSH_HEADER] = self.hub_id
+        if self._runs.lazy and outcome.starts and not outcome.state.status.closed:
+            headers[UNLISTED_HEADER] = self.hub_id  # listed later (_runs_index)
         try:
             # Safe to repeat: if a try that timed out was stored, the next one is refused
             # (wrong last sequence) and the reload finds the input applied.

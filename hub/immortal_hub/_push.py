@@ -52,7 +52,7 @@ from immortal._names import Names, encode_token
 from immortal._requests import Requests
 from immortal._wire import EventType, HistoryEvent, RunState, Transition, decode, encode
 from immortal_hub._emissions import Emission, workflow_task_emission
-from immortal_hub._push_recovery import PUSH_HEADER, Recovery
+from immortal_hub._push_recovery import PUSH_HEADER, ListRun, Recovery
 
 __all__ = ["HUB_DEAD_S", "PUSH_HEADER", "Pushes"]
 
@@ -94,8 +94,17 @@ class _Pushed:
 class Pushes:
     """This hub's pushed workflow tasks, its key in ``imm-hubs``, and recovery for dead hubs."""
 
-    def __init__(self, nc: Any, names: Names, hub_id: str, durable: Durable, live: Live) -> None:
+    def __init__(
+        self,
+        nc: Any,
+        names: Names,
+        hub_id: str,
+        durable: Durable,
+        live: Live,
+        list_run: ListRun | None = None,
+    ) -> None:
         self.nc = nc
+        self._list_run = list_run
         self.names = names
         self.hub_id = hub_id
         self._durable = durable
@@ -125,7 +134,9 @@ class Pushes:
     async def start(self) -> None:
         self.js = self.nc.jetstream()
         self._kv = await self.js.key_value(self.names.bucket_hubs)
-        self._recovery = Recovery(self.nc, self._kv, self.names, self.hub_id, self._durable)
+        self._recovery = Recovery(
+            self.nc, self._kv, self.names, self.hub_id, self._durable, self._list_run
+        )
         self._running = True
         await self._renew()
         # The first watch is set up here, not in the task: cancelled halfway through its
@@ -162,6 +173,13 @@ class Pushes:
         state.pushed_by = self.hub_id if self._can_push() else None
         if state.pushed_by is None:
             return None
+        token = next(self._tokens)
+        self._floors[token] = self._last_seq + 1
+        return token
+
+    def hold(self) -> int:
+        """Keep the key's ``from_seq`` at or below the next append until ``release``: what
+        the recovery of this hub must still read (a young run's start, ``_runs_index``)."""
         token = next(self._tokens)
         self._floors[token] = self._last_seq + 1
         return token

@@ -14,6 +14,9 @@ keeps its progress in the key: every ``CHUNK`` messages, once the tasks found so
 published, the claimer moves the key's ``from_seq`` past them (an update expecting its own
 revision), and a hub that takes a stale claim over resumes where the last one stopped.
 All the dead keys a hub sees at once are recovered by one read from the lowest of them.
+
+The same read lists a dead hub's young runs (``_runs_index``): starts it appended with
+``Imm-Unlisted: <hub>`` whose run is still open get their open record.
 """
 
 from __future__ import annotations
@@ -32,16 +35,19 @@ from immortal._codec import pack, unpack
 from immortal._errors import PayloadError
 from immortal._jetstream import last_message, read_subject
 from immortal._names import Names
-from immortal._wire import RunState, Transition, decode
+from immortal._wire import EventType, RunState, Transition, decode
 from immortal_hub._emissions import Emission, workflow_task_emission
 
-__all__ = ["CHUNK", "PUSH_HEADER", "Recovery"]
+__all__ = ["CHUNK", "PUSH_HEADER", "UNLISTED_HEADER", "ListRun", "Recovery"]
 
 log = logging.getLogger(__name__)
 
 CHUNK = 2048  # history messages read between two marks of progress in the claimed keys
 PUSH_HEADER = "Imm-Push"  # on an append whose workflow task its hub may push: the hub id
+UNLISTED_HEADER = "Imm-Unlisted"  # on a start's append whose run its hub lists later
 Durable = Callable[[str, Emission], Awaitable[None]]
+# (tenant, history subject, state, continued_from): list the run unless it closed
+ListRun = Callable[[str, str, RunState, str | None], Awaitable[None]]
 
 
 @dataclass
@@ -56,13 +62,23 @@ class _Claim:
 class Recovery:
     """Claims dead hubs' keys and publishes their open pushed tasks durably."""
 
-    def __init__(self, nc: Any, kv: KeyValue, names: Names, hub_id: str, durable: Durable) -> None:
+    def __init__(
+        self,
+        nc: Any,
+        kv: KeyValue,
+        names: Names,
+        hub_id: str,
+        durable: Durable,
+        list_run: ListRun | None = None,
+    ) -> None:
         self.nc = nc
         self.kv = kv
         self.names = names
         self.hub_id = hub_id
         self._durable = durable
+        self._list_run = list_run
         self.recovered = 0  # tasks published durably, for tests
+        self.listed = 0  # young runs of dead hubs listed, for tests
 
     async def recover(self, stale: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """Recover the hubs of ``stale`` keys (key, revision seen); returns those to try
@@ -107,21 +123,30 @@ class Recovery:
         end = info.state.last_seq
         seq = min(c.from_seq for c in claims)
         while claims and seq <= end:
-            found, seq = await self._read(claims, seq, end)
+            unlisted: dict[str, tuple[RunState, str | None]] = {}
+            found, seq = await self._read(claims, seq, end, unlisted)
             for subject, (at, state) in found.items():
                 await self._publish_if_open(subject, at, state)
+            for subject, (state, continued_from) in unlisted.items():
+                if self._list_run is not None:
+                    await self._list_run(subject.split(".")[2], subject, state, continued_from)
+                    self.listed += 1
             claims = [c for c in claims if await self._mark(c, seq)]
         for c in claims:
             with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
                 await self.kv.delete(c.key, last=c.revision)
 
     async def _read(
-        self, claims: list[_Claim], seq: int, end: int
+        self,
+        claims: list[_Claim],
+        seq: int,
+        end: int,
+        unlisted: dict[str, tuple[RunState, str | None]],
     ) -> tuple[dict[str, tuple[int, RunState]], int]:
         """Up to ``CHUNK`` history messages from ``seq``: the runs whose newest
         push-intended transition among them, by a claimed hub (at or past its key's
         ``from_seq``), scheduled a workflow task (subject -> (sequence, state)); and the
-        sequence to go on from."""
+        sequence to go on from. Starts a claimed hub left unlisted go to ``unlisted``."""
         since = {c.hub: c.from_seq for c in claims}
         found: dict[str, tuple[int, RunState]] = {}
         subjects = f"{self.names.prefix}.hist.>"
@@ -138,6 +163,9 @@ class Recovery:
                         state = decode(Transition, msg.data).state
                         if state.wft is not None:
                             found[msg.subject] = (msg.seq, state)
+                    young = msg.headers.get(UNLISTED_HEADER)
+                    if young in since and msg.seq >= since[young]:
+                        unlisted[msg.subject] = _start_of(msg.data)
             if seq > stop:
                 return found, seq
             await asyncio.sleep(0.2)
@@ -168,3 +196,10 @@ class Recovery:
             return False  # renewed by its hub (alive after all), or taken over
         c.from_seq, c.record = seq, record
         return True
+
+
+def _start_of(data: bytes) -> tuple[RunState, str | None]:
+    """A start's state and the run it continues (from its ``WorkflowStarted``)."""
+    transition = decode(Transition, data)
+    started = next((e for e in transition.events if e.type is EventType.WORKFLOW_STARTED), None)
+    return transition.state, (started.attrs.get("continued_from") if started else None)

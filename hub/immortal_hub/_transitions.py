@@ -110,6 +110,10 @@ class Outcome:
     def closes_run(self) -> bool:
         return any(e.type in CLOSING_EVENTS for e in self.events)
 
+    @property
+    def starts(self) -> bool:
+        return any(e.type is EventType.WORKFLOW_STARTED for e in self.events)
+
 
 def _fork(state: RunState) -> RunState:
     """A copy of ``state`` to change, sharing what transitions only replace and never change
