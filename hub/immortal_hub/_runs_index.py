@@ -237,7 +237,10 @@ class RunsIndex:
         closed record. Other late inputs of a closed run rewrite nothing: beyond the
         duplicate window a second closed record would be stored."""
         if not state.status.closed:
-            if self._subject(tenant, state) not in self._young:  # else listed when due
+            # A young run is listed by the hub that holds it (or by the one that recovers
+            # that hub); anyone lists it once it is older than half the delay, which is
+            # when a close that does not know it removes an open record.
+            if self._subject(tenant, state) not in self._young and self._old(state):
                 await self.opened(tenant, state, None)
         elif closing:
             await self.closed(tenant, state, hist_seq, head)
@@ -254,6 +257,10 @@ class RunsIndex:
             with contextlib.suppress(Exception):
                 await y.listing  # the removal goes after it (or the listing is refused)
             return True
+        return self._old(state)
+
+    def _old(self, state: RunState) -> bool:
+        """Older than half ``list_after``: it may have been listed by a hub that saw it."""
         return now_ms() - state.started_ts >= self.list_after * 500
 
     async def unlist(self, tenant: str, state: RunState) -> None:
