@@ -11,6 +11,7 @@ import base64
 import secrets
 from typing import Any
 
+from bench._harness import Cost, cost
 from immortal.codec import ENV_KEYS, AesGcmCodec, KeyRing
 
 __all__ = ["SUFFIX", "compare", "key_ring"]
@@ -25,21 +26,7 @@ def key_ring() -> tuple[AesGcmCodec, dict[str, str]]:
     return codec, {ENV_KEYS: f"bench={base64.b64encode(key).decode()}"}
 
 
-def compare(metrics: dict[str, Any]) -> list[tuple[str, str, float, str]]:
-    """(name, unit, value, target) of what encryption costs, from both passes' metrics."""
-
-    def median(name: str) -> float | None:
-        m = metrics.get(name)
-        if m is None or not m.values:
-            return None
-        v = sorted(m.values)
-        return float(v[len(v) // 2])
-
-    out = []
-    off, on = median("1 activity: completed"), median("1 activity: completed" + SUFFIX)
-    if off and on:
-        out.append(("encrypted / plain: throughput kept", "%", 100 * on / off, ">= 85"))
-    off, on = median("unloaded latency p50"), median("unloaded latency p50" + SUFFIX)
-    if off is not None and on is not None:
-        out.append(("encrypted: unloaded p50 added", "ms", on - off, "<= 1"))
-    return out
+def compare(metrics: dict[str, Any]) -> list[Cost]:
+    """What encryption costs, from both passes' metrics."""
+    kept, added = "encrypted / plain: throughput kept", "encrypted: unloaded p50 added"
+    return cost(metrics, SUFFIX, "", kept, added)

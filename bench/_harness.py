@@ -146,6 +146,37 @@ class Metric:
         ]
 
 
+Cost = tuple[str, str, float, str]  # (name, unit, value, target) of a derived figure
+
+
+def median_of(metrics: dict[str, Any], name: str) -> float | None:
+    """The median of metric ``name``'s values; None if it was not measured."""
+    m = metrics.get(name)
+    return float(statistics.median(m.values)) if m is not None and m.values else None
+
+
+def cost(
+    metrics: dict[str, Any], on: str, off: str, kept: str, added: str | None, target: bool = True
+) -> list[Cost]:
+    """What the pass whose metrics end in ``on`` costs beside the one ending in ``off``: the
+    share of 1-activity throughput kept (named ``kept``) and the unloaded p50 added
+    (``added``, unless None); with ``target``, against the targets of >= 85 % and <= 1 ms."""
+    out: list[Cost] = []
+    a, b = (
+        median_of(metrics, "1 activity: completed" + off),
+        median_of(metrics, "1 activity: completed" + on),
+    )
+    if a and b:
+        out.append((kept, "%", 100 * b / a, ">= 85" if target else ""))
+    a, b = (
+        median_of(metrics, "unloaded latency p50" + off),
+        median_of(metrics, "unloaded latency p50" + on),
+    )
+    if added is not None and a is not None and b is not None:
+        out.append((added, "ms", b - a, "<= 1" if target else ""))
+    return out
+
+
 def _fmt(v: float) -> str:
     if v >= 100:
         return f"{v:,.0f}"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench._harness import Cost, cost
 from immortal._names import Names
 from immortal.security import ConnectSecurity
 from immortal.security.keys import KeyRegistry, RegisteredKey, registry_key
@@ -167,37 +168,25 @@ async def _register(url: str, admin: dict[str, Any], keys: list[SigningKey]) -> 
         await nc.close()
 
 
-def compare(metrics: dict[str, Any], suffix: str = SUFFIX) -> list[tuple[str, str, float, str]]:
-    """(name, unit, value, target) of what auth on costs, from metrics of both runs."""
-    out = []
-
-    def median(name: str) -> float | None:
-        m = metrics.get(name)
-        if m is None or not m.values:
-            return None
-        v = sorted(m.values)
-        return float(v[len(v) // 2])
-
+def compare(metrics: dict[str, Any], suffix: str = SUFFIX) -> list[Cost]:
+    """What auth on costs (``suffix``: the auth pass's, with signing or not), and a policy
+    on top of it, from the passes' metrics."""
     what = suffix.strip(" []").removesuffix(" on")  # "auth", "auth+signing"
-    off, on = median("1 activity: completed"), median("1 activity: completed" + suffix)
-    if off and on:
-        out.append((f"{what} on / off: throughput kept", "%", 100 * on / off, ">= 85"))
-    off, on = median("unloaded latency p50"), median("unloaded latency p50" + suffix)
-    if off is not None and on is not None:
-        out.append((f"{what} on: unloaded p50 added", "ms", on - off, "<= 1"))
-    plain = median("1 activity: completed")
-    auth, policy = (
-        median("1 activity: completed" + suffix),
-        median("1 activity: completed" + POLICY_SUFFIX),
-    )
-    if auth and policy:
-        out.append(("policy on / off (auth on): throughput kept", "%", 100 * policy / auth, ""))
-    if plain and policy:
-        out.append(("auth + policy / nothing: throughput kept", "%", 100 * policy / plain, ">= 85"))
-    off, on = (
-        median("unloaded latency p50" + suffix),
-        median("unloaded latency p50" + POLICY_SUFFIX),
-    )
-    if off is not None and on is not None:
-        out.append(("policy on: unloaded p50 added", "ms", on - off, ""))
-    return out
+    return [
+        *cost(
+            metrics,
+            suffix,
+            "",
+            f"{what} on / off: throughput kept",
+            f"{what} on: unloaded p50 added",
+        ),
+        *cost(
+            metrics,
+            POLICY_SUFFIX,
+            suffix,
+            "policy on / off (auth on): throughput kept",
+            "policy on: unloaded p50 added",
+            target=False,
+        ),
+        *cost(metrics, POLICY_SUFFIX, "", "auth + policy / nothing: throughput kept", None),
+    ]
