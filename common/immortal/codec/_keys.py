@@ -102,6 +102,9 @@ class KeyRing:
         if not pairs or any("=" not in p for p in pairs):
             raise KeyRingError(f"{where} must be JSON or id=base64[,id=base64...]")
         items = [p.split("=", 1) for p in pairs]
+        for i, (_, v) in enumerate(items, 1):
+            if not v.strip():  # a bare base64 key (it ends in "="): never echo it back
+                raise KeyRingError(f"{where}: entry {i} has no key after '=' (write id=base64)")
         keys = {k.strip(): _b64(where, k.strip(), v.strip()) for k, v in items}
         return cls(keys, current=items[0][0].strip())
 
@@ -129,9 +132,19 @@ class KeyRing:
         return f"KeyRing(current={self._current!r}, ids={self.ids!r})"
 
 
+def _shown(key_id: str) -> str:
+    """A key id as an error may show it: a long malformed one is likely a key pasted in
+    the wrong place (a bare base64 key reads as an id ending before its "=")."""
+    return (
+        repr(key_id)
+        if _KEY_ID.match(key_id) or len(key_id) <= 16
+        else f"({len(key_id)} characters)"
+    )
+
+
 def _check_id(key_id: str) -> str:
     if not _KEY_ID.match(key_id):
-        raise KeyRingError(f"key id {key_id!r} must be 1-64 of A-Z a-z 0-9 . _ -", key_id=key_id)
+        raise KeyRingError(f"key id {_shown(key_id)} must be 1-64 of A-Z a-z 0-9 . _ -")
     return key_id
 
 
@@ -148,4 +161,4 @@ def _b64(where: str, key_id: str, value: Any) -> bytes:
     try:
         return base64.b64decode(str(value), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise KeyRingError(f"key {key_id!r} in {where} is not base64", key_id=key_id) from exc
+        raise KeyRingError(f"key {_shown(key_id)} in {where} is not base64") from exc

@@ -31,9 +31,10 @@ from immortal._codec import to_wire, unpack
 from immortal._errors import PayloadError
 from immortal.codec._aesgcm import PayloadCodec
 from immortal.codec._binding import Binding
-from immortal.codec._envelope import is_sealed, key_id_of
+from immortal.codec._envelope import key_id_of
 from immortal.codec._errors import CodecError
 from immortal.codec._reveal import unreadable
+from immortal.codec._sealing import open_payload
 from immortal.security.errors import TokenError
 from immortal.security.identity import Principal, Role
 
@@ -108,6 +109,9 @@ class CodecServer:
             principal = verifying.result(timeout=15)
         except TokenError as exc:
             raise DecodeRefused(401, f"token refused: {exc}") from None
+        except Exception as exc:  # the IdP's key set unreachable, a verification timed out
+            log.warning("token not verified: %r", exc)
+            raise DecodeRefused(503, "the token could not be verified now; try again") from None
         if principal.has(Role.HUB) or not principal.can_read:
             raise DecodeRefused(403, f"{principal.subject} may not read payloads")
         if principal.tenant not in self.codecs:
@@ -147,13 +151,26 @@ def _decode_one(codec: PayloadCodec, tenant: str, request: dict[str, Any], item:
         str(item.get("field", "")),
     )
     try:
-        plain = codec.decode(data, where) if is_sealed(data) else data
+        plain = open_payload(codec, where, data)
+        assert plain is not None
         value = to_wire(unpack(plain))
     except CodecError as exc:
         return {"error": unreadable(data, codec, exc), "key_id": key_id_of(data) or ""}
     except PayloadError as exc:
         return {"error": str(exc)}
     return {"data": base64.b64encode(plain).decode(), "value": value}
+
+
+def _body_size(header: str | None) -> int:
+    try:
+        size = int(header or 0)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise DecodeRefused(400, "Content-Length must be a byte count")
+    if size > MAX_BODY:
+        raise DecodeRefused(413, f"a body of at most {MAX_BODY:,} bytes")
+    return size
 
 
 def _handler(server: CodecServer) -> type[BaseHTTPRequestHandler]:
@@ -168,15 +185,15 @@ def _handler(server: CodecServer) -> type[BaseHTTPRequestHandler]:
                 if self.path.split("?", 1)[0] != "/decode":
                     raise DecodeRefused(404, f"no endpoint {self.path} (POST /decode)")
                 principal = server.authorize(self.headers.get("Authorization"))
-                size = int(self.headers.get("Content-Length") or 0)
-                if size > MAX_BODY:
-                    raise DecodeRefused(413, f"a body of at most {MAX_BODY:,} bytes")
+                size = _body_size(self.headers.get("Content-Length"))
                 try:
                     request = json.loads(self.rfile.read(size) or b"null")
                 except ValueError as exc:
                     raise DecodeRefused(400, f"the body is not JSON: {exc}") from None
                 self._answer(200, server.decode(principal, request))
             except DecodeRefused as exc:
+                # The body may be unread: this connection cannot carry another request.
+                self.close_connection = True
                 self._answer(exc.status, {"error": str(exc)})
 
         def _answer(self, status: int, body: dict[str, Any] | None) -> None:
