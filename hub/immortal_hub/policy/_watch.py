@@ -91,7 +91,10 @@ class PolicyWatch:
                 watcher = await self.kv.watch(f"*.{POLICY_KEY}")
                 try:
                     while True:
-                        entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
+                        try:
+                            entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
+                        except (TimeoutError, nats.errors.TimeoutError):
+                            continue  # quiet: the same watch goes on (a new one re-reads all)
                         if entry is None:
                             continue  # the end of the initial values
                         if entry.operation in ("DEL", "PURGE"):
@@ -115,15 +118,15 @@ class PolicyWatch:
             return
         try:
             stored = decode_stored(value, revision)
+            current = self._policies.get(tenant)
+            if current is not None and stored.document.version <= current.version:
+                return  # the one in use, or an older one: nothing to compile
+            if stored.document.tenant != tenant:
+                log.error("key %s holds tenant %r's policy: ignored", key, stored.document.tenant)
+                return
             engine = make_engine(stored.document, self.engine_name)
         except PolicyError as exc:
             log.error("tenant %s: %s; the policy in use stays", tenant, exc)
-            return
-        current = self._policies.get(tenant)
-        if current is not None and stored.document.version <= current.version:
-            return  # the one in use, or an older one
-        if stored.document.tenant != tenant:
-            log.error("key %s holds tenant %r's policy: ignored", key, stored.document.tenant)
             return
         self._policies[tenant] = TenantPolicy(stored.document, engine)
         self.changes += 1
