@@ -256,7 +256,8 @@ class Hub(RpcInputs):
             self._runs.list_if_open,
         )
         await self._pushes.start()
-        self._spawn(self._runs.sweep(lambda: self._running))
+        if self._runs.lazy:
+            self._spawn(self._runs.sweep(lambda: self._running))
         self._rpc_sub = await self.nc.subscribe(
             f"{self.names.prefix}.rpc.>", queue=f"{self.names.prefix}-hubs", cb=self._on_rpc
         )

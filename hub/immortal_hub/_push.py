@@ -173,9 +173,7 @@ class Pushes:
         state.pushed_by = self.hub_id if self._can_push() else None
         if state.pushed_by is None:
             return None
-        token = next(self._tokens)
-        self._floors[token] = self._last_seq + 1
-        return token
+        return self.hold()
 
     def hold(self) -> int:
         """Keep the key's ``from_seq`` at or below the next append until ``release``: what

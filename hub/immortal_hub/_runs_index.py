@@ -140,7 +140,12 @@ class RunsIndex:
         while running():
             await asyncio.sleep(_SWEEP_S)
             due = time.monotonic() - self.list_after
-            self._list_young([(k, y) for k, y in self._young.items() if y.born <= due])
+            found = []
+            for k, y in self._young.items():  # in the order they started
+                if y.born > due:
+                    break
+                found.append((k, y))
+            self._list_young(found)
 
     async def flush(self) -> None:
         """List every young run now (the hub stops)."""
@@ -253,7 +258,9 @@ class RunsIndex:
         if y is not None:
             self._release(y.floor)
             if y.listing is None:
-                return False  # young here: never listed
+                # Not listed by us; past half the delay another hub may have (a duplicate
+                # input's re-emission there), so the removal goes out then.
+                return self._old(state)
             with contextlib.suppress(Exception):
                 await y.listing  # the removal goes after it (or the listing is refused)
             return True
