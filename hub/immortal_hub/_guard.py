@@ -62,6 +62,7 @@ class InputGuard:
         self.secure = secure
         self.hub_id = hub_id
         self._principals: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._principals_kv: Any = None  # imm-principals, opened at the first lookup
         self._claims: dict[str, dict[str, Any]] = {}  # with groups and attributes (policies)
         self.refused = 0
         self.reads = ReadRelay(nc, names, hub_id)
@@ -167,8 +168,10 @@ class InputGuard:
             return known[1]
         record: dict[str, Any] = {"pid": sender}
         try:
-            kv = await self.nc.jetstream().key_value(self.names.bucket_principals)
-            entry = await kv.get(sender)
+            if self._principals_kv is None:  # once: opening a bucket is a stream-info request
+                bucket = self.names.bucket_principals
+                self._principals_kv = await self.nc.jetstream().key_value(bucket)
+            entry = await self._principals_kv.get(sender)
             raw = unpack(entry.value or b"")
             keep = ("subject", "tenant", "roles", "kind", "token_id", "issuer", "pid")
             record = {k: raw[k] for k in keep if raw.get(k) not in (None, "", [])}

@@ -204,7 +204,9 @@ class SignatureCheck:
             )
         if self.secure and (key.subject or key.role):
             await self._check_owner(key, sender, who)
-        if not queued or self.queued_need_nonce:
+        # Queued, the stream's dedupe on the signed Nats-Msg-Id refuses a copy; without
+        # that header covered, only the nonce can.
+        if not queued or self.queued_need_nonce or "nats-msg-id" not in params.covered:
             await self._remember_nonce(tenant, params, "rpc" if not queued else _seq(msg))
         self.verified += 1
         return SignedBy(key.key_id, key.subject)

@@ -189,7 +189,13 @@ def parse_signature(headers: Mapping[str, str] | None) -> tuple[SignatureParams,
     )
     if params.text() != raw_input[len(_LABEL) + 1 :]:  # one spelling only: the canonical one
         raise SignatureError(SignatureRefusal.MALFORMED, "non-canonical signature input", key_id)
-    return params, base64.b64decode(sig.group(1))
+    try:
+        signature = base64.b64decode(sig.group(1), validate=True)
+    except ValueError:  # binascii.Error
+        signature = b""
+    if len(signature) != 64:  # an Ed25519 signature
+        raise SignatureError(SignatureRefusal.MALFORMED, "the signature is not 64 bytes", key_id)
+    return params, signature
 
 
 _REFUSED = re.compile(r"^signature refused \(([a-z_]+)\): (.*)$", re.S)
@@ -387,13 +393,17 @@ class Signer:
         inline = env.get("IMMORTAL_SIGNING_KEY")
         if not inline:
             return None
-        key_id, _, seed = inline.partition(":")
+        key_id, colon, seed = inline.partition(":")
+        if not colon:  # a bare seed: never echoed
+            raise SignatureError(
+                SignatureRefusal.MALFORMED, "$IMMORTAL_SIGNING_KEY must be <key id>:<seed>"
+            )
         try:
             key = SigningKey.from_json({"key_id": key_id, "seed": seed})
-        except ValueError as exc:
+        except ValueError as exc:  # names the key id, never the seed
             raise SignatureError(
                 SignatureRefusal.MALFORMED, f"$IMMORTAL_SIGNING_KEY: {exc}"
-            ) from exc
+            ) from None
         return cls([key], lifetime=lifetime)
 
 
