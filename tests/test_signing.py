@@ -191,7 +191,9 @@ async def test_signed_inputs_run_a_workflow_and_history_names_the_key(signed: An
             if e.type in (EventType.ACTIVITY_COMPLETED, EventType.WORKFLOW_TASK_COMPLETED)
         ]
         assert len(results) >= 4 and {e.attrs["key_id"] for e in results} == {"worker-1"}
-        assert ann_key.public_key not in str(await handle.history())  # nor any secret
+        history = str(await handle.history())
+        assert ann_key.public_key not in history  # nor any secret:
+        assert str(ann_key.to_json()["seed"]) not in history
     assert hub._guard.signatures.refused == 0
 
 

@@ -83,6 +83,9 @@ async def test_a_tenant_alone_is_not_bounded_and_the_bound_lifts_when_the_quiet_
     await asyncio.sleep(0)
     assert gate.waiting == 3 and gate.in_flight == 5  # a quiet tenant wrote: wait
     now[0] = 1.5  # the quiet tenant wrote nothing for longer than the window
+    async with gate.slot("burst"):  # goes at once; as it ends, the waiting are let go
+        pass
+    assert gate.waiting == 0 and gate.in_flight == 8
     release.set()
     await asyncio.gather(*alone, *bounded)
     assert gate.in_flight == 0 and gate.waiting == 0
