@@ -66,7 +66,10 @@ def serve(
     server = CodecServer(
         codecs, TokenVerifier(settings), host=host, port=port, allow_origin=allow_origin
     )
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:  # the port taken, an address not here
+        raise typer.BadParameter(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     print(f"codec server on {server.url}/decode", flush=True)
     try:
         asyncio.run(until_signalled())

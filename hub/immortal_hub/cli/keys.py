@@ -60,9 +60,12 @@ def keys_new(
         key = SigningKey.generate(key_id, not_before=_when(not_before) if not_before else None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if out.exists():
-        raise typer.BadParameter(f"{out} exists: not overwriting a key")
-    out.touch(mode=0o600)
+    try:
+        out.touch(mode=0o600, exist_ok=False)  # atomically ours, unreadable to others
+    except FileExistsError:
+        raise typer.BadParameter(f"{out} exists: not overwriting a key") from None
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write {out}: {exc.strerror}") from None
     out.write_text(json.dumps(key.to_json()) + "\n")
     print(key.public_key)
 

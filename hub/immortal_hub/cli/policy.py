@@ -208,7 +208,10 @@ def _token_text(value: str) -> str:
             raise typer.BadParameter("--as -: no token is set ($IMMORTAL_TOKEN or --token)")
         return security.token()
     if value.startswith("@"):
-        return Path(value[1:]).read_text().strip()
+        try:
+            return Path(value[1:]).read_text().strip()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from None
     return value
 
 
