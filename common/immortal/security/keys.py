@@ -140,7 +140,11 @@ async def read_registry(nc: Any, names: Any, tenant: str) -> tuple[KeyRegistry, 
     kv = await key_value(nc.jetstream(), names.bucket_policy)
     try:
         entry = await kv.get(registry_key(tenant))
-    except (KeyNotFoundError, KeyDeletedError, NotFoundError):
+    except (KeyNotFoundError, KeyDeletedError) as exc:
+        # Deleted: empty, but its delete marker is the revision a write must expect.
+        deleted = getattr(exc, "entry", None)
+        return KeyRegistry(), int(getattr(deleted, "revision", None) or 0)
+    except NotFoundError:
         return KeyRegistry(), 0
     return KeyRegistry.from_bytes(entry.value), int(entry.revision or 0)
 
