@@ -266,11 +266,11 @@ class Client:
 
     async def queues(self) -> list[QueueStats]:
         """Backlog and in-flight work of every queue of this tenant."""
+        auth.refuse_unscopable(self.nc, "queue statistics read consumer info")  # before a read
         bucket = self.names.bucket_queues
         keys = await retry_transient(
             partial(kv_scan, self.nc, bucket, f"{self.tenant}.*"), what=bucket
         )
-        auth.refuse_unscopable(self.nc, "queue statistics read consumer info")
         queues = sorted({self.names.parse_queue_key(key)[1] for key, _ in keys})
         return await queue_stats(self.nc, self.names, self.tenant, queues)
 

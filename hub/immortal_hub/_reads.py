@@ -104,6 +104,8 @@ class ReadRelay:
         or a time, or the newest message of each of several filters; nothing else."""
         if "multi_last" in req:
             filters = [str(f) for f in req["multi_last"]]
+            if not filters:
+                raise ValueError("multi_last names no subject")
             return {"multi_last": filters, "batch": int(req.get("batch", _MAX_MULTI))}
         body: dict[str, Any] = {
             "next_by_subj": str(req["next_by_subj"]),

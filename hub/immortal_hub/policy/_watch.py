@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from typing import Any
 
 import nats
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from immortal._names import Names
-from immortal._transient import key_value
+from immortal._transient import key_value, retry_transient
 from immortal.policy import PolicyDocument, PolicyEngine, PolicyError, make_engine
 from immortal.policy._compile import CompiledPolicy
 from immortal.policy._store import POLICY_KEY, decode_stored
@@ -79,10 +81,16 @@ class PolicyWatch:
     async def start(self) -> None:
         """Read every stored policy (so the first input is decided by it)."""
         self.kv = await key_value(self.js, self.names.bucket_policy)
-        with contextlib.suppress(Exception):
-            for key in await self.kv.keys():
-                if key.endswith("." + POLICY_KEY):
-                    entry = await self.kv.get(key)
+        # Fails closed: a hub that cannot read the policies does not start deciding
+        # without them (a leader election is waited out, as everywhere).
+        try:
+            keys = await retry_transient(self.kv.keys, what=self.names.bucket_policy)
+        except NoKeysError:
+            return
+        for key in keys:
+            if key.endswith("." + POLICY_KEY):
+                with contextlib.suppress(KeyNotFoundError):  # deleted meanwhile
+                    entry = await retry_transient(partial(self.kv.get, key), what=key)
                     self._take(key, entry.value, entry.revision or 0)
 
     async def watch(self) -> None:
