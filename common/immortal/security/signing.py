@@ -68,7 +68,6 @@ __all__ = [
     "refusal_in",
     "signature_base",
     "signed_headers",
-    "signer_of",
     "verify_signature",
 ]
 
@@ -417,10 +416,6 @@ def attach_signer(nc: Any, signer: Signer | None) -> None:
         _signers.pop(nc, None)
     else:
         _signers[nc] = signer
-
-
-def signer_of(nc: Any) -> Signer | None:
-    return _signers.get(nc)
 
 
 def signed_headers(
