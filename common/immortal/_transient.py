@@ -45,8 +45,11 @@ _FIRST_DELAY = 0.05
 _MAX_DELAY = 1.0
 
 # JetStream API errors that mean "no leader here now", not "bad request":
-# 10008 cluster temporarily unavailable, 10009 not the leader, 10118 stream offline.
-_TRANSIENT_ERR_CODES = frozenset({10008, 10009, 10118})
+# 10008 cluster temporarily unavailable, 10009 not the leader, 10118 stream offline; and
+# 10005 no suitable peers for placement, which a create gets while a peer is offline (a
+# node restarting, or one the meta leader has not heard from lately under load); a
+# cluster too small for the replicas asked still fails, once the budget is spent.
+_TRANSIENT_ERR_CODES = frozenset({10005, 10008, 10009, 10118})
 
 _TRANSIENT_TYPES = (
     NatsTimeout,
