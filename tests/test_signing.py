@@ -113,12 +113,15 @@ def writer(stack: SecureStack, signer: Signer | None, subject: str = "ann") -> C
 
 
 async def refusals(nc: Any, check: str, tenant: str = TENANT) -> list[AuditRecord]:
-    """The signature refusals of ``check`` in IMM_AUDIT (read raw), waiting for one."""
+    """The signature refusals of ``check`` in IMM_AUDIT (read raw), waiting for one; not
+    those of session handshakes (a signer with a bad key is refused its session too)."""
     for _ in range(100):
         found = [
             r
             for r in await read_audit(nc, _names(), tenant)
-            if r.reason == "signature" and r.where.get("check") == check
+            if r.reason == "signature"
+            and r.where.get("check") == check
+            and ".session." not in r.where.get("subject", "")  # a session's handshake
         ]
         if found:
             return found
@@ -389,6 +392,38 @@ async def test_a_captured_signed_start_replayed_to_a_second_hub_is_refused(
         finally:
             await second.stop()
             await first_hub.start()  # the fixture stops it
+
+
+async def test_captured_worker_inputs_and_a_signal_replayed_change_nothing(
+    signed: Any, admin: Any
+) -> None:
+    """A worker's results and workflow tasks are checked for replay while the hub applies
+    them (their copy is stale by then); a signal's nonce is checked first. Each copy sent
+    again is refused as a replay, and the finished run's history stays as it was."""
+    stack, _, keys, _ = signed
+    ann_key = SigningKey.generate("ann-1")
+    await keys.add(ann_key)
+    captured: list[Any] = []
+    capture = await admin.subscribe("imm.rpc.acme.>", cb=_keep(captured))
+    async with writer(stack, Signer([ann_key])) as client:
+        handle = await client.start(waits_for_go, 1, id="captured-worker-1")
+        await handle.signal("go", None)
+        assert await asyncio.wait_for(handle.result(), 30) == 4
+        await capture.unsubscribe()
+        before = [e.type for e in await handle.history()]
+        kinds = {m.subject.split(".")[4]: m for m in captured}
+        assert {"wft", "act", "started", "signal"} <= set(kinds), sorted(kinds)
+        for n, kind in enumerate(("wft", "act", "started", "signal"), 1):
+            msg = kinds[kind]  # (the hub answers only the sender's own inbox)
+            await admin.publish(msg.subject, msg.data, headers=msg.headers)
+            for _ in range(100):
+                if len(await refusals(admin, "replay")) == n:
+                    break
+                await asyncio.sleep(0.05)
+            refused = await refusals(admin, "replay")
+            assert len(refused) == n and f".{kind}." in refused[-1].where["subject"], kind
+        assert [e.type for e in await handle.history()] == before
+    assert any("replay" in e for e in await dead_letters(admin))
 
 
 def _keep(into: list[Any]) -> Callable[[Any], Awaitable[None]]:

@@ -28,7 +28,13 @@ from immortal._transient import retry_transient
 from immortal._wire import StartWorkflow, decode
 from immortal.security.connection import relays_reads, sender_of
 from immortal.security.errors import PolicyDeniedError
-from immortal.security.signing import refusal_in, signed_headers
+from immortal.security.signing import (
+    SignatureError,
+    SignatureRefusal,
+    forget_session,
+    refusal_in,
+    signed_headers,
+)
 from immortal.security.violations import violation_for
 
 __all__ = [
@@ -79,7 +85,14 @@ async def send_input(
     sender = sender_of(nc)
     rpc = names.rpc_subject(tenant, queue, kind, sender)
     headers = signed_headers(nc, rpc, data, {"Nats-Msg-Id": msg_id})
-    answered, reply = await _by_request(nc, rpc, data, rpc_timeout, headers)
+    try:
+        answered, reply = await _by_request(nc, rpc, data, rpc_timeout, headers)
+    except SignatureError as exc:
+        if exc.refusal is not SignatureRefusal.UNKNOWN_SESSION:
+            raise
+        forget_session(nc, rpc)  # its hubs lost it (or it ended): Ed25519 until a new one
+        headers = signed_headers(nc, rpc, data, {"Nats-Msg-Id": msg_id}, per_message=True)
+        answered, reply = await _by_request(nc, rpc, data, rpc_timeout, headers)
     if answered:
         return reply
     js = nc.jetstream()

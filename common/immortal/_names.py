@@ -150,6 +150,11 @@ class Names:
         return f"{self.prefix}-nonces"
 
     @property
+    def bucket_sessions(self) -> str:
+        """Signing sessions' keys, for the hubs only (``immortal.security.sessions``)."""
+        return f"{self.prefix}-sessions"
+
+    @property
     def bucket_principals(self) -> str:
         """Principal id → who it is (subject, tenant, roles, token id), kept by the auth
         service for the hubs; never a token."""

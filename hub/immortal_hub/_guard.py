@@ -18,10 +18,12 @@ also runs the hub's read relay (``_reads``), the other thing the hub checks for 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.errors import NotFoundError as JsNotFound
@@ -40,6 +42,16 @@ log = logging.getLogger(__name__)
 _JETSTREAM_ANSWER = ("Nats-Stream", "Nats-Sequence", "Nats-Subject", "Nats-Time-Stamp")
 _IDENTIFIED = frozenset({"start", "signal", "cancel", "terminate"})
 _FRESH_S = 60.0  # a principal record is read again after this long
+
+
+class Admitted(NamedTuple):
+    """An input the guard let through."""
+
+    tenant: str
+    queue: str
+    kind: str
+    body: Any
+    nonce: asyncio.Task[None] | None = None  # a signed input's nonce, still being created
 
 
 class ForeignSender(ValueError):
@@ -89,27 +101,40 @@ class InputGuard:
         await self.reads.stop()
         await self.signatures.stop()
 
-    async def admit(
-        self, msg: Any, decode: Callable[[str, bytes], Any]
-    ) -> tuple[str, str, str, Any] | None:
-        """(tenant, queue, kind, body) of an input, with the sender recorded in the body;
+    async def admit(self, msg: Any, decode: Callable[[str, bytes], Any]) -> Admitted | None:
+        """The input's tenant, queue, kind and body, with the sender recorded in the body;
         None when it is no one's input (refused and audited). Raises ``ValueError`` (or
         the decoder's error) for an input that cannot be read, ``SignatureRefused`` for
-        one whose signature is refused (audited)."""
+        one whose signature is refused (audited). ``nonce``: see ``SignedBy``."""
         tenant, queue, kind, sender = self.names.parse_input(msg.subject)
         forged = self.forged(msg.subject, msg.headers)
         if forged is not None:
             await self.refuse(tenant, msg.subject, forged)
             return None
         signed = await self.signatures.check(msg, tenant, kind, sender, self.who)
-        body = decode(kind, msg.data)
-        await self.identify(tenant, kind, sender, body)
+        nonce = signed.nonce if signed is not None else None
+        try:
+            body = decode(kind, msg.data)
+            await self.identify(tenant, kind, sender, body)
+        except BaseException:
+            if nonce is not None:
+                nonce.cancel()  # nothing is applied: no answer to wait for
+            raise
         key_id = signed.key_id if signed is not None else None
         if hasattr(body, "key_id"):  # a result: beside its worker (never the payload's word)
             body.key_id = key_id
         elif key_id is not None and kind in _IDENTIFIED and hasattr(body, "by"):
             body.by = {**(body.by or {}), "key_id": key_id}  # beside who sent it
-        return tenant, queue, kind, body
+        return Admitted(tenant, queue, kind, body, nonce)
+
+    async def open_session(self, msg: Any) -> None:
+        """A signing session's handshake (``_sessions``): checked, answered to its sender
+        only."""
+        tenant, _, _, sender = self.names.parse_input(msg.subject)
+        answer = await self.signatures.open_session(msg, tenant, sender, self.who)
+        if self.may_reply(msg):
+            with contextlib.suppress(Exception):
+                await msg.respond(answer)
 
     def forged(self, subject: str, headers: dict[str, str] | None) -> str | None:
         """Why this input is not an input (None if it is one)."""

@@ -430,7 +430,7 @@ class Hub(RpcInputs):
             if admitted is None:
                 await msg.ack()  # nobody's input (see _guard): kept in the audit only
                 return
-            tenant, queue, kind, body = admitted
+            tenant, queue, kind, body, _ = admitted  # queued: its nonce was awaited
             try:
                 if await self.policy.refuses(tenant, queue, kind, body) is not None:
                     await msg.ack()  # refused: in the audit (and the run's history)

@@ -38,6 +38,7 @@ class ResourceSettings:
     worker_marker_ttl: float = 60.0  # how long an expired worker's marker stays
     principal_max_age: float = 30 * _DAY  # renewed whenever the principal connects
     nonce_max_age: float = 180.0  # >= a signature's accepted span (``_signatures``)
+    session_max_age: float = 3660.0  # >= a signing session's life (``_sessions``)
 
 
 def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
@@ -156,6 +157,13 @@ def bucket_configs(names: Names, s: ResourceSettings) -> list[KeyValueConfig]:
             description="signed inputs' nonces",
             ttl=s.nonce_max_age,
             **{**common, "storage": StorageType.MEMORY, "history": 1},
+        ),
+        # Signing sessions' keys: what lets any hub check a MAC (``_sessions``).
+        KeyValueConfig(
+            bucket=names.bucket_sessions,
+            description="signing sessions",
+            ttl=s.session_max_age,
+            **{**common, "history": 1},
         ),
         # Kept by the auth service: who each principal id is (never a token).
         KeyValueConfig(

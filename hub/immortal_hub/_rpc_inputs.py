@@ -9,7 +9,7 @@ import contextlib
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._wire import AppliedTransition, encode
+from immortal.security.sessions import SESSION_KIND
 from immortal_hub._transitions import AwaitingStart, InvalidInput, StaleAttempt
 
 if TYPE_CHECKING:
@@ -53,6 +54,9 @@ class RpcInputs:
         the limits: held back, they would time out attempts that are fine.
         """
         parts = msg.subject.split(".")
+        if len(parts) == 6 and parts[4] == SESSION_KIND:
+            self._spawn_rpc(self._guard.open_session(msg))
+            return
         tenant = parts[2] if len(parts) in (5, 6) and parts[4] != "heartbeat" else None
         if not self._running or (
             tenant is not None and not self.admission.try_enter(tenant, ahead=parts[4] != "start")
@@ -63,7 +67,10 @@ class RpcInputs:
             with contextlib.suppress(Exception):
                 await msg.respond(BUSY)
             return
-        task = asyncio.create_task(self._serve_rpc(msg, tenant))
+        self._spawn_rpc(self._serve_rpc(msg, tenant))
+
+    def _spawn_rpc(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._rpc_tasks.add(task)
         task.add_done_callback(self._rpc_tasks.discard)
 
@@ -77,23 +84,36 @@ class RpcInputs:
         finally:
             self.admission.release(entered)
 
+    async def _decide_and_apply(
+        self, tenant: str, queue: str, kind: str, body: Any, nonce: Awaitable[None] | None
+    ) -> bytes:
+        denied = await self.policy.refuses(tenant, queue, kind, body)
+        if denied:
+            return denied
+        if nonce is not None and kind == "start" and self.policy.watch.get(tenant) is not None:
+            # A start the policy refused once may be allowed by a later version: its copy
+            # must not start the run then, so under a policy the nonce comes first.
+            await nonce
+        applied = await self._apply(tenant, queue, kind, body)
+        if applied is not None and (kind in ("wft", "started") or getattr(body, "then", None)):
+            # wft, run ahead: the worker's cache skips a read; started: whether the attempt
+            # was lost
+            return OK + b":" + encode(applied)
+        return OK
+
     async def _apply_rpc(self, msg: Msg) -> None:
         reply = OK
         try:
             admitted = await self._guard.admit(msg, self._decode)
             if admitted is None:
                 return
-            tenant, queue, kind, body = admitted
-            denied = await self.policy.refuses(tenant, queue, kind, body)
-            applied = None if denied else await self._apply(tenant, queue, kind, body)
-            if denied:
-                reply = denied
-            elif applied is not None and (
-                kind in ("wft", "started") or getattr(body, "then", None)
-            ):
-                # wft, run ahead: the worker's cache skips a read; started: whether the
-                # attempt was lost
-                reply = OK + b":" + encode(applied)
+            try:
+                reply = await self._decide_and_apply(*admitted)
+            finally:
+                if admitted.nonce is not None:
+                    # A replay's refusal is what its sender hears (its apply changed
+                    # nothing: see _signatures.OVERLAPPED)
+                    await admitted.nonce
         except StaleAttempt as exc:
             reply = STALE + b" " + str(exc).encode()
         except AwaitingStart:

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 from nacl.signing import VerifyKey
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyNotFoundError
@@ -52,14 +54,18 @@ from immortal._transient import key_value
 from immortal.security import HUB_PID
 from immortal.security.audit import AuditRecord, publish_audit
 from immortal.security.keys import KeyRegistry, RegisteredKey, registry_key
+from immortal.security.sessions import SESSION_ALG, SESSION_KIND
+from immortal.security.signing import ALG as ALG_NAME
 from immortal.security.signing import (
     SignatureError,
     SignatureParams,
     SignatureRefusal,
     parse_signature,
     public_key_bytes,
+    signature_base,
     verify_signature,
 )
+from immortal_hub._sessions import SessionStore
 from immortal_hub._transitions import InvalidInput
 
 __all__ = ["MAX_LIFETIME_S", "SKEW_S", "SignatureCheck", "SignatureRefused", "SignedBy"]
@@ -70,6 +76,13 @@ MAX_LIFETIME_S = 60.0  # the longest a signature may be valid (expires - created
 SKEW_S = 30.0  # clock difference allowed on each side of [created, expires]
 _REREAD_S = 1.0  # an unknown key id reads the registry again at most this often per tenant
 _UNSIGNED_OK = frozenset({"timer", "child"})  # what the broker or a hub sends, never a client
+#: Inputs by request whose nonce is created while the hub applies them. A copy of one
+#: changes nothing by run state alone: a start's run exists already, a workflow task's
+#: result is stale once its task is settled, an attempt's result once its attempt is; so
+#: the copy's refusal may come after its (empty) apply. Not a signal, cancel or terminate
+#: (their ids are kept for the last 64 inputs only), a heartbeat (its details would be
+#: written again) nor an attempt's start (a copy would arm its timers again).
+OVERLAPPED = frozenset({"start", "wft", "act"})
 
 
 class SignatureRefused(InvalidInput):
@@ -83,10 +96,15 @@ class SignatureRefused(InvalidInput):
 
 @dataclass(frozen=True)
 class SignedBy:
-    """Who signed an accepted input: what history records beside the sender."""
+    """Who signed an accepted input: what history records beside the sender.
+
+    ``nonce``, when set, is the nonce's create still on its way (an input by request
+    whose replay is harmless by run state, see :data:`OVERLAPPED`): await it before
+    answering; it raises :class:`SignatureRefused` for a replay."""
 
     key_id: str
     subject: str
+    nonce: asyncio.Task[None] | None = field(default=None, compare=False, repr=False)
 
 
 class SignatureCheck:
@@ -119,7 +137,9 @@ class SignatureCheck:
         self._nonces: KeyValue | None = None
         self._nonce_prefix = f"$KV.{names.bucket_nonces}."
         self._watch: asyncio.Task[None] | None = None
+        self.sessions = SessionStore(nc, names, clock=clock)
         self.verified = 0
+        self.maced = 0  # of those, authenticated under a session
         self.refused = 0
         self.nonces_written = 0
 
@@ -128,6 +148,7 @@ class SignatureCheck:
         js = self.nc.jetstream()
         self._policy = await key_value(js, self.names.bucket_policy)
         self._nonces = await key_value(js, self.names.bucket_nonces)
+        await self.sessions.start()
         self._watch = asyncio.create_task(self._follow(await self._load()))
         if self.queued_need_nonce:
             log.warning(
@@ -166,6 +187,13 @@ class SignatureCheck:
             await self._refuse(tenant, msg.subject, exc)
             raise SignatureRefused(exc) from None
 
+    async def _settle_nonce(self, tenant: str, subject: str, params: SignatureParams) -> None:
+        try:
+            await self._remember_nonce(tenant, params, "rpc")
+        except SignatureError as exc:
+            await self._refuse(tenant, subject, exc)
+            raise SignatureRefused(exc) from None
+
     async def _check(
         self,
         msg: Any,
@@ -193,9 +221,13 @@ class SignatureCheck:
             raise SignatureError(
                 SignatureRefusal.UNCOVERED, "Nats-Msg-Id is not covered", params.key_id
             )
-        if not verify_signature(
-            self._verify_key(key), msg.subject, msg.data, headers, params, signature
-        ):
+        if params.alg == SESSION_ALG:
+            good = await self._check_mac(msg, tenant, kind, queued, params, signature, at)
+        else:
+            good = verify_signature(
+                self._verify_key(key), msg.subject, msg.data, headers, params, signature
+            )
+        if not good:
             raise SignatureError(
                 SignatureRefusal.BAD_SIGNATURE,
                 f"signature by key id {params.key_id!r} does not match this input (its body, "
@@ -204,12 +236,80 @@ class SignatureCheck:
             )
         if self.secure and (key.subject or key.role):
             await self._check_owner(key, sender, who)
+        self.verified += 1
+        if not queued and kind in OVERLAPPED:
+            # The create's round trip runs beside the apply (see OVERLAPPED).
+            pending = asyncio.ensure_future(self._settle_nonce(tenant, msg.subject, params))
+            return SignedBy(key.key_id, key.subject, pending)
         # Queued, the stream's dedupe on the signed Nats-Msg-Id refuses a copy; without
         # that header covered, only the nonce can.
         if not queued or self.queued_need_nonce or "nats-msg-id" not in params.covered:
             await self._remember_nonce(tenant, params, "rpc" if not queued else _seq(msg))
-        self.verified += 1
         return SignedBy(key.key_id, key.subject)
+
+    async def _check_mac(
+        self,
+        msg: Any,
+        tenant: str,
+        kind: str,
+        queued: bool,
+        params: SignatureParams,
+        tag: bytes,
+        at: float,
+    ) -> bool:
+        """Whether ``tag`` is the MAC of this input under its session (``_sessions``)."""
+        kid = params.key_id
+        if queued or kind == SESSION_KIND:
+            # A queued input may be checked after its session ended; a session is opened
+            # by the key itself.
+            what = "an input queued in IMM_IN" if queued else "a session handshake"
+            raise SignatureError(
+                SignatureRefusal.MALFORMED, f"{what} is signed with {ALG_NAME}, not a MAC", kid
+            )
+        assert params.session is not None  # parse_signature requires it with the alg
+        session = await self.sessions.get(tenant, params.session)
+        if session is None or session.key_id != kid or session.ends < at:
+            raise SignatureError(
+                SignatureRefusal.UNKNOWN_SESSION,
+                f"session {params.session} of key id {kid!r} is unknown here or has ended",
+                kid,
+            )
+        base = signature_base(msg.subject, msg.data, msg.headers or {}, params)
+        self.maced += 1
+        return hmac.compare_digest(hmac.digest(session.key, base, "sha256"), tag)
+
+    async def open_session(
+        self, msg: Any, tenant: str, sender: str, who: Callable[[str], Awaitable[dict[str, Any]]]
+    ) -> bytes:
+        """The answer to a session handshake (``_sessions``): ``ok:`` and the sealed key,
+        or a refusal (recorded in ``IMM_AUDIT`` as any signature's)."""
+        try:
+            signed = await self.check(msg, tenant, SESSION_KIND, sender, who)
+            if signed is None:
+                error = SignatureError(
+                    SignatureRefusal.UNSIGNED, "a session handshake must be signed"
+                )
+                await self._refuse(tenant, msg.subject, error)
+                raise SignatureRefused(error)
+            try:
+                x25519 = bytes(msgpack.unpackb(msg.data)["x25519"])
+            except Exception as exc:
+                raise SignatureRefused(
+                    SignatureError(SignatureRefusal.MALFORMED, f"unreadable handshake: {exc}")
+                ) from None
+            session_id, answer = await self.sessions.open(tenant, signed.key_id, x25519)
+        except (SignatureRefused, ValueError) as exc:
+            return b"rejected: " + str(exc).encode()
+        record = AuditRecord(
+            action="session",
+            decision="allow",
+            reason="signature",
+            message=f"signing session opened for key id {signed.key_id!r}",
+            where={"subject": msg.subject, "key_id": signed.key_id, "session": session_id},
+            by=self.hub_id,
+        )
+        await publish_audit(self.nc, self.names, tenant, record)
+        return b"ok:" + answer
 
     async def _key(self, tenant: str, key_id: str, now: float) -> RegisteredKey:
         try:

@@ -24,7 +24,7 @@ from immortal._activity import ActivityInfo, Heartbeats, current_activity, curre
 from immortal._codec import decode_args, decode_value, encode_value
 from immortal._definitions import ActivityDefinition
 from immortal._errors import ApplicationError, failure_from_exception
-from immortal._inputs import STALE, StaleInput
+from immortal._inputs import REJECTED, STALE, StaleInput
 from immortal._names import InputKind, Names
 from immortal._wire import (
     ActivityHeartbeat,
@@ -42,7 +42,7 @@ from immortal.codec import Binding, PayloadCodec
 from immortal.codec._fields import activity_field
 from immortal.codec._sealing import open_payload, seal, seal_failure
 from immortal.security.connection import sender_of
-from immortal.security.signing import signed_headers
+from immortal.security.signing import forget_session, signed_headers
 
 __all__ = ["ActivityRunner"]
 
@@ -206,6 +206,9 @@ class ActivityRunner:
                 reply = await self._nc.request(subject, data, timeout=5.0, headers=headers)
             except (NoRespondersError, NatsTimeout):
                 continue  # no hub now; the timer decides
+            if reply.data.startswith(REJECTED) and b"unknown_session" in reply.data:
+                forget_session(self._nc, subject)  # the next beat is signed with Ed25519
+                continue
             if reply.data.startswith(STALE):
                 beats.reason = reply.data[len(STALE) :].decode(errors="replace").strip()
                 beats.cancelled.set()

@@ -111,6 +111,7 @@ def _writer(names: Names, t: str, pid: str) -> Grants:
         _kv(names, names.bucket_queues, t)[1],  # a start registers its queue
         _kv(names, names.bucket_schedules, t)[1],
         f"{p}.sched.{t}.>",  # a schedule's repeating message (the hub checks its target)
+        f"{p}.rpc.{t}.*.session.{pid}",  # a signing session's handshake (by request only)
     ]
     return Grants(pub=pub)
 
@@ -144,6 +145,7 @@ def _worker(names: Names, t: str, queue: str, pid: str) -> Grants:
         for kind in WORKER_ANY_QUEUE_INPUTS
     ]
     pub += [
+        f"{p}.rpc.{t}.*.session.{pid}",  # a signing session's handshake (by request only)
         names.task_subject(t, queue, "wf"),  # hands a pushed workflow task back durably
         f"{p}.log.{t}.>",
         f"$KV.{names.bucket_workers}.{t}.{q}.*",  # its registration (liveness)

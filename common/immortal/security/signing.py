@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -49,6 +50,7 @@ from nacl.signing import SigningKey as _NaclSigningKey
 from nacl.signing import VerifyKey
 
 from immortal.security.errors import AuthError, RefusalReason
+from immortal.security.sessions import SESSION_ALG, SESSION_KIND, Session, SessionBook
 
 __all__ = [
     "ALG",
@@ -63,6 +65,7 @@ __all__ = [
     "Signer",
     "SigningKey",
     "attach_signer",
+    "forget_session",
     "parse_signature",
     "public_key_bytes",
     "refusal_in",
@@ -93,6 +96,7 @@ class SignatureRefusal(StrEnum):
     MALFORMED = "malformed"
     UNCOVERED = "uncovered_header"  # Nats-Msg-Id present but not signed
     UNKNOWN_KEY = "unknown_key"
+    UNKNOWN_SESSION = "unknown_session"  # a MAC under a session no hub knows (or expired)
     RETIRED_KEY = "retired_key"
     KEY_NOT_YET_VALID = "key_not_yet_valid"
     WRONG_OWNER = "wrong_owner"  # the key is not the broker-stamped sender's
@@ -125,14 +129,16 @@ class SignatureParams:
     nonce: str
     key_id: str
     alg: str = ALG
+    session: str | None = None  # a MAC's session (``sessions``); None for Ed25519
 
     def text(self) -> str:
         """The value of ``@signature-params`` (and of ``Imm-Signature-Input`` after
         ``sig1=``)."""
         names = " ".join(f'"{n}"' for n in ("@subject", *self.covered, "@digest"))
+        sid = "" if self.session is None else f'sid="{self.session}";'
         return (
             f"({names});created={self.created};expires={self.expires};"
-            f'nonce="{self.nonce}";keyid="{self.key_id}";alg="{self.alg}"'
+            f'nonce="{self.nonce}";keyid="{self.key_id}";{sid}alg="{self.alg}"'
         )
 
 
@@ -185,6 +191,7 @@ def parse_signature(headers: Mapping[str, str] | None) -> tuple[SignatureParams,
         nonce=values["nonce"],
         key_id=key_id,
         alg=values["alg"],
+        session=values.get("sid"),
     )
     if params.text() != raw_input[len(_LABEL) + 1 :]:  # one spelling only: the canonical one
         raise SignatureError(SignatureRefusal.MALFORMED, "non-canonical signature input", key_id)
@@ -192,8 +199,11 @@ def parse_signature(headers: Mapping[str, str] | None) -> tuple[SignatureParams,
         signature = base64.b64decode(sig.group(1), validate=True)
     except ValueError:  # binascii.Error
         signature = b""
-    if len(signature) != 64:  # an Ed25519 signature
-        raise SignatureError(SignatureRefusal.MALFORMED, "the signature is not 64 bytes", key_id)
+    size = 64 if params.alg == ALG else 32  # an Ed25519 signature, an HMAC-SHA256
+    if len(signature) != size:
+        raise SignatureError(
+            SignatureRefusal.MALFORMED, f"a {params.alg} signature is {size} bytes", key_id
+        )
     return params, signature
 
 
@@ -227,8 +237,12 @@ def _problem(names: list[str], values: dict[str, str]) -> str | None:
     missing = [p for p in ("created", "expires", "nonce", "keyid", "alg") if p not in values]
     if missing:
         return f"signature parameters missing: {', '.join(missing)}"
-    if values["alg"] != ALG:
-        return f"algorithm {values['alg']!r} is not accepted (only {ALG})"
+    if values["alg"] not in (ALG, SESSION_ALG):
+        return f"algorithm {values['alg']!r} is not accepted (only {ALG} or {SESSION_ALG})"
+    if (values["alg"] == SESSION_ALG) != ("sid" in values):
+        return f"a session id goes with {SESSION_ALG}, and only with it"
+    if "sid" in values and not _NONCE.match(values["sid"]):
+        return "the session id must be 16 to 64 base64url characters"
     if not KEY_ID.match(values["keyid"]):
         return f"key id {values['keyid']!r} is not a valid key id"
     if not _NONCE.match(values["nonce"]):
@@ -324,6 +338,7 @@ class Signer:
         *,
         lifetime: float = DEFAULT_LIFETIME_S,
         clock: Callable[[], float] = time.time,
+        sessions: bool = True,
     ) -> None:
         if not keys:
             raise ValueError("a signer needs at least one key")
@@ -332,6 +347,8 @@ class Signer:
         self._clock = clock
         self._nacl = {k.key_id: _NaclSigningKey(k.seed) for k in self.keys}
         self.signed = 0
+        self.maced = 0  # inputs authenticated under a session (``sessions``)
+        self.book: SessionBook | None = SessionBook() if sessions else None
 
     def current(self, now: float | None = None) -> SigningKey:
         """The key to sign with: the newest whose ``not_before`` has passed."""
@@ -363,6 +380,31 @@ class Signer:
         out[SIGNATURE_INPUT] = f"{_LABEL}={params.text()}"
         out[SIGNATURE] = f"{_LABEL}=:{base64.b64encode(signature.signature).decode()}:"
         self.signed += 1
+        return out
+
+    def mac(
+        self,
+        session: Session,
+        subject: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """``headers`` with an HMAC-SHA256 under ``session`` (see ``sessions``)."""
+        out = {k: v for k, v in (headers or {}).items() if k.lower() not in _OWN}
+        created = int(self._clock())
+        params = SignatureParams(
+            covered=tuple(sorted(k.lower() for k in out)),
+            created=created,
+            expires=created + max(1, round(self.lifetime)),
+            nonce=_b64url(secrets.token_bytes(16)),
+            key_id=session.key_id,
+            alg=SESSION_ALG,
+            session=session.session_id,
+        )
+        tag = hmac.digest(session.key, signature_base(subject, body, out, params), "sha256")
+        out[SIGNATURE_INPUT] = f"{_LABEL}={params.text()}"
+        out[SIGNATURE] = f"{_LABEL}=:{base64.b64encode(tag).decode()}:"
+        self.maced += 1
         return out
 
     @classmethod
@@ -419,12 +461,41 @@ def attach_signer(nc: Any, signer: Signer | None) -> None:
 
 
 def signed_headers(
-    nc: Any, subject: str, body: bytes, headers: Mapping[str, str] | None = None
+    nc: Any,
+    subject: str,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    per_message: bool = False,
 ) -> dict[str, str] | None:
     """``headers`` with a signature over this input when ``nc`` has a signer; as given
     (None when there are none) otherwise. Sign once per subject: a signature covers the
-    subject, so an input sent by request and then durably is signed for each."""
+    subject, so an input sent by request and then durably is signed for each.
+
+    An input by request is authenticated under the signer's session when one is open
+    (``sessions``), and starts opening one when none is; one sent durably is always
+    signed with Ed25519 (``per_message`` too), as it may be checked long after any
+    session has ended."""
     signer = _signers.get(nc)
     if signer is None:
         return dict(headers) if headers else None
-    return signer.sign(subject, body, headers)
+    parts = subject.split(".")
+    if per_message or signer.book is None or len(parts) != 6 or parts[1] != "rpc":
+        return signer.sign(subject, body, headers)
+    tenant, key = parts[2], signer.current()
+    if signer.book.wants(tenant, key.key_id):
+        handshake = ".".join([*parts[:4], SESSION_KIND, parts[5]])
+        signer.book.open(nc, tenant, handshake, key.key_id, signer.sign)
+    session = signer.book.session(tenant, key.key_id)
+    if session is None:
+        return signer.sign(subject, body, headers)
+    return signer.mac(session, subject, body, headers)
+
+
+def forget_session(nc: Any, subject: str) -> None:
+    """A hub refused ``nc``'s session for the tenant of ``subject``: sign with Ed25519
+    until a new one opens."""
+    signer = _signers.get(nc)
+    parts = subject.split(".")
+    if signer is not None and signer.book is not None and len(parts) > 2:
+        signer.book.forget(parts[2])
