@@ -5,7 +5,6 @@ is decided for the schedule's author."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -127,9 +126,9 @@ async def test_a_change_is_decided_before_anything_is_written(
         await ann.schedules.pause("nightly-1")
         assert (await stored(stack, "nightly-1") or {})["paused"] is True
         assert not await armed(stack, "nightly-1")
-        with pytest.raises(PolicyDeniedError, match="no rule allows schedule.pause for user ann"):
+        with pytest.raises(PolicyDeniedError, match=r"no rule allows schedule.pause for user ann"):
             await ann.schedules.pause("ops-1")
-        with pytest.raises(PolicyDeniedError, match="no rule allows schedule.delete for user ann"):
+        with pytest.raises(PolicyDeniedError, match=r"no rule allows schedule.delete for user ann"):
             await ann.schedules.delete("nightly-1")
         assert (await stored(stack, "ops-1") or {})["paused"] is False
         assert await armed(stack, "ops-1") and await stored(stack, "nightly-1") is not None
@@ -169,9 +168,9 @@ async def test_schedule_reads_are_decided(running: tuple[SecureStack, Hub]) -> N
         assert (await ann.schedules.get("nightly-r")).workflow_type == "three_step"
         # A listing reads every schedule of the tenant: a rule on some schedules' ids
         # does not allow it.
-        with pytest.raises(PermissionDeniedError, match="schedule.read for user ann on sched"):
+        with pytest.raises(PermissionDeniedError, match=r"schedule.read for user ann on sched"):
             await ann.schedules.list()
-        with pytest.raises(PermissionDeniedError, match="schedule.read for user rita"):
+        with pytest.raises(PermissionDeniedError, match=r"schedule.read for user rita"):
             await rita.schedules.list()
         with pytest.raises(PermissionDeniedError, match="on schedule nightly-r"):
             await rita.schedules.get("nightly-r")
