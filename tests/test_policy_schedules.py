@@ -34,7 +34,7 @@ rules:
   - id: r-writers-run
     effect: allow
     roles: [writer]
-    actions: [{start}workflow.read]
+    actions: [{start}workflow.read, activity.run]
   - id: r-writers-nightly
     effect: allow
     roles: [writer]
@@ -198,6 +198,11 @@ async def test_the_broker_refuses_a_writers_own_schedule_writes(
         await nc.close()
     assert await stored(stack, "w-1") == before
     assert not await armed(stack, "w-2")
+    # A reader may not even ask: the broker refuses the request, at once.
+    async with Client(stack.url, security=stack.security("rita", ["acme:reader"])) as rita:
+        with pytest.raises(PermissionDeniedError, match=r"imm\.schedules\.acme"):
+            await rita.schedules.pause("w-1")
+    assert (await stored(stack, "w-1") or {})["paused"] is False
 
 
 async def test_a_denied_change_is_one_line_at_the_cli(running: tuple[SecureStack, Hub]) -> None:
@@ -236,6 +241,10 @@ async def test_firings_are_decided_for_the_author_and_stop_when_its_right_is_rev
         starts = await audit(stack, [hub], action="workflow.start", decision="allow")
         assert (starts[0].principal or {}).get("subject") == "ann"
         assert (starts[0].resource or {})["schedule_id"] == "nightly-fire"
+        # The run acts for the author: its activities are decided for ann.
+        acts = await audit(stack, [hub], action="activity.run", decision="allow")
+        mine = [a for a in acts if (a.resource or {}).get("workflow_id") == first]
+        assert len(mine) == 3 and {(a.principal or {}).get("subject") for a in mine} == {"ann"}
 
         await apply(stack, policy(2, writers_start=False), hub)  # ann may start no more
 
