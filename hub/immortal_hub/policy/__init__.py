@@ -12,7 +12,7 @@ decision logged (``docs/policy.md``, "In the hub").
 from immortal_hub.policy._decision_log import DecisionLog
 from immortal_hub.policy._gate import PolicyGate
 from immortal_hub.policy._refused import RefusedInput, apply_refused
-from immortal_hub.policy._schedules import firing_refused, schedule_refusal
+from immortal_hub.policy._schedules import firing_refused, schedule_author, schedule_refusal
 from immortal_hub.policy._watch import PolicyWatch, TenantPolicy
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "TenantPolicy",
     "apply_refused",
     "firing_refused",
+    "schedule_author",
     "schedule_refusal",
 ]

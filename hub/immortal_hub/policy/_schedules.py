@@ -24,11 +24,23 @@ from typing import Any
 from immortal._schedules import ScheduleSpec
 from immortal._wire import StartWorkflow
 from immortal.policy import Decision, Resource
-from immortal_hub.policy._gate import PolicyGate, _event_attrs, _principal, input_fields
+from immortal_hub.policy._gate import (
+    PolicyGate,
+    _acting_for,
+    _event_attrs,
+    _principal,
+    input_fields,
+)
 
-__all__ = ["firing_refused", "schedule_refusal"]
+__all__ = ["firing_refused", "schedule_author", "schedule_refusal"]
 
 log = logging.getLogger(__name__)
+
+
+def schedule_author(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a definition keeps of the principal that made it: its claims, as a run keeps
+    its starter's (never a token); None without a verified principal (auth off)."""
+    return _acting_for(record) if record else None
 
 
 def schedule_refusal(

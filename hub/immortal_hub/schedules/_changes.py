@@ -27,8 +27,7 @@ from immortal._schedules import SCHEDULE_ERROR, ScheduleChange, ScheduleSpec
 from immortal._wire import decode, encode
 from immortal.security import inbox_prefix
 from immortal.security.audit import AuditRecord, publish_audit
-from immortal_hub.policy import PolicyGate, schedule_refusal
-from immortal_hub.policy._gate import _acting_for
+from immortal_hub.policy import PolicyGate, schedule_author, schedule_refusal
 from immortal_hub.schedules._store import (
     arm,
     delete_schedule,
@@ -140,5 +139,5 @@ def _new_definition(change: ScheduleChange, principal: dict[str, Any]) -> Schedu
         raise _Refused(f"schedule {change.schedule_id!r} needs exactly one of every or cron")
     spec.paused = False
     # Never the sender's word: the verified claims of whoever asked (none with auth off).
-    spec.principal = _acting_for(principal) if principal else None
+    spec.principal = schedule_author(principal)
     return spec
