@@ -13,8 +13,8 @@
   history (``workflow.read``), logs (``logs.read``), the runs index (``workflow.read``),
   the audit (``admin.audit``), dead letters (``admin.dlq``) or schedules
   (``schedule.read``; ``_schedules`` decides their changes and firings). A worker's
-  reads are not decided there: it reads the runs of the queues it serves. An allowed read is logged
-  once a minute per reader and run (a follower reads every second).
+  reads are not decided there: it reads the runs of the queues it serves. An allowed
+  read is logged once a minute per reader and run (a follower reads every second).
 
 Inputs a hub sent (a child's start, a continuation) are not decided again: they carry
 the principal of the run they come from. With auth off there is no verified principal,
