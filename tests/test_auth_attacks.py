@@ -116,17 +116,17 @@ async def test_a_timer_aimed_at_another_tenant_is_refused(
             )
     finally:
         await nc.close()
-    # A writer may schedule runs of its tenant, on its subjects; one aimed at another
-    # tenant's fired subject is refused by the hub when it fires.
+    # A writer asks a hub for schedules: it may not publish one itself, on its own tenant's
+    # subjects or aimed at another's fired subject.
     writer = stack.security("wally", ["acme:writer"])
     nc = await connect(stack.url, name="wally", security=writer)
     try:
-        await nc.jetstream().publish("imm.sched.acme.evil", encode(fired), headers=headers)
-        records = await audit_of(stack, "globex")
+        with pytest.raises(Exception):  # noqa: B017 - refused by the broker: no ack comes
+            await nc.jetstream().publish(
+                "imm.sched.acme.evil", encode(fired), headers=headers, timeout=1
+            )
     finally:
         await nc.close()
-    assert records[0].reason == "forged_origin"
-    assert "from schedule 'imm.sched.acme.evil'" in records[0].message
     assert (await handle.describe()).status is RunStatus.RUNNING  # not timed out
     await victim.close()
 

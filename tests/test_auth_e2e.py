@@ -143,7 +143,7 @@ async def test_schedules_and_dead_letters_work_within_the_tenant(running: Secure
                 break
             await asyncio.sleep(0.1)
         assert await _scheduled_runs(ann)
-        await ann.schedules.pause("tick")  # no purge permission: replaced by a rollup
+        await ann.schedules.pause("tick")  # asked of a hub, which alone may purge it
         await asyncio.sleep(1.5)  # a firing already under way may still land
         seen = await _scheduled_runs(ann)
         await asyncio.sleep(2.5)

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 import immortal
-from immortal import Client, WorkflowContext
+from immortal import Client, NotSetUpError, WorkflowContext
+from immortal_hub import Hub
 from tests.helpers import running_worker
 
 
@@ -52,3 +53,15 @@ async def test_schedule_arguments_are_checked(client: Client) -> None:
         await client.schedules.create("bad", tick, "x", cron="* *")
     with pytest.raises(ValueError, match="whole number"):
         await client.schedules.create("bad", tick, "x", every=0.5)
+
+
+async def test_a_change_with_no_hub_running_says_so(nats_url: str, prefix: str) -> None:
+    """A hub makes every change (auth on or off): with none running, the change fails at
+    once, saying so, and nothing is stored."""
+    set_up = Hub(nats_url, prefix=prefix)
+    await set_up.start()
+    await set_up.stop()  # the streams and buckets exist, no hub serves
+    async with Client(nats_url, prefix=prefix) as client:
+        with pytest.raises(NotSetUpError, match="no hub answered the schedule change on"):
+            await client.schedules.create("orphan", tick, "x", every=60)
+        assert await client.schedules.list() == []

@@ -3,6 +3,7 @@ handshake a signer authenticates its inputs by request with an HMAC under a sess
 the hubs keep in ``imm-sessions``. Against a real nats-server with the auth callout, the
 hubs and a worker of ``tests/test_signing``'s fixtures."""
 
+# ruff: noqa: F811  (the fixtures are test_signing's, imported, then named as parameters)
 from __future__ import annotations
 
 import asyncio

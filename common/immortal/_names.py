@@ -177,6 +177,11 @@ class Names:
         subject filter the hub checks is the tenant's own before forwarding it."""
         return f"{self.prefix}.read.{tenant}.{sender}"
 
+    def schedule_change_subject(self, tenant: str, sender: str) -> str:
+        """The hubs' schedule changes (``immortal_hub.schedules``): a create, pause, resume
+        or delete, decided by the tenant's policy before the hub writes anything."""
+        return f"{self.prefix}.schedules.{tenant}.{sender}"
+
     def input_filter(self, tenant: str, queue: str) -> str:
         return f"{self.prefix}.in.{tenant}.{encode_token(queue)}.>"
 

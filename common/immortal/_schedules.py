@@ -1,38 +1,55 @@
 """Schedules: start a workflow every interval or on a cron expression.
 
 A schedule is two things: its definition in the ``imm-schedules`` bucket (what to start,
-when, paused or not) and, while it is active, one repeating NATS scheduled message on
-``imm.sched.<tenant>.<id>`` (``Nats-Schedule: @every 2s`` or a cron expression). The
-server fires it into the queue's fired subject, where a hub starts one run per firing,
-with an id derived from the firing, so a redelivered firing starts nothing twice. Pausing
-removes the scheduled message; resuming publishes it again.
+when, paused or not, and who made it) and, while it is active, one repeating NATS
+scheduled message on ``imm.sched.<tenant>.<id>`` (``Nats-Schedule: @every 2s`` or a cron
+expression). The server fires it into the queue's fired subject, where a hub starts one
+run per firing, with an id derived from the firing, so a redelivered firing starts
+nothing twice. Pausing removes the scheduled message; resuming publishes it again.
+
+Changes (create, pause, resume, delete) are requests to a hub, on
+``<p>.schedules.<tenant>.<sender>``: the hub decides them by the tenant's policy, then
+writes the definition and arms or disarms the message (``immortal_hub.schedules``); a
+tenant's connection may write neither itself. Reads are batched reads of the bucket,
+through the read relay when auth is on (decided there as ``schedule.read``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from nats.js.errors import KeyNotFoundError
-from nats.js.errors import NotFoundError as JsNotFound
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from immortal._codec import encode_args, unpack
 from immortal._definitions import workflow_definition
-from immortal._errors import ImmortalError
+from immortal._errors import ImmortalError, NotSetUpError
+from immortal._inputs import DENIED, OK, policy_denied
 from immortal._jetstream import kv_scan
+from immortal._requests import Requests
 from immortal._timers import seconds
-from immortal._wire import TimerFired, _Model, encode, now_ms
+from immortal._wire import _Model, decode, encode, now_ms
 from immortal.codec._fields import schedule_binding
 from immortal.codec._sealing import seal
-from immortal.security.connection import relays_reads
+from immortal.security.connection import sender_of
 
 if TYPE_CHECKING:
-    from nats.js.kv import KeyValue
-
     from immortal._client import Client
 
-__all__ = ["ScheduleInfo", "ScheduleSpec", "Schedules", "nats_schedule"]
+__all__ = [
+    "SCHEDULE_ERROR",
+    "ScheduleChange",
+    "ScheduleInfo",
+    "ScheduleSpec",
+    "Schedules",
+    "nats_schedule",
+]
+
+ChangeOp = Literal["create", "pause", "resume", "delete"]
+SCHEDULE_ERROR = b"error "  # the hub's reply to a change it cannot make, then why
+_CHANGE_TIMEOUT_S = 10.0
 
 
 class ScheduleSpec(_Model):
@@ -47,6 +64,18 @@ class ScheduleSpec(_Model):
     paused: bool = False
     execution_timeout: float | None = None
     created_ts: int = 0
+    # Who made it: its verified claims as the hub knows them (never a token), set by the
+    # hub, never the sender's word. Each firing's start is decided and acts for it.
+    principal: dict[str, Any] | None = None
+
+
+class ScheduleChange(_Model):
+    """What a client asks a hub to do to a schedule; the hub answers ``ok:`` and the
+    definition as stored, ``denied:`` and the policy's reason, or ``error`` and why."""
+
+    op: ChangeOp
+    schedule_id: str
+    spec: ScheduleSpec | None = None  # create: the definition
 
 
 @dataclass(frozen=True)
@@ -82,9 +111,6 @@ class Schedules:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    async def _kv(self) -> KeyValue:
-        return await self._client._kv(self._client.names.bucket_schedules)
-
     async def create(
         self,
         schedule_id: str,
@@ -115,9 +141,7 @@ class Schedules:
             created_ts=now_ms(),
         )
         await self._client._register_queue(queue)
-        await (await self._kv()).put(self._key(schedule_id), encode(spec))
-        await self._arm(spec)
-        return _info(spec)
+        return _info(await self._change("create", schedule_id, spec))
 
     async def list(self) -> list[ScheduleInfo]:
         c = self._client
@@ -126,56 +150,55 @@ class Schedules:
         return sorted(out, key=lambda s: s.schedule_id)
 
     async def get(self, schedule_id: str) -> ScheduleSpec:
-        try:
-            entry = await (await self._kv()).get(self._key(schedule_id))
-        except (KeyNotFoundError, JsNotFound) as exc:
-            raise ImmortalError(f"no schedule {schedule_id!r}") from exc
-        return ScheduleSpec.model_validate(unpack(entry.value or b""))
+        c = self._client
+        key = c.names.schedule_key(c.tenant, schedule_id)
+        found = await kv_scan(c.nc, c.names.bucket_schedules, key)
+        if not found:
+            raise ImmortalError(f"no schedule {schedule_id!r}")
+        return ScheduleSpec.model_validate(unpack(found[-1][1]))
 
     async def pause(self, schedule_id: str) -> None:
         """Stop starting runs (the definition stays; ``resume`` starts them again)."""
-        spec = await self.get(schedule_id)
-        spec.paused = True
-        await (await self._kv()).put(self._key(schedule_id), encode(spec))
-        await self._disarm(schedule_id)
+        await self._change("pause", schedule_id)
 
     async def resume(self, schedule_id: str) -> None:
-        spec = await self.get(schedule_id)
-        spec.paused = False
-        await (await self._kv()).put(self._key(schedule_id), encode(spec))
-        await self._arm(spec)
+        await self._change("resume", schedule_id)
 
     async def delete(self, schedule_id: str) -> None:
-        await self.get(schedule_id)
-        await self._disarm(schedule_id)
-        await (await self._kv()).delete(self._key(schedule_id))
+        await self._change("delete", schedule_id)
 
-    def _key(self, schedule_id: str) -> str:
-        return self._client.names.schedule_key(self._client.tenant, schedule_id)
+    async def _change(
+        self, op: ChangeOp, schedule_id: str, spec: ScheduleSpec | None = None
+    ) -> ScheduleSpec:
+        """Ask a hub to make the change; the definition as the hub stored it (or found it,
+        for a delete). Raises ``PolicyDeniedError`` when the tenant's policy refuses it."""
+        c = self._client
+        subject = c.names.schedule_change_subject(c.tenant, sender_of(c.nc))
+        change = ScheduleChange(op=op, schedule_id=schedule_id, spec=spec)
+        try:
+            reply = await Requests.of(c.nc).request(
+                subject, encode(change), timeout=_CHANGE_TIMEOUT_S
+            )
+        except NoRespondersError as exc:
+            raise NotSetUpError(
+                f"no hub answered the schedule change on {subject}: start one (`immortal hub`)"
+            ) from exc
+        except NatsTimeout as exc:
+            raise ImmortalError(
+                f"no hub answered the schedule change of {schedule_id!r} within "
+                f"{_CHANGE_TIMEOUT_S:g} s (it may have been made: list the schedules)"
+            ) from exc
+        return _read_reply(reply.data)
 
-    async def _arm(self, spec: ScheduleSpec) -> None:
-        names, tenant = self._client.names, self._client.tenant
-        body = TimerFired(
-            workflow_id=spec.schedule_id, run_id="", timer=spec.schedule_id, kind="schedule"
-        )
-        await self._client.nc.jetstream().publish(
-            names.schedule_subject(tenant, spec.schedule_id),
-            encode(body),
-            headers={
-                "Nats-Schedule": nats_schedule(spec),
-                "Nats-Schedule-Target": names.fired_subject(tenant, spec.queue),
-            },
-        )
 
-    async def _disarm(self, schedule_id: str) -> None:
-        names, nc = self._client.names, self._client.nc
-        subject = names.schedule_subject(self._client.tenant, schedule_id)
-        if relays_reads(nc):
-            # A tenant may not purge the stream (the purge filter is in the request body):
-            # a message that rolls the subject up replaces the schedule instead.
-            await nc.jetstream().publish(subject, b"", headers={"Nats-Rollup": "sub"})
-            return
-        await nc.jetstream().purge_stream(names.stream_timers, subject=subject)
+def _read_reply(data: bytes) -> ScheduleSpec:
+    if data.startswith(OK + b":"):
+        return decode(ScheduleSpec, data[len(OK) + 1 :])
+    if data.startswith(DENIED):
+        raise policy_denied(data[len(DENIED) :])
+    if data.startswith(SCHEDULE_ERROR):
+        raise ImmortalError(data[len(SCHEDULE_ERROR) :].decode(errors="replace"))
+    raise ImmortalError(f"the hub could not make the schedule change: {data[:200]!r}")
 
 
 def _info(spec: ScheduleSpec) -> ScheduleInfo:

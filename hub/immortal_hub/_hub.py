@@ -74,7 +74,6 @@ from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub._retention import Retentions
 from immortal_hub._rpc_inputs import RpcInputs
 from immortal_hub._runs_index import LIST_AFTER_S, RunsIndex
-from immortal_hub._schedule_firing import scheduled_start
 from immortal_hub._signatures import SignatureRefused
 from immortal_hub._transitions import (
     AwaitingStart,
@@ -94,7 +93,8 @@ from immortal_hub._transitions import (
     input_id,
 )
 from immortal_hub._writes import WriteGate
-from immortal_hub.policy import PolicyGate, RefusedInput, apply_refused
+from immortal_hub.policy import PolicyGate, RefusedInput, apply_refused, firing_refused
+from immortal_hub.schedules import ScheduleChanges, scheduled_start
 
 __all__ = ["Hub"]
 
@@ -231,6 +231,10 @@ class Hub(RpcInputs):
         self._guard.reads.policy = self.policy.read_refusal
         # Key registries, then the read relay (says so if auth is off): before any input.
         await self._guard.start()
+        self._schedules = ScheduleChanges(
+            self.nc, self.names, self.hub_id, policy=self.policy, claims=self._guard.claims
+        )
+        await self._schedules.start()
         self._runs = RunsIndex(
             self.nc,
             self.names,
@@ -274,6 +278,7 @@ class Hub(RpcInputs):
         with contextlib.suppress(Exception):
             await self._rpc_sub.unsubscribe()
         await self._guard.stop()
+        await self._schedules.stop()
         if self._rpc_tasks:
             await asyncio.wait(self._rpc_tasks, timeout=10)
         # Pullers leave the set as their queue task ends: keep hold of them to drain them.
@@ -502,7 +507,7 @@ class Hub(RpcInputs):
 
     async def _fire_schedule(self, tenant: str, fired: TimerFired, msg: Msg) -> None:
         made = await scheduled_start(self.js, self.names, tenant, fired, msg)
-        if made is not None:
+        if made is not None and not firing_refused(self.policy, tenant, *made):
             await self._apply(tenant, made[0], "start", made[1])
 
     @staticmethod

@@ -86,8 +86,8 @@ def _reader(names: Names, t: str, pid: str) -> Grants:
         _direct(names.stream_in, f"{p}.in.{t}.>"),  # a start queued, not applied yet
         *(
             _kv(names, bucket, t)[0]
+            # Schedules are read through the relay, where the tenant's policy decides.
             for bucket in (
-                names.bucket_schedules,
                 names.bucket_workers,
                 names.bucket_queues,
                 names.bucket_policy,
@@ -109,8 +109,9 @@ def _writer(names: Names, t: str, pid: str) -> Grants:
     pub += [
         _kv(names, names.bucket_idem, t)[1],  # idempotent starts claim a key
         _kv(names, names.bucket_queues, t)[1],  # a start registers its queue
-        _kv(names, names.bucket_schedules, t)[1],
-        f"{p}.sched.{t}.>",  # a schedule's repeating message (the hub checks its target)
+        # Schedule changes are asked of a hub, which decides them by the tenant's policy
+        # and alone writes imm-schedules and the schedules' messages.
+        names.schedule_change_subject(t, pid),
         f"{p}.rpc.{t}.*.session.{pid}",  # a signing session's handshake (by request only)
     ]
     return Grants(pub=pub)

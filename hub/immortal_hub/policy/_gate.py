@@ -11,9 +11,10 @@
   attempt fails with the non-retryable ``PolicyDenied`` and the reason.
 - **Reads** (``read_refusal``): the read relay asks before forwarding a batched read of
   history (``workflow.read``), logs (``logs.read``), the runs index (``workflow.read``),
-  the audit (``admin.audit``) or dead letters (``admin.dlq``). A worker's reads are not
-  decided there: it reads the runs of the queues it serves. An allowed read is logged
-  once a minute per reader and run (a follower reads every second).
+  the audit (``admin.audit``), dead letters (``admin.dlq``) or schedules
+  (``schedule.read``; ``_schedules`` decides their changes and firings). A worker's
+  reads are not decided there: it reads the runs of the queues it serves. An allowed
+  read is logged once a minute per reader and run (a follower reads every second).
 
 Inputs a hub sent (a child's start, a continuation) are not decided again: they carry
 the principal of the run they come from. With auth off there is no verified principal,
@@ -240,7 +241,11 @@ class PolicyGate:
             workflow_id = None
             if id_token is not None and len(parts) > id_token and parts[id_token] not in "*>":
                 workflow_id = decode_token(parts[id_token])
-            resource = Resource(tenant=tenant, workflow_id=workflow_id)
+            resource = (
+                Resource(tenant=tenant, schedule_id=workflow_id)  # a schedule's key
+                if action == "schedule.read"
+                else Resource(tenant=tenant, workflow_id=workflow_id)
+            )
             decision = policy.engine.decide(principal, action, resource)
             if not decision.allow or self._first_read(sender, action, workflow_id, decision):
                 self._log(tenant, record, action, resource, decision, None)
@@ -269,6 +274,7 @@ class PolicyGate:
             n.stream_runs: ("workflow.read", None),
             n.stream_audit: ("admin.audit", None),
             n.stream_dlq: ("admin.dlq", None),
+            f"KV_{n.bucket_schedules}": ("schedule.read", 3),  # $KV.<bucket>.<t>.<id>
         }.get(stream, (None, None))
 
     # -- the log ------------------------------------------------------------------------

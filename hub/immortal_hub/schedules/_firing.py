@@ -1,7 +1,9 @@
 """A schedule fired: the start it makes, unless the schedule is paused or gone.
 
 The run's workflow id is ``<schedule>@<firing time>`` and its run id derives from the
-firing's stream sequence, so a redelivered firing starts nothing twice.
+firing's stream sequence, so a redelivered firing starts nothing twice. The run acts for
+the schedule's author (``ScheduleSpec.principal``); with a tenant policy, the hub decides
+the start for that principal first (``policy.firing_refused``).
 """
 
 from __future__ import annotations
@@ -12,14 +14,10 @@ from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError
-from nats.js.errors import NotFoundError as JsNotFound
 
-from immortal._codec import unpack
 from immortal._names import Names
-from immortal._schedules import ScheduleSpec
-from immortal._transient import key_value
 from immortal._wire import StartWorkflow, TimerFired
+from immortal_hub.schedules._store import read_schedule
 
 __all__ = ["scheduled_start"]
 
@@ -30,11 +28,8 @@ async def scheduled_start(
     js: JetStreamContext, names: Names, tenant: str, fired: TimerFired, msg: Msg
 ) -> tuple[str, StartWorkflow] | None:
     """(queue, start) for the run this firing makes, or None if it makes none."""
-    kv = await key_value(js, names.bucket_schedules)
-    try:
-        entry = await kv.get(names.schedule_key(tenant, fired.timer))
-        spec = ScheduleSpec.model_validate(unpack(entry.value or b""))
-    except (KeyNotFoundError, JsNotFound):
+    spec = await read_schedule(js, names, tenant, fired.timer)
+    if spec is None:
         log.info("schedule %s/%s fired but no longer exists", tenant, fired.timer)
         return None
     if spec.paused:
@@ -49,5 +44,6 @@ async def scheduled_start(
         input=spec.input,
         execution_timeout=spec.execution_timeout,
         schedule_id=spec.schedule_id,  # names what a sealed input is bound to
+        acting_for=spec.principal,  # its author (None: made with auth off)
     )
     return spec.queue, start
