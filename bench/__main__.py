@@ -12,6 +12,7 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench -w policy               # policy decision cost (no broker involved)
     python -m bench -w throughput -w latency --secure   # and again with auth on (_secure)
     python -m bench -w throughput -w latency --encrypt  # and again with payloads encrypted
+    # both: the auth pass signs (--signing) and encrypts too, beside the plain pass
     python -m bench -w throughput --secure --policy     # and with a tenant policy on top
     python -m bench -w throughput --secure --signing    # ... with auth and signed inputs on
     python -m bench -w signing              # sign/verify cost per input (no broker involved)
@@ -108,14 +109,7 @@ class Bench:
                     self.codec, self.codec_env, self.suffix = None, {}, ""
                     for name, unit, value, target in _encrypt.compare(self.metrics):
                         self.metrics[name] = Metric(name, unit, [value], target=target)
-            if self.args.secure:
-                async with secure_server(Path(tmp), signing=self.args.signing) as secure:
-                    self.secure, self.suffix = secure, secure.suffix
-                    self.url, self.server = secure.server.url, secure.server
-                    for name in self.args.workload:
-                        await getattr(self, f"w_{name}")()
-                    if self.args.signing:
-                        await self._signed_proof()
+            secure_suffix = await self._secure_pass(Path(tmp)) if self.args.secure else ""
             if self.args.policy:
                 text = BENCH_POLICY if self.args.policy == "-" else self.args.policy.read_text()
                 async with secure_server(Path(tmp) / "policy", policy=text) as secure:
@@ -125,9 +119,24 @@ class Bench:
                         await getattr(self, f"w_{name}")()
                     await self._decisions_logged()
             if self.args.secure:
-                suffix = " [auth+signing on]" if self.args.signing else " [auth on]"
-                for name, unit, value, target in compare(self.metrics, suffix):
+                for name, unit, value, target in compare(self.metrics, secure_suffix):
                     self.metrics[name] = Metric(name, unit, [value], target=target)
+
+    async def _secure_pass(self, tmp: Path) -> str:
+        """The workloads with auth on (and signing, encryption, when asked): its suffix."""
+        async with secure_server(tmp, signing=self.args.signing) as secure:
+            self.secure, suffix = secure, secure.suffix
+            if self.args.encrypt:  # every part of the security on at once
+                self.codec, self.codec_env = _encrypt.key_ring()
+                suffix = suffix.replace(" on]", "+encryption on]")
+            self.suffix = suffix
+            self.url, self.server = secure.server.url, secure.server
+            for name in self.args.workload:
+                await getattr(self, f"w_{name}")()
+            self.codec, self.codec_env = None, {}
+            if self.args.signing:
+                await self._signed_proof()
+        return suffix
 
     async def _decisions_logged(self) -> None:
         """Proof that the policy pass decided: the decision log's size."""
@@ -141,12 +150,17 @@ class Bench:
             await admin.close()
 
     async def _signed_proof(self) -> None:
-        """That the signed pass was checked: the hubs stored a nonce per input by request."""
+        """That the signed pass was checked: the hubs stored a nonce per input by request,
+        and opened signing sessions (the inputs after each signer's first went under one)."""
         assert self.secure is not None
         admin = await nats.connect(self.url, **self.secure.admin)
         try:
             info = await admin.jetstream().stream_info("KV_imm-nonces")
-            print(f"  signed inputs' nonces stored by the hubs: {info.state.messages:,}")
+            sessions = await admin.jetstream().stream_info("KV_imm-sessions")
+            print(
+                f"  signed inputs' nonces stored by the hubs: {info.state.messages:,}; "
+                f"signing sessions opened: {sessions.state.messages:,}"
+            )
         finally:
             await admin.close()
 

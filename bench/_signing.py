@@ -5,8 +5,10 @@ see ``-w throughput --secure --signing``).
 A start input of a realistic size (~250 bytes of msgpack) on its request subject, with
 its ``Nats-Msg-Id``: "sign" is ``Signer.sign`` (base string, digest, Ed25519, headers);
 "check" is what the hub's ``_signatures`` does on the CPU (parse the headers, rebuild the
-base, verify with the cached key). The raw Ed25519 figures of PyNaCl and of cryptography
-sit beside them, the reason this scheme uses PyNaCl.
+base, verify with the cached key). "MAC" and "check a MAC" are the same under a signing
+session (``immortal.security.sessions``: HMAC-SHA256 with the session's key), what inputs
+by request cost once a signer's session is open. The raw Ed25519 figures of PyNaCl and of
+cryptography sit beside them, the reason this scheme uses PyNaCl.
 
     python -m bench -w signing            # in the bench table
     python -m bench._signing --trials 3   # on its own
@@ -15,6 +17,8 @@ sit beside them, the reason this scheme uses PyNaCl.
 from __future__ import annotations
 
 import argparse
+import hmac
+import secrets
 import statistics
 import time
 import uuid
@@ -29,7 +33,14 @@ from bench._harness import Metric, table
 from immortal._codec import encode_args
 from immortal._names import Names
 from immortal._wire import StartWorkflow, encode
-from immortal.security.signing import Signer, SigningKey, parse_signature, verify_signature
+from immortal.security.sessions import Session
+from immortal.security.signing import (
+    Signer,
+    SigningKey,
+    parse_signature,
+    signature_base,
+    verify_signature,
+)
 
 MetricFactory = Callable[[str, str, str], Metric]
 N = 2_000  # operations per trial
@@ -59,6 +70,16 @@ def measure(metric: MetricFactory, *, trials: int = 3) -> dict[str, Any]:
         params, signature = found
         assert verify_signature(verify_key, subject, body, headers, params, signature)
 
+    session = Session(secrets.token_urlsafe(16), secrets.token_bytes(32), key.key_id, 1e12)
+    maced = signer.mac(session, subject, body, plain)
+
+    def check_mac() -> None:
+        found = parse_signature(maced)
+        assert found is not None
+        params, tag = found
+        base = signature_base(subject, body, maced, params)
+        assert hmac.compare_digest(hmac.digest(session.key, base, "sha256"), tag)
+
     base = b"x" * 400  # about a signature base's size
     nacl_sig = NaclKey(key.seed).sign(base).signature
     crypto_key = Ed25519PrivateKey.from_private_bytes(key.seed)
@@ -66,6 +87,8 @@ def measure(metric: MetricFactory, *, trials: int = 3) -> dict[str, Any]:
     timed: list[tuple[str, Callable[[], object]]] = [
         ("signing: sign an input", lambda: signer.sign(subject, body, plain)),
         ("signing: check an input (hub CPU)", check),
+        ("signing: MAC an input (session)", lambda: signer.mac(session, subject, body, plain)),
+        ("signing: check a MAC (hub CPU)", check_mac),
         ("signing: Ed25519 verify, PyNaCl", lambda: verify_key.verify(base, nacl_sig)),
         ("signing: Ed25519 verify, cryptography", lambda: crypto_pub.verify(crypto_sig, base)),
     ]
