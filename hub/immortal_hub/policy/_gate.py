@@ -34,6 +34,7 @@ from immortal._errors import PayloadError
 from immortal._inputs import denied_reply
 from immortal._names import Names, decode_token
 from immortal._wire import ActivityResult, ActivityTask, Failure, RunState, StartWorkflow
+from immortal.codec import is_sealed
 from immortal.policy import Decision, PolicyPrincipal, Resource
 from immortal.security import HUB_PID
 from immortal_hub._emissions import Emission
@@ -161,12 +162,14 @@ class PolicyGate:
 
     async def _resource_of(self, tenant: str, queue: str, body: Any) -> Resource | None:
         if isinstance(body, StartWorkflow):
+            fields, unreadable = input_fields(body.input)
             return Resource(
                 tenant=tenant,
                 queue=queue,
                 workflow_type=body.workflow_type,
                 workflow_id=body.workflow_id,
-                input=input_fields(body.input),
+                input=fields,
+                input_unreadable=unreadable,
             )
         state = await self._load_state(tenant, body.workflow_id, body.run_id)
         if state is None and getattr(body, "pending_start", False):
@@ -312,17 +315,30 @@ class PolicyGate:
             )
 
 
-def input_fields(data: bytes) -> dict[str, Any]:
-    """What ``input.<name>`` reads: the workflow's first argument when it is a mapping (a
-    dataclass or model arrives as its fields), else ``{"args": [...]}``; an input the hub
-    cannot read (encrypted) offers nothing."""
+SEALED_INPUT = "the input is encrypted and the hub holds no key"
+
+
+def input_fields(data: bytes) -> tuple[dict[str, Any], str | None]:
+    """What ``input.<name>`` reads, and why other fields cannot be read: the workflow's
+    first argument when it is a mapping (a dataclass or model arrives as its fields), else
+    ``{"args": [...]}``; an input the hub cannot read (encrypted) offers nothing. A rule
+    that reads a field not offered then refuses (``Resource.input_unreadable``): for an
+    encrypted input, and for arguments of which some are mappings (the field may be in
+    one of them); arguments with no mapping among them have no fields to miss."""
+    if is_sealed(data):
+        return {}, SEALED_INPUT
     try:
         raw = unpack(data)
     except PayloadError:
-        return {}
+        return {}, "the input cannot be read (it is not msgpack)"
     if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], dict):
-        return {str(k): v for k, v in raw[0].items()}
-    return {"args": raw} if isinstance(raw, list) else {}
+        return {str(k): v for k, v in raw[0].items()}, None
+    if isinstance(raw, list):
+        if any(isinstance(arg, dict) for arg in raw):
+            why = f"the input is {len(raw)} arguments, not one mapping (rules read input.args)"
+            return {"args": raw}, why
+        return {"args": raw}, None
+    return {}, "the input cannot be read (it is not a list of arguments)"
 
 
 _FACETS = ("queue", "workflow_type", "workflow_id", "activity_type", "schedule_id", "status")
