@@ -49,6 +49,7 @@ from immortal._jetstream import (
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._queues import QueueStats, queue_stats
+from immortal._refusals import find_refusal, watch_refusal
 from immortal._schedules import Schedules
 from immortal._tenants import Retention, read_retention, write_retention
 from immortal._timers import seconds
@@ -502,11 +503,16 @@ class WorkflowHandle(Generic[R]):
 
         # Subscribe before reading, so an append between the two cannot be missed.
         sub = await nc.subscribe(self._subject, cb=on_append)
+        refusals = await watch_refusal(
+            nc, self.client.names, self.client.tenant, self.run_id, updates
+        )
         self.client._waiting.add(updates)
         try:
             transition = await self._last_transition()
             look_after = _LOOK_AGAIN_S
             while transition is None or not transition.state.status.closed:
+                if transition is None:  # a start refused after it waited in IMM_IN?
+                    await self._raise_if_refused()
                 # Core messages are not stored: one published while we reconnected to
                 # another node is lost (the client then puts b"" in the queue), and the
                 # first read may have come from a replica not yet up to date. So look
@@ -533,6 +539,14 @@ class WorkflowHandle(Generic[R]):
         finally:
             self.client._waiting.discard(updates)
             await sub.unsubscribe()
+            if refusals is not None:
+                await refusals.unsubscribe()
+
+    async def _raise_if_refused(self) -> None:
+        client = self.client
+        refused = await find_refusal(client.nc, client.names, client.tenant, self.run_id)
+        if refused is not None:
+            raise refused
 
     def _at(self, field: str) -> Binding:
         return Binding(self.client.tenant, self.workflow_id, self.run_id, field)

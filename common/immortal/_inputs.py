@@ -40,6 +40,7 @@ __all__ = [
     "StaleInput",
     "denied_reply",
     "find_queued_start",
+    "policy_denied",
     "send_input",
 ]
 
@@ -149,7 +150,7 @@ async def _by_request(
         reason = reply.data[len(REJECTED) :].decode(errors="replace").strip()
         raise refusal_in(reason) or PayloadError(reason)
     if reply.data.startswith(DENIED):
-        raise _policy_denied(reply.data[len(DENIED) :])
+        raise policy_denied(reply.data[len(DENIED) :])
     return False, None  # busy, or the hub failed: the durable path
 
 
@@ -159,7 +160,8 @@ def denied_reply(reason: str, rule_ids: tuple[str, ...], policy_version: int) ->
     return DENIED + json.dumps(body).encode()
 
 
-def _policy_denied(data: bytes) -> PolicyDeniedError:
+def policy_denied(data: bytes) -> PolicyDeniedError:
+    """The error for the body of a ``denied:`` reply (or a stored refusal)."""
     try:
         body = json.loads(data)
         return PolicyDeniedError(

@@ -95,11 +95,18 @@ def _reader(names: Names, t: str, pid: str) -> Grants:
             )
         ),
         names.read_subject(t, pid),
+        # Its own starts refused after they waited in IMM_IN (immortal._refusals).
+        _direct(names.stream_audit, names.refusal_subject(t, pid, ">")),
     ]
     return Grants(
         pub=reads,
         # Its inbox; live history (result(), follow) and log lines, as notifications.
-        sub=[f"{inbox_prefix(pid)}.>", f"{p}.hist.{t}.>", f"{p}.log.{t}.>"],
+        sub=[
+            f"{inbox_prefix(pid)}.>",
+            f"{p}.hist.{t}.>",
+            f"{p}.log.{t}.>",
+            names.refusal_subject(t, pid, ">"),
+        ],
     )
 
 

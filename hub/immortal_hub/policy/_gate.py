@@ -33,6 +33,7 @@ from immortal._codec import unpack
 from immortal._errors import PayloadError
 from immortal._inputs import denied_reply
 from immortal._names import Names, decode_token
+from immortal._refusals import store_refusal
 from immortal._wire import ActivityResult, ActivityTask, Failure, RunState, StartWorkflow
 from immortal.codec import is_sealed
 from immortal.policy import Decision, PolicyPrincipal, Resource
@@ -159,6 +160,14 @@ class PolicyGate:
         if kind != "start":
             await self._apply_refused(tenant, queue, kind, RefusedInput(kind, body, decision))
         return denied_reply(decision.reason, decision.rule_ids, decision.policy_version)
+
+    async def tell_sender(self, tenant: str, kind: str, body: Any, denied: bytes) -> None:
+        """A start refused after it waited in ``IMM_IN`` has no request to answer: its
+        refusal is stored where its sender's ``result()`` looks (``immortal._refusals``)."""
+        sender = str((body.by or {}).get("pid") or "")
+        if kind != "start" or not sender:
+            return  # a refused signal or cancel is in its run's history
+        await store_refusal(self.log.nc, self.names, tenant, sender, body.run_id, denied)
 
     async def _resource_of(self, tenant: str, queue: str, body: Any) -> Resource | None:
         if isinstance(body, StartWorkflow):
