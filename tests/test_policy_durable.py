@@ -76,6 +76,6 @@ async def test_a_start_refused_after_it_waited_in_imm_in_ends_its_result(
             async with Client(stack.url, security=bob) as other:
                 subject = other.names.refusal_subject("acme", ann_pid, handle.run_id)
                 with pytest.raises(PermissionDeniedError, match="not permitted"):
-                    await last_message(other.nc, other.names.stream_audit, subject)
+                    await last_message(other.nc, other.names.stream_audit, subject, relay=False)
         finally:
             await hub.stop()

@@ -55,7 +55,7 @@ def test_public_api_is_pinned() -> None:
         "Decision", "ENGINE_NAMES", "Explanation", "PolicyDocument", "PolicyEngine", "PolicyError",
         "PolicyPrincipal", "PrincipalLike", "Resource", "Rule", "RuleTrace", "StoredPolicy", "expand_actions",
         "load_cases", "load_policy", "make_engine", "parse_input", "parse_policy", "parse_principal",
-        "parse_resource", "policy_key", "read_policy", "render_explanation", "render_policy", "run_cases",
+        "parse_resource", "policy_key", "read_policy", "reads_every_run", "render_explanation", "render_policy", "run_cases",
         "write_policy",
     ]  # fmt: skip
     for engine in (BuiltinEngine(ACME), CedarEngine(ACME)):

@@ -42,6 +42,7 @@ from immortal._jetstream import (
     StoredMsg,
     kv_scan,
     last_message,
+    live_subscribe,
     read_subject,
     require_jetstream,
     tail,
@@ -502,7 +503,7 @@ class WorkflowHandle(Generic[R]):
             updates.put_nowait(msg.data)
 
         # Subscribe before reading, so an append between the two cannot be missed.
-        sub = await nc.subscribe(self._subject, cb=on_append)
+        sub = await live_subscribe(nc, self._subject, on_append)  # None: reads only
         refusals = await watch_refusal(
             nc, self.client.names, self.client.tenant, self.run_id, updates
         )
@@ -528,7 +529,7 @@ class WorkflowHandle(Generic[R]):
                 # After a reconnect, soon again too: our interest may not have reached
                 # every node yet when we looked.
                 look_after = _LOOK_AGAIN_S if data == b"" else look_after * 2
-                look_after = min(look_after, _LOOK_AGAIN_MAX_S)
+                look_after = min(look_after, _LOOK_AGAIN_MAX_S if sub else _LOOK_AGAIN_S)
                 transition = await self._last_transition()
             events = transition.events
             if not any(e.type in CLOSING_EVENTS for e in events):
@@ -538,7 +539,8 @@ class WorkflowHandle(Generic[R]):
             return events
         finally:
             self.client._waiting.discard(updates)
-            await sub.unsubscribe()
+            if sub is not None:
+                await sub.unsubscribe()
             if refusals is not None:
                 await refusals.unsubscribe()
 

@@ -23,7 +23,7 @@ from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from immortal._requests import Requests
-from immortal.security.connection import read_relay
+from immortal.security.connection import direct_withheld, read_relay, withhold_direct
 from immortal.security.errors import PermissionDeniedError
 from immortal.security.violations import violation_for
 
@@ -37,6 +37,7 @@ __all__ = [
     "kv_scan",
     "last_message",
     "last_per_subject",
+    "live_subscribe",
     "read_newest",
     "read_since",
     "read_subject",
@@ -85,21 +86,64 @@ def is_wrong_last_sequence(exc: BaseException) -> bool:
 
 
 async def last_message(
-    nc: NATS, stream: str, subject: str, *, timeout: float = 5.0, leader: bool = False
+    nc: NATS,
+    stream: str,
+    subject: str,
+    *,
+    timeout: float = 5.0,
+    leader: bool = False,
+    relay: bool = True,
 ) -> StoredMsg | None:
     """The newest message on ``subject`` by direct get, or ``None``.
 
     Any replica answers a direct get, and a follower may not have applied the newest
     writes yet. ``leader=True`` asks the stream's leader instead (the message-get API), for
-    decisions that must see everything stored so far.
+    decisions that must see everything stored so far. A direct get the broker refuses a
+    tenant's connection (its policy lets it read only some runs) is asked of the hubs'
+    read relay, which decides the run, unless ``relay=False``.
     """
     if leader:
         return await _leader_last(nc, stream, subject, timeout)
+    relayed = relay and read_relay(nc, subject) is not None
+    if relayed and direct_withheld(nc, stream):
+        return await _last_by_relay(nc, stream, subject, timeout)
     # Timer-free, and refused at once when the broker does not permit it.
-    resp = await Requests.of(nc).request(
-        f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout
-    )
+    try:
+        resp = await Requests.of(nc).request(
+            f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout
+        )
+    except PermissionDeniedError:
+        if not relayed:
+            raise
+        # The tenant's policy lets this principal read only some runs: the relay decides
+        # each (``permissions.DECIDED_READS``).
+        withhold_direct(nc, stream)
+        return await _last_by_relay(nc, stream, subject, timeout)
     return _lift(resp.headers or {}, resp.data)
+
+
+async def _last_by_relay(nc: NATS, stream: str, subject: str, timeout: float) -> StoredMsg | None:
+    """The newest message on ``subject`` by a batched read, which the relay forwards."""
+    newest = None
+    async for msg in _direct(nc, stream, {"multi_last": [subject], "batch": _MULTI_MAX}, timeout):
+        if newest is None or msg.seq > newest.seq:
+            newest = msg
+    return newest
+
+
+async def live_subscribe(nc: NATS, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Any:
+    """A core subscription to ``subject``'s notifications, or None when the broker refuses
+    it (a tenant's policy left this principal's reads to the relay): the caller then
+    reads, rather than waits to be told."""
+    sub = await nc.subscribe(subject, cb=cb)
+    if read_relay(nc, subject) is None:
+        return sub  # a connection the broker does not keep in one tenant
+    await nc.flush()  # the server reports a refused subscription before the PONG
+    if violation_for(nc, subject) is None:
+        return sub
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
+    return None
 
 
 async def _leader_last(nc: NATS, stream: str, subject: str, timeout: float) -> StoredMsg | None:
@@ -279,7 +323,7 @@ async def _follow_by_reads(
     async def notice(_: object) -> None:
         stored.set()
 
-    sub = await nc.subscribe(subject, cb=notice)
+    sub = await live_subscribe(nc, subject, notice)  # None: withheld, a read each second
     try:
         while True:
             stored.clear()
@@ -290,8 +334,9 @@ async def _follow_by_reads(
                 async with asyncio.timeout(1.0):
                     await stored.wait()
     finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 async def kv_scan(nc: NATS, bucket: str, keys: str) -> list[tuple[str, bytes]]:

@@ -219,6 +219,16 @@ def _settle(blind: list[CompiledRule], req: RequestFacts, allowed: bool) -> Deci
     return None
 
 
+def candidates(index: ActionIndex, req: RequestFacts) -> list[CompiledRule]:
+    """The rules of ``index`` that can apply to ``req``'s principal (see ``_candidates``)."""
+    return _candidates(index, req)
+
+
+def outcome(rule: CompiledRule, req: RequestFacts) -> int:
+    """How far ``rule`` got for ``req``: ``APPLIES``, ``NOT_WHO``, ... (see ``_outcome``)."""
+    return _outcome(rule, req)
+
+
 def _candidates(index: ActionIndex, req: RequestFacts) -> list[CompiledRule]:
     """The rules that can apply to this principal: the ones naming no one, and the ones
     naming one of its roles, groups or itself. Every other rule fails at "who"."""

@@ -19,15 +19,20 @@ from immortal.security.tls import TlsFiles
 
 __all__ = [
     "ConnectSecurity",
+    "direct_withheld",
     "is_secure",
     "read_relay",
     "relays_reads",
     "remember_sender",
     "sender_of",
+    "withhold_direct",
 ]
 
 _senders: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _relayed: weakref.WeakSet[Any] = weakref.WeakSet()  # connections whose reads go via hubs
+# connection -> streams whose direct gets the broker refused it (a tenant's policy left
+# them to the relay, ``permissions.DECIDED_READS``): asked through the relay from then on
+_withheld: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 # token -> (config, principal): a token's claims read once (bounded by tokens in use)
 _principals: dict[str, tuple[AuthConfig | None, Principal]] = {}
 
@@ -143,3 +148,13 @@ def read_relay(nc: Any, subject: str) -> str | None:
         return None
     prefix = parts[1].split("-", 1)[0] if parts[0] == "$KV" else parts[0]
     return f"{prefix}.read.{parts[2]}.{sender_of(nc)}"
+
+
+def direct_withheld(nc: Any, stream: str) -> bool:
+    """Whether the broker refused this connection a direct get on ``stream`` before."""
+    return stream in _withheld.get(nc, ())
+
+
+def withhold_direct(nc: Any, stream: str) -> None:
+    """Remember that the broker refuses this connection direct gets on ``stream``."""
+    _withheld.setdefault(nc, set()).add(stream)
