@@ -5,13 +5,19 @@ policy: ``deny when input.amount > 10000`` cannot be slipped past by sealing the
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from immortal import Client
-from immortal.codec import AesGcmCodec, KeyRing
+from immortal import ApplicationError, Client, EventType, PayloadError, WorkflowFailedError
+from immortal._codec import encode_args
+from immortal._inputs import send_input
+from immortal._wire import StartWorkflow, encode
+from immortal.codec import AesGcmCodec, Binding, KeyRing
+from immortal.codec._fields import INPUT
+from immortal.codec._sealing import seal
 from immortal.security import PolicyDeniedError
 from immortal_hub import Hub
 from immortal_worker import Worker
@@ -109,3 +115,55 @@ async def test_a_deny_rule_on_a_sealed_input_field_fails_closed_and_says_why(
         "sealed-small",
     ]
     assert all(d.rule_ids == ["r-clerk-limit"] and "encrypted" in d.message for d in denies)
+
+
+async def test_revealed_fields_let_the_policy_decide_and_the_worker_holds_them_to_it(
+    sealed_stack: tuple[SecureStack, Hub],
+) -> None:
+    stack, hub = sealed_stack
+    await apply(stack, LIMITS, hub)
+    clerk = stack.security("carl", ["acme:writer"], groups=["clerks"])
+    async with Client(stack.url, security=clerk, codec=_codec()) as carl:
+        # Revealed, the amount decides: a small one runs, a large one is refused by the
+        # limit, with the limit's own reason.
+        small = await carl.start(
+            refund, {"amount": 500}, id="shown-small", policy_input={"amount": 500}
+        )
+        assert await asyncio.wait_for(small.result(), 30) == "refunded 500"
+        started = (await small.history())[0]
+        assert started.attrs["policy_input"] == {"amount": 500}  # recorded, in plaintext
+        with pytest.raises(PolicyDeniedError) as refused:
+            await carl.start(
+                refund, {"amount": 12_000}, id="shown-big", policy_input={"amount": 12_000}
+            )
+        assert str(refused.value).startswith("denied: input.amount 12,000 exceeds the 10,000 limit")
+        # The client refuses to reveal what the input does not say.
+        with pytest.raises(PayloadError, match=r"reveals amount as 500, but the input has 12000"):
+            await carl.start(refund, {"amount": 12_000}, id="lie", policy_input={"amount": 500})
+
+        # A sender that lies anyway (not through Client.start): the policy allows on the
+        # revealed 500, and the worker fails the run before the workflow code runs.
+        run_id = uuid.uuid4().hex
+        body = StartWorkflow(
+            workflow_id="forged",
+            run_id=run_id,
+            workflow_type="refund",
+            input=seal(
+                _codec(),
+                Binding("acme", "forged", run_id, INPUT),
+                encode_args([{"amount": 12_000}]),
+            ),
+            policy_input={"amount": 500},
+        )
+        await send_input(
+            carl.nc, carl.names, "acme", "default", "start", encode(body), msg_id=f"start:{run_id}"
+        )
+        forged = await carl.get_handle("forged", run_id)
+        with pytest.raises(WorkflowFailedError) as failed:
+            await asyncio.wait_for(forged.result(), 30)
+        cause = failed.value.cause
+        assert isinstance(cause, ApplicationError) and cause.type == "PolicyInputMismatch"
+        assert cause.message == "policy_input reveals amount as 500, but the input has 12000"
+        assert cause.non_retryable
+        kinds = [e.type for e in await forged.history()]
+        assert EventType.ACTIVITY_SCHEDULED not in kinds  # no workflow code ran

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -51,6 +51,7 @@ from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._queues import QueueStats, queue_stats
 from immortal._refusals import find_refusal, watch_refusal
+from immortal._revealed import revealed_fields
 from immortal._schedules import Schedules
 from immortal._tenants import Retention, read_retention, write_retention
 from immortal._timers import seconds
@@ -202,6 +203,7 @@ class Client:
         id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_AFTER_CLOSE,
         execution_timeout: float | timedelta | None = None,
         run_timeout: float | timedelta | None = None,
+        policy_input: Mapping[str, Any] | None = None,
     ) -> WorkflowHandle[Any]:
         """Start a run of ``workflow`` (a decorated function or its registered name).
 
@@ -212,6 +214,8 @@ class Client:
         ``execution_timeout`` fails the run (``WorkflowTimeout``) if it is still open by then;
         ``run_timeout`` bounds one run (``WorkflowRunTimeout``): the same thing until a
         workflow continues as new, which starts a new run with its own clock.
+        ``policy_input`` reveals fields of a sealed input to the tenant's policy, in
+        plaintext (``{"amount": 12_000}``); the worker fails the run if they differ.
         """
         auth.require_write(self.security, "start workflows")
         if isinstance(workflow, str):
@@ -220,6 +224,7 @@ class Client:
             defn = workflow_definition(workflow)
             name, result_type = defn.name, defn.return_type
         encoded = encode_args(args)  # too large: raise before anything is claimed or said
+        revealed = None if policy_input is None else revealed_fields(policy_input, encoded)
         workflow_id = id or str(uuid.uuid4())
         run_id = uuid.uuid4().hex
         claim = f"key:{idempotency_key}" if idempotency_key else (f"id:{id}" if id else None)
@@ -247,6 +252,7 @@ class Client:
             input=seal(codec, Binding(self.tenant, workflow_id, run_id, INPUT), encoded),
             execution_timeout=seconds(execution_timeout),
             run_timeout=seconds(run_timeout),
+            policy_input=revealed,
         )
         await send_input(
             self.nc, self.names, self.tenant, queue, "start", encode(body), msg_id=f"start:{run_id}"

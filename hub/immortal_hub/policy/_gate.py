@@ -171,7 +171,7 @@ class PolicyGate:
 
     async def _resource_of(self, tenant: str, queue: str, body: Any) -> Resource | None:
         if isinstance(body, StartWorkflow):
-            fields, unreadable = input_fields(body.input)
+            fields, unreadable = input_fields(body.input, body.policy_input)
             return Resource(
                 tenant=tenant,
                 queue=queue,
@@ -327,14 +327,20 @@ class PolicyGate:
 SEALED_INPUT = "the input is encrypted and the hub holds no key"
 
 
-def input_fields(data: bytes) -> tuple[dict[str, Any], str | None]:
+def input_fields(
+    data: bytes, revealed: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], str | None]:
     """What ``input.<name>`` reads, and why other fields cannot be read: the workflow's
     first argument when it is a mapping (a dataclass or model arrives as its fields), else
     ``{"args": [...]}``; an input the hub cannot read (encrypted) offers nothing. A rule
     that reads a field not offered then refuses (``Resource.input_unreadable``): for an
     encrypted input, and for arguments of which some are mappings (the field may be in
-    one of them); arguments with no mapping among them have no fields to miss."""
+    one of them); arguments with no mapping among them have no fields to miss. Of a
+    sealed input, the fields its start reveals (``immortal._revealed``) are read."""
     if is_sealed(data):
+        if revealed:
+            shown = ", ".join(f"input.{k}" for k in sorted(revealed))
+            return dict(revealed), f"{SEALED_INPUT} (the start reveals only {shown})"
         return {}, SEALED_INPUT
     try:
         raw = unpack(data)
