@@ -13,6 +13,7 @@ import pytest
 from immortal import Client, EventType
 from immortal._jetstream import live_subscribe
 from immortal._names import Names
+from immortal.policy import BuiltinEngine, PolicyPrincipal, parse_policy, reads_every_run
 from immortal.security import PermissionDeniedError, Principal, grants_for
 from immortal_hub import Hub
 from tests.security_fixtures import SecureStack
@@ -105,3 +106,51 @@ def test_withheld_reads_leave_the_live_subjects_and_direct_gets_out() -> None:
         subject="w", tenant="T", roles=frozenset({"worker"}), queues=("Q",), pid="PID"
     )
     assert grants_for(worker, names, withheld=("workflow.read",)) == grants_for(worker, names)
+
+
+READERS = """
+tenant: acme
+version: 2
+relations:
+  - user:olga owner workflow:w-1
+rules:
+  - {id: r-all, effect: allow, roles: [writer], actions: [workflow.read]}
+  - {id: r-ops, effect: allow, groups: [ops], actions: [workflow.read]}
+  - {id: r-not-secret, effect: deny, groups: [ops], actions: [workflow.read], resources: {workflow_id: "secret-*"}}
+  - {id: r-public, effect: allow, roles: [reader], actions: [workflow.read], resources: {workflow_id: "public-*"}}
+  - {id: r-day, effect: allow, groups: [day], actions: [workflow.read], when: "9 <= context.hour < 18"}
+  - {id: r-owner, effect: allow, relation: principal owner resource.workflow, actions: [workflow.read]}
+  - {id: r-clearance, effect: allow, groups: [cleared], actions: [workflow.read], when: principal.attributes.level >= 3}
+"""
+
+
+@pytest.mark.parametrize(
+    ("who", "every_run"),
+    [
+        (PolicyPrincipal(subject="w", tenant="acme", roles=("writer",)), True),
+        # Allowed everywhere but one deny rule names them: it may refuse some run.
+        (PolicyPrincipal(subject="o", tenant="acme", groups=("ops",)), False),
+        (PolicyPrincipal(subject="r", tenant="acme", roles=("reader",)), False),  # a pattern
+        (PolicyPrincipal(subject="d", tenant="acme", groups=("day",)), False),  # the time
+        (PolicyPrincipal(subject="olga", tenant="acme"), False),  # a relation to one run
+        (
+            PolicyPrincipal(
+                subject="c", tenant="acme", groups=("cleared",), attributes={"level": 4}
+            ),
+            True,
+        ),
+        (
+            PolicyPrincipal(
+                subject="c", tenant="acme", groups=("cleared",), attributes={"level": 1}
+            ),
+            False,
+        ),
+        (PolicyPrincipal(subject="w", tenant="beta", roles=("writer",)), False),  # another tenant
+    ],
+)
+def test_reads_every_run_only_when_nothing_about_the_run_could_refuse(
+    who: PolicyPrincipal, every_run: bool
+) -> None:
+    policy = BuiltinEngine(parse_policy(READERS)).policy
+    assert reads_every_run(policy, who, "workflow.read") is every_run
+    assert reads_every_run(policy, who, "logs.read") is False  # no rule covers it
