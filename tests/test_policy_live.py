@@ -154,3 +154,44 @@ def test_reads_every_run_only_when_nothing_about_the_run_could_refuse(
     policy = BuiltinEngine(parse_policy(READERS)).policy
     assert reads_every_run(policy, who, "workflow.read") is every_run
     assert reads_every_run(policy, who, "logs.read") is False  # no rule covers it
+
+
+NO_SECRETS = """
+tenant: acme
+version: 1
+rules:
+  - {id: r-writers, effect: allow, roles: [writer], actions: ["workflow.*", logs.read]}
+  - {id: r-ops, effect: allow, groups: [ops], actions: [workflow.read]}
+  - {id: r-no-secrets, effect: deny, groups: [ops], actions: [workflow.read], resources: {workflow_id: "secret-*"}}
+"""
+
+
+@pytest.mark.parametrize("stack", ["builtin"], indirect=True)
+async def test_a_read_across_runs_needs_every_run_not_just_some(
+    running: tuple[SecureStack, Hub],  # noqa: F811
+) -> None:
+    secure, hub = running
+    await apply(secure, NO_SECRETS, hub)
+    async with Client(secure.url, security=secure.security("ann", ["acme:writer"])) as ann:
+        for wid in ("plain-1", "secret-1"):
+            assert (
+                await asyncio.wait_for((await ann.start(three_step, 1, id=wid)).result(), 30) == 3
+            )
+        seen = {wid async for _, wid, _, _ in ann.events()}
+        assert seen == {"plain-1", "secret-1"}  # a reader of every run reads them in bulk
+    ops = secure.security("otto", ["acme:reader"], groups=["ops"])
+    async with Client(secure.url, security=ops) as otto:
+        assert (await (await otto.get_handle("plain-1")).history())[
+            0
+        ].type is EventType.WORKFLOW_STARTED
+        with pytest.raises(PermissionDeniedError, match=r"\(rule r-no-secrets, policy v1\)"):
+            await otto.get_handle("secret-1")
+        # In bulk, the secret run would come along: refused, with why.
+        with pytest.raises(
+            PermissionDeniedError, match=r"workflow\.read of every run of tenant acme"
+        ):
+            _ = [e async for e in otto.events()]
+        with pytest.raises(
+            PermissionDeniedError, match=r"workflow\.read of every run of tenant acme"
+        ):
+            await otto.list_workflows()

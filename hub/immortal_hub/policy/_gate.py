@@ -36,8 +36,9 @@ from immortal._names import Names, decode_token
 from immortal._refusals import store_refusal
 from immortal._wire import ActivityResult, ActivityTask, Failure, RunState, StartWorkflow
 from immortal.codec import is_sealed
-from immortal.policy import Decision, PolicyPrincipal, Resource
+from immortal.policy import Decision, PolicyPrincipal, Resource, reads_every_run
 from immortal.security import HUB_PID
+from immortal.security.permissions import DECIDED_READS
 from immortal_hub._emissions import Emission
 from immortal_hub.policy._decision_log import DecisionLog
 from immortal_hub.policy._refused import RefusedInput
@@ -254,6 +255,8 @@ class PolicyGate:
                 workflow_id = decode_token(parts[id_token])
             resource = Resource(tenant=tenant, workflow_id=workflow_id)
             decision = policy.engine.decide(principal, action, resource)
+            if decision.allow and workflow_id is None and action in DECIDED_READS:
+                decision = _across_runs(decision, policy, principal, action)
             if not decision.allow or self._first_read(sender, action, workflow_id, decision):
                 self._log(tenant, record, action, resource, decision, None)
             if not decision.allow:
@@ -362,6 +365,25 @@ _FACETS = ("queue", "workflow_type", "workflow_id", "activity_type", "schedule_i
 def _facets(resource: Resource) -> dict[str, Any]:
     """What an audit record says the decision was about (never the input)."""
     return {k: v for k in _FACETS if (v := getattr(resource, k)) is not None}
+
+
+def _across_runs(
+    decision: Decision, policy: TenantPolicy, principal: PolicyPrincipal, action: str
+) -> Decision:
+    """A read of every run (a wildcard filter: ``events()``, the runs index) is allowed
+    only to a principal the policy lets read every run: a rule that allows "a run" with
+    a deny rule on ``secret-*`` beside it must not read the secret runs in bulk."""
+    if reads_every_run(policy.compiled, principal, action):
+        return decision
+    return Decision(
+        allow=False,
+        reason=(
+            f"denied: {action} of every run of tenant {principal.tenant} needs a rule "
+            f"allowing it on all of them and no deny rule naming {principal.subject}; "
+            f"read the runs one by one (policy v{policy.version})"
+        ),
+        policy_version=policy.version,
+    )
 
 
 def _principal(record: Mapping[str, Any], tenant: str) -> PolicyPrincipal:
