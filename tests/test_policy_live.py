@@ -38,6 +38,9 @@ rules:
 """
 
 
+HIST, LOGS = Names("imm").stream_history, Names("imm").stream_logs
+
+
 async def _nothing(_: Any) -> None:
     return None
 
@@ -54,13 +57,13 @@ async def test_a_reader_of_some_runs_follows_them_through_the_relay_and_no_other
                 await asyncio.wait_for((await ann.start(three_step, 1, id=wid)).result(), 30) == 3
             )
         # Ann may read every run: she keeps the live subjects.
-        assert await live_subscribe(ann.nc, "imm.hist.acme.>", _nothing) is not None
+        assert await live_subscribe(ann.nc, HIST, "imm.hist.acme.>", _nothing) is not None
         waiting_run = await ann.start(waits_for_go, 2, id="mine-2")
 
         async with Client(secure.url, security=secure.security("rita", ["acme:reader"])) as rita:
             # Rita may read two runs only: the broker refuses her the tenant's live subjects.
-            assert await live_subscribe(rita.nc, "imm.hist.acme.>", _nothing) is None
-            assert await live_subscribe(rita.nc, "imm.log.acme.>", _nothing) is None
+            assert await live_subscribe(rita.nc, HIST, "imm.hist.acme.>", _nothing) is None
+            assert await live_subscribe(rita.nc, LOGS, "imm.log.acme.>", _nothing) is None
             # Her own runs: found, read and awaited through the relay.
             mine = await rita.get_handle("mine-1")
             assert mine.run_id == (await ann.get_handle("mine-1")).run_id

@@ -509,7 +509,8 @@ class WorkflowHandle(Generic[R]):
             updates.put_nowait(msg.data)
 
         # Subscribe before reading, so an append between the two cannot be missed.
-        sub = await live_subscribe(nc, self._subject, on_append)  # None: reads only
+        history = self.client.names.stream_history
+        sub = await live_subscribe(nc, history, self._subject, on_append)  # None: reads only
         refusals = await watch_refusal(
             nc, self.client.names, self.client.tenant, self.run_id, updates
         )

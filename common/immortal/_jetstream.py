@@ -22,8 +22,14 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from immortal._names import encode_token
 from immortal._requests import Requests
-from immortal.security.connection import direct_withheld, read_relay, withhold_direct
+from immortal.security.connection import (
+    direct_known,
+    direct_withheld,
+    read_relay,
+    withhold_direct,
+)
 from immortal.security.errors import PermissionDeniedError
 from immortal.security.violations import violation_for
 
@@ -119,6 +125,8 @@ async def last_message(
         # each (``permissions.DECIDED_READS``).
         withhold_direct(nc, stream)
         return await _last_by_relay(nc, stream, subject, timeout)
+    if relay:
+        withhold_direct(nc, stream, False)
     return _lift(resp.headers or {}, resp.data)
 
 
@@ -131,19 +139,32 @@ async def _last_by_relay(nc: NATS, stream: str, subject: str, timeout: float) ->
     return newest
 
 
-async def live_subscribe(nc: NATS, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Any:
-    """A core subscription to ``subject``'s notifications, or None when the broker refuses
-    it (a tenant's policy left this principal's reads to the relay): the caller then
-    reads, rather than waits to be told."""
-    sub = await nc.subscribe(subject, cb=cb)
-    if read_relay(nc, subject) is None:
-        return sub  # a connection the broker does not keep in one tenant
-    await nc.flush()  # the server reports a refused subscription before the PONG
-    if violation_for(nc, subject) is None:
-        return sub
-    with contextlib.suppress(Exception):
-        await sub.unsubscribe()
-    return None
+async def live_subscribe(
+    nc: NATS, stream: str, subject: str, cb: Callable[[Msg], Awaitable[None]]
+) -> Any:
+    """A core subscription to ``subject``'s notifications (``<p>.hist.<t>...`` or
+    ``<p>.log.<t>...``, stored in ``stream``), or None when the broker would refuse it:
+    a tenant's policy left this principal's reads of the stream to the relay, and the
+    caller then reads rather than waits to be told. The broker grants the live subjects
+    and the stream's direct gets together, so a direct get of a made-up run says which
+    (an answer either way, where a refused subscription is only an error report)."""
+    if read_relay(nc, subject) is not None and not await _direct_permitted(nc, stream, subject):
+        return None
+    return await nc.subscribe(subject, cb=cb)
+
+
+async def _direct_permitted(nc: NATS, stream: str, subject: str) -> bool:
+    known = direct_known(nc, stream)
+    if known is not None:
+        return known
+    probe = ".".join([*subject.split(".")[:3], encode_token("="), encode_token("=")])
+    try:
+        await last_message(nc, stream, probe, relay=False)
+    except PermissionDeniedError:
+        withhold_direct(nc, stream)
+        return False
+    withhold_direct(nc, stream, False)
+    return True
 
 
 async def _leader_last(nc: NATS, stream: str, subject: str, timeout: float) -> StoredMsg | None:
@@ -323,7 +344,7 @@ async def _follow_by_reads(
     async def notice(_: object) -> None:
         stored.set()
 
-    sub = await live_subscribe(nc, subject, notice)  # None: withheld, a read each second
+    sub = await live_subscribe(nc, stream, subject, notice)  # None: a read each second
     try:
         while True:
             stored.clear()

@@ -115,7 +115,7 @@ class ConditionEnv:
         root, parts = path.root, path.parts
         if root == "input":
             value: Any = self.resource.input
-            why = self.resource.input_unreadable
+            why = getattr(self.resource, "input_unreadable", None)  # any resource-like
             if why is not None and (not isinstance(value, Mapping) or parts[0] not in value):
                 raise InputUnreadable(f"{path.text} cannot be read: {why}")
         elif root == "context":

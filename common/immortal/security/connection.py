@@ -19,7 +19,9 @@ from immortal.security.tls import TlsFiles
 
 __all__ = [
     "ConnectSecurity",
+    "direct_known",
     "direct_withheld",
+    "forget_direct",
     "is_secure",
     "read_relay",
     "relays_reads",
@@ -30,9 +32,10 @@ __all__ = [
 
 _senders: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _relayed: weakref.WeakSet[Any] = weakref.WeakSet()  # connections whose reads go via hubs
-# connection -> streams whose direct gets the broker refused it (a tenant's policy left
-# them to the relay, ``permissions.DECIDED_READS``): asked through the relay from then on
-_withheld: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+# connection -> stream -> whether the broker lets it direct-get the stream (False: the
+# tenant's policy left it to the relay, ``permissions.DECIDED_READS``); forgotten at a
+# reconnect, which may bring other grants
+_direct: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
 # token -> (config, principal): a token's claims read once (bounded by tokens in use)
 _principals: dict[str, tuple[AuthConfig | None, Principal]] = {}
 
@@ -152,9 +155,19 @@ def read_relay(nc: Any, subject: str) -> str | None:
 
 def direct_withheld(nc: Any, stream: str) -> bool:
     """Whether the broker refused this connection a direct get on ``stream`` before."""
-    return stream in _withheld.get(nc, ())
+    return _direct.get(nc, {}).get(stream) is False
 
 
-def withhold_direct(nc: Any, stream: str) -> None:
-    """Remember that the broker refuses this connection direct gets on ``stream``."""
-    _withheld.setdefault(nc, set()).add(stream)
+def direct_known(nc: Any, stream: str) -> bool | None:
+    """Whether the broker lets this connection direct-get ``stream`` (None: not known)."""
+    return _direct.get(nc, {}).get(stream)
+
+
+def withhold_direct(nc: Any, stream: str, withheld: bool = True) -> None:
+    """Remember whether the broker refuses this connection direct gets on ``stream``."""
+    _direct.setdefault(nc, {})[stream] = not withheld
+
+
+def forget_direct(nc: Any) -> None:
+    """A reconnect may bring other grants: find out again."""
+    _direct.pop(nc, None)
