@@ -55,7 +55,7 @@ def test_public_api_is_pinned() -> None:
         "Decision", "ENGINE_NAMES", "Explanation", "PolicyDocument", "PolicyEngine", "PolicyError",
         "PolicyPrincipal", "PrincipalLike", "Resource", "Rule", "RuleTrace", "StoredPolicy", "expand_actions",
         "load_cases", "load_policy", "make_engine", "parse_input", "parse_policy", "parse_principal",
-        "parse_resource", "policy_key", "read_policy", "render_explanation", "render_policy", "run_cases",
+        "parse_resource", "policy_key", "read_policy", "reads_every_run", "render_explanation", "render_policy", "run_cases",
         "write_policy",
     ]  # fmt: skip
     for engine in (BuiltinEngine(ACME), CedarEngine(ACME)):
@@ -249,6 +249,7 @@ _SUBJECTS = [
     "team:ops",
     "team:eng",
 ]
+_SEALED = "the input is encrypted and the hub holds no key"
 _TIMES = [datetime(2026, 12, d, h, 0, tzinfo=UTC) for d in (1, 5) for h in (3, 8, 9, 16, 17, 22)]
 principals = st.builds(
     PolicyPrincipal,
@@ -270,6 +271,7 @@ resources = st.builds(
         st.none(),
         st.just({"currency": "EUR"}),
     ),
+    input_unreadable=st.sampled_from([None, None, _SEALED]),
 )  # fmt: skip
 BUILTIN, CEDAR = BuiltinEngine(ACME), CedarEngine(ACME)
 
@@ -294,6 +296,40 @@ def test_both_engines_decide_alike(
     assert (ours.allow, ours.rule_ids) == (cedars.allow, cedars.rule_ids)
     if ours.rule_ids:  # the same rules decided: the same sentence
         assert ours.reason == cedars.reason
+
+
+@pytest.mark.parametrize("engine", [BUILTIN, CEDAR], ids=["builtin", "cedar"])
+def test_a_rule_reading_an_unreadable_input_refuses_in_both_engines(engine: Any) -> None:
+    clerk, writer = _p("carl", "clerk"), _p("wendy", "writer")
+    sealed = _r(workflow_type="refund", input={}, input_unreadable=_SEALED)
+    # The deny rule on input.amount cannot be skipped as if the field were missing.
+    denied = engine.decide(clerk, "workflow.start", sealed)
+    assert not denied.allow
+    assert denied.rule_ids == ("r-clerk-limit",)
+    assert denied.reason == (
+        "denied: rule r-clerk-limit reads input.amount, but the input is encrypted and the "
+        "hub holds no key (policy v7)"
+    )
+    assert denied.facts == {"input.unreadable": _SEALED, "input.fields": ["input.amount"]}
+    # A request no rule on the input covers is decided as before.
+    assert engine.decide(writer, "workflow.start", sealed).allow
+    # Readable, the same request is decided on its amount.
+    small = _r(workflow_type="refund", input={"amount": 900})
+    assert engine.decide(clerk, "workflow.start", small).allow
+    # An input that is not a mapping offers input.args only.
+    args = _r(workflow_type="refund", input={"args": [12_000]}, input_unreadable="not a map")
+    assert (
+        "reads input.amount, but not a map" in engine.decide(clerk, "workflow.start", args).reason
+    )
+
+
+def test_explain_says_which_rule_read_an_unreadable_input() -> None:
+    sealed = _r(workflow_type="refund", input={}, input_unreadable=_SEALED)
+    explained = BUILTIN.explain(_p("carl", "clerk"), "workflow.start", sealed)
+    assert explained.decision.rule_ids == ("r-clerk-limit",)
+    limit = next(t for t in explained.considered if t.rule_id == "r-clerk-limit")
+    assert not limit.applies
+    assert f"has no value: input.amount cannot be read: {_SEALED}" in limit.detail
 
 
 # -- Cedar specifics -------------------------------------------------------------------

@@ -324,9 +324,10 @@ async def test_history_reads_are_refused_by_the_policy(running: tuple[SecureStac
     async with Client(stack.url, security=stack.security("rita", ["acme:reader"])) as rita:
         public = await rita.get_handle("public-1")
         assert (await public.history())[0].type is EventType.WORKFLOW_STARTED
-        private = await rita.get_handle("private-1")
+        # Rita may not read every run: even the newest message of one goes through the
+        # relay, decided (tests/test_policy_live.py).
         with pytest.raises(PermissionDeniedError, match=r"no rule allows workflow\.read"):
-            await private.history()
+            await rita.get_handle("private-1")
     denies = await audit(stack, [hub], action="workflow.read", decision="deny")
     assert denies and all((d.resource or {}).get("workflow_id") == "private-1" for d in denies)
 

@@ -66,7 +66,8 @@ def test_a_signature_covers_subject_body_headers_and_its_parameters() -> None:
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        (lambda v: v.replace('alg="ed25519"', 'alg="hmac-sha256"'), "is not accepted"),
+        (lambda v: v.replace('alg="ed25519"', 'alg="hmac-md5"'), "is not accepted"),
+        (lambda v: v.replace('alg="ed25519"', 'alg="hmac-sha256"'), "session id goes with"),
         (lambda v: v.replace(";nonce=", ";nonc="), "missing: nonce"),
         (lambda v: v.replace('("@subject" ', "("), "@subject first"),
         (lambda v: v.replace('keyid="k1"', 'keyid="k 1"'), "not a valid key id"),

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -42,6 +42,7 @@ from immortal._jetstream import (
     StoredMsg,
     kv_scan,
     last_message,
+    live_subscribe,
     read_subject,
     require_jetstream,
     tail,
@@ -49,6 +50,8 @@ from immortal._jetstream import (
 from immortal._logs import LogLine, decode_log
 from immortal._names import InputKind, Names, decode_token, encode_token, validate_tenant
 from immortal._queues import QueueStats, queue_stats
+from immortal._refusals import find_refusal, watch_refusal
+from immortal._revealed import revealed_fields
 from immortal._schedules import Schedules
 from immortal._tenants import Retention, read_retention, write_retention
 from immortal._timers import seconds
@@ -200,6 +203,7 @@ class Client:
         id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_AFTER_CLOSE,
         execution_timeout: float | timedelta | None = None,
         run_timeout: float | timedelta | None = None,
+        policy_input: Mapping[str, Any] | None = None,
     ) -> WorkflowHandle[Any]:
         """Start a run of ``workflow`` (a decorated function or its registered name).
 
@@ -210,6 +214,8 @@ class Client:
         ``execution_timeout`` fails the run (``WorkflowTimeout``) if it is still open by then;
         ``run_timeout`` bounds one run (``WorkflowRunTimeout``): the same thing until a
         workflow continues as new, which starts a new run with its own clock.
+        ``policy_input`` reveals fields of a sealed input to the tenant's policy, in
+        plaintext (``{"amount": 12_000}``); the worker fails the run if they differ.
         """
         auth.require_write(self.security, "start workflows")
         if isinstance(workflow, str):
@@ -218,6 +224,7 @@ class Client:
             defn = workflow_definition(workflow)
             name, result_type = defn.name, defn.return_type
         encoded = encode_args(args)  # too large: raise before anything is claimed or said
+        revealed = None if policy_input is None else revealed_fields(policy_input, encoded)
         workflow_id = id or str(uuid.uuid4())
         run_id = uuid.uuid4().hex
         claim = f"key:{idempotency_key}" if idempotency_key else (f"id:{id}" if id else None)
@@ -245,6 +252,7 @@ class Client:
             input=seal(codec, Binding(self.tenant, workflow_id, run_id, INPUT), encoded),
             execution_timeout=seconds(execution_timeout),
             run_timeout=seconds(run_timeout),
+            policy_input=revealed,
         )
         await send_input(
             self.nc, self.names, self.tenant, queue, "start", encode(body), msg_id=f"start:{run_id}"
@@ -501,12 +509,18 @@ class WorkflowHandle(Generic[R]):
             updates.put_nowait(msg.data)
 
         # Subscribe before reading, so an append between the two cannot be missed.
-        sub = await nc.subscribe(self._subject, cb=on_append)
+        history = self.client.names.stream_history
+        sub = await live_subscribe(nc, history, self._subject, on_append)  # None: reads only
+        refusals = await watch_refusal(
+            nc, self.client.names, self.client.tenant, self.run_id, updates
+        )
         self.client._waiting.add(updates)
         try:
             transition = await self._last_transition()
             look_after = _LOOK_AGAIN_S
             while transition is None or not transition.state.status.closed:
+                if transition is None:  # a start refused after it waited in IMM_IN?
+                    await self._raise_if_refused()
                 # Core messages are not stored: one published while we reconnected to
                 # another node is lost (the client then puts b"" in the queue), and the
                 # first read may have come from a replica not yet up to date. So look
@@ -522,7 +536,7 @@ class WorkflowHandle(Generic[R]):
                 # After a reconnect, soon again too: our interest may not have reached
                 # every node yet when we looked.
                 look_after = _LOOK_AGAIN_S if data == b"" else look_after * 2
-                look_after = min(look_after, _LOOK_AGAIN_MAX_S)
+                look_after = min(look_after, _LOOK_AGAIN_MAX_S if sub else _LOOK_AGAIN_S)
                 transition = await self._last_transition()
             events = transition.events
             if not any(e.type in CLOSING_EVENTS for e in events):
@@ -532,7 +546,16 @@ class WorkflowHandle(Generic[R]):
             return events
         finally:
             self.client._waiting.discard(updates)
-            await sub.unsubscribe()
+            if sub is not None:
+                await sub.unsubscribe()
+            if refusals is not None:
+                await refusals.unsubscribe()
+
+    async def _raise_if_refused(self) -> None:
+        client = self.client
+        refused = await find_refusal(client.nc, client.names, client.tenant, self.run_id)
+        if refused is not None:
+            raise refused
 
     def _at(self, field: str) -> Binding:
         return Binding(self.client.tenant, self.workflow_id, self.run_id, field)

@@ -33,7 +33,7 @@ from nats.errors import AuthorizationError, StaleConnectionError
 from nats.errors import Error as NatsError
 
 from immortal._errors import ServerUnreachableError
-from immortal.security.connection import ConnectSecurity, remember_sender
+from immortal.security.connection import ConnectSecurity, forget_direct, remember_sender
 from immortal.security.errors import AuthError
 from immortal.security.signing import attach_signer
 from immortal.security.violations import Violations
@@ -188,6 +188,7 @@ async def _try_connect(
 
     async def reconnected() -> None:
         log.warning("%s: reconnected to NATS at %s", name, _where(nc))
+        forget_direct(nc)  # the new connection's grants may differ (a policy changed)
         if on_reconnect is not None:
             on_reconnect()
 

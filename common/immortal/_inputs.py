@@ -174,7 +174,7 @@ def denied_reply(reason: str, rule_ids: tuple[str, ...], policy_version: int) ->
 
 
 def policy_denied(data: bytes) -> PolicyDeniedError:
-    """The error a ``denied:`` reply's body (after the prefix) stands for."""
+    """The error for the body of a ``denied:`` reply (or a stored refusal)."""
     try:
         body = json.loads(data)
         return PolicyDeniedError(

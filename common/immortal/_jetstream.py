@@ -22,8 +22,14 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from immortal._names import encode_token
 from immortal._requests import Requests
-from immortal.security.connection import read_relay
+from immortal.security.connection import (
+    direct_known,
+    direct_withheld,
+    read_relay,
+    withhold_direct,
+)
 from immortal.security.errors import PermissionDeniedError
 from immortal.security.violations import violation_for
 
@@ -37,6 +43,7 @@ __all__ = [
     "kv_scan",
     "last_message",
     "last_per_subject",
+    "live_subscribe",
     "read_newest",
     "read_since",
     "read_subject",
@@ -85,21 +92,79 @@ def is_wrong_last_sequence(exc: BaseException) -> bool:
 
 
 async def last_message(
-    nc: NATS, stream: str, subject: str, *, timeout: float = 5.0, leader: bool = False
+    nc: NATS,
+    stream: str,
+    subject: str,
+    *,
+    timeout: float = 5.0,
+    leader: bool = False,
+    relay: bool = True,
 ) -> StoredMsg | None:
     """The newest message on ``subject`` by direct get, or ``None``.
 
     Any replica answers a direct get, and a follower may not have applied the newest
     writes yet. ``leader=True`` asks the stream's leader instead (the message-get API), for
-    decisions that must see everything stored so far.
+    decisions that must see everything stored so far. A direct get the broker refuses a
+    tenant's connection (its policy lets it read only some runs) is asked of the hubs'
+    read relay, which decides the run, unless ``relay=False``.
     """
     if leader:
         return await _leader_last(nc, stream, subject, timeout)
+    relayed = relay and read_relay(nc, subject) is not None
+    if relayed and direct_withheld(nc, stream):
+        return await _last_by_relay(nc, stream, subject, timeout)
     # Timer-free, and refused at once when the broker does not permit it.
-    resp = await Requests.of(nc).request(
-        f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout
-    )
+    try:
+        resp = await Requests.of(nc).request(
+            f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout
+        )
+    except PermissionDeniedError:
+        if not relayed:
+            raise
+        # The tenant's policy lets this principal read only some runs: the relay decides
+        # each (``permissions.DECIDED_READS``).
+        withhold_direct(nc, stream)
+        return await _last_by_relay(nc, stream, subject, timeout)
+    if relay:
+        withhold_direct(nc, stream, False)
     return _lift(resp.headers or {}, resp.data)
+
+
+async def _last_by_relay(nc: NATS, stream: str, subject: str, timeout: float) -> StoredMsg | None:
+    """The newest message on ``subject`` by a batched read, which the relay forwards."""
+    newest = None
+    async for msg in _direct(nc, stream, {"multi_last": [subject], "batch": _MULTI_MAX}, timeout):
+        if newest is None or msg.seq > newest.seq:
+            newest = msg
+    return newest
+
+
+async def live_subscribe(
+    nc: NATS, stream: str, subject: str, cb: Callable[[Msg], Awaitable[None]]
+) -> Any:
+    """A core subscription to ``subject``'s notifications (``<p>.hist.<t>...`` or
+    ``<p>.log.<t>...``, stored in ``stream``), or None when the broker would refuse it:
+    a tenant's policy left this principal's reads of the stream to the relay, and the
+    caller then reads rather than waits to be told. The broker grants the live subjects
+    and the stream's direct gets together, so a direct get of a made-up run says which
+    (an answer either way, where a refused subscription is only an error report)."""
+    if read_relay(nc, subject) is not None and not await _direct_permitted(nc, stream, subject):
+        return None
+    return await nc.subscribe(subject, cb=cb)
+
+
+async def _direct_permitted(nc: NATS, stream: str, subject: str) -> bool:
+    known = direct_known(nc, stream)
+    if known is not None:
+        return known
+    probe = ".".join([*subject.split(".")[:3], encode_token("="), encode_token("=")])
+    try:
+        await last_message(nc, stream, probe, relay=False)
+    except PermissionDeniedError:
+        withhold_direct(nc, stream)
+        return False
+    withhold_direct(nc, stream, False)
+    return True
 
 
 async def _leader_last(nc: NATS, stream: str, subject: str, timeout: float) -> StoredMsg | None:
@@ -279,7 +344,7 @@ async def _follow_by_reads(
     async def notice(_: object) -> None:
         stored.set()
 
-    sub = await nc.subscribe(subject, cb=notice)
+    sub = await live_subscribe(nc, stream, subject, notice)  # None: a read each second
     try:
         while True:
             stored.clear()
@@ -290,8 +355,9 @@ async def _follow_by_reads(
                 async with asyncio.timeout(1.0):
                     await stored.wait()
     finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 async def kv_scan(nc: NATS, bucket: str, keys: str) -> list[tuple[str, bytes]]:

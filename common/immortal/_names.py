@@ -268,6 +268,12 @@ class Names:
     def audit_subject(self, tenant: str) -> str:
         return f"{self.prefix}.audit.{tenant}"
 
+    def refusal_subject(self, tenant: str, sender: str, run_id: str = "*") -> str:
+        """Where a hub tells the sender of a start it refused after the start waited in
+        ``IMM_IN`` (``immortal._refusals``); in ``IMM_AUDIT``, beside the decision log."""
+        run = run_id if run_id in ("*", ">") else encode_token(run_id)
+        return f"{self.prefix}.audit.{tenant}.refused.{sender}.{run}"
+
     def parse_input_subject(self, subject: str) -> tuple[str, str, str]:
         """``imm.{in,rpc}.<tenant>.<queue>.<kind>.<sender>`` → (tenant, queue, kind).
 

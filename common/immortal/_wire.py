@@ -413,6 +413,9 @@ class StartWorkflow(_Model):
     # The tenant's policy allowed it: {reason, rule_ids, policy_version}, recorded as the
     # run's PolicyDecision event. Set by the hub, never trusted from the sender.
     decision: dict[str, Any] | None = None
+    # Fields of a sealed input the sender reveals to the policy, in plaintext; the worker
+    # fails the run if the opened input differs (``immortal._revealed``).
+    policy_input: dict[str, Any] | None = None
 
 
 class SignalWorkflow(_Model):

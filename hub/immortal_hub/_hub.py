@@ -437,8 +437,10 @@ class Hub(RpcInputs):
                 return
             tenant, queue, kind, body, _ = admitted  # queued: its nonce was awaited
             try:
-                if await self.policy.refuses(tenant, queue, kind, body) is not None:
-                    await msg.ack()  # refused: in the audit (and the run's history)
+                denied = await self.policy.refuses(tenant, queue, kind, body)
+                if denied is not None:  # in the audit (and the run's history); its sender
+                    await self.policy.tell_sender(tenant, kind, body, denied)  # is told
+                    await msg.ack()
                     return
                 if not await self._dispatch(tenant, queue, kind, body, msg):
                     return

@@ -208,6 +208,8 @@ def apply_start(state: RunState | None, start: StartWorkflow, queue: str, now: i
         extra["schedule_id"] = start.schedule_id
     if start.by is not None:
         extra["by"] = start.by  # who started it (the hub sets it from the sender)
+    if start.policy_input is not None:
+        extra["policy_input"] = start.policy_input  # the worker checks them (_revealed)
     started = b.add(
         EventType.WORKFLOW_STARTED,
         workflow_type=start.workflow_type,

@@ -16,6 +16,7 @@ from typing import Any
 
 from immortal._context import WorkflowInfo
 from immortal._errors import ApplicationError
+from immortal._revealed import mismatch, mismatch_error
 from immortal._wire import EventType, Failure, HistoryEvent
 from immortal.codec import Binding, CiphertextRefusedError, PayloadCodec
 from immortal.codec._fields import (
@@ -67,9 +68,16 @@ class RunSeals:
         h = self.here
         binding = start_binding(h.tenant, h.workflow_id, h.run_id, ev.attrs)
         try:
-            return open_payload(self.codec, binding, ev.attrs.get("input")) or b"\x90"
+            payload = open_payload(self.codec, binding, ev.attrs.get("input")) or b"\x90"
         except CiphertextRefusedError as exc:
             return exc
+        revealed = ev.attrs.get("policy_input")
+        if isinstance(revealed, dict):
+            # The policy decided on these; the code must get what was decided on.
+            why = mismatch(revealed, payload)
+            if why is not None:
+                return mismatch_error(why)
+        return payload
 
     def signal(self, ev: HistoryEvent, run_log: logging.LoggerAdapter[Any]) -> bytes | None:
         """The signal's payload; None if refused (the run goes on without it)."""

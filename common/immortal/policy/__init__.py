@@ -30,6 +30,7 @@ from immortal.policy._document import PolicyDocument, Rule
 from immortal.policy._engine import BuiltinEngine, Explanation, PolicyEngine, RuleTrace
 from immortal.policy._engines import ENGINE_NAMES, make_engine
 from immortal.policy._errors import PolicyError
+from immortal.policy._everywhere import reads_every_run
 from immortal.policy._loader import load_policy, parse_policy
 from immortal.policy._model import Context, Decision, PolicyPrincipal, PrincipalLike, Resource
 from immortal.policy._render import render_explanation, render_policy
@@ -67,6 +68,7 @@ __all__ = [
     "parse_resource",
     "policy_key",
     "read_policy",
+    "reads_every_run",
     "render_explanation",
     "render_policy",
     "run_cases",

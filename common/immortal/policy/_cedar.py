@@ -29,7 +29,7 @@ from immortal.policy._cache import DecisionCache
 from immortal.policy._compile import CompiledPolicy, CompiledRule, RequestFacts
 from immortal.policy._conditions import And, ListOf, Literal, Node, Not, Or, Path
 from immortal.policy._document import PolicyDocument
-from immortal.policy._engine import DEFAULT_CACHE_SIZE, refuse_other_tenant
+from immortal.policy._engine import DEFAULT_CACHE_SIZE, refuse_other_tenant, unreadable_refusal
 from immortal.policy._errors import PolicyError
 from immortal.policy._model import RESOURCE_FACETS, Context, Decision, PrincipalLike, Resource
 from immortal.policy._reasons import allowed, denied_by_default, denied_by_rules
@@ -102,6 +102,9 @@ class CedarEngine:
             self._entities,
         )
         decision = self._decision(req, action, result, omitted)
+        # Cedar skips a rule whose condition erred, as it skips one reading a missing
+        # field; one reading a field of an unreadable input must refuse, in both engines.
+        decision = unreadable_refusal(self.policy, req, action, decision)
         if cacheable:
             self.cache.put(key, decision)
         return decision

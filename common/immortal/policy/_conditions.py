@@ -24,7 +24,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
-__all__ = ["Condition", "ConditionEnv", "Undefined", "format_value", "parse_condition"]
+__all__ = [
+    "Condition", "ConditionEnv", "InputUnreadable", "Undefined", "format_value", "parse_condition",
+]  # fmt: skip
 
 PRINCIPAL_FIELDS = ("subject", "tenant", "roles", "groups", "attributes")
 RESOURCE_FIELDS = (
@@ -37,6 +39,11 @@ _LONG = 2**63
 
 class Undefined(Exception):  # a value, not a failure: the condition has none
     """A condition read a missing name or compared values that do not compare."""
+
+
+class InputUnreadable(Undefined):
+    """A condition read an input field of a request whose input cannot be read (it is
+    encrypted, say): unlike a missing field, the engines refuse rather than skip it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +115,9 @@ class ConditionEnv:
         root, parts = path.root, path.parts
         if root == "input":
             value: Any = self.resource.input
+            why = getattr(self.resource, "input_unreadable", None)  # any resource-like
+            if why is not None and (not isinstance(value, Mapping) or parts[0] not in value):
+                raise InputUnreadable(f"{path.text} cannot be read: {why}")
         elif root == "context":
             if self._context is None:
                 self._context = self._context_fields()

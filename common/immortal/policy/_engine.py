@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from immortal.policy._actions import check_action
 from immortal.policy._cache import DecisionCache
 from immortal.policy._compile import ActionIndex, CompiledPolicy, CompiledRule, RequestFacts
-from immortal.policy._conditions import Undefined
+from immortal.policy._conditions import InputUnreadable, Undefined
 from immortal.policy._document import PolicyDocument
 from immortal.policy._errors import PolicyError
 from immortal.policy._model import Context, Decision, PrincipalLike, Resource
@@ -17,16 +17,23 @@ from immortal.policy._reasons import (
     allowed,
     denied_by_default,
     denied_by_rules,
+    denied_unreadable,
     describe_entity,
     rule_story,
 )
 
-__all__ = ["BuiltinEngine", "Explanation", "PolicyEngine", "RuleTrace", "refuse_other_tenant"]
+__all__ = [
+    "BuiltinEngine", "Explanation", "PolicyEngine", "RuleTrace", "refuse_other_tenant",
+    "unreadable_refusal",
+]  # fmt: skip
 
 DEFAULT_CACHE_SIZE = 65_536
 
 # Why a rule did or did not apply, in the order a rule is checked.
 APPLIES, NOT_WHO, NOT_RESOURCE, NOT_RELATED, CONDITION_FALSE, CONDITION_UNDEFINED = range(6)
+# The condition read an input field of an input that cannot be read (it is encrypted):
+# the rule would decide, for all we know, so the request is refused (see ``_settle``).
+CONDITION_UNREADABLE = 6
 
 
 @runtime_checkable
@@ -139,6 +146,7 @@ class BuiltinEngine:
     ) -> Decision:
         allows: list[CompiledRule] = []
         denies: list[CompiledRule] = []
+        blind: list[CompiledRule] = []
         near_miss: CompiledRule | None = None
         for rule in rules:
             outcome = _outcome(rule, req)
@@ -146,10 +154,15 @@ class BuiltinEngine:
                 traces.append(_trace(rule, req, outcome))
             if outcome == APPLIES:
                 (denies if rule.deny else allows).append(rule)
+            elif outcome == CONDITION_UNREADABLE:
+                blind.append(rule)
             elif outcome >= CONDITION_FALSE and not rule.deny and near_miss is None:
                 near_miss = rule
         if denies:
             return denied_by_rules(denies, req, action)
+        refusal = _settle(blind, req, bool(allows))
+        if refusal is not None:
+            return refusal
         if allows:
             return allowed(allows, req, action)
         return denied_by_default(req, action, near_miss)
@@ -176,6 +189,44 @@ def refuse_other_tenant(
         policy_version=policy.version,
         facts={"principal.tenant": principal.tenant, "resource.tenant": resource.tenant},
     )
+
+
+def unreadable_refusal(
+    policy: CompiledPolicy, req: RequestFacts, action: str, decision: Decision
+) -> Decision:
+    """``decision`` (another engine's, for ``req``) as the built-in engine settles a
+    request whose input cannot be read: a deny by rules stands; otherwise a rule that
+    would decide but reads an input field not offered refuses (a deny rule always, an
+    allow rule when nothing else allows)."""
+    if req.resource.input_unreadable is None or not policy.by_action[action].volatile:
+        return decision
+    if not decision.allow and decision.rule_ids:
+        return decision
+    candidates = _candidates(policy.by_action[action], req)
+    blind = [r for r in candidates if _outcome(r, req) == CONDITION_UNREADABLE]
+    return _settle(blind, req, decision.allow) or decision
+
+
+def _settle(blind: list[CompiledRule], req: RequestFacts, allowed: bool) -> Decision | None:
+    """The refusal for rules whose condition read an unreadable input field: any deny
+    rule among them (it might have fired), or an allow rule when no other rule allows
+    (the reason then names what could not be read, not "no rule allows")."""
+    denies = [r for r in blind if r.deny]
+    if denies:
+        return denied_unreadable(denies, req)
+    if blind and not allowed:
+        return denied_unreadable(blind, req)
+    return None
+
+
+def candidates(index: ActionIndex, req: RequestFacts) -> list[CompiledRule]:
+    """The rules of ``index`` that can apply to ``req``'s principal (see ``_candidates``)."""
+    return _candidates(index, req)
+
+
+def outcome(rule: CompiledRule, req: RequestFacts) -> int:
+    """How far ``rule`` got for ``req``: ``APPLIES``, ``NOT_WHO``, ... (see ``_outcome``)."""
+    return _outcome(rule, req)
 
 
 def _candidates(index: ActionIndex, req: RequestFacts) -> list[CompiledRule]:
@@ -217,6 +268,8 @@ def _outcome(rule: CompiledRule, req: RequestFacts) -> int:
         try:
             if not rule.condition.holds(req.env):
                 return CONDITION_FALSE
+        except InputUnreadable:
+            return CONDITION_UNREADABLE
         except Undefined:
             return CONDITION_UNDEFINED
     return APPLIES
@@ -251,7 +304,7 @@ def _detail(rule: CompiledRule, req: RequestFacts, outcome: int) -> str:
     if outcome != APPLIES:
         assert rule.condition is not None
         said = " and ".join(rule.condition.explain(req.env)[1])
-        verdict = "has no value" if outcome == CONDITION_UNDEFINED else "is false"
+        verdict = "is false" if outcome == CONDITION_FALSE else "has no value"
         return f"condition {r.when!r} {verdict}: {said}"
     story = rule_story(rule, req)
     parts = [

@@ -79,6 +79,9 @@ class Resource(_Frozen):
 
     ``input`` is the workflow's input as a mapping (rules read it as ``input.amount``);
     ``status`` the run's status; ``attributes`` anything else the caller knows.
+    ``input_unreadable`` says why the input's fields cannot be read (``"the input is
+    encrypted and the hub holds no key"``): a rule that would decide the request but reads
+    a field not in ``input`` then denies it, naming the field and this reason.
     """
 
     tenant: str = Field(min_length=1)
@@ -89,6 +92,7 @@ class Resource(_Frozen):
     schedule_id: str | None = None
     status: str | None = None
     input: Mapping[str, Any] | None = None
+    input_unreadable: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
 
     def facet(self, entity_type: str) -> str | None:

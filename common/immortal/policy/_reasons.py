@@ -14,7 +14,8 @@ from immortal.policy._compile import CompiledRule, RequestFacts
 from immortal.policy._model import Decision, Resource
 
 __all__ = [
-    "Story", "allowed", "denied_by_default", "denied_by_rules", "describe_entity", "rule_story",
+    "Story", "allowed", "denied_by_default", "denied_by_rules", "denied_unreadable",
+    "describe_entity", "rule_story", "unread_fields",
 ]  # fmt: skip
 
 
@@ -73,6 +74,39 @@ def denied_by_default(
         policy_version=req.policy.version,
         facts=facts,
     )
+
+
+def denied_unreadable(rules: list[CompiledRule], req: RequestFacts) -> Decision:
+    """Denied because ``rules`` (deny rules first, then allow rules) would decide the
+    request but read input fields the request's input does not offer."""
+    fields = sorted({f for rule in rules for f in unread_fields(rule, req.resource)})
+    ids = [r.id for r in rules]
+    many = len(ids) > 1
+    sentence = (
+        f"denied: rule{'s' if many else ''} {_and(ids)} read{'' if many else 's'} "
+        f"{_and(fields)}, but {req.resource.input_unreadable}"
+    )
+    return Decision(
+        allow=False,
+        reason=f"{sentence} (policy v{req.policy.version})",
+        rule_ids=tuple(ids),
+        policy_version=req.policy.version,
+        facts={"input.unreadable": req.resource.input_unreadable, "input.fields": fields},
+    )
+
+
+def unread_fields(rule: CompiledRule, resource: Resource) -> list[str]:
+    """The input fields ``rule``'s condition reads that ``resource``'s input lacks."""
+    if rule.condition is None:
+        return []
+    offered = resource.input or {}
+    return sorted(
+        p.text for p in rule.condition.paths if p.root == "input" and p.parts[0] not in offered
+    )
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def describe_entity(entity: str) -> str:

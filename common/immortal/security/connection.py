@@ -19,15 +19,23 @@ from immortal.security.tls import TlsFiles
 
 __all__ = [
     "ConnectSecurity",
+    "direct_known",
+    "direct_withheld",
+    "forget_direct",
     "is_secure",
     "read_relay",
     "relays_reads",
     "remember_sender",
     "sender_of",
+    "withhold_direct",
 ]
 
 _senders: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _relayed: weakref.WeakSet[Any] = weakref.WeakSet()  # connections whose reads go via hubs
+# connection -> stream -> whether the broker lets it direct-get the stream (False: the
+# tenant's policy left it to the relay, ``permissions.DECIDED_READS``); forgotten at a
+# reconnect, which may bring other grants
+_direct: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
 # token -> (config, principal): a token's claims read once (bounded by tokens in use)
 _principals: dict[str, tuple[AuthConfig | None, Principal]] = {}
 
@@ -143,3 +151,23 @@ def read_relay(nc: Any, subject: str) -> str | None:
         return None
     prefix = parts[1].split("-", 1)[0] if parts[0] == "$KV" else parts[0]
     return f"{prefix}.read.{parts[2]}.{sender_of(nc)}"
+
+
+def direct_withheld(nc: Any, stream: str) -> bool:
+    """Whether the broker refused this connection a direct get on ``stream`` before."""
+    return _direct.get(nc, {}).get(stream) is False
+
+
+def direct_known(nc: Any, stream: str) -> bool | None:
+    """Whether the broker lets this connection direct-get ``stream`` (None: not known)."""
+    return _direct.get(nc, {}).get(stream)
+
+
+def withhold_direct(nc: Any, stream: str, withheld: bool = True) -> None:
+    """Remember whether the broker refuses this connection direct gets on ``stream``."""
+    _direct.setdefault(nc, {})[stream] = not withheld
+
+
+def forget_direct(nc: Any) -> None:
+    """A reconnect may bring other grants: find out again."""
+    _direct.pop(nc, None)

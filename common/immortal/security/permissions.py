@@ -10,12 +10,13 @@ batched direct get takes its subject filter in the body) go through the hubs' re
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from immortal._names import Names, encode_token
 from immortal.security.identity import Principal, Role
 
-__all__ = ["Grants", "grants_for", "permission_table"]
+__all__ = ["DECIDED_READS", "Grants", "grants_for", "permission_table"]
 
 # Input kinds a role may send, by the queue they go to.
 WRITER_INPUTS = ("start", "signal", "cancel", "terminate")
@@ -47,8 +48,15 @@ def inbox_prefix(pid: str) -> str:
     return f"_INBOX_{pid}"
 
 
-def grants_for(principal: Principal, names: Names) -> Grants:
-    """The permissions of ``principal``'s connections."""
+#: Reads a tenant's policy may decide per run. A principal it does not let read every run
+#: (``withheld``) gets neither the live notifications of that kind nor the direct gets
+#: (their subjects cannot be narrowed to runs): it reads through the hubs' read relay.
+DECIDED_READS = ("workflow.read", "logs.read")
+
+
+def grants_for(principal: Principal, names: Names, *, withheld: Collection[str] = ()) -> Grants:
+    """The permissions of ``principal``'s connections; ``withheld``: actions of
+    :data:`DECIDED_READS` its tenant's policy does not allow on every run."""
     roles = {Role.parse(r) for r in principal.roles} - {None}
     if Role.HUB in roles:
         # The whole application account, but never the auth requests (they carry tokens).
@@ -57,7 +65,10 @@ def grants_for(principal: Principal, names: Names) -> Grants:
         )
     grants = Grants()
     if roles:
-        grants.add(_reader(names, principal.tenant, principal.pid))
+        reader = _reader(names, principal.tenant, principal.pid)
+        if withheld and Role.WORKER not in roles:  # a worker reads the runs it serves
+            reader = _without(reader, names, principal.tenant, withheld)
+        grants.add(reader)
     if roles & {Role.WRITER, Role.ADMIN}:
         grants.add(_writer(names, principal.tenant, principal.pid))
     if Role.ADMIN in roles:
@@ -95,11 +106,32 @@ def _reader(names: Names, t: str, pid: str) -> Grants:
             )
         ),
         names.read_subject(t, pid),
+        # Its own starts refused after they waited in IMM_IN (immortal._refusals).
+        _direct(names.stream_audit, names.refusal_subject(t, pid, ">")),
     ]
     return Grants(
         pub=reads,
         # Its inbox; live history (result(), follow) and log lines, as notifications.
-        sub=[f"{inbox_prefix(pid)}.>", f"{p}.hist.{t}.>", f"{p}.log.{t}.>"],
+        sub=[
+            f"{inbox_prefix(pid)}.>",
+            f"{p}.hist.{t}.>",
+            f"{p}.log.{t}.>",
+            names.refusal_subject(t, pid, ">"),
+        ],
+    )
+
+
+def _without(grants: Grants, names: Names, t: str, withheld: Collection[str]) -> Grants:
+    p, gone = names.prefix, set()
+    if "workflow.read" in withheld:
+        gone |= {f"{p}.hist.{t}.>", _direct(names.stream_history, f"{p}.hist.{t}.>")}
+        gone.add(_direct(names.stream_runs, f"{p}.runs.{t}.>"))
+    if "logs.read" in withheld:
+        gone |= {f"{p}.log.{t}.>", _direct(names.stream_logs, f"{p}.log.{t}.>")}
+    return Grants(
+        pub=[s for s in grants.pub if s not in gone],
+        sub=[s for s in grants.sub if s not in gone],
+        responses=grants.responses,
     )
 
 

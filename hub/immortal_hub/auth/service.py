@@ -35,6 +35,7 @@ from immortal.security.permissions import Grants
 from immortal_hub._resources import ResourceSettings, ensure_resources
 from immortal_hub.auth import nats_jwt
 from immortal_hub.auth.server_config import APP_ACCOUNT
+from immortal_hub.policy._live import withheld_reads
 from immortal_hub.policy._serve import served_queues
 from immortal_hub.policy._watch import PolicyWatch
 
@@ -144,7 +145,9 @@ class AuthService:
             self._policies, self._nc, self.names, principal, by="immortal-auth"
         )
         await self._remember(principal)
-        user_jwt = self._user_jwt(user_nkey, principal, grants_for(principal, self.names))
+        withheld = withheld_reads(self._policies, principal)  # live reads, by the policy
+        grants = grants_for(principal, self.names, withheld=withheld)
+        user_jwt = self._user_jwt(user_nkey, principal, grants)
         response = {"jwt": user_jwt}
         self.allowed += 1
         roles = ",".join(sorted(principal.roles))

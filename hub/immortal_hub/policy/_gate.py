@@ -34,9 +34,12 @@ from immortal._codec import unpack
 from immortal._errors import PayloadError
 from immortal._inputs import denied_reply
 from immortal._names import Names, decode_token
+from immortal._refusals import store_refusal
 from immortal._wire import ActivityResult, ActivityTask, Failure, RunState, StartWorkflow
-from immortal.policy import Decision, PolicyPrincipal, Resource
+from immortal.codec import is_sealed
+from immortal.policy import Decision, PolicyPrincipal, Resource, reads_every_run
 from immortal.security import HUB_PID
+from immortal.security.permissions import DECIDED_READS
 from immortal_hub._emissions import Emission
 from immortal_hub.policy._decision_log import DecisionLog
 from immortal_hub.policy._refused import RefusedInput
@@ -160,14 +163,24 @@ class PolicyGate:
             await self._apply_refused(tenant, queue, kind, RefusedInput(kind, body, decision))
         return denied_reply(decision.reason, decision.rule_ids, decision.policy_version)
 
+    async def tell_sender(self, tenant: str, kind: str, body: Any, denied: bytes) -> None:
+        """A start refused after it waited in ``IMM_IN`` has no request to answer: its
+        refusal is stored where its sender's ``result()`` looks (``immortal._refusals``)."""
+        sender = str((body.by or {}).get("pid") or "")
+        if kind != "start" or not sender:
+            return  # a refused signal or cancel is in its run's history
+        await store_refusal(self.log.nc, self.names, tenant, sender, body.run_id, denied)
+
     async def _resource_of(self, tenant: str, queue: str, body: Any) -> Resource | None:
         if isinstance(body, StartWorkflow):
+            fields, unreadable = input_fields(body.input, body.policy_input)
             return Resource(
                 tenant=tenant,
                 queue=queue,
                 workflow_type=body.workflow_type,
                 workflow_id=body.workflow_id,
-                input=input_fields(body.input),
+                input=fields,
+                input_unreadable=unreadable,
             )
         state = await self._load_state(tenant, body.workflow_id, body.run_id)
         if state is None and getattr(body, "pending_start", False):
@@ -247,6 +260,8 @@ class PolicyGate:
                 else Resource(tenant=tenant, workflow_id=workflow_id)
             )
             decision = policy.engine.decide(principal, action, resource)
+            if decision.allow and workflow_id is None and action in DECIDED_READS:
+                decision = _across_runs(decision, policy, principal, action)
             if not decision.allow or self._first_read(sender, action, workflow_id, decision):
                 self._log(tenant, record, action, resource, decision, None)
             if not decision.allow:
@@ -318,17 +333,36 @@ class PolicyGate:
             )
 
 
-def input_fields(data: bytes) -> dict[str, Any]:
-    """What ``input.<name>`` reads: the workflow's first argument when it is a mapping (a
-    dataclass or model arrives as its fields), else ``{"args": [...]}``; an input the hub
-    cannot read (encrypted) offers nothing."""
+SEALED_INPUT = "the input is encrypted and the hub holds no key"
+
+
+def input_fields(
+    data: bytes, revealed: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """What ``input.<name>`` reads, and why other fields cannot be read: the workflow's
+    first argument when it is a mapping (a dataclass or model arrives as its fields), else
+    ``{"args": [...]}``; an input the hub cannot read (encrypted) offers nothing. A rule
+    that reads a field not offered then refuses (``Resource.input_unreadable``): for an
+    encrypted input, and for arguments of which some are mappings (the field may be in
+    one of them); arguments with no mapping among them have no fields to miss. Of a
+    sealed input, the fields its start reveals (``immortal._revealed``) are read."""
+    if is_sealed(data):
+        if revealed:
+            shown = ", ".join(f"input.{k}" for k in sorted(revealed))
+            return dict(revealed), f"{SEALED_INPUT} (the start reveals only {shown})"
+        return {}, SEALED_INPUT
     try:
         raw = unpack(data)
     except PayloadError:
-        return {}
+        return {}, "the input cannot be read (it is not msgpack)"
     if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], dict):
-        return {str(k): v for k, v in raw[0].items()}
-    return {"args": raw} if isinstance(raw, list) else {}
+        return {str(k): v for k, v in raw[0].items()}, None
+    if isinstance(raw, list):
+        if any(isinstance(arg, dict) for arg in raw):
+            why = f"the input is {len(raw)} arguments, not one mapping (rules read input.args)"
+            return {"args": raw}, why
+        return {"args": raw}, None
+    return {}, "the input cannot be read (it is not a list of arguments)"
 
 
 _FACETS = ("queue", "workflow_type", "workflow_id", "activity_type", "schedule_id", "status")
@@ -337,6 +371,25 @@ _FACETS = ("queue", "workflow_type", "workflow_id", "activity_type", "schedule_i
 def _facets(resource: Resource) -> dict[str, Any]:
     """What an audit record says the decision was about (never the input)."""
     return {k: v for k in _FACETS if (v := getattr(resource, k)) is not None}
+
+
+def _across_runs(
+    decision: Decision, policy: TenantPolicy, principal: PolicyPrincipal, action: str
+) -> Decision:
+    """A read of every run (a wildcard filter: ``events()``, the runs index) is allowed
+    only to a principal the policy lets read every run: a rule that allows "a run" with
+    a deny rule on ``secret-*`` beside it must not read the secret runs in bulk."""
+    if reads_every_run(policy.compiled, principal, action):
+        return decision
+    return Decision(
+        allow=False,
+        reason=(
+            f"denied: {action} of every run of tenant {principal.tenant} needs a rule "
+            f"allowing it on all of them and no deny rule naming {principal.subject}; "
+            f"read the runs one by one (policy v{policy.version})"
+        ),
+        policy_version=policy.version,
+    )
 
 
 def _principal(record: Mapping[str, Any], tenant: str) -> PolicyPrincipal:

@@ -53,12 +53,14 @@ def schedule_refusal(
     if not gate.secure:
         gate._warn_unverified(tenant)
         return None
+    fields, unreadable = input_fields(spec.input) if op == "create" else (None, None)
     resource = Resource(
         tenant=tenant,
         queue=spec.queue,
         workflow_type=spec.workflow_type,
         schedule_id=spec.schedule_id,
-        input=input_fields(spec.input) if op == "create" else None,
+        input=fields,
+        input_unreadable=unreadable,
     )
     action = f"schedule.{op}"
     decision = policy.engine.decide(_principal(principal, tenant), action, resource)
@@ -72,13 +74,15 @@ def firing_refused(gate: PolicyGate, tenant: str, queue: str, start: StartWorkfl
     policy = gate.watch.get(tenant)
     if policy is None or not gate.secure:
         return False
+    fields, unreadable = input_fields(start.input)
     resource = Resource(
         tenant=tenant,
         queue=queue,
         workflow_type=start.workflow_type,
         workflow_id=start.workflow_id,
         schedule_id=start.schedule_id,
-        input=input_fields(start.input),
+        input=fields,
+        input_unreadable=unreadable,
     )
     author = start.acting_for
     if author is None:

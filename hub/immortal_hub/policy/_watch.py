@@ -43,6 +43,12 @@ class TenantPolicy:
     def version(self) -> int:
         return self.document.version
 
+    @property
+    def compiled(self) -> CompiledPolicy:
+        """The document compiled (whatever the engine): for questions no single decision
+        answers, such as ``reads_every_run``."""
+        return self._compiled
+
     def covers_activity(self, activity_type: str) -> bool:
         """Whether some rule names ``activity.run`` (not just ``*``) for this activity type:
         only then is an activity task decided before it is dispatched, so a policy about
