@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from immortal import EventType
+import immortal
+from immortal import EventType, WorkflowContext
 from immortal._inputs import OK, REJECTED
 from immortal._jetstream import read_subject
 from immortal.security.sessions import Session
 from immortal.security.signing import Signer, SigningKey
 from immortal_hub import Hub
+from immortal_worker import Worker
 from tests.test_signing import (  # noqa: F401  (fixtures)
     TENANT,
     _names,
@@ -230,3 +233,61 @@ async def test_a_signer_without_sessions_signs_every_input_with_ed25519(signed: 
         await asyncio.sleep(0.1)
         assert signer.maced == 0 and signer.signed >= 3
     assert hub._guard.signatures.refused == 0
+
+
+@immortal.activity(start_to_close=30.0)
+async def slow_step(x: int) -> int:
+    await asyncio.sleep(1.5)
+    return x
+
+
+@immortal.workflow
+async def slow_flow(ctx: WorkflowContext, x: int) -> int:
+    return await ctx.activity(slow_step, x)
+
+
+async def test_a_replayed_attempt_start_moves_no_deadline(signed: Any, admin: Any) -> None:
+    """An attempt's start is checked for replay while the hub applies it: its copy finds
+    the attempt's timers armed already (deduped), so its start-to-close stays put."""
+    stack, _, keys, worker_key = signed
+    ann_key = SigningKey.generate("ann-1")
+    await keys.add(ann_key)
+    security = stack.security("svc-slow", [f"{TENANT}:worker"], queues=["slow"])
+    worker = Worker(
+        stack.url,
+        queues=["slow"],
+        workflows=[slow_flow],
+        activities=[slow_step],
+        security=replace(security, signer=Signer([worker_key])),
+    )
+    await worker.start()
+    captured: list[Any] = []
+    capture = await admin.subscribe("imm.rpc.acme.slow.started.>", cb=_keep(captured))
+    names = _names()
+    try:
+        async with writer(stack, Signer([ann_key])) as client:
+            handle = await client.start(slow_flow, 7, id="slow-1", queue="slow")
+            for _ in range(200):
+                if captured:
+                    break
+                await asyncio.sleep(0.02)
+            timers = f"imm.timer.{TENANT}.{handle.run_id}.>"
+            info = await admin.jetstream().stream_info(names.stream_timers, subjects_filter=timers)
+            [subject] = [s for s in info.state.subjects or {} if ".stc-" in s]
+            armed = await admin.jetstream().get_last_msg(names.stream_timers, subject)
+            msg = captured[0]
+            await admin.publish(msg.subject, msg.data, headers=msg.headers)
+            assert await refusals(admin, "replay")
+            again = await admin.jetstream().get_last_msg(names.stream_timers, subject)
+            assert (again.seq, again.data) == (armed.seq, armed.data)
+            assert await asyncio.wait_for(handle.result(), 30) == 7
+    finally:
+        await capture.unsubscribe()
+        await worker.stop()
+
+
+def _keep(into: list[Any]) -> Any:
+    async def keep(msg: Any) -> None:
+        into.append(msg)
+
+    return keep

@@ -119,17 +119,21 @@ def _activity_emissions(state: RunState, ev: HistoryEvent) -> list[Emission]:
 
 def attempt_timers(state: RunState, sid: int, started_ms: int) -> list[Emission]:
     """The timers of an attempt that began at ``started_ms`` (the hub's clock, when the
-    worker confirmed it counts): its start-to-close and its first heartbeat deadline."""
+    worker confirmed it counts): its start-to-close and its first heartbeat deadline.
+
+    Armed once per attempt: their ids leave the due time out, so a second confirmation of
+    the same attempt (the worker's own retry, or a copy of its signed input replayed
+    within the duplicate window, ``_signatures``) is deduped and moves no deadline."""
     act = state.activities[sid]
     out = []
     if act.start_to_close is not None:
         due = started_ms + round(act.start_to_close * 1000)
         timer = f"stc-{sid}-{act.attempt}"
-        out.append(_timer(state, timer, "start_to_close", due, sid, act.attempt))
+        out.append(_timer(state, timer, "start_to_close", due, sid, act.attempt, once=True))
     if act.heartbeat_timeout is not None:
         due = started_ms + round(act.heartbeat_timeout * 1000)
         timer = f"hb-{sid}-{act.attempt}"
-        out.append(_timer(state, timer, "heartbeat_timeout", due, sid, act.attempt))
+        out.append(_timer(state, timer, "heartbeat_timeout", due, sid, act.attempt, once=True))
     return out
 
 
@@ -271,6 +275,8 @@ def _timer(
     due_ms: int,
     scheduled_id: int = 0,
     attempt: int = 0,
+    *,
+    once: bool = False,
 ) -> Emission:
     body = TimerFired(
         workflow_id=state.workflow_id,
@@ -282,8 +288,8 @@ def _timer(
         due=due_ms,
     )
     # The due time is part of the id: re-emitting the same timer dedupes, re-arming it
-    # (a heartbeat pushing its deadline out) must not.
-    msg_id = f"{state.run_id}:{timer}:{due_ms}"
+    # (a heartbeat pushing its deadline out) must not; a timer armed ``once`` never moves.
+    msg_id = f"{state.run_id}:{timer}:" + ("armed" if once else str(due_ms))
     return Emission("timer", state.queue, msg_id, body, due_ms=due_ms)
 
 

@@ -82,6 +82,7 @@ def stream_configs(names: Names, s: ResourceSettings) -> list[StreamConfig]:
             allow_msg_schedules=True,
             allow_rollup_hdrs=True,
             discard=DiscardPolicy.OLD,
+            duplicate_window=s.duplicate_window,  # an attempt's timers are armed once in it
             **common,
         ),
         StreamConfig(

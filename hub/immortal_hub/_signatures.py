@@ -78,11 +78,12 @@ _REREAD_S = 1.0  # an unknown key id reads the registry again at most this often
 _UNSIGNED_OK = frozenset({"timer", "child"})  # what the broker or a hub sends, never a client
 #: Inputs by request whose nonce is created while the hub applies them. A copy of one
 #: changes nothing by run state alone: a start's run exists already, a workflow task's
-#: result is stale once its task is settled, an attempt's result once its attempt is; so
-#: the copy's refusal may come after its (empty) apply. Not a signal, cancel or terminate
-#: (their ids are kept for the last 64 inputs only), a heartbeat (its details would be
-#: written again) nor an attempt's start (a copy would arm its timers again).
-OVERLAPPED = frozenset({"start", "wft", "act"})
+#: result is stale once its task is settled, an attempt's result once its attempt is, an
+#: attempt's start finds its timers armed (deduped in IMM_TIMERS's window, so only while
+#: a signature's accepted span fits in it); so the copy's refusal may come after its
+#: (empty) apply. Not a signal, cancel or terminate (their ids are kept for the last 64
+#: inputs only) nor a heartbeat (its details would be written again).
+OVERLAPPED = frozenset({"start", "wft", "act", "started"})
 
 
 class SignatureRefused(InvalidInput):
@@ -127,8 +128,10 @@ class SignatureCheck:
         self.nc, self.names, self.hub_id = nc, names, hub_id
         self.secure, self.require = secure, require
         self.max_lifetime, self.skew = max_lifetime, skew
-        # Within this span of a signature's time, IMM_IN's dedupe drops any second copy.
-        self.queued_need_nonce = max_lifetime + 2 * skew > duplicate_window
+        # Within this span of a signature's time, IMM_IN's dedupe drops any second copy
+        # (and IMM_TIMERS's an attempt's timers armed again).
+        self.span_too_long = max_lifetime + 2 * skew > duplicate_window
+        self.queued_need_nonce = self.span_too_long
         self._clock = clock
         self._registries: dict[str, KeyRegistry] = {}
         self._verify_keys: dict[str, VerifyKey] = {}
@@ -237,7 +240,7 @@ class SignatureCheck:
         if self.secure and (key.subject or key.role):
             await self._check_owner(key, sender, who)
         self.verified += 1
-        if not queued and kind in OVERLAPPED:
+        if not queued and kind in OVERLAPPED and not (kind == "started" and self.span_too_long):
             # The create's round trip runs beside the apply (see OVERLAPPED).
             pending = asyncio.ensure_future(self._settle_nonce(tenant, msg.subject, params))
             return SignedBy(key.key_id, key.subject, pending)
