@@ -95,11 +95,25 @@ class Bench:
         return {**env, **self.codec_env} if role == "worker" else env  # never the hub's
 
     async def run(self) -> None:
+        secure_suffix = ""
+        for _ in range(self.args.rounds):  # the passes side by side, round after round
+            secure_suffix = await self._round()
+        if self.args.encrypt:
+            for name, unit, value, target in _encrypt.compare(self.metrics):
+                self.metrics[name] = Metric(name, unit, [value], target=target)
+        if self.args.secure:
+            for name, unit, value, target in compare(self.metrics, secure_suffix):
+                self.metrics[name] = Metric(name, unit, [value], target=target)
+
+    async def _round(self) -> str:
+        """Every pass asked for once (plain, encrypted, auth on, policy on): the auth pass's
+        suffix."""
         with tempfile.TemporaryDirectory(prefix="immortal-bench-") as tmp:
             async with NatsServer(store_dir=Path(tmp) / "nats") as server:
                 self.url = server.url
                 self.server = server
                 self.tmp = Path(tmp)
+                self.secure, self.suffix = None, ""
                 for name in self.args.workload or WORKLOADS:
                     await getattr(self, f"w_{name}")()
                 if self.args.encrypt:
@@ -107,8 +121,6 @@ class Bench:
                     for name in self.args.workload:
                         await getattr(self, f"w_{name}")()
                     self.codec, self.codec_env, self.suffix = None, {}, ""
-                    for name, unit, value, target in _encrypt.compare(self.metrics):
-                        self.metrics[name] = Metric(name, unit, [value], target=target)
             secure_suffix = await self._secure_pass(Path(tmp)) if self.args.secure else ""
             if self.args.policy:
                 text = BENCH_POLICY if self.args.policy == "-" else self.args.policy.read_text()
@@ -118,9 +130,7 @@ class Bench:
                     for name in self.args.workload:
                         await getattr(self, f"w_{name}")()
                     await self._decisions_logged()
-            if self.args.secure:
-                for name, unit, value, target in compare(self.metrics, secure_suffix):
-                    self.metrics[name] = Metric(name, unit, [value], target=target)
+        return secure_suffix
 
     async def _secure_pass(self, tmp: Path) -> str:
         """The workloads with auth on (and signing, encryption, when asked): its suffix."""
@@ -449,6 +459,13 @@ def main() -> None:
     ap.add_argument("--hubs", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the passes (plain, --encrypt, --secure, --policy) side by side this many "
+        "times, each with its --trials; costs are taken from the medians",
+    )
     ap.add_argument("-n", type=int, default=2000, help="workflows per throughput trial")
     ap.add_argument(
         "--in-flight", type=int, default=1000, help="workflows started but not finished"
