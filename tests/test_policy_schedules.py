@@ -130,6 +130,10 @@ async def test_a_change_is_decided_before_anything_is_written(
             await ann.schedules.pause("ops-1")
         with pytest.raises(PolicyDeniedError, match=r"no rule allows schedule.delete for user ann"):
             await ann.schedules.delete("nightly-1")
+        # A create of an id that exists replaces it: that takes the right to delete it too.
+        with pytest.raises(PolicyDeniedError, match=r"no rule allows schedule.delete for user ann"):
+            await ann.schedules.create("nightly-1", three_step, 5, every=60)
+        assert (await stored(stack, "nightly-1") or {})["every"] == 3600
         assert (await stored(stack, "ops-1") or {})["paused"] is False
         assert await armed(stack, "ops-1") and await stored(stack, "nightly-1") is not None
         assert [s.schedule_id for s in await root.schedules.list()] == ["nightly-1", "ops-1"]
@@ -145,6 +149,10 @@ async def test_a_change_is_decided_before_anything_is_written(
         (
             "schedule.pause",
             {"queue": "default", "workflow_type": "three_step", "schedule_id": "ops-1"},
+        ),
+        (
+            "schedule.delete",
+            {"queue": "default", "workflow_type": "three_step", "schedule_id": "nightly-1"},
         ),
         (
             "schedule.delete",

@@ -97,7 +97,9 @@ async def test_a_mac_under_a_session_no_hub_made_is_refused(signed: Any, admin: 
         await no_run(admin, "made-up-1")
     [record] = await refusals(admin, "unknown_session")
     assert record.where["key_id"] == "ann-1"
-    assert any("unknown_session" in e for e in await dead_letters(admin))
+    # Audited, not dead-lettered: the sender signs it with Ed25519 and sends it again
+    # itself, so a re-drive of a letter would apply it twice.
+    assert not any("unknown_session" in e for e in await dead_letters(admin))
 
 
 async def test_under_a_real_session_an_altered_input_or_another_keys_id_is_refused(
@@ -185,7 +187,9 @@ async def test_a_session_made_by_one_hub_is_checked_by_another_and_a_lost_one_fa
             # under it, the client signs it with Ed25519 and it goes through.
             kv = await admin.jetstream().key_value(_names().bucket_sessions)
             await kv.delete(f"{TENANT}.{session.session_id}")
-            second._guard.signatures.sessions._known.clear()
+            await second.stop()  # (a hub keeps a session it read until the session ends)
+            second = Hub(stack.url, security=stack.hub_security())
+            await second.start()
             before = signer.signed
             lost = await client.start(three_step, 3, id="cross-2")
             assert await asyncio.wait_for(lost.result(), 30) == 15
@@ -278,6 +282,12 @@ async def test_a_replayed_attempt_start_moves_no_deadline(signed: Any, admin: An
             msg = captured[0]
             await admin.publish(msg.subject, msg.data, headers=msg.headers)
             assert await refusals(admin, "replay")
+            for _ in range(100):  # its dead letter is kept once its apply is done
+                if any("replay" in e for e in await dead_letters(admin)):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the replay was not dead-lettered")
             again = await admin.jetstream().get_last_msg(names.stream_timers, subject)
             assert (again.seq, again.data) == (armed.seq, armed.data)
             assert await asyncio.wait_for(handle.result(), 30) == 7

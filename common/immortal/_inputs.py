@@ -30,9 +30,9 @@ from immortal.security.connection import relays_reads, sender_of
 from immortal.security.errors import PolicyDeniedError
 from immortal.security.signing import (
     SignatureError,
-    SignatureRefusal,
     forget_session,
     refusal_in,
+    session_refused,
     signed_headers,
 )
 from immortal.security.violations import violation_for
@@ -89,7 +89,7 @@ async def send_input(
     try:
         answered, reply = await _by_request(nc, rpc, data, rpc_timeout, headers)
     except SignatureError as exc:
-        if exc.refusal is not SignatureRefusal.UNKNOWN_SESSION:
+        if not session_refused(exc, headers):
             raise
         forget_session(nc, rpc)  # its hubs lost it (or it ended): Ed25519 until a new one
         headers = signed_headers(nc, rpc, data, {"Nats-Msg-Id": msg_id}, per_message=True)

@@ -18,6 +18,8 @@ from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
 from immortal._wire import AppliedTransition, encode
 from immortal.security.sessions import SESSION_KIND
+from immortal.security.signing import SignatureRefusal
+from immortal_hub._signatures import SignatureRefused
 from immortal_hub._transitions import AwaitingStart, InvalidInput, StaleAttempt
 
 if TYPE_CHECKING:
@@ -54,8 +56,8 @@ class RpcInputs:
         the limits: held back, they would time out attempts that are fine.
         """
         parts = msg.subject.split(".")
-        if len(parts) == 6 and parts[4] == SESSION_KIND:
-            self._spawn_rpc(self._guard.open_session(msg))
+        if len(parts) == 6 and parts[4] == SESSION_KIND and self._running:
+            self._spawn_rpc(self._guard.open_session(msg))  # rare: past the tenant's limits
             return
         tenant = parts[2] if len(parts) in (5, 6) and parts[4] != "heartbeat" else None
         if not self._running or (
@@ -120,9 +122,10 @@ class RpcInputs:
             reply = BUSY  # the sender queues it durably, behind the run's start
         except (PayloadError, ValueError, InvalidInput) as exc:
             reason = f"undecodable input: {exc}" if not isinstance(exc, InvalidInput) else str(exc)
-            await self._keep_dead_letter(
-                msg.subject, msg.data, reason, ref=f"rpc:{uuid.uuid4().hex}"
-            )
+            if not _resent(exc):
+                await self._keep_dead_letter(
+                    msg.subject, msg.data, reason, ref=f"rpc:{uuid.uuid4().hex}"
+                )
             reply = REJECTED + b" " + reason.encode()
         except Exception as exc:
             log.warning(
@@ -133,3 +136,12 @@ class RpcInputs:
             return  # applied, but the answer would go to a subject the sender chose
         with contextlib.suppress(Exception):
             await msg.respond(reply)
+
+
+def _resent(exc: Exception) -> bool:
+    """Whether the sender sends this input again itself: a MAC under a session this hub
+    does not know is signed with Ed25519 and sent again (``immortal._inputs``), so its
+    refusal is audited but not kept as a dead letter a re-drive would apply twice."""
+    return (
+        isinstance(exc, SignatureRefused) and exc.error.refusal is SignatureRefusal.UNKNOWN_SESSION
+    )

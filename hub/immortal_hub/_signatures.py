@@ -130,8 +130,8 @@ class SignatureCheck:
         self.max_lifetime, self.skew = max_lifetime, skew
         # Within this span of a signature's time, IMM_IN's dedupe drops any second copy
         # (and IMM_TIMERS's an attempt's timers armed again).
-        self.span_too_long = max_lifetime + 2 * skew > duplicate_window
-        self.queued_need_nonce = self.span_too_long
+        self.queued_need_nonce = max_lifetime + 2 * skew > duplicate_window
+        self.overlapped = OVERLAPPED - ({"started"} if self.queued_need_nonce else set())
         self._clock = clock
         self._registries: dict[str, KeyRegistry] = {}
         self._verify_keys: dict[str, VerifyKey] = {}
@@ -225,7 +225,7 @@ class SignatureCheck:
                 SignatureRefusal.UNCOVERED, "Nats-Msg-Id is not covered", params.key_id
             )
         if params.alg == SESSION_ALG:
-            good = await self._check_mac(msg, tenant, kind, queued, params, signature, at)
+            good = await self._check_mac(msg, tenant, kind, queued, params, signature)
         else:
             good = verify_signature(
                 self._verify_key(key), msg.subject, msg.data, headers, params, signature
@@ -240,7 +240,7 @@ class SignatureCheck:
         if self.secure and (key.subject or key.role):
             await self._check_owner(key, sender, who)
         self.verified += 1
-        if not queued and kind in OVERLAPPED and not (kind == "started" and self.span_too_long):
+        if not queued and kind in self.overlapped:
             # The create's round trip runs beside the apply (see OVERLAPPED).
             pending = asyncio.ensure_future(self._settle_nonce(tenant, msg.subject, params))
             return SignedBy(key.key_id, key.subject, pending)
@@ -258,7 +258,6 @@ class SignatureCheck:
         queued: bool,
         params: SignatureParams,
         tag: bytes,
-        at: float,
     ) -> bool:
         """Whether ``tag`` is the MAC of this input under its session (``_sessions``)."""
         kid = params.key_id
@@ -271,7 +270,7 @@ class SignatureCheck:
             )
         assert params.session is not None  # parse_signature requires it with the alg
         session = await self.sessions.get(tenant, params.session)
-        if session is None or session.key_id != kid or session.ends < at:
+        if session is None or session.key_id != kid:  # (get: None once it has ended)
             raise SignatureError(
                 SignatureRefusal.UNKNOWN_SESSION,
                 f"session {params.session} of key id {kid!r} is unknown here or has ended",
@@ -297,12 +296,17 @@ class SignatureCheck:
             try:
                 x25519 = bytes(msgpack.unpackb(msg.data)["x25519"])
             except Exception as exc:
-                raise SignatureRefused(
-                    SignatureError(SignatureRefusal.MALFORMED, f"unreadable handshake: {exc}")
-                ) from None
+                error = SignatureError(
+                    SignatureRefusal.MALFORMED, f"unreadable handshake: {type(exc).__name__}"
+                )
+                await self._refuse(tenant, msg.subject, error)
+                raise SignatureRefused(error) from None
             session_id, answer = await self.sessions.open(tenant, signed.key_id, x25519)
         except (SignatureRefused, ValueError) as exc:
             return b"rejected: " + str(exc).encode()
+        except Exception as exc:  # the store or the audit: the signer tries again later
+            log.warning("signing session on %s not opened: %r", msg.subject, exc)
+            return b"retry"
         record = AuditRecord(
             action="session",
             decision="allow",

@@ -42,7 +42,12 @@ from immortal.codec import Binding, PayloadCodec
 from immortal.codec._fields import activity_field
 from immortal.codec._sealing import open_payload, seal, seal_failure
 from immortal.security.connection import sender_of
-from immortal.security.signing import forget_session, signed_headers
+from immortal.security.signing import (
+    forget_session,
+    refusal_in,
+    session_refused,
+    signed_headers,
+)
 
 __all__ = ["ActivityRunner"]
 
@@ -206,8 +211,10 @@ class ActivityRunner:
                 reply = await self._nc.request(subject, data, timeout=5.0, headers=headers)
             except (NoRespondersError, NatsTimeout):
                 continue  # no hub now; the timer decides
-            if reply.data.startswith(REJECTED) and b"unknown_session" in reply.data:
-                forget_session(self._nc, subject)  # the next beat is signed with Ed25519
+            if reply.data.startswith(REJECTED):
+                refused = refusal_in(reply.data[len(REJECTED) :].decode(errors="replace").strip())
+                if refused is not None and session_refused(refused, headers):
+                    forget_session(self._nc, subject)  # the next beat is signed with Ed25519
                 continue
             if reply.data.startswith(STALE):
                 beats.reason = reply.data[len(STALE) :].decode(errors="replace").strip()

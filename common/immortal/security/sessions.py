@@ -7,7 +7,8 @@ costs"). So a signer opens a session, as TLS does: it sends one input of kind
 ``session`` by request, signed with its Ed25519 key as any other and carrying a fresh
 X25519 public key; the hub checks it like any input (key, window, owner, nonce), makes a
 32-byte session key, stores it in ``imm-sessions`` (readable by hubs only) and answers
-with the key sealed to that X25519 key, so it never crosses NATS in the clear. From then
+with the key sealed to that X25519 key (only the hubs' own copy, in the bucket, is not
+sealed). From then
 on the signer authenticates each input with HMAC-SHA256 under the session key, over the
 same signature base (subject, covered headers, body digest, created, expires, nonce, key
 id, plus the session id), and any hub checks it with a dictionary lookup and a hash.

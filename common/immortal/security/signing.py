@@ -69,6 +69,7 @@ __all__ = [
     "parse_signature",
     "public_key_bytes",
     "refusal_in",
+    "session_refused",
     "signature_base",
     "signed_headers",
     "verify_signature",
@@ -490,6 +491,16 @@ def signed_headers(
     if session is None:
         return signer.sign(subject, body, headers)
     return signer.mac(session, subject, body, headers)
+
+
+def session_refused(error: SignatureError, headers: Mapping[str, str] | None) -> bool:
+    """Whether a hub refused the session these headers were MAC'd under (it does not know
+    it, or is older than sessions and does not read a MAC): worth sending again with
+    Ed25519."""
+    if error.refusal is SignatureRefusal.UNKNOWN_SESSION:
+        return True
+    maced = f'alg="{SESSION_ALG}"' in (headers or {}).get(SIGNATURE_INPUT, "")
+    return maced and error.refusal is SignatureRefusal.MALFORMED
 
 
 def forget_session(nc: Any, subject: str) -> None:

@@ -95,6 +95,12 @@ class ScheduleChanges:
         """Decide the change, then make it; the reply for its sender."""
         if change.op == "create":
             spec = _new_definition(change, principal)
+            replaced = await read_schedule(self.js, self.names, tenant, change.schedule_id)
+            if replaced is not None:
+                # A replace removes the schedule there was: the right to delete it, too.
+                denied = schedule_refusal(self.policy, tenant, principal, "delete", replaced)
+                if denied is not None:
+                    return denied_reply(denied.reason, denied.rule_ids, denied.policy_version)
         else:
             found = await read_schedule(self.js, self.names, tenant, change.schedule_id)
             if found is None:
