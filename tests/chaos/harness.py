@@ -51,11 +51,13 @@ class Deployment:
     workers: int = 3
     cluster: bool = False
     secure: bool = False  # auth on: the callout, the auth service, a token per process
+    signed: bool = False  # and every input signed (workers and the client hold a key each)
     nats: Any = None  # NatsServer | NatsCluster
     auth: Any = None  # (LocalIssuer, AuthService) when secure
     slots: list[Slot] = field(default_factory=list)
     restarts: Counter[str] = field(default_factory=Counter)
     _supervisor: asyncio.Task[None] | None = None
+    _keys: dict[str, Any] = field(default_factory=dict)  # signing keys, when signed
     _stopping: bool = False
     _drains: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -84,6 +86,8 @@ class Deployment:
         self.slots = [Slot("hub", i) for i in range(self.hubs)]
         self.slots += [Slot("worker", i) for i in range(self.workers)]
         for slot in self.slots:  # hubs first: the first one creates the streams
+            if slot.kind == "worker" and self.signed and not self._keys:
+                await self._register_keys()  # before any signer sends an input
             await self._launch(slot)
         self._supervisor = asyncio.create_task(self._supervise())
 
@@ -111,6 +115,27 @@ class Deployment:
         self.auth = (issuer, service)
         return server
 
+    async def _register_keys(self) -> None:
+        """The tenant's key registry, as its admin would write it (``immortal keys add``)."""
+        from immortal.security.keys import KeyRegistry, RegisteredKey, registry_key
+        from immortal.security.signing import SigningKey
+
+        self._keys = {k: SigningKey.generate(f"chaos-{k}") for k in ("worker", "client")}
+        nc = await nats.connect(self.url, user="immortal-auth", password=self._password)
+        try:
+            kv = await nc.jetstream().key_value("imm-policy")
+            entries = tuple(RegisteredKey(k.key_id, k.public_key) for k in self._keys.values())
+            await kv.put(registry_key("default"), KeyRegistry(entries).to_bytes())
+        finally:
+            await nc.close()
+        await asyncio.sleep(1.0)  # the hubs watch the registry: it applies within a second
+
+    def _signing_env(self, kind: str) -> dict[str, str]:
+        if not self.signed or kind != "worker":
+            return {}
+        key = self._keys["worker"]
+        return {"IMMORTAL_SIGNING_KEY": f"{key.key_id}:{key.to_json()['seed']}"}
+
     def token(self, kind: str) -> str:
         issuer = self.auth[0]
         if kind == "hub":
@@ -123,7 +148,14 @@ class Deployment:
         """The driver's client: with auth on, a writer of tenant default."""
         if not self.secure:
             return Client(self.urls)
-        return Client(self.urls, security=ConnectSecurity.with_token(self.token("client")))
+        signer = None
+        if self.signed:
+            from immortal.security.signing import Signer
+
+            signer = Signer([self._keys["client"]])
+        return Client(
+            self.urls, security=ConnectSecurity.with_token(self.token("client"), signer=signer)
+        )
 
     async def checker_client(self) -> Client:
         """The checker reads stream state no tenant may read: the service user's login."""
@@ -174,6 +206,7 @@ class Deployment:
                 "PYTHONPATH": str(ROOT),
                 "IMMORTAL_CHAOS_LEDGER": str(self.ledger),
                 **({"IMMORTAL_TOKEN": self.token(slot.kind)} if self.secure else {}),
+                **self._signing_env(slot.kind),
             },
             stdout=asyncio.subprocess.PIPE,
             stderr=log,

@@ -51,17 +51,31 @@ async def test_with_auth_on_every_workflow_completes_exactly_once(
     await _run(fault, chaos_seed, chaos_workflows, secure=True)
 
 
-async def _run(fault: str, seed: int, chaos_workflows: int, *, secure: bool) -> None:
+@pytest.mark.parametrize("fault", ["worker-sigkill", "hub-sigkill"])
+async def test_with_every_input_signed_every_workflow_completes_exactly_once(
+    fault: str, chaos_seed: int, chaos_workflows: int
+) -> None:
+    """With auth on and the tenant requiring signed inputs: workers and the client sign
+    (under signing sessions once open), the hubs check every input and its nonce while
+    hubs and workers are killed; a killed worker opens a new session when it comes back."""
+    await _run(fault, chaos_seed, chaos_workflows, secure=True, signed=True)
+
+
+async def _run(
+    fault: str, seed: int, chaos_workflows: int, *, secure: bool, signed: bool = False
+) -> None:
     # Not pytest's tmp_path, which keeps only the last few sessions: a failed run's store,
     # ledger and process logs stay here for a post-mortem; a passed run's are removed.
-    label = f"{fault}-auth" if secure else fault
+    label = f"{fault}-signed" if signed else f"{fault}-auth" if secure else fault
     tmp_path = Path(tempfile.gettempdir()) / "immortal-chaos" / f"{label}-{seed}"
     shutil.rmtree(tmp_path, ignore_errors=True)
     tmp_path.mkdir(parents=True)
     print(f"\n[chaos] {fault}: seed {seed}  (again: just chaos -k {fault} --chaos-seed {seed})")
     ledger = tmp_path / "ledger.db"
     connect_ledger(str(ledger)).close()
-    dep = Deployment(tmp_path, ledger, cluster=fault == "cluster-node-kill", secure=secure)
+    dep = Deployment(
+        tmp_path, ledger, cluster=fault == "cluster-node-kill", secure=secure, signed=signed
+    )
     await dep.start()
     faults: Counter[str] = Counter()
     try:
@@ -81,6 +95,12 @@ async def _run(fault: str, seed: int, chaos_workflows: int, *, secure: bool) -> 
             report = Report(label, seed, faults=dict(faults), restarts=dict(dep.restarts))
             async with await dep.checker_client() as reader:
                 await check(reader, driven, str(ledger), report)
+                if signed:  # proof the run was signed: sessions opened, nonces stored
+                    js = reader.nc.jetstream()
+                    sessions = (await js.stream_info("KV_imm-sessions")).state.messages
+                    nonces = (await js.stream_info("KV_imm-nonces")).state.messages
+                    print(f"[chaos] {label}: {sessions} signing sessions, {nonces} nonces")
+                    assert sessions >= 1 and nonces >= chaos_workflows
     finally:
         await dep.close()
     _publish(report)
