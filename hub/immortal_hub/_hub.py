@@ -283,9 +283,13 @@ class Hub(RpcInputs):
             await asyncio.wait(self._rpc_tasks, timeout=10)
         # Pullers leave the set as their queue task ends: keep hold of them to drain them.
         pullers = list(self._pullers)
-        for task in [*self._queues.values(), *self._background]:
+        tasks = [*self._queues.values(), *self._background]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._queues.values(), *self._background, return_exceptions=True)
+        if tasks:  # bounded: a task stuck in a call that ignores its cancel must not hold the stop
+            _, stuck = await asyncio.wait(tasks, timeout=10)
+            for task in stuck:
+                log.warning("hub %s: %s did not stop within 10 s", self.hub_id, task.get_coro())
         await asyncio.gather(*(p.drain(10.0) for p in pullers))
         with contextlib.suppress(Exception):
             await self._runs.flush()  # its young runs listed (else another hub lists them)
