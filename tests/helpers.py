@@ -69,3 +69,14 @@ async def wait_for_history(
             if predicate(history):
                 return history
             await asyncio.sleep(0.05)
+
+
+async def eventually(check: Callable[[], Any], tries: int = 200) -> Any:
+    """What ``await check()`` gives once it is truthy, polling every 50 ms; its last
+    (falsy) answer after ``tries``."""
+    for _ in range(tries):
+        found = await check()
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    return await check()

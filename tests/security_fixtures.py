@@ -251,3 +251,34 @@ async def secure_stack(
         finally:
             await service.stop()
             await server.close()
+
+
+@asynccontextmanager
+async def hub_and_worker(
+    stack: SecureStack,
+    *,
+    workflows: list[Any],
+    activities: list[Any],
+    engine: str = "builtin",
+    **worker_options: Any,
+) -> AsyncIterator[Any]:
+    """A hub (deciding with ``engine``) and a worker of tenant acme's queue ``default``,
+    each with its own token, stopped on the way out; yields the hub."""
+    from immortal_hub import Hub
+    from immortal_worker import Worker
+
+    hub = Hub(stack.url, security=stack.hub_security(), policy_engine=engine)
+    await hub.start()
+    worker = Worker(
+        stack.url,
+        workflows=workflows,
+        activities=activities,
+        security=stack.security("svc-worker", ["acme:worker"], queues=["default"]),
+        **worker_options,
+    )
+    await worker.start()
+    try:
+        yield hub
+    finally:
+        await worker.stop()
+        await hub.stop()

@@ -23,7 +23,8 @@ from immortal.security import PermissionDeniedError, PolicyDeniedError
 from immortal.security.audit import AuditRecord, read_audit
 from immortal_hub import Hub
 from immortal_worker import Worker
-from tests.security_fixtures import SecureStack, secure_stack
+from tests.helpers import eventually
+from tests.security_fixtures import SecureStack, hub_and_worker, secure_stack
 from tests.workflows import add, double, square, three_step, waits_for_go
 
 
@@ -45,20 +46,13 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 @pytest.fixture
 async def running(stack: SecureStack) -> AsyncIterator[tuple[SecureStack, Hub]]:
-    hub = Hub(stack.url, security=stack.hub_security(), policy_engine=stack.engine)  # type: ignore[attr-defined]
-    await hub.start()
-    worker = Worker(
-        stack.url,
-        workflows=[three_step, waits_for_go, refund],
-        activities=[double, square, add],
-        security=stack.security("svc-worker", ["acme:worker"], queues=["default"]),
-    )
-    await worker.start()
-    try:
+    engine = stack.engine  # type: ignore[attr-defined]
+    workflows = [three_step, waits_for_go, refund]
+    activities = [double, square, add]
+    async with hub_and_worker(
+        stack, workflows=workflows, activities=activities, engine=engine
+    ) as hub:
         yield stack, hub
-    finally:
-        await worker.stop()
-        await hub.stop()
 
 
 async def apply(stack: SecureStack, text: str, *hubs: Hub) -> None:
@@ -87,15 +81,6 @@ async def audit(stack: SecureStack, hubs: list[Hub], **match: Any) -> list[Audit
     finally:
         await nc.close()
     return [r for r in records if all(getattr(r, k) == v for k, v in match.items())]
-
-
-async def eventually(check: Any, tries: int = 200) -> Any:
-    for _ in range(tries):
-        found = await check()
-        if found:
-            return found
-        await asyncio.sleep(0.05)
-    return await check()
 
 
 POLICY_V1 = """

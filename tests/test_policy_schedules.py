@@ -19,10 +19,10 @@ from immortal._connect import connect
 from immortal._names import Names
 from immortal.security import PermissionDeniedError, PolicyDeniedError
 from immortal_hub import Hub
-from immortal_worker import Worker
-from tests.security_fixtures import SecureStack, secure_stack
+from tests.helpers import eventually
+from tests.security_fixtures import SecureStack, hub_and_worker, secure_stack
 from tests.test_keys_cli import immortal, one_line
-from tests.test_policy_hub import apply, audit, eventually
+from tests.test_policy_hub import apply, audit
 from tests.workflows import add, double, square, three_step
 
 NAMES = Names("imm")
@@ -54,20 +54,9 @@ def policy(version: int, *, writers_start: bool = True) -> str:
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[tuple[SecureStack, Hub]]:
     async with secure_stack(tmp_path) as stack:
-        hub = Hub(stack.url, security=stack.hub_security())
-        await hub.start()
-        worker = Worker(
-            stack.url,
-            workflows=[three_step],
-            activities=[double, square, add],
-            security=stack.security("svc-worker", ["acme:worker"], queues=["default"]),
-        )
-        await worker.start()
-        try:
+        activities = [double, square, add]
+        async with hub_and_worker(stack, workflows=[three_step], activities=activities) as hub:
             yield stack, hub
-        finally:
-            await worker.stop()
-            await hub.stop()
 
 
 async def stored(stack: SecureStack, schedule_id: str) -> dict[str, Any] | None:

@@ -20,8 +20,7 @@ from immortal.codec._fields import INPUT
 from immortal.codec._sealing import seal
 from immortal.security import PolicyDeniedError
 from immortal_hub import Hub
-from immortal_worker import Worker
-from tests.security_fixtures import SecureStack, secure_stack
+from tests.security_fixtures import SecureStack, hub_and_worker, secure_stack
 from tests.test_policy_hub import ENGINES, apply, audit, refund
 from tests.workflows import double
 
@@ -61,21 +60,10 @@ async def sealed_stack(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[SecureStack, Hub]]:
     async with secure_stack(tmp_path) as stack:
-        hub = Hub(stack.url, security=stack.hub_security(), policy_engine=request.param)
-        await hub.start()
-        worker = Worker(
-            stack.url,
-            workflows=[refund],
-            activities=[double],
-            codec=_codec(),
-            security=stack.security("svc-worker", ["acme:worker"], queues=["default"]),
-        )
-        await worker.start()
-        try:
+        async with hub_and_worker(
+            stack, workflows=[refund], activities=[double], engine=request.param, codec=_codec()
+        ) as hub:
             yield stack, hub
-        finally:
-            await worker.stop()
-            await hub.stop()
 
 
 async def test_a_deny_rule_on_a_sealed_input_field_fails_closed_and_says_why(

@@ -21,8 +21,10 @@ from immortal.security.sessions import Session
 from immortal.security.signing import Signer, SigningKey
 from immortal_hub import Hub
 from immortal_worker import Worker
+from tests.helpers import eventually
 from tests.test_signing import (  # noqa: F401  (fixtures)
     TENANT,
+    _keep,
     _names,
     admin,
     dead_letters,
@@ -42,13 +44,15 @@ pytestmark = pytest.mark.timeout(90)
 
 async def opened(signer: Signer, tenant: str = TENANT) -> Session:
     """The signer's session, once its handshake (in the background) is answered."""
-    assert signer.book is not None
-    for _ in range(200):
-        found = signer.book.sessions.get(tenant)
-        if found is not None:
-            return found
-        await asyncio.sleep(0.02)
-    raise AssertionError("no session opened")
+    book = signer.book
+    assert book is not None
+
+    async def found() -> Session | None:
+        return book.sessions.get(tenant)
+
+    session = await eventually(found)
+    assert session is not None, "no session opened"
+    return session
 
 
 async def test_inputs_by_request_go_under_a_session_and_history_names_the_key(
@@ -158,12 +162,13 @@ async def test_a_retired_keys_session_is_refused_and_the_signer_moves_to_its_new
 
 
 async def opened_for(signer: Signer, key_id: str) -> Session:
-    for _ in range(200):
-        found = await opened(signer)
-        if found.key_id == key_id:
-            return found
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no session for {key_id}")
+    async def found() -> Session | None:
+        session = await opened(signer)
+        return session if session.key_id == key_id else None
+
+    session = await eventually(found)
+    assert session is not None, f"no session for {key_id}"
+    return session
 
 
 async def test_a_session_made_by_one_hub_is_checked_by_another_and_a_lost_one_falls_back(
@@ -271,10 +276,11 @@ async def test_a_replayed_attempt_start_moves_no_deadline(signed: Any, admin: An
     try:
         async with writer(stack, Signer([ann_key])) as client:
             handle = await client.start(slow_flow, 7, id="slow-1", queue="slow")
-            for _ in range(200):
-                if captured:
-                    break
-                await asyncio.sleep(0.02)
+
+            async def seen() -> bool:
+                return bool(captured)
+
+            assert await eventually(seen)
             timers = f"imm.timer.{TENANT}.{handle.run_id}.>"
             info = await admin.jetstream().stream_info(names.stream_timers, subjects_filter=timers)
             [subject] = [s for s in info.state.subjects or {} if ".stc-" in s]
@@ -282,22 +288,14 @@ async def test_a_replayed_attempt_start_moves_no_deadline(signed: Any, admin: An
             msg = captured[0]
             await admin.publish(msg.subject, msg.data, headers=msg.headers)
             assert await refusals(admin, "replay")
-            for _ in range(100):  # its dead letter is kept once its apply is done
-                if any("replay" in e for e in await dead_letters(admin)):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the replay was not dead-lettered")
+
+            async def dead_lettered() -> bool:  # kept once the copy's apply is done
+                return any("replay" in e for e in await dead_letters(admin))
+
+            assert await eventually(dead_lettered), "the replay was not dead-lettered"
             again = await admin.jetstream().get_last_msg(names.stream_timers, subject)
             assert (again.seq, again.data) == (armed.seq, armed.data)
             assert await asyncio.wait_for(handle.result(), 30) == 7
     finally:
         await capture.unsubscribe()
         await worker.stop()
-
-
-def _keep(into: list[Any]) -> Any:
-    async def keep(msg: Any) -> None:
-        into.append(msg)
-
-    return keep

@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError as JsNotFound
 from immortal._codec import unpack
 from immortal._names import Names
 from immortal.security import HUB_PID, inbox_prefix
-from immortal.security.audit import AuditRecord, publish_audit
+from immortal.security.audit import publish_refusal
 from immortal_hub._reads import ReadRelay
 from immortal_hub._signatures import SignatureCheck
 
@@ -165,15 +165,16 @@ class InputGuard:
     async def refuse(self, tenant: str, subject: str, reason: str) -> None:
         self.refused += 1
         log.warning("refused input on %s: %s", subject, reason)
-        record = AuditRecord(
+        await publish_refusal(
+            self.nc,
+            self.names,
+            tenant,
             action="input",
-            decision="deny",
             reason="forged_origin",
             message=reason,
-            where={"subject": subject},
+            subject=subject,
             by=self.hub_id,
         )
-        await publish_audit(self.nc, self.names, tenant, record)
 
     async def identify(self, tenant: str, kind: str, sender: str, body: Any) -> None:
         """Record who sent a start, signal, cancel or terminate (``body.by``), from the

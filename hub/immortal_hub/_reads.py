@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 
 from immortal._names import Names
 from immortal.security import inbox_prefix
-from immortal.security.audit import AuditRecord, publish_audit
+from immortal.security.audit import publish_refusal
 
 __all__ = ["ReadRelay"]
 
@@ -144,12 +144,13 @@ class ReadRelay:
 
     async def _audit(self, tenant: str, subject: str, reason: str) -> None:
         log.warning("read refused on %s: %s", subject, reason)
-        record = AuditRecord(
+        await publish_refusal(
+            self.nc,
+            self.names,
+            tenant,
             action="read",
-            decision="deny",
             reason="out_of_tenant",
             message=reason,
-            where={"subject": subject},
+            subject=subject,
             by=self.hub_id,
         )
-        await publish_audit(self.nc, self.names, tenant, record)

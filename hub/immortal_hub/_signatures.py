@@ -52,7 +52,7 @@ from immortal._names import Names
 from immortal._requests import Requests
 from immortal._transient import key_value
 from immortal.security import HUB_PID
-from immortal.security.audit import AuditRecord, publish_audit
+from immortal.security.audit import AuditRecord, publish_audit, publish_refusal
 from immortal.security.keys import KeyRegistry, RegisteredKey, registry_key
 from immortal.security.sessions import SESSION_ALG, SESSION_KIND
 from immortal.security.signing import ALG as ALG_NAME
@@ -418,15 +418,18 @@ class SignatureCheck:
     async def _refuse(self, tenant: str, subject: str, error: SignatureError) -> None:
         self.refused += 1
         log.warning("refused input on %s: %s (%s)", subject, error, error.refusal)
-        record = AuditRecord(
+        await publish_refusal(
+            self.nc,
+            self.names,
+            tenant,
             action="input",
-            decision="deny",
             reason="signature",
             message=f"{error.refusal}: {error}",
-            where={"subject": subject, "key_id": error.key_id, "check": str(error.refusal)},
+            subject=subject,
             by=self.hub_id,
+            key_id=error.key_id,
+            check=str(error.refusal),
         )
-        await publish_audit(self.nc, self.names, tenant, record)
 
     def _store(self, entry: Any) -> None:
         tenant = entry.key.rsplit(".", 1)[0]

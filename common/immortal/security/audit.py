@@ -25,6 +25,7 @@ __all__ = [
     "UNVERIFIED_TENANT",
     "AuditRecord",
     "publish_audit",
+    "publish_refusal",
     "read_audit",
     "records_of",
     "tail_audit",
@@ -63,6 +64,31 @@ async def publish_audit(nc: Any, names: Names, tenant: str, record: AuditRecord)
         await nc.jetstream().publish(names.audit_subject(tenant), encode(record))
     except Exception as exc:
         log.warning("audit record not stored (%s): %s", exc, record.message)
+
+
+async def publish_refusal(
+    nc: Any,
+    names: Names,
+    tenant: str,
+    *,
+    action: str,
+    reason: str,
+    message: str,
+    subject: str,
+    by: str,
+    **where: Any,
+) -> None:
+    """Store a refusal of what arrived on ``subject`` (``where`` adds to it: the key id,
+    the check), as every refusing part of a hub records one."""
+    record = AuditRecord(
+        action=action,
+        decision="deny",
+        reason=reason,
+        message=message,
+        where={"subject": subject, **where},
+        by=by,
+    )
+    await publish_audit(nc, names, tenant, record)
 
 
 def records_of(data: bytes) -> list[AuditRecord]:

@@ -368,20 +368,10 @@ class Signer:
         """``headers`` (every one of them covered) with the signature headers added."""
         now = self._clock()
         key = self.current(now)
-        out = {k: v for k, v in (headers or {}).items() if k.lower() not in _OWN}
-        created = int(now)
-        params = SignatureParams(
-            covered=tuple(sorted(k.lower() for k in out)),
-            created=created,
-            expires=created + max(1, round(self.lifetime)),
-            nonce=_b64url(secrets.token_bytes(16)),
-            key_id=key.key_id,
-        )
+        out, params = self._params(headers, now, key.key_id)
         signature = self._nacl[key.key_id].sign(signature_base(subject, body, out, params))
-        out[SIGNATURE_INPUT] = f"{_LABEL}={params.text()}"
-        out[SIGNATURE] = f"{_LABEL}=:{base64.b64encode(signature.signature).decode()}:"
         self.signed += 1
-        return out
+        return _with_signature(out, params, signature.signature)
 
     def mac(
         self,
@@ -391,22 +381,27 @@ class Signer:
         headers: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
         """``headers`` with an HMAC-SHA256 under ``session`` (see ``sessions``)."""
+        out, params = self._params(headers, self._clock(), session.key_id, session.session_id)
+        tag = hmac.digest(session.key, signature_base(subject, body, out, params), "sha256")
+        self.maced += 1
+        return _with_signature(out, params, tag)
+
+    def _params(
+        self, headers: Mapping[str, str] | None, now: float, key_id: str, session: str | None = None
+    ) -> tuple[dict[str, str], SignatureParams]:
+        """The headers to cover (any earlier signature's left out) and fresh parameters."""
         out = {k: v for k, v in (headers or {}).items() if k.lower() not in _OWN}
-        created = int(self._clock())
+        created = int(now)
         params = SignatureParams(
             covered=tuple(sorted(k.lower() for k in out)),
             created=created,
             expires=created + max(1, round(self.lifetime)),
             nonce=_b64url(secrets.token_bytes(16)),
-            key_id=session.key_id,
-            alg=SESSION_ALG,
-            session=session.session_id,
+            key_id=key_id,
+            alg=ALG if session is None else SESSION_ALG,
+            session=session,
         )
-        tag = hmac.digest(session.key, signature_base(subject, body, out, params), "sha256")
-        out[SIGNATURE_INPUT] = f"{_LABEL}={params.text()}"
-        out[SIGNATURE] = f"{_LABEL}=:{base64.b64encode(tag).decode()}:"
-        self.maced += 1
-        return out
+        return out, params
 
     @classmethod
     def from_file(cls, path: str | Path, *, lifetime: float = DEFAULT_LIFETIME_S) -> Signer:
@@ -447,6 +442,12 @@ class Signer:
                 SignatureRefusal.MALFORMED, f"$IMMORTAL_SIGNING_KEY: {exc}"
             ) from None
         return cls([key], lifetime=lifetime)
+
+
+def _with_signature(out: dict[str, str], params: SignatureParams, tag: bytes) -> dict[str, str]:
+    out[SIGNATURE_INPUT] = f"{_LABEL}={params.text()}"
+    out[SIGNATURE] = f"{_LABEL}=:{base64.b64encode(tag).decode()}:"
+    return out
 
 
 _signers: weakref.WeakKeyDictionary[Any, Signer] = weakref.WeakKeyDictionary()

@@ -26,7 +26,7 @@ from immortal._names import Names
 from immortal._schedules import SCHEDULE_ERROR, ScheduleChange, ScheduleSpec
 from immortal._wire import decode, encode
 from immortal.security import inbox_prefix
-from immortal.security.audit import AuditRecord, publish_audit
+from immortal.security.audit import publish_refusal
 from immortal_hub.policy import PolicyGate, schedule_author, schedule_refusal
 from immortal_hub.schedules._store import (
     arm,
@@ -126,15 +126,16 @@ class ScheduleChanges:
 
     async def _audit(self, tenant: str, subject: str, reason: str) -> None:
         log.warning("schedule change refused on %s: %s", subject, reason)
-        record = AuditRecord(
+        await publish_refusal(
+            self.nc,
+            self.names,
+            tenant,
             action="schedule",
-            decision="deny",
             reason="forged_origin",
             message=reason,
-            where={"subject": subject},
+            subject=subject,
             by=self.hub_id,
         )
-        await publish_audit(self.nc, self.names, tenant, record)
 
 
 def _new_definition(change: ScheduleChange, principal: dict[str, Any]) -> ScheduleSpec:
