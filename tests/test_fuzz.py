@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from immortal import Client, PayloadError
 from immortal._names import InputKind
 from immortal._wire import Transition, decode
-from immortal_hub._hub import _INPUTS
+from immortal_hub._applying import INPUTS
 from tests.helpers import running_worker
 from tests.workflows import three_step
 
 # Every model a hub decodes from the wire (inputs and fired timers), and history messages.
-MODELS = [model for model, _ in _INPUTS.values()] + [Transition]
+MODELS = [model for model, _ in INPUTS.values()] + [Transition]
 KINDS = list(get_args(InputKind))
 
 values = st.recursive(

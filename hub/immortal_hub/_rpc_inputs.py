@@ -16,9 +16,10 @@ from nats.aio.msg import Msg
 
 from immortal._errors import PayloadError
 from immortal._inputs import BUSY, OK, REJECTED, STALE
-from immortal._wire import AppliedTransition, encode
+from immortal._wire import encode
 from immortal.security.sessions import SESSION_KIND
 from immortal.security.signing import SignatureRefusal
+from immortal_hub._applying import RunApplier
 from immortal_hub._signatures import SignatureRefused
 from immortal_hub._transitions import AwaitingStart, InvalidInput, StaleAttempt
 
@@ -33,7 +34,7 @@ __all__ = ["RpcInputs"]
 log = logging.getLogger(__name__)
 
 
-class RpcInputs:
+class RpcInputs(RunApplier):
     _running: bool
     refused: Counter[str]
     admission: Admission
@@ -42,9 +43,7 @@ class RpcInputs:
     _guard: InputGuard
     policy: PolicyGate
 
-    # The hub's own (``Hub``): apply an input, decode one, keep a dead letter.
-    _apply: Callable[[str, str, str, Any], Awaitable[AppliedTransition | None]]
-    _decode: Callable[[str, bytes], Any]
+    # The hub's own (``Hub``): keep a dead letter.
     _keep_dead_letter: Callable[..., Awaitable[None]]
 
     async def _on_rpc(self, msg: Msg) -> None:
