@@ -13,18 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 
+import immortal_hub._signatures
 from immortal import Client, EventType, format_timeline
 from immortal._codec import encode_args
 from immortal._inputs import OK, REJECTED
-from immortal._jetstream import read_subject
+from immortal._jetstream import last_message, read_subject
 from immortal._requests import Requests
-from immortal._wire import StartWorkflow, encode
+from immortal._wire import StartWorkflow, Transition, decode, encode
 from immortal.security import sender_of
 from immortal.security.audit import AuditRecord, read_audit
 from immortal.security.keys import KeyRegistry, RegisteredKey, read_registry, write_registry
-from immortal.security.signing import SignatureError, SignatureRefusal, Signer, SigningKey
+from immortal.security.signing import (
+    SignatureError,
+    SignatureRefusal,
+    Signer,
+    SigningKey,
+    parse_signature,
+)
 from immortal_hub import Hub
 from immortal_worker import Worker
 from tests.security_fixtures import SecureStack, secure_stack
@@ -424,6 +432,57 @@ async def test_captured_worker_inputs_and_a_signal_replayed_change_nothing(
             assert len(refused) == n and f".{kind}." in refused[-1].where["subject"], kind
         assert [e.type for e in await handle.history()] == before
     assert any("replay" in e for e in await dead_letters(admin))
+
+
+@pytest.mark.parametrize("kept", [16, 2])
+async def test_a_run_records_the_nonces_of_its_inputs_and_refuses_their_copies(
+    signed: Any, admin: Any, kept: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start, a workflow task's result and an attempt's result by request: the
+    transition that applies one records its nonce in the run's state, and imm-nonces gets
+    no write for it; past the run's ring (``kept``), the next ones go to imm-nonces. Either
+    way each copy sent again is refused as a replay, and history stays as it was."""
+    monkeypatch.setattr(immortal_hub._signatures, "NONCES_KEPT", kept)
+    stack, _, keys, _ = signed
+    ann_key = SigningKey.generate("ann-1")
+    await keys.add(ann_key)
+    captured: list[Any] = []
+    capture = await admin.subscribe("imm.rpc.acme.>", cb=_keep(captured))
+    async with writer(stack, Signer([ann_key])) as client:
+        handle = await client.start(three_step, 3, id="recorded-1")
+        assert await asyncio.wait_for(handle.result(), 30) == 15
+        await capture.unsubscribe()
+        history = client.names.history_subject(TENANT, "recorded-1", handle.run_id)
+        last = await last_message(admin, client.names.stream_history, history)
+        assert last is not None
+        ring = {n for n, _ in decode(Transition, last.data).state.nonces or []}
+        bucket = await admin.jetstream().key_value(client.names.bucket_nonces)
+        recorded = [m for m in captured if m.subject.split(".")[4] in ("start", "wft", "act")]
+        assert {m.subject.split(".")[4] for m in recorded} == {"start", "wft", "act"}
+        for msg in recorded:
+            found = parse_signature(msg.headers)
+            assert found is not None
+            nonce = found[0].nonce
+            in_bucket = await _has_key(bucket, f"{TENANT}.{nonce}")
+            assert (nonce in ring) != in_bucket, msg.subject  # one or the other, never both
+        assert len(ring) == min(kept, len(recorded))
+        before = [e.type for e in await handle.history()]
+        for n, msg in enumerate(recorded, 1):
+            await admin.publish(msg.subject, msg.data, headers=msg.headers)
+            for _ in range(100):
+                if len(await refusals(admin, "replay")) == n:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(await refusals(admin, "replay")) == n, msg.subject
+        assert [e.type for e in await handle.history()] == before
+
+
+async def _has_key(bucket: Any, key: str) -> bool:
+    try:
+        await bucket.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return False
+    return True
 
 
 def _keep(into: list[Any]) -> Callable[[Any], Awaitable[None]]:

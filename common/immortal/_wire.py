@@ -288,6 +288,10 @@ class RunState(_Model):
     close_payload: bytes | None = None
     close_failure: Failure | None = None
     applied: list[str] = Field(default_factory=list)  # recent input ids, newest last
+    # The nonces of the signed inputs by request applied to this run, each with the time
+    # (s) until which a copy could still pass a hub's signature window: a copy finds its
+    # nonce here (immortal_hub._signatures, RunNonce). None for runs with none.
+    nonces: list[tuple[str, int]] | None = None
 
 
 class Transition(_Model):

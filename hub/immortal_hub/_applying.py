@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from immortal_hub._push import Pushes
     from immortal_hub._retention import Retentions
     from immortal_hub._runs_index import RunsIndex
+    from immortal_hub._signatures import RunNonce
     from immortal_hub._writes import WriteGate
     from immortal_hub.policy import PolicyGate
 
@@ -127,9 +128,11 @@ class RunApplier:
         return decode(INPUTS[kind][0], data)
 
     async def _apply(
-        self, tenant: str, queue: str, kind: str, body: Any
+        self, tenant: str, queue: str, kind: str, body: Any, *, nonce: RunNonce | None = None
     ) -> AppliedTransition | None:
-        """Apply one input; return what was appended (None when nothing was)."""
+        """Apply one input; return what was appended (None when nothing was). ``nonce``: a
+        signed input's, recorded in the run by the transition that applies it, and looked
+        for there when it applies to nothing (``_signatures.RunNonce``)."""
         subject = self.names.history_subject(tenant, body.workflow_id, body.run_id)
         async with self._locks.hold(subject):
             fresh = False  # read from the stream's leader (a follower may lag behind it)
@@ -148,8 +151,7 @@ class RunApplier:
                         self._cache.pop(subject, None)
                         fresh = True
                         continue
-                    if isinstance(exc, StaleAttempt) and state is not None:
-                        await self._reemit(tenant, subject, state, seq, digest)  # as below
+                    await self._refused(tenant, subject, exc, state, seq, digest, nonce)
                     raise
                 if outcome.confirmed is not None:
                     # An attempt about to run, checked on what this hub knows: a stale
@@ -165,17 +167,40 @@ class RunApplier:
                     fresh = True
                     continue
                 if not outcome.events:
+                    if nonce is not None:
+                        await nonce.settle(state)  # a replay is refused as one
                     closing = state is not None and state.applied[-1:] == [input_id(body)]
                     await self._appended_nothing(
                         tenant, subject, outcome, state, seq, digest, closing=closing
                     )
                     return None
+                if nonce is not None and not nonce.record(outcome):
+                    await nonce.create()  # the run's ring is full: imm-nonces it is
+                    nonce = None
                 applied = await self._commit(tenant, subject, outcome, seq, digest)
                 if applied is None:  # another hub moved the run (or our own lost ack did):
                     fresh = True  # reload from the leader and decide again
                     continue
                 return applied
             raise RuntimeError(f"{subject}: lost the append race {_MAX_RACES} times")
+
+    async def _refused(
+        self,
+        tenant: str,
+        subject: str,
+        exc: Exception,
+        state: RunState | None,
+        seq: int,
+        digest: bytes,
+        nonce: RunNonce | None,
+    ) -> None:
+        """An input the run refuses (decided on a fresh read): a copy of a signed one the
+        run recorded is refused as a replay instead (``SignatureRefused``); the run's
+        tasks go out again for a stale attempt (as in :meth:`_appended_nothing`)."""
+        if nonce is not None:
+            await nonce.settle(state)
+        if isinstance(exc, StaleAttempt) and state is not None:
+            await self._reemit(tenant, subject, state, seq, digest)
 
     async def _appended_nothing(
         self,

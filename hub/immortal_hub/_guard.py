@@ -33,7 +33,7 @@ from immortal._names import Names
 from immortal.security import HUB_PID, inbox_prefix
 from immortal.security.audit import publish_refusal
 from immortal_hub._reads import ReadRelay
-from immortal_hub._signatures import SignatureCheck
+from immortal_hub._signatures import RunNonce, SignatureCheck
 
 __all__ = ["ForeignSender", "InputGuard"]
 
@@ -52,6 +52,7 @@ class Admitted(NamedTuple):
     kind: str
     body: Any
     nonce: asyncio.Task[None] | None = None  # a signed input's nonce, still being created
+    recorded: RunNonce | None = None  # or one its run records (``_signatures.RECORDED``)
 
 
 class ForeignSender(ValueError):
@@ -113,6 +114,7 @@ class InputGuard:
             return None
         signed = await self.signatures.check(msg, tenant, kind, sender, self.who)
         nonce = signed.nonce if signed is not None else None
+        recorded = signed.recorded if signed is not None else None
         try:
             body = decode(kind, msg.data)
             await self.identify(tenant, kind, sender, body)
@@ -125,7 +127,7 @@ class InputGuard:
             body.key_id = key_id
         elif key_id is not None and kind in _IDENTIFIED and hasattr(body, "by"):
             body.by = {**(body.by or {}), "key_id": key_id}  # beside who sent it
-        return Admitted(tenant, queue, kind, body, nonce)
+        return Admitted(tenant, queue, kind, body, nonce, recorded)
 
     async def open_session(self, msg: Any) -> None:
         """A signing session's handshake (``_sessions``): checked, answered to its sender

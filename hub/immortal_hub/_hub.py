@@ -391,7 +391,7 @@ class Hub(RpcInputs):
             if admitted is None:
                 await msg.ack()  # nobody's input (see _guard): kept in the audit only
                 return
-            tenant, queue, kind, body, _ = admitted  # queued: its nonce was awaited
+            tenant, queue, kind, body = admitted[:4]  # queued: its nonce was awaited
             try:
                 denied = await self.policy.refuses(tenant, queue, kind, body)
                 if denied is not None:  # in the audit (and the run's history); its sender

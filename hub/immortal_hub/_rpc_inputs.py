@@ -20,7 +20,7 @@ from immortal._wire import encode
 from immortal.security.sessions import SESSION_KIND
 from immortal.security.signing import SignatureRefusal
 from immortal_hub._applying import RunApplier
-from immortal_hub._signatures import SignatureRefused
+from immortal_hub._signatures import RunNonce, SignatureRefused
 from immortal_hub._transitions import AwaitingStart, InvalidInput, StaleAttempt
 
 if TYPE_CHECKING:
@@ -86,16 +86,24 @@ class RpcInputs(RunApplier):
             self.admission.release(entered)
 
     async def _decide_and_apply(
-        self, tenant: str, queue: str, kind: str, body: Any, nonce: Awaitable[None] | None
+        self,
+        tenant: str,
+        queue: str,
+        kind: str,
+        body: Any,
+        nonce: Awaitable[None] | None,
+        recorded: RunNonce | None,
     ) -> bytes:
+        if recorded is not None and kind == "start" and self.policy.watch.get(tenant) is not None:
+            # A start the policy refused once may be allowed by a later version: no run
+            # records its nonce then, and its copy must not start the run, so under a
+            # policy the nonce is created first.
+            await recorded.create()
+            recorded = None
         denied = await self.policy.refuses(tenant, queue, kind, body)
         if denied:
             return denied
-        if nonce is not None and kind == "start" and self.policy.watch.get(tenant) is not None:
-            # A start the policy refused once may be allowed by a later version: its copy
-            # must not start the run then, so under a policy the nonce comes first.
-            await nonce
-        applied = await self._apply(tenant, queue, kind, body)
+        applied = await self._apply(tenant, queue, kind, body, nonce=recorded)
         if applied is not None and (kind in ("wft", "started") or getattr(body, "then", None)):
             # wft, run ahead: the worker's cache skips a read; started: whether the attempt
             # was lost

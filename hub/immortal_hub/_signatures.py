@@ -15,12 +15,18 @@ A signed input (``immortal.security.signing``) is accepted when, in this order:
    ``imm.in``, nor onto another tenant, queue, kind or sender);
 4. the key's owner (``subject``/``role`` in the registry, when set) is the
    broker-stamped sender (auth on);
-5. its nonce was never seen by any hub: an atomic create of ``<tenant>.<nonce>`` in the
-   ``imm-nonces`` bucket, whose entries expire with the window. Only where it is needed:
-   an input by request (core NATS has no dedupe); one queued in ``IMM_IN`` is covered by
-   the stream's duplicate window on its signed ``Nats-Msg-Id`` as long as the accepted
-   span (``max_lifetime + 2 * skew``) fits in that window, and the create is made for
-   those too if it does not (see docs/security.md).
+5. its nonce was never seen by any hub. For a start, a workflow task's result or an
+   attempt's result by request (:data:`RECORDED`), the run itself remembers it: the
+   transition that applies the input records the nonce in the run's state
+   (``RunState.nonces``, while a copy could still pass the window), under the append's
+   expected-sequence guard, so the hub whose append wins is the only one that applies
+   it. A copy applies to nothing, being stale by run state, and the hub, deciding that
+   on a fresh read, finds the nonce there and refuses it (:class:`RunNonce`). Otherwise
+   (other kinds, or a run's ring full): an atomic create of ``<tenant>.<nonce>`` in the
+   ``imm-nonces`` bucket, whose entries expire with the window. One queued in ``IMM_IN``
+   is covered by the stream's duplicate window on its signed ``Nats-Msg-Id`` as long as
+   the accepted span (``max_lifetime + 2 * skew``) fits in that window, and the create
+   is made for those too if it does not (see docs/security.md).
 
 A refusal is an ``IMM_AUDIT`` record (reason ``signature``, the check, the key id) and a
 :class:`SignatureRefused`, which the hub dead-letters with the message (a request gets it
@@ -51,6 +57,7 @@ from immortal._jetstream import is_wrong_last_sequence
 from immortal._names import Names
 from immortal._requests import Requests
 from immortal._transient import key_value
+from immortal._wire import RunState
 from immortal.security import HUB_PID
 from immortal.security.audit import AuditRecord, publish_audit, publish_refusal
 from immortal.security.keys import KeyRegistry, RegisteredKey, registry_key
@@ -66,9 +73,16 @@ from immortal.security.signing import (
     verify_signature,
 )
 from immortal_hub._sessions import SessionStore
-from immortal_hub._transitions import InvalidInput
+from immortal_hub._transitions import InvalidInput, Outcome
 
-__all__ = ["MAX_LIFETIME_S", "SKEW_S", "SignatureCheck", "SignatureRefused", "SignedBy"]
+__all__ = [
+    "MAX_LIFETIME_S",
+    "SKEW_S",
+    "RunNonce",
+    "SignatureCheck",
+    "SignatureRefused",
+    "SignedBy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +97,13 @@ _UNSIGNED_OK = frozenset({"timer", "child"})  # what the broker or a hub sends, 
 #: a signature's accepted span fits in it); so the copy's refusal may come after its
 #: (empty) apply. Not a signal, cancel or terminate (their ids are kept for the last 64
 #: inputs only) nor a heartbeat (its details would be written again).
-OVERLAPPED = frozenset({"start", "wft", "act", "started"})
+OVERLAPPED = frozenset({"started"})
+#: Inputs by request whose nonce the run records in the transition that applies them
+#: (:class:`RunNonce`); a copy finds it there. Each of them appends to the run when it is
+#: applied, and a copy of one changes nothing by run state (the run exists, the task or
+#: the attempt is settled).
+RECORDED = frozenset({"start", "wft", "act"})
+NONCES_KEPT = 16  # a run's ring of nonces; past it, the next ones go to imm-nonces
 
 
 class SignatureRefused(InvalidInput):
@@ -106,6 +126,49 @@ class SignedBy:
     key_id: str
     subject: str
     nonce: asyncio.Task[None] | None = field(default=None, compare=False, repr=False)
+    recorded: RunNonce | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class RunNonce:
+    """The nonce of an input by request that its run records (:data:`RECORDED`), for the
+    hub's apply: :meth:`record` it in the transition that applies the input, or
+    :meth:`settle` it when the input applies to nothing."""
+
+    check: SignatureCheck = field(repr=False)
+    tenant: str
+    subject: str
+    params: SignatureParams
+
+    @property
+    def until(self) -> int:
+        """Until when (s) a copy could still pass the window, on any hub's clock."""
+        return self.params.expires + 2 * int(self.check.skew + 1)
+
+    def record(self, outcome: Outcome) -> bool:
+        """Add the nonce to the state a transition appends, dropping the expired ones;
+        False when the ring is full (then :meth:`create` it before the append)."""
+        state = outcome.state
+        assert state is not None, "a transition that appends has a state"
+        now = self.check.now()
+        kept = [n for n in state.nonces or () if n[1] >= now]
+        if len(kept) >= NONCES_KEPT:
+            return False
+        state.nonces = [*kept, (self.params.nonce, self.until)]
+        return True
+
+    async def settle(self, state: RunState | None) -> None:
+        """The input applies to nothing: a copy of one the run recorded is a replay
+        (refused and audited, as any); otherwise its nonce is created in ``imm-nonces``,
+        which refuses a copy of one kept there."""
+        if state is not None and any(n[0] == self.params.nonce for n in state.nonces or ()):
+            error = _replay(self.params)
+            await self.check.refuse(self.tenant, self.subject, error)
+            raise SignatureRefused(error)
+        await self.create()
+
+    async def create(self) -> None:
+        await self.check.settle_nonce(self.tenant, self.subject, self.params)
 
 
 class SignatureCheck:
@@ -187,14 +250,18 @@ class SignatureCheck:
         try:
             return await self._check(msg, tenant, kind, sender, who)
         except SignatureError as exc:
-            await self._refuse(tenant, msg.subject, exc)
+            await self.refuse(tenant, msg.subject, exc)
             raise SignatureRefused(exc) from None
 
-    async def _settle_nonce(self, tenant: str, subject: str, params: SignatureParams) -> None:
+    def now(self) -> float:
+        return self._clock()
+
+    async def settle_nonce(self, tenant: str, subject: str, params: SignatureParams) -> None:
+        """Create the nonce of an input by request; a replay is refused and audited."""
         try:
             await self._remember_nonce(tenant, params, "rpc")
         except SignatureError as exc:
-            await self._refuse(tenant, subject, exc)
+            await self.refuse(tenant, subject, exc)
             raise SignatureRefused(exc) from None
 
     async def _check(
@@ -240,9 +307,13 @@ class SignatureCheck:
         if self.secure and (key.subject or key.role):
             await self._check_owner(key, sender, who)
         self.verified += 1
+        if not queued and kind in RECORDED:
+            return SignedBy(
+                key.key_id, key.subject, recorded=RunNonce(self, tenant, msg.subject, params)
+            )
         if not queued and kind in self.overlapped:
             # The create's round trip runs beside the apply (see OVERLAPPED).
-            pending = asyncio.ensure_future(self._settle_nonce(tenant, msg.subject, params))
+            pending = asyncio.ensure_future(self.settle_nonce(tenant, msg.subject, params))
             return SignedBy(key.key_id, key.subject, pending)
         # Queued, the stream's dedupe on the signed Nats-Msg-Id refuses a copy; without
         # that header covered, only the nonce can.
@@ -291,7 +362,7 @@ class SignatureCheck:
                 error = SignatureError(
                     SignatureRefusal.UNSIGNED, "a session handshake must be signed"
                 )
-                await self._refuse(tenant, msg.subject, error)
+                await self.refuse(tenant, msg.subject, error)
                 raise SignatureRefused(error)
             try:
                 x25519 = bytes(msgpack.unpackb(msg.data)["x25519"])
@@ -299,7 +370,7 @@ class SignatureCheck:
                 error = SignatureError(
                     SignatureRefusal.MALFORMED, f"unreadable handshake: {type(exc).__name__}"
                 )
-                await self._refuse(tenant, msg.subject, error)
+                await self.refuse(tenant, msg.subject, error)
                 raise SignatureRefused(error) from None
             session_id, answer = await self.sessions.open(tenant, signed.key_id, x25519)
         except (SignatureRefused, ValueError) as exc:
@@ -397,11 +468,7 @@ class SignatureCheck:
                 entry = await self._nonces.get(key)
                 if entry.value == where.encode():
                     return
-        raise SignatureError(
-            SignatureRefusal.REPLAY,
-            f"replay: nonce of key id {params.key_id!r} already used",
-            params.key_id,
-        )
+        raise _replay(params)
 
     def _verify_key(self, key: RegisteredKey) -> VerifyKey:
         found = self._verify_keys.get(key.public_key)
@@ -415,7 +482,7 @@ class SignatureCheck:
         except Exception:  # not a JetStream delivery after all: judge on our clock
             return self._clock()
 
-    async def _refuse(self, tenant: str, subject: str, error: SignatureError) -> None:
+    async def refuse(self, tenant: str, subject: str, error: SignatureError) -> None:
         self.refused += 1
         log.warning("refused input on %s: %s (%s)", subject, error, error.refusal)
         await publish_refusal(
@@ -473,6 +540,14 @@ class SignatureCheck:
 
 
 _EMPTY = KeyRegistry()
+
+
+def _replay(params: SignatureParams) -> SignatureError:
+    return SignatureError(
+        SignatureRefusal.REPLAY,
+        f"replay: nonce of key id {params.key_id!r} already used",
+        params.key_id,
+    )
 
 
 def _seq(msg: Any) -> str:
