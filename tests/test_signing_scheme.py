@@ -5,7 +5,9 @@ hub told to require signatures with auth off."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import secrets
 import time
 from typing import Any
 
@@ -15,15 +17,19 @@ from immortal import Client
 from immortal._transient import key_value
 from immortal.security import ConnectSecurity
 from immortal.security.keys import KeyRegistry, RegisteredKey, registry_key
+from immortal.security.sessions import Session
 from immortal.security.signing import (
+    MAC,
     SIGNATURE,
     SIGNATURE_INPUT,
     SignatureError,
     SignatureRefusal,
     Signer,
     SigningKey,
+    mac_base,
     parse_signature,
     public_key_bytes,
+    session_refused,
     verify_signature,
 )
 from immortal_hub import Hub
@@ -67,7 +73,8 @@ def test_a_signature_covers_subject_body_headers_and_its_parameters() -> None:
     ("change", "problem"),
     [
         (lambda v: v.replace('alg="ed25519"', 'alg="hmac-md5"'), "is not accepted"),
-        (lambda v: v.replace('alg="ed25519"', 'alg="hmac-sha256"'), "session id goes with"),
+        (lambda v: v.replace('alg="ed25519"', 'alg="hmac-sha256"'), "only ed25519"),
+        (lambda v: v.replace(";alg=", ';sid="AAAAAAAAAAAAAAAAAAAA";alg='), "goes in the Imm-Mac"),
         (lambda v: v.replace(";nonce=", ";nonc="), "missing: nonce"),
         (lambda v: v.replace('("@subject" ', "("), "@subject first"),
         (lambda v: v.replace('keyid="k1"', 'keyid="k 1"'), "not a valid key id"),
@@ -83,10 +90,75 @@ def test_an_odd_signature_input_is_malformed_with_a_reason(change: Any, problem:
     assert caught.value.refusal is SignatureRefusal.MALFORMED
 
 
+def _maced(**headers: str) -> tuple[Session, dict[str, str]]:
+    session = Session("S" * 22, secrets.token_bytes(32), "k1", time.monotonic() + 60)
+    signer = Signer([SigningKey.generate("k1")])
+    return session, signer.mac(session, SUBJECT, BODY, {"Nats-Msg-Id": "start:r1", **headers})
+
+
+def _mac_holds(
+    session: Session, headers: dict[str, str], subject: str = SUBJECT, body: bytes = BODY
+) -> bool:
+    found = parse_signature(headers)
+    assert found is not None
+    params, tag = found
+    return hmac.compare_digest(
+        hmac.digest(session.key, mac_base(subject, body, headers, params), "sha256"), tag
+    )
+
+
+def test_a_mac_is_one_compact_header_over_subject_body_headers_and_its_parameters() -> None:
+    session, headers = _maced(**{"Imm-Other": "x"})
+    assert set(headers) == {MAC, "Nats-Msg-Id", "Imm-Other"} and len(headers[MAC]) < 160
+    found = parse_signature(headers)
+    assert found is not None
+    params = found[0]
+    assert params.covered == ("imm-other", "nats-msg-id") and params.session == "S" * 22
+    assert params.key_id == "k1" and params.alg == "hmac-sha256"
+    assert params.expires - params.created == 60
+    assert _mac_holds(session, headers)
+    assert not _mac_holds(session, headers, subject=SUBJECT.replace("acme", "beta"))
+    assert not _mac_holds(session, headers, body=BODY + b"x")
+    assert not _mac_holds(session, {**headers, "Nats-Msg-Id": "start:r2"})
+    later = headers[MAC].replace(f";{params.expires};", f";{params.expires + 900};")
+    assert not _mac_holds(session, {**headers, MAC: later})  # a longer life
+    other = Session("S" * 22, secrets.token_bytes(32), "k1", time.monotonic() + 60)
+    assert not _mac_holds(other, headers)  # the same session id, another key
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda v: v + ";x", "unreadable"),
+        (lambda v: "k 1" + v[2:], "not a valid key id"),
+        (lambda v: v.replace("S" * 22, "S/S"), "16 to 64 base64url"),
+        (lambda v: v.replace(";nats-msg-id;", ";Nats-Msg-Id;"), "lowercase"),
+        (lambda v: v.replace(";nats-msg-id;", ";imm-mac;"), "cover themselves"),
+        (lambda v: v.rsplit(";", 1)[0] + ";AAAA", "32 bytes"),
+    ],
+)
+def test_an_odd_mac_header_is_malformed_with_a_reason(change: Any, problem: str) -> None:
+    _, headers = _maced()
+    headers[MAC] = change(headers[MAC])
+    with pytest.raises(SignatureError, match=problem) as caught:
+        parse_signature(headers)
+    assert caught.value.refusal is SignatureRefusal.MALFORMED
+
+
+def test_an_input_with_a_mac_and_a_signature_is_malformed() -> None:
+    _, signed = _signed()
+    _, maced = _maced()
+    with pytest.raises(SignatureError, match="a MAC or a signature"):
+        parse_signature({**signed, MAC: maced[MAC]})
+
+
 def test_a_line_break_in_a_covered_header_cannot_forge_a_line() -> None:
     signer = Signer([SigningKey.generate("k1")])
     with pytest.raises(SignatureError, match="line break"):
         signer.sign(SUBJECT, BODY, {"Imm-X": 'a\n"@subject": imm.rpc.beta'})
+    session = Session("S" * 22, secrets.token_bytes(32), "k1", time.monotonic() + 60)
+    with pytest.raises(SignatureError, match="line break"):
+        signer.mac(session, SUBJECT, BODY, {"Imm-X": "a\nimm.rpc.beta"})
 
 
 def test_no_signature_headers_is_unsigned() -> None:
@@ -200,3 +272,15 @@ def test_a_hubs_rejection_text_becomes_the_typed_error() -> None:
     assert found is not None and found.refusal is SignatureRefusal.RETIRED_KEY
     assert found.key_id == "k1" and "key id 'k1' is retired" in str(found)
     assert refusal_in("run closed: workflow 'x' completed") is None
+
+
+def test_a_mac_refused_as_unsigned_or_malformed_is_sent_again_with_ed25519() -> None:
+    """A hub older than compact MACs reads no Imm-Mac (the input is unsigned to it), or one
+    older still reads an odd signature: either way the sender signs it again."""
+    _, maced = _maced()
+    _, signed = _signed()
+    for refusal in (SignatureRefusal.UNSIGNED, SignatureRefusal.MALFORMED):
+        error = SignatureError(refusal, "refused")
+        assert session_refused(error, maced) and not session_refused(error, signed)
+    assert not session_refused(SignatureError(SignatureRefusal.REPLAY, "refused"), maced)
+    assert session_refused(SignatureError(SignatureRefusal.UNKNOWN_SESSION, "gone"), signed)

@@ -67,9 +67,9 @@ from immortal.security.signing import (
     SignatureError,
     SignatureParams,
     SignatureRefusal,
+    mac_base,
     parse_signature,
     public_key_bytes,
-    signature_base,
     verify_signature,
 )
 from immortal_hub._sessions import SessionStore
@@ -347,7 +347,7 @@ class SignatureCheck:
                 f"session {params.session} of key id {kid!r} is unknown here or has ended",
                 kid,
             )
-        base = signature_base(msg.subject, msg.data, msg.headers or {}, params)
+        base = mac_base(msg.subject, msg.data, msg.headers or {}, params)
         self.maced += 1
         return hmac.compare_digest(hmac.digest(session.key, base, "sha256"), tag)
 

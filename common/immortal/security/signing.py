@@ -19,6 +19,14 @@ tenant, queue, kind and sender (the broker-stamped principal id); covering
 duplicate window drops; the nonce is remembered by the hubs (``immortal_hub``'s
 ``_signatures``) for as long as the signature can be valid.
 
+An input by request under a signing session (``sessions``) carries one compact header
+instead, ``Imm-Mac: <keyid>;<sid>;<created>;<expires>;<nonce>;<covered>;<tag>`` (the
+covered header names comma-separated, the tag base64url): an HMAC-SHA256 under the
+session key over ``imm-mac-v1``, the subject, each covered header (``name: value``), the
+parameters as written (everything before ``;<tag>``), one line each, then the body
+itself. One split reads it (no digest of the body is needed under a MAC, nor a regex),
+~130 bytes against ~275 for the two headers above (:func:`mac_base`).
+
 Ed25519 comes from PyNaCl (libsodium), already here for nkeys: on this project's
 2-core machine (busy) its verify took ~115 µs against cryptography's ~235 µs and its
 sign ~45-60 µs against ~70 µs, and the hub verifies every input
@@ -56,6 +64,7 @@ __all__ = [
     "ALG",
     "DEFAULT_LIFETIME_S",
     "KEY_ID",
+    "MAC",
     "SCHEME",
     "SIGNATURE",
     "SIGNATURE_INPUT",
@@ -66,6 +75,7 @@ __all__ = [
     "SigningKey",
     "attach_signer",
     "forget_session",
+    "mac_base",
     "parse_signature",
     "public_key_bytes",
     "refusal_in",
@@ -87,7 +97,9 @@ _HEADER_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
 _INPUT = re.compile(r'^sig1=\(((?:"[^"]*" ?)*)\)((?:;[a-z]+=(?:"[^"]*"|-?\d+))*)$')
 _PARAM = re.compile(r';([a-z]+)=("[^"]*"|-?\d+)')
 _SIG = re.compile(r"^sig1=:([A-Za-z0-9+/=]+):$")
-_OWN = frozenset({SIGNATURE_INPUT.lower(), SIGNATURE.lower()})
+MAC = "Imm-Mac"
+MAC_SCHEME = "imm-mac-v1"
+_OWN = frozenset({SIGNATURE_INPUT.lower(), SIGNATURE.lower(), MAC.lower()})
 
 
 class SignatureRefusal(StrEnum):
@@ -132,6 +144,11 @@ class SignatureParams:
     alg: str = ALG
     session: str | None = None  # a MAC's session (``sessions``); None for Ed25519
 
+    def mac_text(self) -> str:
+        """The parameters of an ``Imm-Mac`` header, as written before its tag."""
+        covered = ",".join(self.covered)
+        return f"{self.key_id};{self.session};{self.created};{self.expires};{self.nonce};{covered}"
+
     def text(self) -> str:
         """The value of ``@signature-params`` (and of ``Imm-Signature-Input`` after
         ``sig1=``)."""
@@ -170,7 +187,11 @@ def signature_base(
 def parse_signature(headers: Mapping[str, str] | None) -> tuple[SignatureParams, bytes] | None:
     """(parameters, signature) of a message, None when it carries no signature; a
     signature that cannot be read is a :class:`SignatureError` (``malformed``)."""
-    if not headers or (SIGNATURE_INPUT not in headers and SIGNATURE not in headers):
+    if not headers:
+        return None
+    if MAC in headers:
+        return _parse_mac(headers)
+    if SIGNATURE_INPUT not in headers and SIGNATURE not in headers:
         return None
     raw_input, raw_sig = headers.get(SIGNATURE_INPUT, ""), headers.get(SIGNATURE, "")
     found = _INPUT.match(raw_input)
@@ -208,6 +229,59 @@ def parse_signature(headers: Mapping[str, str] | None) -> tuple[SignatureParams,
     return params, signature
 
 
+def _parse_mac(headers: Mapping[str, str]) -> tuple[SignatureParams, bytes]:
+    """The parameters and tag of an ``Imm-Mac`` header (see the module docstring)."""
+    if SIGNATURE_INPUT in headers or SIGNATURE in headers:
+        raise SignatureError(SignatureRefusal.MALFORMED, "an input carries a MAC or a signature")
+    parts = headers[MAC].split(";")
+    if len(parts) != 7:
+        raise SignatureError(SignatureRefusal.MALFORMED, f"unreadable {MAC} header")
+    key_id, sid, created, expires, nonce, covered, tag = parts
+    problem = None
+    if not KEY_ID.match(key_id):
+        problem, key_id = f"key id {key_id!r} is not a valid key id", ""
+    elif not (_NONCE.match(sid) and _NONCE.match(nonce)):
+        problem = "the session id and the nonce must be 16 to 64 base64url characters"
+    elif not (created.isdigit() and expires.isdigit()):
+        problem = "created and expires must be whole seconds"
+    names = tuple(covered.split(",")) if covered else ()
+    if problem is None and names:
+        if list(names) != sorted(set(names)) or not all(_HEADER_NAME.match(n) for n in names):
+            problem = "covered headers must be distinct lowercase names, sorted"
+        elif set(names) & _OWN:
+            problem = "the signature headers cannot cover themselves"
+    try:
+        mac = base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4))
+    except ValueError:  # binascii.Error
+        mac = b""
+    if problem is None and len(mac) != 32:
+        problem = f"a {SESSION_ALG} tag is 32 bytes"
+    if problem is not None:
+        raise SignatureError(SignatureRefusal.MALFORMED, problem, key_id or None)
+    params = SignatureParams(names, int(created), int(expires), nonce, key_id, SESSION_ALG, sid)
+    return params, mac
+
+
+def mac_base(
+    subject: str, body: bytes, headers: Mapping[str, str], params: SignatureParams
+) -> bytes:
+    """The bytes an ``Imm-Mac`` tag is computed over. Raises :class:`SignatureError` when a
+    covered header is missing or holds a line break."""
+    lines = [MAC_SCHEME, subject]
+    if params.covered:
+        lower = {k.lower(): v for k, v in headers.items()}
+        for name in params.covered:
+            value = lower.get(name)
+            if value is None or "\n" in value or "\r" in value:
+                what = "is missing" if value is None else "holds a line break"
+                raise SignatureError(
+                    SignatureRefusal.MALFORMED, f"covered header {name!r} {what}", params.key_id
+                )
+            lines.append(f"{name}: {value}")
+    lines.append(params.mac_text())
+    return ("\n".join(lines) + "\n").encode() + body
+
+
 _REFUSED = re.compile(r"^signature refused \(([a-z_]+)\): (.*)$", re.S)
 _KEY_NAMED = re.compile(r"key id '([A-Za-z0-9._-]+)'")
 
@@ -238,12 +312,10 @@ def _problem(names: list[str], values: dict[str, str]) -> str | None:
     missing = [p for p in ("created", "expires", "nonce", "keyid", "alg") if p not in values]
     if missing:
         return f"signature parameters missing: {', '.join(missing)}"
-    if values["alg"] not in (ALG, SESSION_ALG):
-        return f"algorithm {values['alg']!r} is not accepted (only {ALG} or {SESSION_ALG})"
-    if (values["alg"] == SESSION_ALG) != ("sid" in values):
-        return f"a session id goes with {SESSION_ALG}, and only with it"
-    if "sid" in values and not _NONCE.match(values["sid"]):
-        return "the session id must be 16 to 64 base64url characters"
+    if values["alg"] != ALG:
+        return f"algorithm {values['alg']!r} is not accepted here (only {ALG}; a MAC is {MAC})"
+    if "sid" in values:
+        return f"a session id goes in the {MAC} header"
     if not KEY_ID.match(values["keyid"]):
         return f"key id {values['keyid']!r} is not a valid key id"
     if not _NONCE.match(values["nonce"]):
@@ -382,9 +454,10 @@ class Signer:
     ) -> dict[str, str]:
         """``headers`` with an HMAC-SHA256 under ``session`` (see ``sessions``)."""
         out, params = self._params(headers, self._clock(), session.key_id, session.session_id)
-        tag = hmac.digest(session.key, signature_base(subject, body, out, params), "sha256")
+        tag = hmac.digest(session.key, mac_base(subject, body, out, params), "sha256")
         self.maced += 1
-        return _with_signature(out, params, tag)
+        out[MAC] = f"{params.mac_text()};{_b64url(tag)}"
+        return out
 
     def _params(
         self, headers: Mapping[str, str] | None, now: float, key_id: str, session: str | None = None
@@ -500,8 +573,9 @@ def session_refused(error: SignatureError, headers: Mapping[str, str] | None) ->
     Ed25519."""
     if error.refusal is SignatureRefusal.UNKNOWN_SESSION:
         return True
-    maced = f'alg="{SESSION_ALG}"' in (headers or {}).get(SIGNATURE_INPUT, "")
-    return maced and error.refusal is SignatureRefusal.MALFORMED
+    # A hub older than sessions reads no Imm-Mac: the input is unsigned to it.
+    maced = MAC in (headers or {})
+    return maced and error.refusal in (SignatureRefusal.MALFORMED, SignatureRefusal.UNSIGNED)
 
 
 def forget_session(nc: Any, subject: str) -> None:
