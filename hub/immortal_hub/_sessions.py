@@ -27,6 +27,7 @@ from nats.js.kv import KeyValue
 
 from immortal._names import Names
 from immortal._transient import key_value
+from immortal.security.sessions import SessionMac
 
 __all__ = ["SESSION_TTL_S", "HubSession", "SessionStore"]
 
@@ -40,6 +41,10 @@ class HubSession:
     key: bytes = field(repr=False)
     key_id: str
     ends: float  # seconds since the epoch, on the hub's clock
+    mac: SessionMac = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mac", SessionMac(self.key))
 
 
 class SessionStore:

@@ -349,7 +349,7 @@ class SignatureCheck:
             )
         base = mac_base(msg.subject, msg.data, msg.headers or {}, params)
         self.maced += 1
-        return hmac.compare_digest(hmac.digest(session.key, base, "sha256"), tag)
+        return hmac.compare_digest(session.mac(base), tag)
 
     async def open_session(
         self, msg: Any, tenant: str, sender: str, who: Callable[[str], Awaitable[dict[str, Any]]]

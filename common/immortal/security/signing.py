@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import os
 import re
@@ -267,18 +266,25 @@ def mac_base(
 ) -> bytes:
     """The bytes an ``Imm-Mac`` tag is computed over. Raises :class:`SignatureError` when a
     covered header is missing or holds a line break."""
-    lines = [MAC_SCHEME, subject]
+    pairs: list[tuple[str, str | None]] = []
     if params.covered:
         lower = {k.lower(): v for k, v in headers.items()}
-        for name in params.covered:
-            value = lower.get(name)
-            if value is None or "\n" in value or "\r" in value:
-                what = "is missing" if value is None else "holds a line break"
-                raise SignatureError(
-                    SignatureRefusal.MALFORMED, f"covered header {name!r} {what}", params.key_id
-                )
-            lines.append(f"{name}: {value}")
-    lines.append(params.mac_text())
+        pairs = [(name, lower.get(name)) for name in params.covered]
+    return _mac_input(subject, pairs, params.mac_text(), body, params.key_id)
+
+
+def _mac_input(
+    subject: str, pairs: Sequence[tuple[str, str | None]], text: str, body: bytes, key_id: str
+) -> bytes:
+    lines = [MAC_SCHEME, subject]
+    for name, value in pairs:
+        if value is None or "\n" in value or "\r" in value:
+            what = "is missing" if value is None else "holds a line break"
+            raise SignatureError(
+                SignatureRefusal.MALFORMED, f"covered header {name!r} {what}", key_id
+            )
+        lines.append(f"{name}: {value}")
+    lines.append(text)
     return ("\n".join(lines) + "\n").encode() + body
 
 
@@ -417,6 +423,9 @@ class Signer:
             raise ValueError("a signer needs at least one key")
         self.keys = list(keys)
         self.lifetime = lifetime
+        self._life = max(1, round(lifetime))
+        # The key current() gave, from and until when, and how many keys there were then.
+        self._current: tuple[SigningKey, float, float, int] | None = None
         self._clock = clock
         self._nacl = {k.key_id: _NaclSigningKey(k.seed) for k in self.keys}
         self.signed = 0
@@ -426,13 +435,21 @@ class Signer:
     def current(self, now: float | None = None) -> SigningKey:
         """The key to sign with: the newest whose ``not_before`` has passed."""
         now = self._clock() if now is None else now
+        cached = self._current
+        if cached is not None and cached[1] <= now < cached[2] and cached[3] == len(self.keys):
+            return cached[0]
         usable = [k for k in self.keys if k.not_before is None or k.not_before <= now]
         if not usable:
             raise SignatureError(
                 SignatureRefusal.KEY_NOT_YET_VALID,
                 "no signing key may be used yet (every key's not_before is ahead)",
             )
-        return max(enumerate(usable), key=lambda p: (p[1].not_before or 0.0, p[0]))[1]
+        key = max(enumerate(usable), key=lambda p: (p[1].not_before or 0.0, p[0]))[1]
+        # The same key until the next not_before passes (a rollout's key takes over then).
+        ahead = [k.not_before for k in self.keys if k.not_before is not None and k.not_before > now]
+        since = max((k.not_before for k in usable if k.not_before is not None), default=-1.0)
+        self._current = (key, since, min(ahead, default=float("inf")), len(self.keys))
+        return key
 
     def sign(
         self, subject: str, body: bytes, headers: Mapping[str, str] | None = None
@@ -453,10 +470,17 @@ class Signer:
         headers: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
         """``headers`` with an HMAC-SHA256 under ``session`` (see ``sessions``)."""
-        out, params = self._params(headers, self._clock(), session.key_id, session.session_id)
-        tag = hmac.digest(session.key, mac_base(subject, body, out, params), "sha256")
+        # Built directly (no SignatureParams): this is every input by request's cost.
+        out = {k: v for k, v in headers.items() if k.lower() not in _OWN} if headers else {}
+        pairs: list[tuple[str, str | None]] = sorted((k.lower(), v) for k, v in out.items())
+        created = int(self._clock())
+        text = (
+            f"{session.key_id};{session.session_id};{created};{created + self._life};"
+            f"{_b64url(os.urandom(16))};{','.join(name for name, _ in pairs)}"
+        )
+        tag = session.mac(_mac_input(subject, pairs, text, body, session.key_id))
         self.maced += 1
-        out[MAC] = f"{params.mac_text()};{_b64url(tag)}"
+        out[MAC] = f"{text};{_b64url(tag)}"
         return out
 
     def _params(
@@ -468,7 +492,7 @@ class Signer:
         params = SignatureParams(
             covered=tuple(sorted(k.lower() for k in out)),
             created=created,
-            expires=created + max(1, round(self.lifetime)),
+            expires=created + self._life,
             nonce=_b64url(secrets.token_bytes(16)),
             key_id=key_id,
             alg=ALG if session is None else SESSION_ALG,
