@@ -112,17 +112,13 @@ class RpcInputs(RunApplier):
 
     async def _apply_rpc(self, msg: Msg) -> None:
         reply = OK
+        nonce: asyncio.Task[None] | None = None
         try:
             admitted = await self._guard.admit(msg, self._decode)
             if admitted is None:
                 return
-            try:
-                reply = await self._decide_and_apply(*admitted)
-            finally:
-                if admitted.nonce is not None:
-                    # A replay's refusal is what its sender hears (its apply changed
-                    # nothing: see _signatures.OVERLAPPED)
-                    await admitted.nonce
+            nonce = admitted.nonce
+            reply = await self._decide_and_apply(*admitted)
         except StaleAttempt as exc:
             reply = STALE + b" " + str(exc).encode()
         except AwaitingStart:
@@ -139,10 +135,28 @@ class RpcInputs(RunApplier):
                 "rpc input %s failed (%r); the sender falls back to IMM_IN", msg.subject, exc
             )
             reply = b"retry"
+        finally:
+            if nonce is not None:
+                # Its create settles after the answer and outside the tenant's slot: a
+                # copy of this input changed nothing (see _signatures.OVERLAPPED), and
+                # is audited (and dead-lettered, below) when the create finds its nonce.
+                self._spawn_rpc(self._settle_nonce(msg, nonce))
         if not self._guard.may_reply(msg):
             return  # applied, but the answer would go to a subject the sender chose
         with contextlib.suppress(Exception):
             await msg.respond(reply)
+
+    async def _settle_nonce(self, msg: Msg, nonce: asyncio.Task[None]) -> None:
+        try:
+            await nonce
+        except SignatureRefused as exc:  # a replay: audited by the check already
+            await self._keep_dead_letter(
+                msg.subject, msg.data, str(exc), ref=f"rpc:{uuid.uuid4().hex}"
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store: nothing was changed by the copy, if it was one
+            log.warning("nonce of %s not stored: %r", msg.subject, exc)
 
 
 def _resent(exc: Exception) -> bool:

@@ -90,13 +90,12 @@ MAX_LIFETIME_S = 60.0  # the longest a signature may be valid (expires - created
 SKEW_S = 30.0  # clock difference allowed on each side of [created, expires]
 _REREAD_S = 1.0  # an unknown key id reads the registry again at most this often per tenant
 _UNSIGNED_OK = frozenset({"timer", "child"})  # what the broker or a hub sends, never a client
-#: Inputs by request whose nonce is created while the hub applies them. A copy of one
-#: changes nothing by run state alone: a start's run exists already, a workflow task's
-#: result is stale once its task is settled, an attempt's result once its attempt is, an
-#: attempt's start finds its timers armed (deduped in IMM_TIMERS's window, so only while
-#: a signature's accepted span fits in it); so the copy's refusal may come after its
-#: (empty) apply. Not a signal, cancel or terminate (their ids are kept for the last 64
-#: inputs only) nor a heartbeat (its details would be written again).
+#: Inputs by request whose nonce is created while the hub applies them and settles after
+#: the hub answered. A copy of one changes nothing by run state alone: an attempt's start
+#: finds its timers armed (deduped in IMM_TIMERS's window, so only while a signature's
+#: accepted span fits in it); so the copy's refusal (audited, dead-lettered) may come
+#: after its (empty) apply. Not a signal, cancel or terminate (their ids are kept for the
+#: last 64 inputs only) nor a heartbeat (its details would be written again).
 OVERLAPPED = frozenset({"started"})
 #: Inputs by request whose nonce the run records in the transition that applies them
 #: (:class:`RunNonce`); a copy finds it there. Each of them appends to the run when it is
@@ -120,8 +119,9 @@ class SignedBy:
     """Who signed an accepted input: what history records beside the sender.
 
     ``nonce``, when set, is the nonce's create still on its way (an input by request
-    whose replay is harmless by run state, see :data:`OVERLAPPED`): await it before
-    answering; it raises :class:`SignatureRefused` for a replay."""
+    whose replay is harmless by run state, see :data:`OVERLAPPED`); it raises
+    :class:`SignatureRefused` for a replay. ``recorded``: the nonce the run records
+    instead (:data:`RECORDED`)."""
 
     key_id: str
     subject: str
