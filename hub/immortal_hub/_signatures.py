@@ -43,8 +43,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 from nacl.signing import VerifyKey
@@ -114,8 +113,7 @@ class SignatureRefused(InvalidInput):
         self.error = error
 
 
-@dataclass(frozen=True)
-class SignedBy:
+class SignedBy(NamedTuple):
     """Who signed an accepted input: what history records beside the sender.
 
     ``nonce``, when set, is the nonce's create still on its way (an input by request
@@ -125,17 +123,16 @@ class SignedBy:
 
     key_id: str
     subject: str
-    nonce: asyncio.Task[None] | None = field(default=None, compare=False, repr=False)
-    recorded: RunNonce | None = field(default=None, compare=False, repr=False)
+    nonce: asyncio.Task[None] | None = None
+    recorded: RunNonce | None = None
 
 
-@dataclass(frozen=True)
-class RunNonce:
+class RunNonce(NamedTuple):
     """The nonce of an input by request that its run records (:data:`RECORDED`), for the
     hub's apply: :meth:`record` it in the transition that applies the input, or
     :meth:`settle` it when the input applies to nothing."""
 
-    check: SignatureCheck = field(repr=False)
+    check: SignatureCheck
     tenant: str
     subject: str
     params: SignatureParams

@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey as _NaclSigningKey
@@ -129,11 +129,10 @@ class SignatureError(AuthError):
         self.key_id = key_id
 
 
-@dataclass(frozen=True)
-class SignatureParams:
+class SignatureParams(NamedTuple):
     """The signed parameters: which headers are covered (lowercase names, sorted), when
     the signature was made and until when it holds (seconds since the epoch), a nonce
-    used once, and the key."""
+    used once, and the key. (A tuple: one is made per input the hub checks.)"""
 
     covered: tuple[str, ...]
     created: int
