@@ -12,10 +12,11 @@ max) and writes the figures to ``bench/results/<time>.json``.
     python -m bench -w policy               # policy decision cost (no broker involved)
     python -m bench -w throughput -w latency --secure   # and again with auth on (_secure)
     python -m bench -w throughput -w latency --encrypt  # and again with payloads encrypted
-    # both: the auth pass signs (--signing) and encrypts too, beside the plain pass
+    # both: the auth pass signs (--signing) and encrypts too, beside auth alone and plain
     python -m bench -w throughput --secure --policy     # and with a tenant policy on top
     python -m bench -w throughput --secure --signing    # ... with auth and signed inputs on
     python -m bench -w signing              # sign/verify cost per input (no broker involved)
+    python -m bench -w signing_stack        # signing's cost per workflow, in one process
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import nats
 from nats.js.api import StorageType, StreamConfig
 
-from bench import _encrypt, _policy, _signing
+from bench import _encrypt, _policy, _signing, _signing_stack
 from bench._cli import cli
 from bench._fleet import fairness, fairness_batch, frozen_worker, wait_marks
 from bench._harness import (
@@ -57,7 +58,12 @@ WORKLOADS = [
     "jetstream", "throughput", "sequential5", "fanout10", "latency", "timers", "dead_worker",
     "frozen_worker", "fairness", "cli", "policy", "signing",
 ]  # fmt: skip
-OPTIONAL = ["soak", "fairness_batch", "list"]  # run with -w (list fills a tenant first)
+OPTIONAL = [
+    "soak",
+    "fairness_batch",
+    "list",
+    "signing_stack",
+]  # run with -w (list fills a tenant first)
 STREAMS = ["IMM_IN", "IMM_HISTORY", "IMM_TASKS", "IMM_RUNS"]
 
 
@@ -121,6 +127,8 @@ class Bench:
                     for name in self.args.workload:
                         await getattr(self, f"w_{name}")()
                     self.codec, self.codec_env, self.suffix = None, {}, ""
+            if self.args.secure and (self.args.signing or self.args.encrypt):
+                await self._secure_pass(Path(tmp) / "auth-alone", alone=True)  # the baseline
             secure_suffix = await self._secure_pass(Path(tmp)) if self.args.secure else ""
             if self.args.policy:
                 text = BENCH_POLICY if self.args.policy == "-" else self.args.policy.read_text()
@@ -132,11 +140,12 @@ class Bench:
                     await self._decisions_logged()
         return secure_suffix
 
-    async def _secure_pass(self, tmp: Path) -> str:
-        """The workloads with auth on (and signing, encryption, when asked): its suffix."""
-        async with secure_server(tmp, signing=self.args.signing) as secure:
+    async def _secure_pass(self, tmp: Path, *, alone: bool = False) -> str:
+        """The workloads with auth on (and signing, encryption, when asked; ``alone``: with
+        neither, the baseline they are measured against): its suffix."""
+        async with secure_server(tmp, signing=self.args.signing and not alone) as secure:
             self.secure, suffix = secure, secure.suffix
-            if self.args.encrypt:  # every part of the security on at once
+            if self.args.encrypt and not alone:  # every part of the security on at once
                 self.codec, self.codec_env = _encrypt.key_ring()
                 suffix = suffix.replace(" on]", "+encryption on]")
             self.suffix = suffix
@@ -144,7 +153,7 @@ class Bench:
             for name in self.args.workload:
                 await getattr(self, f"w_{name}")()
             self.codec, self.codec_env = None, {}
-            if self.args.signing:
+            if self.args.signing and not alone:
                 await self._signed_proof()
         return suffix
 
@@ -440,6 +449,12 @@ class Bench:
         shape = _policy.measure(self.metric, trials=self.args.trials)
         self.extra["policy"] = shape
         print(f"  {_policy.report(shape)}", flush=True)
+
+    async def w_signing_stack(self) -> None:
+        """Signing's cost on a whole workflow, in one process (bench/_signing_stack.py)."""
+        shape = await _signing_stack.measure(self.metric)
+        self.extra["signing_stack"] = shape
+        print(f"  {_signing_stack.report(shape)}", flush=True)
 
     async def w_signing(self) -> None:
         """Sign and check one input, on the CPU (bench/_signing.py)."""

@@ -172,13 +172,32 @@ def compare(metrics: dict[str, Any], suffix: str = SUFFIX) -> list[Cost]:
     """What auth on costs (``suffix``: the auth pass's, with signing or not), and a policy
     on top of it, from the passes' metrics."""
     what = suffix.strip(" []").removesuffix(" on")  # "auth", "auth+signing"
+    # With signing or encryption, the auth pass alone ran too: their cost is beside it
+    # (issue 17's figure); beside nothing at all it is shown for the whole picture.
+    alone = suffix != SUFFIX and any(k.endswith(SUFFIX) for k in metrics)
+    extra = what.removeprefix("auth+")
     return [
+        *(
+            cost(
+                metrics, SUFFIX, "", "auth on / off: throughput kept", "auth on: unloaded p50 added"
+            )
+            + cost(
+                metrics,
+                suffix,
+                SUFFIX,
+                f"{extra} on / off (auth on): throughput kept",
+                f"{extra} on (auth on): unloaded p50 added",
+            )
+            if alone
+            else []
+        ),
         *cost(
             metrics,
             suffix,
             "",
             f"{what} on / off: throughput kept",
             f"{what} on: unloaded p50 added",
+            target=not alone,
         ),
         *cost(
             metrics,
