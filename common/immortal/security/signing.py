@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -430,6 +431,14 @@ class Signer:
         self.signed = 0
         self.maced = 0  # inputs authenticated under a session (``sessions``)
         self.book: SessionBook | None = SessionBook() if sessions else None
+        # Nonces: 96 random bits per signer, then a count: used once by construction (a
+        # counter never repeats, the prefix is another signer's only by chance, 2^-96),
+        # without a read of the system's random source per input.
+        self._nonce_prefix = _b64url(secrets.token_bytes(12))
+        self._count = itertools.count(1)
+
+    def _nonce(self) -> str:
+        return f"{self._nonce_prefix}{next(self._count):x}"
 
     def current(self, now: float | None = None) -> SigningKey:
         """The key to sign with: the newest whose ``not_before`` has passed."""
@@ -475,7 +484,7 @@ class Signer:
         created = int(self._clock())
         text = (
             f"{session.key_id};{session.session_id};{created};{created + self._life};"
-            f"{_b64url(os.urandom(16))};{','.join(name for name, _ in pairs)}"
+            f"{self._nonce()};{','.join(name for name, _ in pairs)}"
         )
         tag = session.mac(_mac_input(subject, pairs, text, body, session.key_id))
         self.maced += 1
@@ -492,7 +501,7 @@ class Signer:
             covered=tuple(sorted(k.lower() for k in out)),
             created=created,
             expires=created + self._life,
-            nonce=_b64url(secrets.token_bytes(16)),
+            nonce=self._nonce(),
             key_id=key_id,
             alg=ALG if session is None else SESSION_ALG,
             session=session,
