@@ -36,11 +36,21 @@ from immortal.security.signing import (
 from immortal_hub import Hub
 from immortal_worker import Worker
 from tests.security_fixtures import SecureStack, secure_stack
+from tests.test_policy_hub import apply as apply_policy
 from tests.workflows import add, double, square, three_step, waits_for_go
 
 pytestmark = pytest.mark.timeout(90)
 
 TENANT = "acme"
+ALLOW_WRITERS = """
+tenant: acme
+version: 1
+rules:
+  - id: r-writers
+    effect: allow
+    roles: [writer]
+    actions: [workflow.*]
+"""
 
 
 @pytest.fixture
@@ -475,6 +485,29 @@ async def test_a_run_records_the_nonces_of_its_inputs_and_refuses_their_copies(
                 await asyncio.sleep(0.05)
             assert len(await refusals(admin, "replay")) == n, msg.subject
         assert [e.type for e in await handle.history()] == before
+
+
+async def test_a_start_replayed_after_its_tenant_got_a_policy_is_refused(
+    signed: Any, admin: Any
+) -> None:
+    """Under a policy a start's nonce is created before it is decided; a copy of a start
+    applied before the policy existed (its nonce recorded by its run only) is still found
+    in the run and refused."""
+    stack, hub, keys, _ = signed
+    ann_key = SigningKey.generate("ann-1")
+    await keys.add(ann_key)
+    signer = Signer([ann_key])
+    async with writer(stack, signer) as client:
+        body = start_body("before-policy")
+        headers = signer.sign(rpc_subject(client), body, {"Nats-Msg-Id": "start:bp"})
+        assert await send_rpc(client, body, headers) == OK
+        await apply_policy(stack, ALLOW_WRITERS, hub)
+        again = await send_rpc(client, body, headers)
+        assert again.startswith(REJECTED) and b"replay" in again, again
+        events = await (await client.get_handle("before-policy")).history()
+        assert [e.type for e in events].count(EventType.WORKFLOW_STARTED) == 1
+    [record] = await refusals(admin, "replay")
+    assert record.where["key_id"] == "ann-1"
 
 
 async def _has_key(bucket: Any, key: str) -> bool:

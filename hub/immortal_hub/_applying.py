@@ -175,8 +175,7 @@ class RunApplier:
                     )
                     return None
                 if nonce is not None and not nonce.record(outcome):
-                    await nonce.create()  # the run's ring is full: imm-nonces it is
-                    nonce = None
+                    nonce = await nonce.create()  # the run's ring is full: imm-nonces it is
                 applied = await self._commit(tenant, subject, outcome, seq, digest)
                 if applied is None:  # another hub moved the run (or our own lost ack did):
                     fresh = True  # reload from the leader and decide again

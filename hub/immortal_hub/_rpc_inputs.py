@@ -97,9 +97,9 @@ class RpcInputs(RunApplier):
         if recorded is not None and kind == "start" and self.policy.watch.get(tenant) is not None:
             # A start the policy refused once may be allowed by a later version: no run
             # records its nonce then, and its copy must not start the run, so under a
-            # policy the nonce is created first.
-            await recorded.create()
-            recorded = None
+            # policy the nonce is created first. The run is still searched for it: its
+            # original may have started the run before the tenant had a policy.
+            recorded = await recorded.create()
         denied = await self.policy.refuses(tenant, queue, kind, body)
         if denied:
             return denied

@@ -136,6 +136,7 @@ class RunNonce(NamedTuple):
     tenant: str
     subject: str
     params: SignatureParams
+    created: bool = False  # its create in imm-nonces was made already (:meth:`create`)
 
     @property
     def until(self) -> int:
@@ -150,7 +151,7 @@ class RunNonce(NamedTuple):
         now = self.check.now()
         kept = [n for n in state.nonces or () if n[1] >= now]
         if len(kept) >= NONCES_KEPT:
-            return False
+            return self.created
         state.nonces = [*kept, (self.params.nonce, self.until)]
         return True
 
@@ -162,10 +163,14 @@ class RunNonce(NamedTuple):
             error = _replay(self.params)
             await self.check.refuse(self.tenant, self.subject, error)
             raise SignatureRefused(error)
-        await self.create()
+        if not self.created:
+            await self.create()
 
-    async def create(self) -> None:
+    async def create(self) -> RunNonce:
+        """Create the nonce in ``imm-nonces`` (a replay is refused, audited); the same
+        nonce, marked created, which the run still looks for and records."""
         await self.check.settle_nonce(self.tenant, self.subject, self.params)
+        return self._replace(created=True)
 
 
 class SignatureCheck:
