@@ -18,7 +18,6 @@ also runs the hub's read relay (``_reads``), the other thing the hub checks for 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -51,7 +50,7 @@ class Admitted(NamedTuple):
     queue: str
     kind: str
     body: Any
-    nonce: asyncio.Task[None] | None = None  # a signed input's nonce, still being created
+    later: RunNonce | None = None  # a signed input's nonce, created after the answer
     recorded: RunNonce | None = None  # or one its run records (``_signatures.RECORDED``)
 
 
@@ -106,28 +105,24 @@ class InputGuard:
         """The input's tenant, queue, kind and body, with the sender recorded in the body;
         None when it is no one's input (refused and audited). Raises ``ValueError`` (or
         the decoder's error) for an input that cannot be read, ``SignatureRefused`` for
-        one whose signature is refused (audited). ``nonce``: see ``SignedBy``."""
+        one whose signature is refused (audited). ``later``, ``recorded``: see
+        ``SignedBy``."""
         tenant, queue, kind, sender = self.names.parse_input(msg.subject)
         forged = self.forged(msg.subject, msg.headers)
         if forged is not None:
             await self.refuse(tenant, msg.subject, forged)
             return None
         signed = await self.signatures.check(msg, tenant, kind, sender, self.who)
-        nonce = signed.nonce if signed is not None else None
+        later = signed.later if signed is not None else None
         recorded = signed.recorded if signed is not None else None
-        try:
-            body = decode(kind, msg.data)
-            await self.identify(tenant, kind, sender, body)
-        except BaseException:
-            if nonce is not None:
-                nonce.cancel()  # nothing is applied: no answer to wait for
-            raise
+        body = decode(kind, msg.data)
+        await self.identify(tenant, kind, sender, body)
         key_id = signed.key_id if signed is not None else None
         if hasattr(body, "key_id"):  # a result: beside its worker (never the payload's word)
             body.key_id = key_id
         elif key_id is not None and kind in _IDENTIFIED and hasattr(body, "by"):
             body.by = {**(body.by or {}), "key_id": key_id}  # beside who sent it
-        return Admitted(tenant, queue, kind, body, nonce, recorded)
+        return Admitted(tenant, queue, kind, body, later, recorded)
 
     async def open_session(self, msg: Any) -> None:
         """A signing session's handshake (``_sessions``): checked, answered to its sender

@@ -91,7 +91,7 @@ class RpcInputs(RunApplier):
         queue: str,
         kind: str,
         body: Any,
-        nonce: Awaitable[None] | None,
+        later: RunNonce | None,
         recorded: RunNonce | None,
     ) -> bytes:
         if recorded is not None and kind == "start" and self.policy.watch.get(tenant) is not None:
@@ -112,12 +112,12 @@ class RpcInputs(RunApplier):
 
     async def _apply_rpc(self, msg: Msg) -> None:
         reply = OK
-        nonce: asyncio.Task[None] | None = None
+        later: RunNonce | None = None
         try:
             admitted = await self._guard.admit(msg, self._decode)
             if admitted is None:
                 return
-            nonce = admitted.nonce
+            later = admitted.later
             reply = await self._decide_and_apply(*admitted)
         except StaleAttempt as exc:
             reply = STALE + b" " + str(exc).encode()
@@ -136,19 +136,19 @@ class RpcInputs(RunApplier):
             )
             reply = b"retry"
         finally:
-            if nonce is not None:
-                # Its create settles after the answer and outside the tenant's slot: a
+            if later is not None:
+                # Its create is made after the answer and outside the tenant's slot: a
                 # copy of this input changed nothing (see _signatures.OVERLAPPED), and
                 # is audited (and dead-lettered, below) when the create finds its nonce.
-                self._spawn_rpc(self._settle_nonce(msg, nonce))
+                self._spawn_rpc(self._create_nonce(msg, later))
         if not self._guard.may_reply(msg):
             return  # applied, but the answer would go to a subject the sender chose
         with contextlib.suppress(Exception):
             await msg.respond(reply)
 
-    async def _settle_nonce(self, msg: Msg, nonce: asyncio.Task[None]) -> None:
+    async def _create_nonce(self, msg: Msg, later: RunNonce) -> None:
         try:
-            await nonce
+            await later.create()
         except SignatureRefused as exc:  # a replay: audited by the check already
             await self._keep_dead_letter(
                 msg.subject, msg.data, str(exc), ref=f"rpc:{uuid.uuid4().hex}"

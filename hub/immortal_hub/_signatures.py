@@ -116,14 +116,14 @@ class SignatureRefused(InvalidInput):
 class SignedBy(NamedTuple):
     """Who signed an accepted input: what history records beside the sender.
 
-    ``nonce``, when set, is the nonce's create still on its way (an input by request
-    whose replay is harmless by run state, see :data:`OVERLAPPED`); it raises
-    :class:`SignatureRefused` for a replay. ``recorded``: the nonce the run records
-    instead (:data:`RECORDED`)."""
+    ``later``, when set, is a nonce to create once the hub answered (an input by
+    request whose copy is harmless by run state, see :data:`OVERLAPPED`): its
+    :meth:`RunNonce.create` raises :class:`SignatureRefused` for a replay. ``recorded``:
+    the nonce the run records instead (:data:`RECORDED`)."""
 
     key_id: str
     subject: str
-    nonce: asyncio.Task[None] | None = None
+    later: RunNonce | None = None
     recorded: RunNonce | None = None
 
 
@@ -310,13 +310,11 @@ class SignatureCheck:
             await self._check_owner(key, sender, who)
         self.verified += 1
         if not queued and kind in RECORDED:
-            return SignedBy(
-                key.key_id, key.subject, recorded=RunNonce(self, tenant, msg.subject, params)
-            )
-        if not queued and kind in self.overlapped:
-            # The create's round trip runs beside the apply (see OVERLAPPED).
-            pending = asyncio.ensure_future(self.settle_nonce(tenant, msg.subject, params))
-            return SignedBy(key.key_id, key.subject, pending)
+            nonce = RunNonce(self, tenant, msg.subject, params)
+            return SignedBy(key.key_id, key.subject, recorded=nonce)
+        if not queued and kind in self.overlapped:  # created after the answer (OVERLAPPED)
+            nonce = RunNonce(self, tenant, msg.subject, params)
+            return SignedBy(key.key_id, key.subject, later=nonce)
         # Queued, the stream's dedupe on the signed Nats-Msg-Id refuses a copy; without
         # that header covered, only the nonce can.
         if not queued or self.queued_need_nonce or "nats-msg-id" not in params.covered:
