@@ -162,3 +162,32 @@ async def _scheduled_runs(client: Client) -> int:
     """The closed runs the schedule made, read from the runs index (through the relay)."""
     page = await client.list_workflows(status="closed", limit=1000)
     return sum("@" in run.workflow_id for run in page.runs)
+
+
+async def test_with_no_hub_running_a_start_returns_at_once_and_says_so(
+    stack: SecureStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With auth on a client reads the live workers through a hub: with none running,
+    the start still queues durably and returns, without waiting for that advice, and the
+    log says why nothing runs yet; a hub started later runs it."""
+    security = stack.security("ann", ["acme:writer"])
+    async with Client(stack.url, security=security) as client:
+        t0 = asyncio.get_running_loop().time()
+        with caplog.at_level("WARNING", logger="immortal._client"):
+            handle = await client.start(three_step, 3, id="before-any-hub")
+        assert asyncio.get_running_loop().time() - t0 < 3.0  # it took ~20 s before
+        assert any("no hub answered" in r.getMessage() for r in caplog.records)
+        hub = Hub(stack.url, security=stack.hub_security())
+        await hub.start()
+        worker = Worker(
+            stack.url,
+            workflows=[three_step],
+            activities=[double, square, add],
+            security=stack.security("svc-worker", ["acme:worker"], queues=["default"]),
+        )
+        await worker.start()
+        try:
+            assert await asyncio.wait_for(handle.result(), 30) == 15
+        finally:
+            await worker.stop()
+            await hub.stop()

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js.errors import BucketNotFoundError
 from nats.js.errors import NotFoundError as JsNotFound
 from nats.js.kv import KeyValue
@@ -76,6 +77,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _WORKERS_FRESH_S = 2.0  # how long start() trusts its last look at the live workers
+_LOOK_S = 1.0  # the longest start() waits for that look (advice, see _warn_if_unserved)
 
 R = TypeVar("R")
 
@@ -113,7 +115,7 @@ class Client:
         self._workers_seen: dict[str, tuple[float, list[WorkerInfo]]] = {}
         self.schedules = Schedules(self)
         self.dead_letters = DeadLetters(self)
-        self._workers_looking: dict[str, asyncio.Future[list[WorkerInfo]]] = {}
+        self._workers_looking: dict[str, asyncio.Future[list[WorkerInfo] | None]] = {}
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -260,26 +262,50 @@ class Client:
         return await queue_stats(self.nc, self.names, self.tenant, queues)
 
     async def _warn_if_unserved(self, workflow_type: str, queue: str) -> None:
-        """Say so when no live worker serves this type (the run still waits durably)."""
-        seen_at, live = self._workers_seen.get(queue, (0.0, []))
+        """Say so when no live worker serves this type (the run still waits durably).
+        Advice only: a start waits at most ``_LOOK_S`` for it, and a look that takes longer
+        goes on and serves the next start."""
+        seen_at, live = self._workers_seen.get(queue, (-_WORKERS_FRESH_S, []))
         if time.monotonic() - seen_at > _WORKERS_FRESH_S:
             # One look at a time per queue: a burst of starts shares it instead of each
             # opening its own watch (an ordered consumer on the server) on imm-workers.
             looking = self._workers_looking.get(queue)
             if looking is None:
-                looking = self._workers_looking[queue] = asyncio.ensure_future(self.workers(queue))
+                looking = self._workers_looking[queue] = asyncio.ensure_future(
+                    self._look_at_workers(queue)
+                )
                 looking.add_done_callback(lambda _: self._workers_looking.pop(queue, None))
             try:
-                live = await asyncio.shield(looking)
-            except Exception:  # discovery is advice; never let it block a start
+                found = await asyncio.wait_for(asyncio.shield(looking), _LOOK_S)
+            except Exception:  # slow or failed: never let advice hold a start
                 return
-            self._workers_seen[queue] = (time.monotonic(), live)
+            if found is None:
+                return  # no hub answered the look (said once, in _look_at_workers)
+            live = found
         if not any(workflow_type in w.workflows for w in live):
             log.warning(
                 "no live worker on queue %r serves workflow %r: the run waits until one does",
                 queue,
                 workflow_type,
             )
+
+    async def _look_at_workers(self, queue: str) -> list[WorkerInfo] | None:
+        """The live workers of ``queue``, read once (no retries: this is advice), kept for
+        ``_WORKERS_FRESH_S``; None when no hub answered the read (auth on, a client reads
+        them through a hub's relay), which is itself worth saying."""
+        pattern = f"{self.tenant}.{encode_token(queue)}.*"
+        try:
+            scanned = await kv_scan(self.nc, self.names.bucket_workers, pattern)
+        except NoRespondersError:
+            self._workers_seen[queue] = (time.monotonic(), [])
+            log.warning(
+                "no hub answered (with auth on, a client reads through a hub): the run "
+                "waits in IMM_IN until one runs (`immortal hub`)"
+            )
+            return None
+        live = sorted((worker_info(unpack(v)) for _, v in scanned), key=lambda w: w.worker)
+        self._workers_seen[queue] = (time.monotonic(), live)
+        return live
 
     async def events(
         self, *, from_seq: int = 1, follow: bool = False
