@@ -17,7 +17,7 @@ import nats.js.errors
 import pytest
 
 import immortal_hub._signatures
-from immortal import Client, EventType, format_timeline
+from immortal import Client, EventType, ImmortalError, format_timeline
 from immortal._codec import encode_args
 from immortal._inputs import OK, REJECTED
 from immortal._jetstream import last_message, read_subject
@@ -508,6 +508,44 @@ async def test_a_start_replayed_after_its_tenant_got_a_policy_is_refused(
         assert [e.type for e in events].count(EventType.WORKFLOW_STARTED) == 1
     [record] = await refusals(admin, "replay")
     assert record.where["key_id"] == "ann-1"
+
+
+async def test_schedule_changes_are_signed_checked_and_name_their_key(
+    signed: Any, admin: Any
+) -> None:
+    """A schedule change is a request to a hub, checked as an input is: signed, its key
+    recorded beside its author; unsigned, refused (typed, audited, nothing written); the
+    same signed request again, refused as a replay."""
+    stack, _, keys, _ = signed
+    ann_key = SigningKey.generate("ann-1")
+    await keys.add(ann_key)
+    async with writer(stack, Signer([ann_key])) as client:
+        made = await client.schedules.create("nightly", three_step, 2, every=3600)
+        assert made.schedule_id == "nightly"
+        author = (await client.schedules.get("nightly")).principal or {}
+        assert author.get("key_id") == "ann-1" and author.get("subject") == "ann", author
+        captured: list[Any] = []
+        capture = await admin.subscribe("imm.schedules.acme.>", cb=_keep(captured))
+        await admin.flush()
+        await client.schedules.pause("nightly")
+        for _ in range(100):
+            if captured:
+                break
+            await asyncio.sleep(0.02)
+        await capture.unsubscribe()
+        [msg] = captured
+        # The same bytes again, from the sender's own connection (its inbox for the answer).
+        again = await Requests.of(client.nc).request(
+            msg.subject, msg.data, headers=msg.headers, timeout=5
+        )
+        assert b"replay" in again.data, again.data
+    async with writer(stack, None) as unsigned:
+        with pytest.raises(SignatureError) as caught:
+            await unsigned.schedules.create("other", three_step, 2, every=3600)
+        assert caught.value.refusal is SignatureRefusal.UNSIGNED
+        with pytest.raises(ImmortalError, match="no schedule"):
+            await unsigned.schedules.get("other")
+    assert await refusals(admin, "unsigned") and await refusals(admin, "replay")
 
 
 async def _has_key(bucket: Any, key: str) -> bool:

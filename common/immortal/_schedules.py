@@ -34,6 +34,7 @@ from immortal._wire import _Model, decode, encode, now_ms
 from immortal.codec._fields import schedule_binding
 from immortal.codec._sealing import seal
 from immortal.security.connection import sender_of
+from immortal.security.signing import refusal_in, signed_headers
 
 if TYPE_CHECKING:
     from immortal._client import Client
@@ -174,10 +175,11 @@ class Schedules:
         for a delete). Raises ``PolicyDeniedError`` when the tenant's policy refuses it."""
         c = self._client
         subject = c.names.schedule_change_subject(c.tenant, sender_of(c.nc))
-        change = ScheduleChange(op=op, schedule_id=schedule_id, spec=spec)
+        data = encode(ScheduleChange(op=op, schedule_id=schedule_id, spec=spec))
+        headers = signed_headers(c.nc, subject, data, per_message=True)  # with a signer
         try:
             reply = await Requests.of(c.nc).request(
-                subject, encode(change), timeout=_CHANGE_TIMEOUT_S
+                subject, data, timeout=_CHANGE_TIMEOUT_S, headers=headers
             )
         except NoRespondersError as exc:
             raise NotSetUpError(
@@ -197,7 +199,8 @@ def _read_reply(data: bytes) -> ScheduleSpec:
     if data.startswith(DENIED):
         raise policy_denied(data[len(DENIED) :])
     if data.startswith(SCHEDULE_ERROR):
-        raise ImmortalError(data[len(SCHEDULE_ERROR) :].decode(errors="replace"))
+        reason = data[len(SCHEDULE_ERROR) :].decode(errors="replace")
+        raise refusal_in(reason) or ImmortalError(reason)
     raise ImmortalError(f"the hub could not make the schedule change: {data[:200]!r}")
 
 

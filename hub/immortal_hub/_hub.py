@@ -184,7 +184,12 @@ class Hub(RpcInputs):
         # Key registries, then the read relay (says so if auth is off): before any input.
         await self._guard.start()
         self._schedules = ScheduleChanges(
-            self.nc, self.names, self.hub_id, policy=self.policy, claims=self._guard.claims
+            self.nc,
+            self.names,
+            self.hub_id,
+            policy=self.policy,
+            claims=self._guard.claims,
+            signatures=self._guard.signatures,
         )
         await self._schedules.start()
         self._runs = RunsIndex(

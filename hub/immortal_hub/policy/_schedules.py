@@ -39,8 +39,14 @@ log = logging.getLogger(__name__)
 
 def schedule_author(record: Mapping[str, Any]) -> dict[str, Any] | None:
     """What a definition keeps of the principal that made it: its claims, as a run keeps
-    its starter's (never a token); None without a verified principal (auth off)."""
-    return _acting_for(record) if record else None
+    its starter's (never a token), and the key that signed the change, if one did; None
+    without a verified principal (auth off)."""
+    if not record:
+        return None
+    author = _acting_for(record)
+    if record.get("key_id"):
+        author["key_id"] = record["key_id"]
+    return author
 
 
 def schedule_refusal(

@@ -27,6 +27,7 @@ from immortal._schedules import SCHEDULE_ERROR, ScheduleChange, ScheduleSpec
 from immortal._wire import decode, encode
 from immortal.security import inbox_prefix
 from immortal.security.audit import publish_refusal
+from immortal_hub._signatures import SignatureCheck, SignatureRefused, SignedBy
 from immortal_hub.policy import PolicyGate, schedule_author, schedule_refusal
 from immortal_hub.schedules._store import (
     arm,
@@ -49,7 +50,14 @@ class _Refused(Exception):
 
 class ScheduleChanges:
     def __init__(
-        self, nc: Any, names: Names, hub_id: str, *, policy: PolicyGate, claims: Claims
+        self,
+        nc: Any,
+        names: Names,
+        hub_id: str,
+        *,
+        policy: PolicyGate,
+        claims: Claims,
+        signatures: SignatureCheck | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -57,6 +65,7 @@ class ScheduleChanges:
         self.hub_id = hub_id
         self.policy = policy
         self._claims = claims
+        self.signatures = signatures  # checks a change's signature as an input's
         self._sub: Any = None
         self.made = 0  # for tests
 
@@ -78,18 +87,33 @@ class ScheduleChanges:
             await self._audit(tenant, msg.subject, f"reply {msg.reply!r} is not the sender's inbox")
             return  # answering would send the definition to a subject the sender chose
         try:
+            signed = await self._signed_by(msg, tenant, sender)
             change = decode(ScheduleChange, msg.data)
             principal = dict(await self._claims(sender)) if secure else {}
             if secure and principal.get("tenant") != tenant:
                 raise _Refused(f"sender {sender} is not a principal of tenant {tenant!r}")
+            if signed is not None:  # beside the author, as history records it for a start
+                principal["key_id"] = signed.key_id
             reply = await self._make(tenant, change, principal)
-        except (_Refused, PayloadError) as exc:
+        except (_Refused, PayloadError, SignatureRefused) as exc:
             reply = SCHEDULE_ERROR + str(exc).encode()
         except Exception as exc:
             log.warning("schedule change on %s failed: %r", msg.subject, exc)
             reply = SCHEDULE_ERROR + f"the hub failed to make the change: {exc!r}".encode()
         with contextlib.suppress(Exception):
             await msg.respond(reply)
+
+    async def _signed_by(self, msg: Msg, tenant: str, sender: str) -> SignedBy | None:
+        """A change is checked as an input is (``_signatures``: key, window, signature,
+        owner, a nonce seen once by any hub); unsigned is refused where the tenant
+        requires signatures. Raises ``SignatureRefused`` (audited)."""
+        if self.signatures is None:
+            return None
+
+        async def who(pid: str) -> dict[str, Any]:
+            return dict(await self._claims(pid))
+
+        return await self.signatures.check(msg, tenant, "schedule", sender, who)
 
     async def _make(self, tenant: str, change: ScheduleChange, principal: dict[str, Any]) -> bytes:
         """Decide the change, then make it; the reply for its sender."""
