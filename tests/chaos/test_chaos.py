@@ -20,9 +20,11 @@ import tempfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from immortal import EventType
 from tests.chaos.checker import Report, check
 from tests.chaos.driver import drive, make_specs
 from tests.chaos.harness import INJECTORS, Deployment, inject
@@ -95,12 +97,16 @@ async def _run(
             report = Report(label, seed, faults=dict(faults), restarts=dict(dep.restarts))
             async with await dep.checker_client() as reader:
                 await check(reader, driven, str(ledger), report)
-                if signed:  # proof the run was signed: sessions opened, nonces stored
+                if signed:  # proof the run was signed: sessions opened, keys in history
                     js = reader.nc.jetstream()
                     sessions = (await js.stream_info("KV_imm-sessions")).state.messages
                     nonces = (await js.stream_info("KV_imm-nonces")).state.messages
-                    print(f"[chaos] {label}: {sessions} signing sessions, {nonces} nonces")
-                    assert sessions >= 1 and nonces >= chaos_workflows
+                    keyed = await _signed_runs(reader, driven, sample=100)
+                    print(
+                        f"[chaos] {label}: {sessions} signing sessions, {nonces} nonces in "
+                        f"imm-nonces (attempt starts'), {keyed} of 100 runs name their keys"
+                    )
+                    assert sessions >= 1 and nonces >= 1 and keyed == 100
     finally:
         await dep.close()
     _publish(report)
@@ -134,3 +140,22 @@ def _publish(report: Report) -> None:
         f"duplicates sent {report.duplicates_sent}; leftover messages of finished work "
         f"{report.leftover_done}; anomalies {len(report.anomalies)} ({path})"
     )
+
+
+async def _signed_runs(reader: Any, driven: Any, *, sample: int) -> int:
+    """How many of ``sample`` runs name the key that signed their start and each workflow
+    task's result (history records it from the verified signature)."""
+    named = 0
+    for wid in sorted(driven.outcomes)[:sample]:
+        handle = await reader.get_handle(wid, driven.outcomes[wid].run_id)
+        events = await handle.history()
+        started = [e for e in events if e.type is EventType.WORKFLOW_STARTED]
+        tasks = [e for e in events if e.type is EventType.WORKFLOW_TASK_COMPLETED]
+        if (
+            started
+            and (started[0].attrs.get("by") or {}).get("key_id")
+            and tasks
+            and all(e.attrs.get("key_id") for e in tasks)
+        ):
+            named += 1
+    return named
