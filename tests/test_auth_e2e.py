@@ -15,7 +15,7 @@ from immortal import Client, EventType, format_timeline
 from immortal.security import AuthError, PermissionDeniedError
 from immortal_hub import Hub
 from immortal_worker import Worker
-from tests.security_fixtures import SecureStack, secure_stack
+from tests.security_fixtures import SecureStack, hub_and_worker, secure_stack
 from tests.workflows import add, double, square, three_step, waits_for_go
 
 
@@ -177,17 +177,5 @@ async def test_with_no_hub_running_a_start_returns_at_once_and_says_so(
             handle = await client.start(three_step, 3, id="before-any-hub")
         assert asyncio.get_running_loop().time() - t0 < 3.0  # it took ~20 s before
         assert any("no hub answered" in r.getMessage() for r in caplog.records)
-        hub = Hub(stack.url, security=stack.hub_security())
-        await hub.start()
-        worker = Worker(
-            stack.url,
-            workflows=[three_step],
-            activities=[double, square, add],
-            security=stack.security("svc-worker", ["acme:worker"], queues=["default"]),
-        )
-        await worker.start()
-        try:
+        async with hub_and_worker(stack, workflows=[three_step], activities=[double, square, add]):
             assert await asyncio.wait_for(handle.result(), 30) == 15
-        finally:
-            await worker.stop()
-            await hub.stop()

@@ -35,6 +35,7 @@ from immortal.security.signing import (
 )
 from immortal_hub import Hub
 from immortal_worker import Worker
+from tests.helpers import eventually
 from tests.security_fixtures import SecureStack, secure_stack
 from tests.test_policy_hub import apply as apply_policy
 from tests.workflows import add, double, square, three_step, waits_for_go
@@ -145,6 +146,17 @@ async def refusals(nc: Any, check: str, tenant: str = TENANT) -> list[AuditRecor
             return found
         await asyncio.sleep(0.05)
     return []
+
+
+async def replays(nc: Any, n: int) -> list[AuditRecord]:
+    """The replay refusals in IMM_AUDIT, once there are ``n`` of them (or what there is
+    after waiting)."""
+
+    async def counted() -> list[AuditRecord] | None:
+        found = await refusals(nc, "replay")
+        return found if len(found) == n else None
+
+    return await eventually(counted) or await refusals(nc, "replay")
 
 
 async def dead_letters(nc: Any, tenant: str = TENANT) -> list[str]:
@@ -434,11 +446,7 @@ async def test_captured_worker_inputs_and_a_signal_replayed_change_nothing(
         for n, kind in enumerate(("wft", "act", "started", "signal"), 1):
             msg = kinds[kind]  # (the hub answers only the sender's own inbox)
             await admin.publish(msg.subject, msg.data, headers=msg.headers)
-            for _ in range(100):
-                if len(await refusals(admin, "replay")) == n:
-                    break
-                await asyncio.sleep(0.05)
-            refused = await refusals(admin, "replay")
+            refused = await replays(admin, n)
             assert len(refused) == n and f".{kind}." in refused[-1].where["subject"], kind
         assert [e.type for e in await handle.history()] == before
     assert any("replay" in e for e in await dead_letters(admin))
@@ -479,11 +487,7 @@ async def test_a_run_records_the_nonces_of_its_inputs_and_refuses_their_copies(
         before = [e.type for e in await handle.history()]
         for n, msg in enumerate(recorded, 1):
             await admin.publish(msg.subject, msg.data, headers=msg.headers)
-            for _ in range(100):
-                if len(await refusals(admin, "replay")) == n:
-                    break
-                await asyncio.sleep(0.05)
-            assert len(await refusals(admin, "replay")) == n, msg.subject
+            assert len(await replays(admin, n)) == n, msg.subject
         assert [e.type for e in await handle.history()] == before
 
 
@@ -528,10 +532,11 @@ async def test_schedule_changes_are_signed_checked_and_name_their_key(
         capture = await admin.subscribe("imm.schedules.acme.>", cb=_keep(captured))
         await admin.flush()
         await client.schedules.pause("nightly")
-        for _ in range(100):
-            if captured:
-                break
-            await asyncio.sleep(0.02)
+
+        async def seen() -> bool:
+            return bool(captured)
+
+        await eventually(seen)
         await capture.unsubscribe()
         [msg] = captured
         # The same bytes again, from the sender's own connection (its inbox for the answer).

@@ -242,11 +242,14 @@ class Client:
     async def workers(self, queue: str | None = None) -> list[WorkerInfo]:
         """The live workers of this tenant (of one queue, if given), with their capabilities."""
         pattern = f"{self.tenant}.{encode_token(queue)}.*" if queue else f"{self.tenant}.>"
-        bucket = self.names.bucket_workers
+        return await retry_transient(
+            partial(self._scan_workers, pattern), what=self.names.bucket_workers
+        )
+
+    async def _scan_workers(self, pattern: str) -> list[WorkerInfo]:
+        """One read of the live workers whose keys match ``pattern``, one entry each."""
         found: dict[str, WorkerInfo] = {}
-        for _, value in await retry_transient(
-            partial(kv_scan, self.nc, bucket, pattern), what=bucket
-        ):
+        for _, value in await kv_scan(self.nc, self.names.bucket_workers, pattern):
             info = worker_info(unpack(value))
             found[info.worker] = info
         return sorted(found.values(), key=lambda w: w.worker)
@@ -293,9 +296,8 @@ class Client:
         """The live workers of ``queue``, read once (no retries: this is advice), kept for
         ``_WORKERS_FRESH_S``; None when no hub answered the read (auth on, a client reads
         them through a hub's relay), which is itself worth saying."""
-        pattern = f"{self.tenant}.{encode_token(queue)}.*"
         try:
-            scanned = await kv_scan(self.nc, self.names.bucket_workers, pattern)
+            live = await self._scan_workers(f"{self.tenant}.{encode_token(queue)}.*")
         except NoRespondersError:
             self._workers_seen[queue] = (time.monotonic(), [])
             log.warning(
@@ -303,7 +305,6 @@ class Client:
                 "waits in IMM_IN until one runs (`immortal hub`)"
             )
             return None
-        live = sorted((worker_info(unpack(v)) for _, v in scanned), key=lambda w: w.worker)
         self._workers_seen[queue] = (time.monotonic(), live)
         return live
 

@@ -42,7 +42,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 import msgpack
@@ -245,7 +245,7 @@ class SignatureCheck:
         tenant: str,
         kind: str,
         sender: str,
-        who: Callable[[str], Awaitable[dict[str, Any]]],
+        who: Callable[[str], Awaitable[Mapping[str, Any]]],
     ) -> SignedBy | None:
         """Who signed ``msg`` (None: unsigned, and allowed); raises
         :class:`SignatureRefused` after recording the refusal."""
@@ -272,7 +272,7 @@ class SignatureCheck:
         tenant: str,
         kind: str,
         sender: str,
-        who: Callable[[str], Awaitable[dict[str, Any]]],
+        who: Callable[[str], Awaitable[Mapping[str, Any]]],
     ) -> SignedBy | None:
         found = parse_signature(msg.headers)
         if found is None:
@@ -352,7 +352,7 @@ class SignatureCheck:
         return hmac.compare_digest(session.mac(base), tag)
 
     async def open_session(
-        self, msg: Any, tenant: str, sender: str, who: Callable[[str], Awaitable[dict[str, Any]]]
+        self, msg: Any, tenant: str, sender: str, who: Callable[[str], Awaitable[Mapping[str, Any]]]
     ) -> bytes:
         """The answer to a session handshake (``_sessions``): ``ok:`` and the sealed key,
         or a refusal (recorded in ``IMM_AUDIT`` as any signature's)."""
@@ -434,7 +434,7 @@ class SignatureCheck:
             )
 
     async def _check_owner(
-        self, key: RegisteredKey, sender: str, who: Callable[[str], Awaitable[dict[str, Any]]]
+        self, key: RegisteredKey, sender: str, who: Callable[[str], Awaitable[Mapping[str, Any]]]
     ) -> None:
         principal = await who(sender)
         subject, roles = principal.get("subject"), principal.get("roles") or []

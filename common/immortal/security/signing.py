@@ -153,10 +153,9 @@ class SignatureParams(NamedTuple):
         """The value of ``@signature-params`` (and of ``Imm-Signature-Input`` after
         ``sig1=``)."""
         names = " ".join(f'"{n}"' for n in ("@subject", *self.covered, "@digest"))
-        sid = "" if self.session is None else f'sid="{self.session}";'
         return (
             f"({names});created={self.created};expires={self.expires};"
-            f'nonce="{self.nonce}";keyid="{self.key_id}";{sid}alg="{self.alg}"'
+            f'nonce="{self.nonce}";keyid="{self.key_id}";alg="{self.alg}"'
         )
 
 
@@ -493,7 +492,7 @@ class Signer:
         return out
 
     def _params(
-        self, headers: Mapping[str, str] | None, now: float, key_id: str, session: str | None = None
+        self, headers: Mapping[str, str] | None, now: float, key_id: str
     ) -> tuple[dict[str, str], SignatureParams]:
         """The headers to cover (any earlier signature's left out) and fresh parameters."""
         out = {k: v for k, v in (headers or {}).items() if k.lower() not in _OWN}
@@ -504,8 +503,6 @@ class Signer:
             expires=created + self._life,
             nonce=self._nonce(),
             key_id=key_id,
-            alg=ALG if session is None else SESSION_ALG,
-            session=session,
         )
         return out, params
 

@@ -109,11 +109,7 @@ class ScheduleChanges:
         requires signatures. Raises ``SignatureRefused`` (audited)."""
         if self.signatures is None:
             return None
-
-        async def who(pid: str) -> dict[str, Any]:
-            return dict(await self._claims(pid))
-
-        return await self.signatures.check(msg, tenant, "schedule", sender, who)
+        return await self.signatures.check(msg, tenant, "schedule", sender, self._claims)
 
     async def _make(self, tenant: str, change: ScheduleChange, principal: dict[str, Any]) -> bytes:
         """Decide the change, then make it; the reply for its sender."""
